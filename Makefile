@@ -1,0 +1,34 @@
+# The embedded default needs only Python 3.11 and pip. Every target installs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+export COSMICMAN_HOME ?= $(CURDIR)/.cosmicman
+export DAGSTER_HOME ?= $(COSMICMAN_HOME)/dagster
+
+.PHONY: install run test ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: the CPU wheel; anything unpinned would pull CUDA builds.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# Only for the CLIP BPE vocabulary it ships; open_clip itself needs torchvision, so no deps.
+	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: install
+	$(PY) -m cosmicman.cli run
+
+test: install
+	$(PY) -m pytest -q
+
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+clean:
+	rm -rf $(COSMICMAN_HOME)

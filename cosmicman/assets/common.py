@@ -1,0 +1,64 @@
+"""Small helpers the assets share: partitions, progress logging, table keys, image-grid metadata."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import time
+from typing import Iterable
+
+import dagster as dg
+import polars as pl
+from PIL import Image
+
+sourcing_batches = dg.DynamicPartitionsDefinition(name="sourcing_batches")
+
+
+def content_digest(items: Iterable[str]) -> str:
+    """Order-independent digest of a set of ids: the data version of a table keyed by them."""
+    return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
+
+
+def table_key(asset: str, partition: str | None = None) -> str:
+    return f"tables/{asset}/{partition}.parquet" if partition else f"tables/{asset}.parquet"
+
+
+class Progress:
+    """Logs "label: done/total" at most every ``every_s`` seconds and at the end."""
+
+    def __init__(self, log: dg.DagsterLogManager, label: str, total: int, every_s: float = 5.0) -> None:
+        self.log, self.label, self.total, self.every_s = log, label, total, every_s
+        self._last = 0.0
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if done >= self.total or now - self._last >= self.every_s:
+            self._last = now
+            self.log.info(f"{self.label}: {done}/{self.total}")
+
+
+def image_grid_markdown(images: Iterable[Image.Image], captions: Iterable[str] = (), cols: int = 6,
+                        thumb: tuple[int, int] = (64, 128)) -> dg.MetadataValue:
+    """A small PNG contact sheet embedded in markdown, so the UI shows what a stage produced."""
+    imgs = [im.convert("RGB").resize(thumb) for im in images]
+    if not imgs:
+        return dg.MetadataValue.md("_no images_")
+    rows = (len(imgs) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * thumb[0], rows * thumb[1]), "white")
+    for i, im in enumerate(imgs):
+        sheet.paste(im, ((i % cols) * thumb[0], (i // cols) * thumb[1]))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG", optimize=True)
+    lines = [f"![grid](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"]
+    lines += [f"{i + 1}. {c}" for i, c in enumerate(captions)]
+    return dg.MetadataValue.md("\n\n".join(lines[:1]) + ("\n\n" + "\n".join(lines[1:]) if len(lines) > 1 else ""))
+
+
+def table_metadata(df: pl.DataFrame, limit: int = 20) -> dg.MetadataValue:
+    """A polars frame as markdown table metadata (first ``limit`` rows)."""
+    head = df.head(limit)
+    cols = head.columns
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in head.iter_rows():
+        out.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return dg.MetadataValue.md("\n".join(out))

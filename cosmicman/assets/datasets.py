@@ -1,0 +1,77 @@
+"""CosmicMan-HQ: immutable dataset versions built from the captioned, parsed, annotated pool."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+
+from cosmicman.assets.common import content_digest, table_key
+from cosmicman.data.dataset_version import (DatasetSample, list_versions, next_version_name, read_manifest,
+                                            read_stats, verify_shards, write_dataset_version)
+from cosmicman.data.store import Store
+from cosmicman.data.truth import read_mask
+from cosmicman.resources.storage import ObjectStoreResource
+
+LATEST_KEY = "datasets/cosmicman-hq/latest.json"
+
+
+def _joined_pool(store: Store) -> pl.DataFrame:
+    filtered = pl.concat([df.filter(pl.col("decision") == "kept") for _, df in store.iter_tables("tables/filtered_images")])
+    raw = pl.concat([df for _, df in store.iter_tables("tables/raw_images")]).select("sha256", "source", "source_id", "licence")
+    parsing = pl.concat([df for _, df in store.iter_tables("tables/human_parsing")])
+    return (filtered.select("sha256", "blob_key", "ext", "batch", "decision")
+            .join(raw, on="sha256").join(parsing.select("sha256", "mask_key", "parser_version"), on="sha256")
+            .join(store.read_table(table_key("annotations")), on="sha256")
+            .join(store.read_table(table_key("captions")).select("sha256", "groups"), on="sha256")
+            .sort("sha256"))
+
+
+def _fingerprint(pool: pl.DataFrame) -> str:
+    return content_digest(f"{r['sha256']}|{r['attributes']}|{r['groups']}|{r['mask_key']}"
+                          for r in pool.iter_rows(named=True))
+
+
+@dg.asset(deps=["captions", "human_parsing", "annotations", "filtered_images"], kinds={"python", "webdataset"},
+          group_name="datasets", code_version="1",
+          check_specs=[dg.AssetCheckSpec("shards_match_manifest", asset="cosmicman_hq", blocking=True)])
+def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
+    """A new immutable CosmicMan-HQ version: WebDataset shards, manifest, stats, datacard. When the
+    pool's content equals the latest version's, that version is reused instead of duplicated."""
+    store = object_store.store()
+    pool = _joined_pool(store)
+    if pool.is_empty():
+        raise dg.Failure("no kept, parsed, captioned image in the pool: nothing to version")
+    fingerprint = _fingerprint(pool)
+    latest = store.read_json(LATEST_KEY) if store.exists(LATEST_KEY) else None
+    if latest and latest["fingerprint"] == fingerprint:
+        version, reused = latest["version"], True
+        context.log.info(f"pool unchanged since {version}: reusing it")
+    else:
+        version = next_version_name(list_versions(store.url, store.storage_options))
+        samples = (DatasetSample(
+            sha256=r["sha256"], image_bytes=store.read_bytes(r["blob_key"]), ext=r["ext"],
+            mask=read_mask(store.read_bytes(r["mask_key"])), attributes=json.loads(r["attributes"]),
+            caption=json.loads(r["groups"]),
+            provenance={"source": r["source"], "source_id": r["source_id"], "source_batch": r["batch"],
+                        "filter_decision": r["decision"], "parser_version": r["parser_version"],
+                        "annotator_version": r["annotator_version"], "annotator_round": r["annotator_round"],
+                        "licence": r["licence"]})
+            for r in pool.iter_rows(named=True))
+        write_dataset_version(store.url, version, samples, samples_per_shard=64,
+                              created_at=datetime.now(timezone.utc).isoformat(),
+                              storage_options=store.storage_options)
+        store.write_json(LATEST_KEY, {"version": version, "fingerprint": fingerprint})
+        reused = False
+    stats = read_stats(store.url, version, store.storage_options)
+    manifest = read_manifest(store.url, version, store.storage_options)
+    problems = verify_shards(store.url, version, store.storage_options)
+    return dg.MaterializeResult(
+        metadata={"version": version, "reused": reused, "samples": len(manifest), "fingerprint": fingerprint,
+                  "stats": dg.MetadataValue.json(stats),
+                  "url": dg.MetadataValue.path(store.uri(f"datasets/cosmicman-hq/{version}")),
+                  "datacard": dg.MetadataValue.md(store.read_bytes(f"datasets/cosmicman-hq/{version}/DATACARD.md").decode())},
+        data_version=dg.DataVersion(f"{version}-{fingerprint}"),
+        check_results=[dg.AssetCheckResult(check_name="shards_match_manifest", passed=not problems,
+                                           metadata={"problems": dg.MetadataValue.json(problems)})])

@@ -1,0 +1,170 @@
+"""``python -m cosmicman.cli run``: turn the whole flywheel once on the local environment.
+
+The pool-threshold sensor decides each sourcing batch (exactly as it would under ``dagster dev``); every
+stage then runs as its Dagster job against the persistent instance under ``.cosmicman/dagster``, so the
+UI shows the same runs and materializations afterwards. ``lineage`` and ``summary`` read what is there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+STAGES = ["fake_person_job", "annotation_round_job", "labels_job", "dataset_job", "training_job", "evaluation_job"]
+
+
+def _instance(home: Path) -> dg.DagsterInstance:
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(dagster_home.resolve())
+    return dg.DagsterInstance.get()
+
+
+def seed_folder_dataset(folder: Path, count: int = 6, seed: int = 5_000) -> int:
+    """A small folder dataset of image files, so the local flywheel exercises the folder source too."""
+    from cosmicman.data.synthetic import SyntheticWorld
+
+    if folder.exists():
+        return 0
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    world = SyntheticWorld(seed=seed)
+    captions = []
+    for i in range(count):
+        s = world.sample(i, case="kept")
+        (tmp / f"person_{i:03d}.jpg").write_bytes(s.image_bytes)
+        captions.append(json.dumps({"file": f"person_{i:03d}.jpg", "caption": "a person"}))
+    (tmp / "captions.jsonl").write_text("\n".join(captions) + "\n")
+    tmp.rename(folder)
+    return count
+
+
+def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, partition_key: str | None = None) -> None:
+    started = time.monotonic()
+    label = f"{job}[{partition_key}]" if partition_key else job
+    print(f"==> {label}", flush=True)
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key,
+                                                          raise_on_error=True)
+    print(f"<== {label}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def source_until_threshold(defs: dg.Definitions, instance: dg.DagsterInstance, max_batches: int = 20) -> list[str]:
+    """Evaluate the pool sensor and run what it asks for, until it skips."""
+    from cosmicman.jobs import pool_threshold_sensor
+
+    ran = []
+    for _ in range(max_batches):
+        with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+            result = pool_threshold_sensor(ctx)
+        if not result.run_requests:
+            print(f"pool sensor: skip — {result.skip_reason.skip_message if result.skip_reason else ''}", flush=True)
+            return ran
+        for req in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        for rr in result.run_requests:
+            _run(defs, instance, "pool_job", rr.partition_key)
+            ran.append(rr.partition_key)
+    raise RuntimeError(f"the pool is still under its threshold after {max_batches} batches: check the filters")
+
+
+def run(home: Path, defs: dg.Definitions | None = None) -> dict:
+    """Turn the flywheel once. ``defs`` defaults to the code location's (environment from COSMICMAN_ENV)."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("COSMICMAN_HOME", str(home))
+    seeded = seed_folder_dataset(home / "datasets" / "folder")
+    if seeded:
+        print(f"seeded a demo folder dataset with {seeded} images", flush=True)
+    if defs is None:
+        from cosmicman.definitions import defs
+    instance = _instance(home)
+    started = time.monotonic()
+    _run(defs, instance, "fake_person_job")
+    batches = source_until_threshold(defs, instance)
+    for job in STAGES[1:]:
+        _run(defs, instance, job)
+    summary = collect_summary(defs, instance)
+    summary["new_batches"] = batches
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    return summary
+
+
+def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict:
+    """The numbers a person wants after a turn of the flywheel, read from the latest materializations."""
+    def meta(asset: str, partition: str | None = None) -> dict:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset)) if partition is None else None
+        if partition is not None:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+            event = records[0].event_log_entry if records else None
+        if event is None or event.asset_materialization is None:
+            return {}
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    partitions = instance.get_dynamic_partitions("sourcing_batches")
+    stages: dict[str, dict] = {}
+    rejections: dict[str, int] = {}
+    for p in partitions:
+        raw, filt, parse = meta("raw_images", p), meta("filtered_images", p), meta("human_parsing", p)
+        stages[p] = {"raw": raw.get("images"), "kept": filt.get("kept"), "parsed": parse.get("parsed")}
+        for reason, n in (filt.get("decisions") or {}).items():
+            if reason != "kept":
+                rejections[reason] = rejections.get(reason, 0) + n
+    ann, hq, unet, ev = meta("annotator"), meta("cosmicman_hq"), meta("daring_unet"), meta("evaluation")
+    return {
+        "batches": stages, "rejections": rejections,
+        "hitl": {k: ann.get(k) for k in ("mean_accuracy_before", "mean_accuracy_after", "labels_asked",
+                                         "manual_share", "stop_reason")},
+        "dataset": {"version": hq.get("version"), "samples": hq.get("samples"), "reused": hq.get("reused"),
+                    "stats": hq.get("stats")},
+        "training": {k: unet.get(k) for k in ("loss_first", "loss_last", "steps", "output_url", "reused")},
+        "evaluation": {k: ev.get(k) for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")},
+    }
+
+
+def print_summary(summary: dict) -> None:
+    print("\n=== CosmicMan flywheel: summary ===")
+    total_raw = total_kept = 0
+    for batch, s in summary["batches"].items():
+        print(f"  {batch}: raw {s['raw']}  kept {s['kept']}  parsed {s['parsed']}")
+        total_raw += s["raw"] or 0
+        total_kept += s["kept"] or 0
+    print(f"  images: raw {total_raw} -> kept {total_kept}")
+    print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["rejections"].items())))
+    h = summary["hitl"]
+    print(f"  annotation round 1: mean accuracy {h['mean_accuracy_before']:.3f} -> {h['mean_accuracy_after']:.3f}, "
+          f"{h['labels_asked']} human labels ({100 * h['manual_share']:.1f}% of a full manual pass), stop: {h['stop_reason']}")
+    d = summary["dataset"]
+    stats = d["stats"] or {}
+    print(f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{' (unchanged, reused)' if d['reused'] else ''}; "
+          + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400])
+    t = summary["training"]
+    print(f"  daring_unet: loss {t['loss_first']:.4f} (first) -> {t['loss_last']:.4f} (last){' (reused)' if t['reused'] else ''}")
+    print(f"    saved at {t['output_url']}")
+    e = summary["evaluation"]
+    print("  evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in e.items() if v is not None))
+    print(f"  took {summary['seconds']}s\n")
+    print("Open the UI:  make ui   (then http://127.0.0.1:3000)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cosmicman.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="materialize the whole flywheel on the local environment")
+    run_p.add_argument("--home", default=os.environ.get("COSMICMAN_HOME", ".cosmicman"))
+    run_p.add_argument("--json", help="also write the summary as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        summary = run(Path(args.home))
+        print_summary(summary)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Daring's data discretization, as released: attributes -> a grouped caption with token spans.
+
+A person's protocol answers become one short phrase per caption group of ``protocol.yaml`` (wording in
+``caption_templates.yaml``): the person phrase first (``"a slim adult woman with light skin and arms
+raised"``), then one phrase per group whose object exists (``"red striped long-sleeved top"``,
+``"blue long pants"``, ``"black boots"``, ``"outdoor background"``). As in the released CosmicMan loader:
+
+- adjectives within a group are shuffled;
+- groups keep protocol order up to ``shuffle_from`` (person, background); the rest are shuffled;
+- every group is dropped with probability ``group_dropout`` (0.1): its text is removed and it gets no
+  mask (recorded in ``Caption.dropped``);
+- groups are joined by ``", "``; while the prompt is longer than 77 tokens (BOS and EOS included) the
+  last kept group is cut (recorded in ``Caption.truncated``);
+- each kept group's span ``(s, e)`` (end-exclusive, BOS at index 0) is where the group's own token ids
+  (its text tokenized alone, BOS/EOS stripped) occur in the padded 77-id prompt; a span is kept only if
+  the ids occur exactly once, otherwise ``None`` (the group gets no HOLA loss).
+
+A group's mask is the union of its ATR labels in the parsing map; the person group (``foreground``)
+uses every non-background label. A group without labels has an empty mask: its phrase is c_other.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from cosmicman.data.protocol import Protocol, load_protocol
+
+DEFAULT_TEMPLATES_PATH = Path(__file__).with_name("caption_templates.yaml")
+GROUP_SEPARATOR = ", "
+MAX_LENGTH = 77
+GROUP_DROPOUT = 0.1
+
+
+@dataclass(frozen=True)
+class CaptionGroup:
+    name: str
+    text: str
+    labels: tuple[int, ...]
+    foreground: bool = False
+    span: tuple[int, int] | None = None  # end-exclusive, in the padded prompt ids (BOS at 0)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.foreground or bool(self.labels)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "text": self.text, "labels": list(self.labels),
+                "foreground": self.foreground, "span": list(self.span) if self.span is not None else None}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "CaptionGroup":
+        span = d.get("span")
+        return cls(str(d["name"]), str(d["text"]), tuple(int(x) for x in d.get("labels", ())),
+                   bool(d.get("foreground", False)), (int(span[0]), int(span[1])) if span is not None else None)
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    groups: tuple[CaptionGroup, ...]  # kept groups, in caption order
+    dropped: tuple[str, ...] = ()  # group names removed by group dropout (mask zeroed)
+    truncated: tuple[str, ...] = ()  # group names cut to fit the token budget
+
+    def to_json(self) -> dict[str, Any]:
+        return {"caption": self.text, "groups": [g.to_json() for g in self.groups],
+                "dropped": list(self.dropped), "truncated": list(self.truncated)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Caption":
+        return cls(str(d["caption"]), tuple(CaptionGroup.from_json(g) for g in d.get("groups", ())),
+                   tuple(d.get("dropped", ())), tuple(d.get("truncated", ())))
+
+
+# ----------------------------------------------------------------------------------------- templates
+@dataclass(frozen=True)
+class GroupTemplate:
+    name: str
+    adjectives: tuple[str, ...]
+    noun: Mapping[str, Any]  # {"text": str} or {"category", "words", "by", "default"}
+    with_parts: tuple[tuple[str, str], ...]  # (category, format text)
+    words: Mapping[str, Mapping[str, str]]
+    when: Mapping[str, str] | None
+    article: bool
+
+    def categories(self) -> set[str]:
+        cats = set(self.adjectives) | {c for c, _ in self.with_parts}
+        if "category" in self.noun:
+            cats.add(self.noun["category"])
+            cats.update(self.noun.get("by", {}))
+        return cats
+
+
+@dataclass(frozen=True)
+class CaptionTemplates:
+    shuffle_from: int
+    groups: Mapping[str, GroupTemplate]
+
+
+def _parse_templates(raw: dict) -> CaptionTemplates:
+    groups = {}
+    for name, g in raw["groups"].items():
+        noun = g.get("noun", "")
+        noun = {"text": str(noun)} if isinstance(noun, str) else dict(noun)
+        words = {c: {str(k): str(v) for k, v in m.items()} for c, m in (g.get("words") or {}).items()}
+        when = g.get("when")
+        groups[name] = GroupTemplate(
+            name=name, adjectives=tuple(g.get("adjectives", ())), noun=noun,
+            with_parts=tuple((p["category"], p["text"]) for p in g.get("with", ())), words=words,
+            when={k: str(v) for k, v in when.items()} if when is not None else None,
+            article=bool(g.get("article", False)))
+    return CaptionTemplates(int(raw.get("shuffle_from", 0)), groups)
+
+
+@cache
+def load_caption_templates(path: str | Path = DEFAULT_TEMPLATES_PATH) -> CaptionTemplates:
+    with open(path, encoding="utf-8") as f:
+        return _parse_templates(yaml.safe_load(f))
+
+
+def check_templates(protocol: Protocol, templates: CaptionTemplates) -> list[str]:
+    """Problems between the templates and the protocol (empty when they agree)."""
+    problems = []
+    names = {c.name for c in protocol.categories}
+    pgroups = {g.name: g for g in protocol.groups}
+    for name in pgroups.keys() - templates.groups.keys():
+        problems.append(f"protocol group {name!r} has no caption template")
+    for name in templates.groups.keys() - pgroups.keys():
+        problems.append(f"caption template {name!r} names no protocol group")
+    for name, t in templates.groups.items():
+        cats = t.categories() | set(t.when or {})
+        for c in sorted(cats - names):
+            problems.append(f"template {name!r} names unknown category {c!r}")
+        if name in pgroups:
+            for c in sorted(set(pgroups[name].categories) - cats):
+                problems.append(f"template {name!r} never renders category {c!r} of its group")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------- phrases
+def _as_rng(rng: np.random.Generator | random.Random | int | None) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, random.Random):
+        return np.random.default_rng(rng.getrandbits(64))
+    return np.random.default_rng(rng)
+
+
+def _word(t: GroupTemplate, category: str, answer: str) -> str:
+    return t.words.get(category, {}).get(answer, answer)
+
+
+def _group_present(t: GroupTemplate, group_categories: Sequence[str], protocol: Protocol,
+                   attributes: Mapping[str, str]) -> bool:
+    if t.when is not None:
+        return all(attributes.get(k) == v for k, v in t.when.items())
+    by_name = protocol.by_name
+    requires = {k: v for c in group_categories if c in by_name for k, v in by_name[c].requires.items()}
+    if requires:  # a garment's phrase whenever it exists, even with no detail answered ("top")
+        return all(attributes.get(k) == v for k, v in requires.items())
+    return any(c in attributes for c in t.categories())
+
+
+def _noun(t: GroupTemplate, attributes: Mapping[str, str]) -> str:
+    if "text" in t.noun:
+        return t.noun["text"]
+    cat = t.noun["category"]
+    answer = attributes.get(cat)
+    if answer is None:
+        return str(t.noun.get("default", ""))
+    for other, table in (t.noun.get("by") or {}).items():
+        override = (table or {}).get(attributes.get(other), {})
+        if answer in override:
+            return str(override[answer])
+    return str((t.noun.get("words") or {}).get(answer, answer))
+
+
+def render_group(t: GroupTemplate, attributes: Mapping[str, str], rng: np.random.Generator) -> str:
+    """One group's phrase: [article] shuffled adjectives, noun, [with ...]. Always draws one shuffle."""
+    adjs = [_word(t, c, attributes[c]) for c in t.adjectives if c in attributes]
+    order = rng.permutation(len(adjs)) if adjs else []
+    words = [adjs[i] for i in order]
+    noun = _noun(t, attributes)
+    if noun:
+        words.append(noun)
+    parts = [p.format(_word(t, c, attributes[c])) for c, p in t.with_parts if c in attributes]
+    text = " ".join(words)
+    if parts:
+        text = f"{text} with {' and '.join(parts)}" if text else " and ".join(parts)
+    if t.article and text:
+        text = ("an " if text[0] in "aeiou" else "a ") + text
+    return " ".join(text.split())
+
+
+# ----------------------------------------------------------------------------------------- tokens
+def prompt_ids(text: str, tokenizer, max_length: int = MAX_LENGTH) -> list[int]:
+    """The padded prompt ids the text encoder sees (BOS, tokens, EOS, EOS padding), ``max_length`` long."""
+    return list(tokenizer(text, padding="max_length", max_length=max_length, truncation=True).input_ids)
+
+
+def phrase_ids(text: str, tokenizer) -> list[int]:
+    """A phrase's own token ids, without BOS/EOS."""
+    return list(tokenizer(text).input_ids[1:-1])
+
+
+def find_unique_span(sub: Sequence[int], ids: Sequence[int]) -> tuple[int, int] | None:
+    """``(s, e)`` with ``ids[s:e] == sub`` if ``sub`` occurs exactly once in ``ids``, else None."""
+    n = len(sub)
+    if n == 0:
+        return None
+    sub = list(sub)
+    hits = [i for i in range(len(ids) - n + 1) if ids[i] == sub[0] and list(ids[i:i + n]) == sub]
+    return (hits[0], hits[0] + n) if len(hits) == 1 else None
+
+
+def n_tokens(text: str, tokenizer) -> int:
+    """Token count incl. BOS/EOS, untruncated."""
+    return len(tokenizer(text).input_ids)
+
+
+# ----------------------------------------------------------------------------------------- captions
+def build_caption(attributes: Mapping[str, str], protocol: Protocol | None = None, tokenizer=None,
+                  rng: np.random.Generator | random.Random | int | None = None,
+                  group_dropout: float = GROUP_DROPOUT, max_length: int = MAX_LENGTH,
+                  templates: CaptionTemplates | None = None) -> Caption:
+    """The grouped caption of one person, deterministic given ``rng`` (a Generator or a seed).
+
+    Random draws, in this order: one adjective shuffle per present group (protocol order), one
+    shuffle of the groups from ``shuffle_from`` on, one dropout draw per present group (caption order).
+    """
+    protocol = protocol or load_protocol()
+    templates = templates or load_caption_templates()
+    if tokenizer is None:
+        from cosmicman.data.tokenizer import load_clip_tokenizer
+        tokenizer = load_clip_tokenizer()
+    gen = _as_rng(rng)
+
+    rendered: list[tuple[int, CaptionGroup]] = []  # (protocol index, group without span)
+    for i, g in enumerate(protocol.groups):
+        t = templates.groups.get(g.name)
+        if t is None or not _group_present(t, g.categories, protocol, attributes):
+            continue
+        text = render_group(t, attributes, gen)
+        if text:
+            rendered.append((i, CaptionGroup(g.name, text, g.labels, g.foreground)))
+
+    fixed = [cg for i, cg in rendered if i < templates.shuffle_from]
+    rest = [cg for i, cg in rendered if i >= templates.shuffle_from]
+    rest = [rest[j] for j in gen.permutation(len(rest))] if rest else []
+    ordered = fixed + rest
+
+    draws = gen.random(len(ordered)) if ordered else np.zeros(0)
+    kept = [cg for cg, u in zip(ordered, draws) if u >= group_dropout]
+    dropped = tuple(cg.name for cg, u in zip(ordered, draws) if u < group_dropout)
+
+    truncated: list[str] = []
+    text = GROUP_SEPARATOR.join(cg.text for cg in kept)
+    ids = list(tokenizer(text).input_ids)
+    while kept and len(ids) > max_length:
+        truncated.insert(0, kept.pop().name)
+        text = GROUP_SEPARATOR.join(cg.text for cg in kept)
+        ids = list(tokenizer(text).input_ids)
+    ids += [tokenizer.pad_token_id] * (max_length - len(ids))  # == prompt_ids(text, tokenizer, max_length)
+
+    own = [list(x[1:-1]) for x in tokenizer([cg.text for cg in kept]).input_ids] if kept else []
+    groups = tuple(CaptionGroup(cg.name, cg.text, cg.labels, cg.foreground, find_unique_span(g_ids, ids))
+                   for cg, g_ids in zip(kept, own))
+    return Caption(text, groups, dropped, tuple(truncated))
+
+
+def group_mask(label_map: np.ndarray, group: Any) -> np.ndarray:
+    """Boolean mask of a group (CaptionGroup or protocol Group): union of its ATR labels, or the whole
+    foreground (every non-zero label) for a ``foreground`` group."""
+    label_map = np.asarray(label_map)
+    if getattr(group, "foreground", False):
+        return label_map != 0
+    labels = list(getattr(group, "labels", ()) or ())
+    if not labels:
+        return np.zeros(label_map.shape, dtype=bool)
+    return np.isin(label_map, labels)
+
+
+def caption_masks(label_map: np.ndarray, caption: Caption) -> np.ndarray:
+    """``[n_groups, H, W]`` boolean masks of the caption's kept groups, in caption order."""
+    label_map = np.asarray(label_map)
+    if not caption.groups:
+        return np.zeros((0, *label_map.shape), dtype=bool)
+    return np.stack([group_mask(label_map, g) for g in caption.groups])
+
+
+def sample_attributes(protocol: Protocol | None = None,
+                      rng: np.random.Generator | random.Random | int | None = None,
+                      p_skip: float = 0.0) -> dict[str, str]:
+    """A random, protocol-valid answer set (answers only where ``requires`` holds). For tests and demos;
+    ``p_skip`` leaves an applicable category unanswered with that probability (partial annotations)."""
+    protocol = protocol or load_protocol()
+    gen = _as_rng(rng)
+    attrs: dict[str, str] = {}
+    for cat in protocol.categories:  # protocol order puts a category after what it requires
+        if cat.applies(attrs) and not (p_skip and gen.random() < p_skip):
+            attrs[cat.name] = cat.answers[int(gen.integers(len(cat.answers)))]
+    return attrs

@@ -1,0 +1,136 @@
+"""Labelling backends: where a round's questions go to humans and where their answers come back.
+
+A round is a set of tasks (one image, the categories humans must answer for it). The file inbox
+writes ``labelling/<round>/tasks.jsonl``; a human (or a tool) drops answer files into
+``labelling/<round>/answers/`` with one JSON line per finished task:
+``{"task_id": ..., "image_sha256": ..., "answers": {"hat_color": "red", ...}}`` (categories that do
+not apply to the image are left out, as the hierarchy says). The simulated oracle is the same inbox
+whose human answers at once from the synthetic ground truth.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Mapping, Protocol, Sequence
+
+from cosmicman.data.annotation import LabelRecord, SimulatedOracle
+from cosmicman.data.store import Store
+
+LABELLING_PREFIX = "labelling"
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    task_id: str
+    image_sha256: str
+    image_url: str
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RoundStatus:
+    round_id: str
+    tasks: int
+    pending: int
+    fingerprint: str
+
+
+class LabellingBackend(Protocol):
+    def submit(self, round_id: str, round_number: int, tasks: Sequence[LabelTask]) -> None: ...
+
+    def collect(self, round_id: str, round_number: int) -> tuple[list[LabelRecord], int]: ...
+
+    def open_round_status(self) -> RoundStatus | None: ...
+
+    def close_round(self, round_id: str) -> None: ...
+
+
+def _jsonl(rows: Sequence[Mapping]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+
+
+class FileInbox:
+    """Tasks and answers as JSON-lines files under the object store (any fsspec filesystem)."""
+
+    source = "human"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _key(self, round_id: str, name: str) -> str:
+        return f"{LABELLING_PREFIX}/{round_id}/{name}"
+
+    def submit(self, round_id: str, round_number: int, tasks: Sequence[LabelTask]) -> None:
+        self.store.write_bytes(self._key(round_id, "tasks.jsonl"), _jsonl([asdict(t) for t in tasks]))
+
+    def tasks(self, round_id: str) -> list[LabelTask]:
+        raw = self.store.read_bytes(self._key(round_id, "tasks.jsonl")).decode()
+        return [LabelTask(**{**r, "categories": tuple(r["categories"])}) for r in map(json.loads, raw.splitlines())]
+
+    def _answers(self, round_id: str) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for key in self.store.list(self._key(round_id, "answers")):
+            for line in self.store.read_bytes(key).decode().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    out[row["task_id"]] = row
+        return out
+
+    def collect(self, round_id: str, round_number: int) -> tuple[list[LabelRecord], int]:
+        """Labels for the answered tasks, restricted to the categories each task asked; and the
+        number of tasks still unanswered."""
+        tasks = self.tasks(round_id)
+        answers = self._answers(round_id)
+        labels: list[LabelRecord] = []
+        for task in tasks:
+            row = answers.get(task.task_id)
+            if row is None:
+                continue
+            for cat in task.categories:
+                if cat in row["answers"]:
+                    labels.append(LabelRecord(task.image_sha256, cat, str(row["answers"][cat]), self.source,
+                                              round_number))
+        return labels, sum(t.task_id not in answers for t in tasks)
+
+    def open_round_status(self) -> RoundStatus | None:
+        rounds = sorted({k.split("/")[1] for k in self.store.list(LABELLING_PREFIX) if k.endswith("tasks.jsonl")})
+        open_rounds = [r for r in rounds if not self.store.exists(self._key(r, "collected.json"))]
+        if not open_rounds:
+            return None
+        rid = open_rounds[-1]
+        tasks, answers = self.tasks(rid), self._answers(rid)
+        done = sorted(t.task_id for t in tasks if t.task_id in answers)
+        fingerprint = hashlib.sha256("\n".join(done).encode()).hexdigest()[:12]
+        return RoundStatus(rid, len(tasks), len(tasks) - len(done), fingerprint)
+
+    def close_round(self, round_id: str) -> None:
+        self.store.write_json(self._key(round_id, "collected.json"), {"round": round_id})
+
+
+class SimulatedOracleInbox(FileInbox):
+    """The file inbox with a simulated human who answers every task at submission, from ground truth."""
+
+    source = "oracle"
+
+    def __init__(self, store: Store, truth: Mapping[str, Mapping[str, str]], oracle: SimulatedOracle) -> None:
+        super().__init__(store)
+        self.truth = truth
+        self.oracle = oracle
+
+    def can_label(self, sha256: str) -> bool:
+        return sha256 in self.truth
+
+    def submit(self, round_id: str, round_number: int, tasks: Sequence[LabelTask]) -> None:
+        missing = [t.image_sha256 for t in tasks if t.image_sha256 not in self.truth]
+        if missing:
+            raise ValueError(f"the simulated oracle has no ground truth for {len(missing)} images, e.g. {missing[0]}")
+        super().submit(round_id, round_number, tasks)
+        rows = []
+        for t in tasks:
+            attrs = self.truth[t.image_sha256]
+            answers = {c: a for c in t.categories
+                       if (a := self.oracle.answer(t.image_sha256, attrs, c, round_number)) is not None}
+            rows.append({"task_id": t.task_id, "image_sha256": t.image_sha256, "answers": answers,
+                         "annotator": "simulated-oracle"})
+        self.store.write_bytes(self._key(round_id, "answers/oracle.jsonl"), _jsonl(rows))

@@ -1,0 +1,66 @@
+"""The single Dagster code location: assets, checks, jobs, sensors, and resources per environment.
+
+``COSMICMAN_ENV`` selects the environment (``local`` by default: the embedded, zero-configuration
+flywheel under ``.cosmicman/``). Assets never branch on it; only the resources below differ.
+"""
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from cosmicman.assets import annotation, datasets, evaluation, filtering, sourcing, training
+from cosmicman.jobs import ALL_JOBS, ALL_SENSORS
+from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
+from cosmicman.resources.filters import FilterResource
+from cosmicman.resources.parsing import ParserResource
+from cosmicman.resources.sourcing import SourcingResource
+from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.resources.training import EvaluationResource, TrainingResource
+
+HOME = os.path.abspath(os.environ.get("COSMICMAN_HOME", ".cosmicman"))
+
+
+def local_resources(store_url: str | None = None, folder_url: str | None = None) -> dict:
+    """The embedded default: everything on this machine, synthetic world + an optional image folder."""
+    folder = folder_url if folder_url is not None else os.path.join(HOME, "datasets", "folder")
+    return {
+        "object_store": ObjectStoreResource(url=store_url or os.path.join(HOME, "store")),
+        "sourcing": SourcingResource(folder_url=folder if os.path.isdir(folder) else None),
+        "filters": FilterResource(),
+        "parser": ParserResource(),
+        "annotation": AnnotatorResource(),
+        "labelling": LabellingResource(),
+        "training": TrainingResource(),
+        "evaluation_config": EvaluationResource(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+
+
+def s3_resources() -> dict:
+    """The same flywheel on an S3-compatible object store; credentials only through environment variables."""
+    return {**local_resources(), "object_store": ObjectStoreResource(
+        url=dg.EnvVar("COSMICMAN_STORE_URL"), endpoint_url=os.environ.get("COSMICMAN_S3_ENDPOINT"),
+        access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"), secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"))}
+
+
+ENVIRONMENTS = {"local": local_resources, "s3": s3_resources}
+
+
+def build_definitions(resources: dict) -> dg.Definitions:
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([sourcing, filtering, annotation, datasets, training, evaluation]),
+        jobs=ALL_JOBS,
+        sensors=ALL_SENSORS,
+        resources=resources,
+    )
+
+
+def _resources_for_env() -> dict:
+    env = os.environ.get("COSMICMAN_ENV", "local")
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"COSMICMAN_ENV={env!r} is not one of {sorted(ENVIRONMENTS)}")
+    return ENVIRONMENTS[env]()
+
+
+defs = build_definitions(_resources_for_env())

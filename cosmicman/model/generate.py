@@ -1,0 +1,47 @@
+"""Text-to-image generation from a trained model folder (diffusers ``StableDiffusionPipeline`` layout)."""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import fsspec
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+
+@contextlib.contextmanager
+def local_model_dir(url: str) -> Iterator[str]:
+    """A local folder holding the model at ``url``: the folder itself when local, else a downloaded copy."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for remote in fs.find(path):
+            local = Path(tmp) / remote[len(path):].lstrip("/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local))
+        yield tmp
+
+
+def load_pipeline(model_dir: str | Path, device: str = "cpu") -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], steps: int = 10, guidance_scale: float = 5.0,
+             seed: int = 0, resolution: int | None = None, batch_size: int = 8) -> list[Image.Image]:
+    """One image per prompt, deterministic in ``seed`` (prompt i uses generator seed ``seed + i``)."""
+    size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    images: list[Image.Image] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
+                   height=size, width=size, output_type="pil")
+        images += out.images
+    return images

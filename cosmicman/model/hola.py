@@ -1,0 +1,176 @@
+r"""HOLA (paper Eq. 3): Human Body and Outfit Guided Loss for Alignment.
+
+For one cross-attention map set M (one sample, one layer, one head) and N attribute groups, group i
+having the token span [s_i, e_i) (end-exclusive) and the semantic mask h_i:
+
+    L_paper = 1/N * sum_i ( sum_{j in [s_i, e_i)} ||m_j - h_i||^2  +  || mean_{j in [s_i, e_i)} m_j - h_i ||^2 )
+
+where m_j is the map of token j and ||.||^2 sums over pixels. (Eq. 3 as printed sums j = s..e with
+1/(e-s); with end-exclusive spans the mean is exact.)
+
+Two reductions (``reduction=``):
+
+- ``"paper"``: exactly the formula above per (sample, layer, head): sums over pixels and tokens, mean over
+  the N groups that have a span.
+- ``"released"``: what the public CosmicMan code (``loss.py``, ``HOLA_LOSS_Tools.get_map_loss``) computes:
+  per (sample, layer, head) it concatenates, over all groups with a span, the token maps and the group's
+  mean map into one stack and takes the mean squared error against the repeated masks over pixels *and
+  all stacked maps*:  sum_i (token_sse_i + mean_sse_i) / (P * sum_i (n_i + 1)),  P = pixels, n_i = e_i - s_i.
+  So a group weighs by n_i + 1 (groups with many tokens count more) and the value is ~P*(n+1) times
+  smaller than the paper's. (NOTES-training.md describes this as "per group MSE, then a mean over groups";
+  the code actually pools the groups before the mean; we follow the code.)
+
+Both then average over all (layer, head) entries of the sample and over the samples that have at least
+one group with a span (samples without one contribute nothing; a batch without any gives 0).
+
+Normalisation of the maps: none beyond the attention itself. m_j are the per-head softmax probabilities
+over the K (=77) text tokens, BOS/EOS/padding included, recomputed in fp32 -- as in the released code.
+Masks are {0, 1} group masks (union of the group's ATR labels) resized to the map size with
+``"area"`` (fraction of each map cell covered; equals one-hot-then-area on the label map) or
+``"nearest"`` (nearest-exact sampling); never bilinear/Lanczos on labels. The released code bilinearly
+resized one-hot masks (close to ``"area"`` for integer factors).
+
+A group whose span is missing (null / (-1, -1)) gets no loss. A group with a span and an empty mask
+(e.g. the attribute region is absent) still pulls its maps towards zero.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+REDUCTIONS = ("paper", "released")
+MASK_RESIZE_MODES = ("area", "nearest")
+
+
+def resize_masks(masks: torch.Tensor, map_hw: tuple[int, int], mode: str = "area") -> torch.Tensor:
+    """(B, G, H, W) {0,1} group masks -> (B, G, h, w) float at the attention-map size."""
+    if mode not in MASK_RESIZE_MODES:
+        raise ValueError(f"mask_resize must be one of {MASK_RESIZE_MODES}, got {mode!r}")
+    masks = masks.float()
+    if tuple(masks.shape[-2:]) == tuple(map_hw):
+        return masks
+    if mode == "area":
+        return F.interpolate(masks, size=tuple(map_hw), mode="area")
+    return F.interpolate(masks, size=tuple(map_hw), mode="nearest-exact")
+
+
+def span_weights(spans: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """(B, G, 2) end-exclusive spans -> (B, G, K) {0,1} token membership; invalid spans give all zeros."""
+    s, e = spans[..., 0:1], spans[..., 1:2]
+    valid = (s >= 0) & (e > s)
+    if bool(((e > n_keys) & valid).any()):
+        raise ValueError(f"a span ends past the {n_keys} text tokens: {spans.tolist()}")
+    j = torch.arange(n_keys, device=spans.device)
+    return ((j >= s) & (j < e) & valid).float()
+
+
+def _map_grid(masks: torch.Tensor, n_cells: int, map_hw: tuple[int, int] | None) -> tuple[int, int]:
+    if map_hw is not None:
+        return (int(map_hw[0]), int(map_hw[1]))
+    H, W = masks.shape[-2:]  # infer: n_cells cells with the masks' aspect ratio
+    scale = (H * W / n_cells) ** 0.5
+    return (round(H / scale), round(W / scale))
+
+
+def _per_entry_terms(attn: torch.Tensor, masks_flat: torch.Tensor, w: torch.Tensor):
+    """attn (B, H, P, K) fp32 probabilities, masks_flat (B, G, P), w (B, G, K).
+
+    Returns token_sse, mean_sse: (B, H, G) sums over pixels (and over the span's tokens for token_sse)."""
+    n = w.sum(-1)  # (B, G)
+    # token term: sum_j w_gj sum_p (A_pj - M_gp)^2 = sum_j w_gj (sum_p A_pj^2 - 2 sum_p A_pj M_gp) + n_g sum_p M_gp^2
+    a2 = attn.pow(2).sum(2)  # (B, H, K)
+    am = torch.einsum("bhpk,bgp->bhgk", attn, masks_flat)  # (B, H, G, K)
+    m2 = masks_flat.pow(2).sum(-1)  # (B, G)
+    token_sse = torch.einsum("bgk,bhk->bhg", w, a2) - 2 * torch.einsum("bgk,bhgk->bhg", w, am) \
+        + (n * m2)[:, None, :]
+    # mean-map term
+    mean_map = torch.einsum("bhpk,bgk->bhgp", attn, w) / n.clamp(min=1)[:, None, :, None]  # (B, H, G, P)
+    mean_sse = (mean_map - masks_flat[:, None]).pow(2).sum(-1)  # (B, H, G)
+    return token_sse.clamp(min=0), mean_sse
+
+
+def hola_loss(
+    maps: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+    masks: torch.Tensor,
+    spans: torch.Tensor,
+    reduction: str = "released",
+    mask_resize: str = "area",
+    map_hw: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """HOLA over captured maps.
+
+    maps: layer -> (B, heads, P, K) probabilities with P = h*w; all layers share one ``map_hw`` = (h, w)
+    (the captured level); if not given it is inferred from the masks' aspect ratio. Masks may be at the
+    map size or at image size. masks: (B, G, H, W) group masks. spans: (B, G, 2) long, end-exclusive,
+    (-1, -1) for groups without a span (also used to pad G)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    layers = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
+    if not layers:
+        raise ValueError("no attention maps captured: check the HOLA map size against the UNet's levels")
+    B, _, P, K = layers[0].shape
+    if masks.shape[:2] != spans.shape[:2] or masks.shape[0] != B:
+        raise ValueError(f"masks {tuple(masks.shape)} / spans {tuple(spans.shape)} / maps batch {B} disagree")
+    map_hw = _map_grid(masks, P, map_hw)
+    if map_hw[0] * map_hw[1] != P:
+        raise ValueError(f"cannot infer a map grid of {P} cells for masks of {H}x{W}")
+    m = resize_masks(masks, map_hw, mask_resize).flatten(2).to(layers[0].device)  # (B, G, P)
+    w = span_weights(spans.to(m.device), K)  # (B, G, K)
+    n = w.sum(-1)  # (B, G)
+    valid = n > 0  # (B, G)
+    n_valid = valid.sum(-1)  # (B,)
+    sample_ok = n_valid > 0
+    if not bool(sample_ok.any()):
+        return layers[0].new_zeros(())
+
+    per_entry = []  # each (B, H_l)
+    for attn in layers:
+        if attn.shape[0] != B or attn.shape[2] != P or attn.shape[3] != K:
+            raise ValueError(f"captured maps have mixed shapes: {attn.shape} vs {(B, '*', P, K)}")
+        token_sse, mean_sse = _per_entry_terms(attn.float(), m, w)
+        per_group = (token_sse + mean_sse) * valid[:, None, :]  # (B, H, G)
+        if reduction == "paper":
+            val = per_group.sum(-1) / n_valid.clamp(min=1)[:, None]
+        else:
+            denom = (P * (n + 1) * valid).sum(-1)  # (B,)
+            val = per_group.sum(-1) / denom.clamp(min=1)[:, None]
+        per_entry.append(val)
+    per_sample = torch.cat(per_entry, dim=1).mean(1)  # mean over (layer, head) entries
+    return per_sample[sample_ok].mean()
+
+
+def hola_loss_reference(maps, masks, spans, reduction="released", mask_resize="area",
+                        map_hw=None) -> torch.Tensor:
+    """Loop-by-loop implementation of the same definition (slow; for tests and readers)."""
+    layers = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
+    B, _, P, K = layers[0].shape
+    map_hw = _map_grid(masks, P, map_hw)
+    m = resize_masks(masks, map_hw, mask_resize).flatten(2)
+    sample_losses = []
+    for b in range(B):
+        groups = [(g, int(s), int(e)) for g, (s, e) in enumerate(spans[b].tolist()) if s >= 0 and e > s]
+        if not groups:
+            continue
+        entries = []
+        for attn in layers:
+            for h in range(attn.shape[1]):
+                a = attn[b, h].float()  # (P, K)
+                if reduction == "paper":
+                    tot = 0.0
+                    for g, s, e in groups:
+                        tok = sum(((a[:, j] - m[b, g]) ** 2).sum() for j in range(s, e))
+                        mean = ((a[:, s:e].mean(-1) - m[b, g]) ** 2).sum()
+                        tot = tot + tok + mean
+                    entries.append(tot / len(groups))
+                else:
+                    stack_a, stack_m = [], []
+                    for g, s, e in groups:
+                        stack_a += [a[:, s:e], a[:, s:e].mean(-1, keepdim=True)]
+                        stack_m += [m[b, g][:, None].expand(-1, e - s + 1)]
+                    entries.append(((torch.cat(stack_a, -1) - torch.cat(stack_m, -1)) ** 2).mean())
+        sample_losses.append(torch.stack([torch.as_tensor(x) for x in entries]).mean())
+    if not sample_losses:
+        return torch.zeros(())
+    return torch.stack(sample_losses).mean()

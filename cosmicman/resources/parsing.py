@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import dagster as dg
+
+from cosmicman.data.parsing import HumanParser, SegmentationModelParser, SyntheticTruthParser
+from cosmicman.data.store import Store
+
+
+class ParserResource(dg.ConfigurableResource):
+    """Human parsing: the synthetic world's truth locally; a segmentation model id in production."""
+
+    model_id: Optional[str] = None
+    device: str = "cpu"
+
+    def parser(self, store: Store) -> HumanParser:
+        if self.model_id:
+            return SegmentationModelParser(self.model_id, self.device)
+        return SyntheticTruthParser(store)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import dagster as dg
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """Daring training settings. Defaults are the embedded tiny run (a tiny UNet, 64 px, a few dozen
+    steps on CPU); production sets ``pretrained`` to an SD-1.5 id or folder and the released values
+    (lr 1e-5, resolution 512+)."""
+
+    pretrained: Optional[str] = None
+    resolution: int = 64
+    steps: int = 30
+    batch_size: int = 4
+    lr: float = 1e-4
+    alpha: float = 1.0
+    beta: float = 1.0
+    hola_reduction: str = "released"
+    hola_map_factor: int = 8
+    gradient_checkpointing: bool = False
+    act_fn: str = "silu"
+    seed: int = 0
+
+    def train_config(self, shards: list[str], output_url: str) -> dict[str, Any]:
+        return {"shards": shards, "output_url": output_url, "pretrained": self.pretrained,
+                "resolution": self.resolution, "steps": self.steps, "batch_size": self.batch_size,
+                "lr": self.lr, "alpha": self.alpha, "beta": self.beta, "hola_reduction": self.hola_reduction,
+                "hola_map_factor": self.hola_map_factor, "gradient_checkpointing": self.gradient_checkpointing,
+                "act_fn": self.act_fn, "seed": self.seed}
+
+
+class EvaluationResource(dg.ConfigurableResource):
+    """Evaluation settings: test prompts come from held-out synthetic people (exact attributes)."""
+
+    n_prompts: int = 16
+    prompt_seed: int = 30_000
+    inference_steps: int = 10
+    guidance_scale: float = 5.0
+    feature_seed: int = 0

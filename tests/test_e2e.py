@@ -1,0 +1,109 @@
+"""The flywheel turns: the whole asset graph on a small synthetic pool, twice."""
+import json
+import os
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from cosmicman.cli import run
+from cosmicman.data.store import Store
+from cosmicman.definitions import build_definitions, local_resources
+from cosmicman.resources.sourcing import SourcingResource
+from cosmicman.resources.training import EvaluationResource, TrainingResource
+
+pytestmark = pytest.mark.slow
+
+
+def _census(store: Store) -> dict:
+    """Blob count and row count of every table: what a second run must not grow."""
+    rows = {k: len(df) for k, df in store.iter_tables("tables")}
+    return {"blobs": len(store.list("blobs")), "rows": rows,
+            "datasets": sorted({k.split("/")[2] for k in store.list("datasets/cosmicman-hq") if k.count("/") > 2}),
+            "models": sorted({k.split("/")[2] for k in store.list("models/daring_unet")})}
+
+
+@pytest.fixture(scope="module")
+def flywheel(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    os.environ["COSMICMAN_HOME"] = str(home)
+    resources = local_resources(store_url=str(home / "store"), folder_url=str(home / "datasets" / "folder"))
+    resources["sourcing"] = SourcingResource(batch_size=24, pool_threshold=24, folder_url=str(home / "datasets" / "folder"))
+    resources["training"] = TrainingResource(steps=12, batch_size=4)
+    resources["evaluation_config"] = EvaluationResource(n_prompts=6, inference_steps=4)
+    defs = build_definitions(resources)
+    first = run(home, defs)
+    store = Store(str(home / "store"))
+    census_first = _census(store)
+    second = run(home, defs)
+    return {"home": home, "store": store, "first": first, "second": second,
+            "census_first": census_first, "census_second": _census(store)}
+
+
+def test_every_raw_image_is_kept_or_rejected_for_its_true_reason(flywheel):
+    store = flywheel["store"]
+    raw = pl.concat([df for _, df in store.iter_tables("tables/raw_images")])
+    filtered = pl.concat([df for _, df in store.iter_tables("tables/filtered_images")])
+    assert len(filtered) == len(raw) and set(filtered["sha256"]) == set(raw["sha256"])
+    counts = dict(filtered.group_by("decision").len().iter_rows())
+    assert sum(counts.values()) == len(raw)
+    truth = pl.concat([df for _, df in store.iter_tables("tables/synthetic_truth")]).select("sha256", "case")
+    joined = filtered.join(truth, on="sha256")
+    assert len(joined) > 0 and joined["case"].n_unique() == 8  # every negative case occurred
+    mismatched = joined.filter(pl.col("decision") != pl.col("case"))
+    assert mismatched.is_empty(), mismatched.select("sha256", "case", "decision", "detail")
+    # the folder dataset (no truth) holds only good people: all kept
+    folder = filtered.join(raw.filter(pl.col("source") == "folder").select("sha256"), on="sha256")
+    assert len(folder) > 0 and set(folder["decision"]) == {"kept"}
+
+
+def test_dataset_stats_match_the_manifest(flywheel):
+    from cosmicman.data.dataset_version import read_manifest, read_stats, verify_shards
+
+    store = flywheel["store"]
+    version = flywheel["first"]["dataset"]["version"]
+    manifest = read_manifest(store.url, version)
+    stats = read_stats(store.url, version)
+    assert flywheel["first"]["dataset"]["samples"] == len(manifest) > 0
+    assert stats["n_images"] == len(manifest)
+    assert verify_shards(store.url, version) == []
+    synthetic_kept = pl.concat([df for _, df in store.iter_tables("tables/filtered_images")]).filter(
+        pl.col("decision") == "kept")
+    parsed = pl.concat([df for _, df in store.iter_tables("tables/human_parsing")])
+    assert set(manifest["sha256"]) == set(parsed["sha256"]) <= set(synthetic_kept["sha256"])
+
+
+def test_trained_unet_loads_in_diffusers(flywheel):
+    from diffusers import UNet2DConditionModel
+
+    from cosmicman.model.generate import local_model_dir
+
+    training = flywheel["first"]["training"]
+    assert training["steps"] == 12
+    assert all(isinstance(training[k], float) and training[k] > 0 for k in ("loss_first", "loss_last"))
+    with local_model_dir(training["output_url"]) as path:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+        assert unet.config.cross_attention_dim > 0
+        with open(os.path.join(path, "training_run.json")) as f:
+            run_record = json.load(f)
+    assert run_record["config"]["beta"] == 1.0
+
+
+def test_evaluation_metrics_are_numbers_in_range(flywheel):
+    ev = flywheel["first"]["evaluation"]
+    for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all"):
+        assert 0.0 <= ev[k] <= 1.0, (k, ev[k])
+    assert ev["frechet_distance"] >= 0.0
+
+
+def test_hitl_round_improves_the_annotator_cheaply(flywheel):
+    h = flywheel["first"]["hitl"]
+    assert h["mean_accuracy_after"] > h["mean_accuracy_before"]
+    assert 0 < h["labels_asked"] and h["manual_share"] < 0.5
+
+
+def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
+    assert flywheel["second"]["new_batches"] == []
+    assert flywheel["second"]["dataset"]["reused"] is True
+    assert flywheel["second"]["training"]["reused"] is True
+    assert flywheel["census_second"] == flywheel["census_first"]

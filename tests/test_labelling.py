@@ -1,0 +1,43 @@
+import json
+import os
+
+from cosmicman.data.annotation import SimulatedOracle
+from cosmicman.data.labelling import FileInbox, LabelTask, SimulatedOracleInbox
+from cosmicman.data.store import Store
+
+
+def _store():
+    return Store(f"memory://lab-{os.urandom(4).hex()}")
+
+
+def test_inbox_round_waits_for_human_answers_then_collects_only_asked_categories():
+    store = _store()
+    inbox = FileInbox(store)
+    tasks = [LabelTask("t1", "sha1", "memory://x/1.jpg", ("hat_color", "gender")),
+             LabelTask("t2", "sha2", "memory://x/2.jpg", ("hat_color", "gender"))]
+    inbox.submit("round-001", 1, tasks)
+    status = inbox.open_round_status()
+    assert (status.round_id, status.tasks, status.pending) == ("round-001", 2, 2)
+    store.write_bytes("labelling/round-001/answers/alice.jsonl", (json.dumps(
+        {"task_id": "t1", "image_sha256": "sha1", "answers": {"gender": "woman", "age": "adult"}}) + "\n").encode())
+    labels, pending = inbox.collect("round-001", 1)
+    assert pending == 1
+    assert [(l.image_sha256, l.category, l.answer, l.source) for l in labels] == [("sha1", "gender", "woman", "human")]
+    store.write_bytes("labelling/round-001/answers/bob.jsonl", (json.dumps(
+        {"task_id": "t2", "image_sha256": "sha2", "answers": {"gender": "man"}}) + "\n").encode())
+    assert inbox.open_round_status().pending == 0
+    inbox.close_round("round-001")
+    assert inbox.open_round_status() is None
+
+
+def test_oracle_inbox_answers_at_once_with_its_error_rate():
+    store = _store()
+    truth = {f"sha{i}": {"gender": "woman", "hat_exists": "no"} for i in range(400)}
+    inbox = SimulatedOracleInbox(store, truth, SimulatedOracle(error_rate=0.1, seed=3))
+    inbox.submit("round-001", 1, [LabelTask(f"t{i}", f"sha{i}", "", ("gender", "hat_color")) for i in range(400)])
+    labels, pending = inbox.collect("round-001", 1)
+    assert pending == 0
+    # hat_color does not apply (no hat), so only gender is answered
+    assert {l.category for l in labels} == {"gender"} and len(labels) == 400
+    wrong = sum(l.answer != "woman" for l in labels) / len(labels)
+    assert 0.06 < wrong < 0.14

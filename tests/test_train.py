@@ -1,0 +1,160 @@
+"""Shards -> tensors, and a ~20-step Daring training run in a subprocess that publishes a loadable pipeline."""
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from cosmicman.data.tokenizer import load_clip_tokenizer
+from cosmicman.model.shards import ShardDataset, batches, expand_shard_urls, group_label_masks
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# (group name, text, labels, foreground)
+GROUPS = [
+    ("person", "a woman", [], True),
+    ("hair", "long black hair", [2], False),
+    ("top", "red t-shirt", [4], False),
+    ("bottoms", "blue jeans", [6], False),
+]
+COLOURS = {0: (200, 200, 170), 2: (20, 20, 20), 4: (200, 30, 30), 6: (30, 40, 160), 11: (230, 190, 160)}
+
+
+def find_span(ids, sub):
+    hits = [i for i in range(len(ids) - len(sub) + 1) if ids[i:i + len(sub)] == sub]
+    return [hits[0], hits[0] + len(sub)] if len(hits) == 1 else None
+
+
+def make_sample(i, size=64):
+    """A flat 'person' (hair, face, top, jeans) on a background, its ATR label map and metadata."""
+    rng = np.random.default_rng(i)
+    lab = np.zeros((size, size), np.uint8)
+    x0 = int(rng.integers(12, 28))
+    w = 20
+    lab[4:12, x0:x0 + w] = 2          # hair
+    lab[12:20, x0 + 4:x0 + w - 4] = 11  # face
+    lab[20:38, x0:x0 + w] = 4         # upper clothes
+    lab[38:60, x0 + 2:x0 + w - 2] = 6  # pants
+    img = np.zeros((size, size, 3), np.uint8)
+    for k, c in COLOURS.items():
+        img[lab == k] = c
+    img = np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    img_bytes = buf.getvalue()
+    mbuf = io.BytesIO()
+    Image.fromarray(lab, mode="L").save(mbuf, format="PNG")
+    tok = load_clip_tokenizer()
+    caption = ", ".join(g[1] for g in GROUPS) + ", white sneakers"
+    ids = tok(caption, padding="max_length", max_length=77, truncation=True).input_ids
+    groups = []
+    for name, text, labels, fg in GROUPS:
+        groups.append({"name": name, "text": text, "labels": labels, "foreground": fg,
+                       "span": find_span(ids, tok(text, add_special_tokens=False).input_ids)})
+    groups.append({"name": "shoes", "text": "white sneakers", "labels": [9, 10], "foreground": False,
+                   "span": None})  # a group without a span: mask but no loss
+    sha = hashlib.sha256(img_bytes).hexdigest()
+    meta = {"sha256": sha, "caption": caption, "groups": groups, "attributes": {"gender": "woman"}}
+    return {"__key__": sha, "png": img_bytes, "mask.png": mbuf.getvalue(), "json": json.dumps(meta).encode()}
+
+
+def write_shards(folder: Path, n_shards=2, per_shard=6):
+    folder.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for s in range(n_shards):
+        path = folder / f"shard-{s:03d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(per_shard):
+                sink.write(make_sample(s * 100 + i))
+        urls.append(str(path))
+    return urls
+
+
+def test_shards_to_tensors(tmp_path):
+    urls = write_shards(tmp_path / "shards", n_shards=2, per_shard=3)
+    assert expand_shard_urls([str(tmp_path / "shards" / "shard-{000..001}.tar")]) == urls
+    assert expand_shard_urls([str(tmp_path / "shards")]) == urls
+    ds = ShardDataset(urls, load_clip_tokenizer(), resolution=32, mask_size=(4, 4))
+    samples = list(ds)
+    assert len(samples) == 6 and ds.stats["samples"] == 6 and not ds.stats["span_rejected"]
+    s = samples[0]
+    assert s["pixel_values"].shape == (3, 32, 32)
+    assert -1.0 <= s["pixel_values"].min() and s["pixel_values"].max() <= 1.0
+    assert s["input_ids"].shape == (77,) and s["input_ids"][0].item() == 49406
+    # "a woman, long black hair, ..." -> a=1 woman=2 ,=3 long=4 black=5 hair=6
+    assert s["spans"].tolist() == [[1, 3], [4, 7], [8, 12], [13, 15], [-1, -1]]
+    assert s["group_masks"].shape == (5, 4, 4)
+    # exact label -> mask check at full resolution (nearest resize keeps labels intact)
+    raw = make_sample(0)
+    lab = torch.from_numpy(np.asarray(Image.open(io.BytesIO(raw["mask.png"]))).astype(np.int64))
+    groups = json.loads(raw["json"])["groups"]
+    full = group_label_masks(lab, groups, None)
+    assert torch.equal(full[0], (lab != 0).float()) and torch.equal(full[1], (lab == 2).float())
+    assert full[4].sum() == 0  # shoes absent
+    small = group_label_masks(lab, groups, (4, 4), "area")
+    assert small[1].sum().item() == pytest.approx((lab == 2).sum().item() / 256, abs=1e-5)
+    b = next(batches(ShardDataset(urls, load_clip_tokenizer(), 32, (4, 4)), 4))
+    assert b["pixel_values"].shape == (4, 3, 32, 32) and b["spans"].shape == (4, 5, 2)
+
+
+def test_bad_spans_are_rejected(tmp_path):
+    raw = make_sample(1)
+    meta = json.loads(raw["json"])
+    meta["groups"][1]["span"] = [5, 8]  # off by one: does not hold "long black hair"
+    raw["json"] = json.dumps(meta).encode()
+    ds = ShardDataset([str(p) for p in write_shards(tmp_path / "s", 1, 1)], load_clip_tokenizer(), 64, (8, 8))
+    out = ds.decode(raw)
+    assert out["spans"][1].tolist() == [-1, -1] and ds.stats["span_rejected"] == 1
+
+
+def test_training_run_subprocess(tmp_path):
+    urls = write_shards(tmp_path / "shards")
+    out = tmp_path / "models" / "daring-tiny"
+    cfg = {
+        "shards": urls, "output_url": str(out), "resolution": 64, "steps": 20, "batch_size": 4,
+        "lr": 1e-4, "hola_map_factor": 8, "hola_reduction": "released", "gradient_checkpointing": True,
+        "seed": 0, "log_every": 5, "shuffle_buffer": 8,
+    }
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(json.dumps(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    env.pop("DAGSTER_PIPES_MESSAGES", None)
+    proc = subprocess.run([PYTHON, "-m", "cosmicman.model.train", "--config", str(cfg_path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 20/20" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 20 and summary["output_url"] == str(out)
+    run = json.loads((out / "training_run.json").read_text())
+    hist = run["loss_history"]
+    assert len(hist) == 20
+    assert all(np.isfinite([h["loss"], h["noise"], h["hola"]]).all() for h in hist)
+    assert all(h["hola"] > 0 for h in hist)
+    assert run["metrics"]["hola_layers"] and run["metrics"]["hola_map_hw"] == [8, 8]
+    assert run["data"]["shards"] == urls and run["config"]["lr"] == 1e-4
+    assert not list(out.parent.glob("*.tmp-*"))  # nothing half-published left behind
+
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(out), subfolder="unet")
+    assert unet.config.act_fn == "silu"
+    pipe = StableDiffusionPipeline.from_pretrained(str(out))
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a woman, red t-shirt", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+    # a second run to the same URL refuses to overwrite the published model
+    proc2 = subprocess.run([PYTHON, "-m", "cosmicman.model.train", "--config", str(cfg_path)], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert proc2.returncode != 0 and "already holds a published model" in proc2.stderr
