@@ -48,8 +48,9 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, partition
     started = time.monotonic()
     label = f"{job}[{partition_key}]" if partition_key else job
     print(f"==> {label}", flush=True)
-    result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key,
-                                                          raise_on_error=True)
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=partition_key, raise_on_error=True,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     print(f"<== {label}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
 
 

@@ -13,6 +13,7 @@ from cosmicman.assets import annotation, datasets, evaluation, filtering, sourci
 from cosmicman.jobs import ALL_JOBS, ALL_SENSORS
 from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
 from cosmicman.resources.filters import FilterResource
+from cosmicman.resources.launchers import SubprocessTrainingLauncher
 from cosmicman.resources.parsing import ParserResource
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
@@ -33,7 +34,7 @@ def local_resources(store_url: str | None = None, folder_url: str | None = None)
         "labelling": LabellingResource(),
         "training": TrainingResource(),
         "evaluation_config": EvaluationResource(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "training_launcher": SubprocessTrainingLauncher(),
     }
 
 

@@ -41,3 +41,27 @@ def test_oracle_inbox_answers_at_once_with_its_error_rate():
     assert {l.category for l in labels} == {"gender"} and len(labels) == 400
     wrong = sum(l.answer != "woman" for l in labels) / len(labels)
     assert 0.06 < wrong < 0.14
+
+
+def test_labels_arrived_sensor_waits_then_requests_one_run(tmp_path):
+    import dagster as dg
+
+    from cosmicman.jobs import labels_arrived_sensor
+    from cosmicman.resources.annotation import LabellingResource
+    from cosmicman.resources.storage import ObjectStoreResource
+
+    resources = {"object_store": ObjectStoreResource(url=str(tmp_path / "store")),
+                 "labelling": LabellingResource(backend_kind="inbox")}
+    store = Store(str(tmp_path / "store"))
+    with dg.instance_for_test() as instance:
+        def evaluate():
+            with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+                return labels_arrived_sensor(ctx)
+
+        assert "no labelling round" in evaluate().skip_reason.skip_message
+        FileInbox(store).submit("round-001", 1, [LabelTask("t1", "sha1", "", ("gender",))])
+        assert "1 of 1 tasks still unlabelled" in evaluate().skip_reason.skip_message
+        store.write_bytes("labelling/round-001/answers/a.jsonl", (json.dumps(
+            {"task_id": "t1", "image_sha256": "sha1", "answers": {"gender": "man"}}) + "\n").encode())
+        (request,) = evaluate().run_requests
+        assert request.run_key.startswith("labels-round-001-")

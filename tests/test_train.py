@@ -116,21 +116,25 @@ def test_bad_spans_are_rejected(tmp_path):
     assert out["spans"][1].tolist() == [-1, -1] and ds.stats["span_rejected"] == 1
 
 
+def _env():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for k in ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"):
+        env.pop(k, None)
+    return env
+
+
 def test_training_run_subprocess(tmp_path):
     urls = write_shards(tmp_path / "shards")
     out = tmp_path / "models" / "daring-tiny"
     cfg = {
-        "shards": urls, "output_url": str(out), "resolution": 64, "steps": 20, "batch_size": 4,
+        "shards": urls, "output_url": str(out), "resolution": 64, "steps": 20, "batch_size": 2,
         "lr": 1e-4, "hola_map_factor": 8, "hola_reduction": "released", "gradient_checkpointing": True,
         "seed": 0, "log_every": 5, "shuffle_buffer": 8,
     }
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("DAGSTER_PIPES_CONTEXT", None)
-    env.pop("DAGSTER_PIPES_MESSAGES", None)
     proc = subprocess.run([PYTHON, "-m", "cosmicman.model.train", "--config", str(cfg_path)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 20/20" in proc.stderr
     summary = json.loads(proc.stdout)
@@ -140,7 +144,14 @@ def test_training_run_subprocess(tmp_path):
     assert len(hist) == 20
     assert all(np.isfinite([h["loss"], h["noise"], h["hola"]]).all() for h in hist)
     assert all(h["hola"] > 0 for h in hist)
-    assert run["metrics"]["hola_layers"] and run["metrics"]["hola_map_hw"] == [8, 8]
+    assert summary["loss_first"] == hist[0]["loss"] and summary["loss_last"] == hist[-1]["loss"]
+    assert run["metrics"]["hola_layers"] == [
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        "mid_block.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.0.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.0.attentions.1.transformer_blocks.0.attn2",
+    ]
+    assert run["metrics"]["hola_map_hw"] == [8, 8] and run["metrics"]["dataset_stats"]["span_rejected"] == 0
     assert run["data"]["shards"] == urls and run["config"]["lr"] == 1e-4
     assert not list(out.parent.glob("*.tmp-*"))  # nothing half-published left behind
 
@@ -153,8 +164,81 @@ def test_training_run_subprocess(tmp_path):
     image = pipe("a woman, red t-shirt", num_inference_steps=2, height=64, width=64,
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+    # the published folder is itself a valid `pretrained` for the next fine-tune (activation swapped)
+    from cosmicman.model.components import load_components
 
-    # a second run to the same URL refuses to overwrite the published model
-    proc2 = subprocess.run([PYTHON, "-m", "cosmicman.model.train", "--config", str(cfg_path)], cwd=REPO,
-                           env=env, capture_output=True, text=True, timeout=600)
-    assert proc2.returncode != 0 and "already holds a published model" in proc2.stderr
+    unet2, _, _, tok2, _ = load_components(str(out), act_fn="gelu")
+    assert unet2.config.act_fn == "gelu" and len(tok2) == 49408
+
+    # a published model is immutable: the trainer refuses to train into it again
+    from cosmicman.model.train import TrainConfig, check_output_free, train
+
+    with pytest.raises(FileExistsError, match="already holds a published model"):
+        check_output_free(str(out), overwrite=False)
+    with pytest.raises(FileExistsError):
+        train(TrainConfig.from_dict(cfg))
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    from cosmicman.model.train import TrainConfig
+
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"shards": ["x.tar"], "output_url": "/tmp/x", "learning_rate": 1})
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict({"shards": ["x.tar"], "output_url": "/tmp/x", "hola_reduction": "mean"})
+    c = TrainConfig.from_dict({"shards": "x.tar", "output_url": "/tmp/x"})
+    assert (c.lr, c.weight_decay, c.alpha, c.beta, c.hola_map_factor) == (1e-5, 1e-2, 1.0, 1.0, 16)
+
+
+def test_nan_guard_stops_without_publishing(tmp_path, monkeypatch):
+    from cosmicman.model import train as train_mod
+
+    urls = write_shards(tmp_path / "shards", 1, 2)
+    out = tmp_path / "nan-model"
+    monkeypatch.setattr(train_mod, "hola_loss", lambda *a, **k: torch.tensor(float("nan")))
+    cfg = train_mod.TrainConfig.from_dict({"shards": urls, "output_url": str(out), "resolution": 64,
+                                           "steps": 3, "batch_size": 1, "hola_map_factor": 8})
+    with pytest.raises(train_mod.NonFiniteLossError, match="non-finite loss at step 1/3"):
+        train_mod.train(cfg, log_fn=lambda m: None)
+    assert not out.exists() and not list(tmp_path.glob("nan-model.tmp-*"))
+
+
+def test_pipes_launch_reports_materialization(tmp_path):
+    dagster = pytest.importorskip("dagster")
+    urls = write_shards(tmp_path / "shards", 1, 2)
+    out = tmp_path / "pipes-model"
+    cfg = {"shards": urls, "output_url": str(out), "resolution": 64, "steps": 2, "batch_size": 1,
+           "hola_map_factor": 8, "log_every": 1}
+
+    @dagster.asset
+    def daring_unet(context: dagster.AssetExecutionContext, pipes: dagster.PipesSubprocessClient):
+        return pipes.run(command=[PYTHON, "-m", "cosmicman.model.train"], context=context,
+                         extras={"config": cfg}, env={"PYTHONPATH": str(REPO)}, cwd=str(REPO)
+                         ).get_materialize_result()
+
+    result = dagster.materialize([daring_unet], resources={"pipes": dagster.PipesSubprocessClient()})
+    assert result.success
+    mats = result.asset_materializations_for_node("daring_unet")
+    md = {k: v.value for k, v in mats[0].metadata.items()}
+    assert {"loss_first", "loss_last", "output_url", "steps"} <= set(md)
+    assert md["steps"] == 2 and md["output_url"] == str(out) and np.isfinite(md["loss_last"])
+    assert (out / "training_run.json").exists()
+
+
+def test_object_store_publish_plain_finetune_and_act_fn(tmp_path):
+    """beta=0 (no capture), act_fn=mish, and the object-store publish path (memory:// stands in for s3://)."""
+    import fsspec
+
+    from cosmicman.model.train import TrainConfig, train
+
+    urls = write_shards(tmp_path / "shards", 1, 2)
+    url = "memory://cosmicman-test/models/plain-mish"
+    rec = train(TrainConfig.from_dict({"shards": urls, "output_url": url, "resolution": 64, "steps": 2,
+                                       "batch_size": 1, "beta": 0.0, "act_fn": "mish",
+                                       "hola_map_factor": 8}), log_fn=lambda m: None)
+    assert rec["metrics"]["hola_layers"] == [] and rec["metrics"]["hola_loss_last"] == 0.0
+    fs = fsspec.filesystem("memory")
+    assert json.loads(fs.cat(f"{url}/unet/config.json"))["act_fn"] == "mish"
+    assert fs.exists(f"{url}/training_run.json") and fs.exists(f"{url}/model_index.json")
+    assert not [p for p in fs.ls("memory://cosmicman-test/models", detail=False) if ".tmp-" in p]
+    fs.rm("memory://cosmicman-test", recursive=True)

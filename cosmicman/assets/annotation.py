@@ -1,5 +1,4 @@
 """Annotate Anyone: the evaluation set, one human-in-the-loop round, annotations and captions."""
-from __future__ import annotations
 
 import hashlib
 import json

@@ -1,5 +1,4 @@
 """Small helpers the assets share: partitions, progress logging, table keys, image-grid metadata."""
-from __future__ import annotations
 
 import base64
 import hashlib

@@ -1,5 +1,4 @@
 """CosmicMan-HQ: immutable dataset versions built from the captioned, parsed, annotated pool."""
-from __future__ import annotations
 
 import json
 from datetime import datetime, timezone

@@ -1,5 +1,4 @@
 """Evaluation of a trained model: semantic accuracy (Acc_obj/tex/shape/all) and a Fréchet distance."""
-from __future__ import annotations
 
 import math
 

@@ -1,5 +1,4 @@
 """The filter chain over each sourcing batch, the fake-person head it uses, and human parsing."""
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

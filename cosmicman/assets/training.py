@@ -1,14 +1,13 @@
 """Daring training, launched as its own process; it reports back through Dagster Pipes."""
-from __future__ import annotations
 
 import hashlib
 import json
-import sys
 
 import dagster as dg
 
 from cosmicman.assets.datasets import LATEST_KEY
 from cosmicman.data.dataset_version import shard_urls
+from cosmicman.resources.launchers import SubprocessTrainingLauncher
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.resources.training import TrainingResource
 
@@ -24,7 +23,7 @@ def model_key(data_version: str, config: dict) -> str:
 
 @dg.asset(deps=["cosmicman_hq"], kinds={"pytorch", "diffusers"}, group_name="training", code_version="1")
 def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, training: TrainingResource,
-                pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+                training_launcher: SubprocessTrainingLauncher) -> dg.MaterializeResult:
     """The whole UNet fine-tuned with noise loss + HOLA on the latest CosmicMan-HQ version, saved in
     diffusers format. The trainer runs as ``python -m cosmicman.model.train`` in its own process."""
     store = object_store.store()
@@ -42,8 +41,6 @@ def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
                                               "reused": True, "loss_first": record["metrics"]["loss_first"],
                                               "loss_last": record["metrics"]["loss_last"]},
                                     data_version=dg.DataVersion(key.rsplit("/", 1)[1]))
-    result = pipes_subprocess_client.run(
-        context=context, command=[sys.executable, "-m", "cosmicman.model.train"], extras={"config": config},
-    ).get_materialize_result()
+    result = training_launcher.launch(context, config)
     return dg.MaterializeResult(metadata={**(result.metadata or {}), "dataset_version": version, "reused": False},
                                 data_version=dg.DataVersion(key.rsplit("/", 1)[1]))

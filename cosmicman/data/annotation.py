@@ -10,7 +10,7 @@ and the labels a full manual pass over the pool would have needed.
 * :class:`Annotator` is the interface every backend implements (the light probe here; a VLM with
   LoRA in production lives behind a resource).
 * :class:`ProbeAnnotator` is the light embedded default: a fixed, weight-free vision backbone
-  (:class:`SpatialColourBackbone`: grid colour-name histograms, HSV statistics and edge energy) plus
+  (:class:`PersonRegionBackbone`: the person located from pixels, grid colour-name histograms and edge energy) plus
   one softmax-regression head per category. Its round 0 (:meth:`ProbeAnnotator.pretrained`) is
   trained on a small, noisy, biased label set that simulates a generic pretrained VLM (reliable on
   head categories such as gender / age, systematically confused on tail ones), so its per-category
@@ -24,15 +24,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import zipfile
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Protocol as TypingProtocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
-from scipy import optimize
 
 from cosmicman.data.imageio import decode_image, sha256_hex
 from cosmicman.data.protocol import Category, Protocol, load_protocol
@@ -42,7 +41,7 @@ __all__ = [
     "AnnotationItem",
     "items_from_samples",
     "Annotator",
-    "SpatialColourBackbone",
+    "PersonRegionBackbone",
     "ProbeAnnotator",
     "GENERIC_VLM_PROFILE",
     "simulate_pretraining_labels",
@@ -148,7 +147,9 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
     m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
                  dtype=np.float32)
-    xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
+    # explicit 3x3 product (a BLAS call here would spawn threads for every image)
+    xyz = np.stack([c[..., 0] * m[i, 0] + c[..., 1] * m[i, 1] + c[..., 2] * m[i, 2] for i in range(3)], axis=-1)
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
     return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
                      200.0 * (f[..., 1] - f[..., 2])], axis=-1)
@@ -157,54 +158,122 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 _PROTO_LAB = _srgb_to_lab(np.array(list(_PROTOTYPES.values()), dtype=np.float32))
 
 
-class SpatialColourBackbone:
-    """A fixed, weight-free feature extractor for person images (deterministic; nothing to download).
+class PersonRegionBackbone:
+    """A fixed, weight-free feature extractor for single-person images (deterministic; no download).
 
-    The image is resized to ``grid_w * cell`` x ``grid_h * cell`` pixels. Per grid cell: a soft
-    colour-name histogram over 16 prototypes (in Lab, Gaussian soft assignment), mean / std of Lab,
-    and mean horizontal / vertical / diagonal gradient energy (computed at twice the resolution, so
-    stripes and dots show). Per row band: the colour-name histogram of the central half of the width
-    (where the person's torso and legs are). Plus the whole image's colour-name histogram.
+    1. Foreground from pixels: each row's background colour is the median of its outer columns
+       (``edge`` of the width on each side, where a centred person rarely reaches); a pixel is
+       foreground when its Lab distance to its row's background exceeds ``fg_threshold``.
+    2. Person box: rows with foreground in the central band give top / bottom; the box is centred on
+       the foreground's median column and is ``box_aspect`` x its height wide (scale-normalised).
+    3. Per cell of a ``grid_w`` x ``grid_h`` grid over the box: the foreground fraction, a soft
+       colour-name histogram (16 Lab prototypes: the protocol's garment colours, skin tones, blonde)
+       over foreground pixels, and horizontal / vertical / diagonal gradient energy on foreground
+       pixels at twice the resolution (stripes, dots, plaid).
+    4. Global: box height and width relative to the image, horizontal extent of the foreground,
+       and the background's colour-name histogram and gradient energy in the top and bottom thirds.
     """
 
-    def __init__(self, grid_w: int = 4, grid_h: int = 8, cell: int = 12, sigma: float = 14.0):
-        self.grid_w, self.grid_h, self.cell, self.sigma = grid_w, grid_h, cell, float(sigma)
+    kind = "person-region"
+
+    def __init__(self, grid_w: int = 3, grid_h: int = 10, cell: int = 8, sigma: float = 14.0,
+                 edge: float = 0.07, fg_threshold: float = 16.0, box_aspect: float = 0.6,
+                 kind: str = "person-region"):
+        if kind != self.kind:
+            raise ValueError(f"unknown backbone kind {kind!r}")
+        self.grid_w, self.grid_h, self.cell, self.sigma = int(grid_w), int(grid_h), int(cell), float(sigma)
+        self.edge, self.fg_threshold, self.box_aspect = float(edge), float(fg_threshold), float(box_aspect)
         self.k = len(_PROTOTYPES)
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"grid_w": self.grid_w, "grid_h": self.grid_h, "cell": self.cell, "sigma": self.sigma}
+        return {"kind": self.kind, "grid_w": self.grid_w, "grid_h": self.grid_h, "cell": self.cell,
+                "sigma": self.sigma, "edge": self.edge, "fg_threshold": self.fg_threshold,
+                "box_aspect": self.box_aspect}
 
     @property
     def dim(self) -> int:
-        cells = self.grid_w * self.grid_h
-        return cells * (self.k + 6 + 3) + self.grid_h * self.k + self.k
+        return self.grid_w * self.grid_h * (1 + self.k + 3) + self.k + 9 * (self.k + 2) + 4 + 2 * (self.k + 1)
+
+    def _soft_hist(self, lab: np.ndarray) -> np.ndarray:
+        d2 = ((lab[..., None, :] - _PROTO_LAB) ** 2).sum(-1)
+        w = np.exp(-(d2 - d2.min(-1, keepdims=True)) / (2 * self.sigma ** 2))
+        return w / w.sum(-1, keepdims=True)
+
+    def foreground(self, img: Image.Image, width: int = 80, height: int = 160) -> np.ndarray:
+        """Boolean ``[height, width]`` foreground estimate (see the class docstring)."""
+        lab = _srgb_to_lab(np.asarray(img.convert("RGB").resize((width, height), Image.BILINEAR)))
+        e = max(2, int(round(self.edge * width)))
+        border = np.concatenate([lab[:, :e], lab[:, -e:]], axis=1)
+        bg = np.median(border, axis=1, keepdims=True)
+        return np.sqrt(((lab - bg) ** 2).sum(-1)) > self.fg_threshold
 
     def _one(self, img: Image.Image) -> np.ndarray:
-        gw, gh, c = self.grid_w, self.grid_h, self.cell
         img = img.convert("RGB")
-        small = np.asarray(img.resize((gw * c, gh * c), Image.BILINEAR), dtype=np.float32)
-        lab = _srgb_to_lab(small)                                       # [H, W, 3]
-        d2 = ((lab[:, :, None, :] - _PROTO_LAB[None, None]) ** 2).sum(-1)  # [H, W, K]
-        w = np.exp(-(d2 - d2.min(-1, keepdims=True)) / (2 * self.sigma ** 2))
-        w /= w.sum(-1, keepdims=True)
-        # cell pooling: [gh, c, gw, c, K] -> [gh, gw, K]
-        hist = w.reshape(gh, c, gw, c, self.k).mean(axis=(1, 3))
-        lab_cells = lab.reshape(gh, c, gw, c, 3)
-        lab_mean = lab_cells.mean(axis=(1, 3)) / 50.0
-        lab_std = lab_cells.std(axis=(1, 3)) / 25.0
-        big = np.asarray(img.convert("L").resize((gw * c * 2, gh * c * 2), Image.BILINEAR), dtype=np.float32) / 255.0
+        W, H = img.size
+        fw, fh = 80, 160
+        fg = self.foreground(img, fw, fh)
+        band = fg[:, int(fw * 0.3):int(fw * 0.7)]
+        rows = np.flatnonzero(band.sum(1) >= 2)
+        if len(rows) < 4:
+            top, bottom = 0, fh
+        else:
+            top, bottom = int(rows[0]), int(rows[-1]) + 1
+        cols = np.flatnonzero(fg[top:bottom].any(0))
+        cx = float(np.median(np.nonzero(fg[top:bottom])[1])) if fg[top:bottom].any() else fw / 2
+        ph = bottom - top
+        half = self.box_aspect * ph * (fh / H) * (W / fw) / 2  # box width in feature-map columns
+        # box in original pixels
+        sx, sy = W / fw, H / fh
+        box = (max(0.0, (cx - half) * sx), top * sy, min(float(W), (cx + half) * sx), bottom * sy)
+        gw, gh, c = self.grid_w, self.grid_h, self.cell
+        crop = img.crop(tuple(int(round(v)) for v in box))
+        small = np.asarray(crop.resize((gw * c, gh * c), Image.BILINEAR), dtype=np.float32)
+        lab = _srgb_to_lab(small)
+        # foreground of the crop, with the per-row background of the full image
+        full_lab = _srgb_to_lab(np.asarray(img.resize((fw, fh), Image.BILINEAR)))
+        e = max(2, int(round(self.edge * fw)))
+        bg_rows = np.median(np.concatenate([full_lab[:, :e], full_lab[:, -e:]], axis=1), axis=1)  # [fh, 3]
+        ys = np.clip(((box[1] + (np.arange(gh * c) + 0.5) * (box[3] - box[1]) / (gh * c)) / sy).astype(int), 0, fh - 1)
+        crop_fg = (np.sqrt(((lab - bg_rows[ys][:, None, :]) ** 2).sum(-1)) > self.fg_threshold).astype(np.float32)
+        hist = self._soft_hist(lab) * crop_fg[..., None]
+        fg_cells = crop_fg.reshape(gh, c, gw, c).mean(axis=(1, 3))
+        hist_cells = hist.reshape(gh, c, gw, c, self.k).sum(axis=(1, 3))
+        hist_cells = hist_cells / np.maximum(hist_cells.sum(-1, keepdims=True), 1.0)
+        big = np.asarray(crop.convert("L").resize((gw * c * 2, gh * c * 2), Image.BILINEAR), dtype=np.float32) / 255.0
         gx = np.abs(np.diff(big, axis=1))[:-1, :]
         gy = np.abs(np.diff(big, axis=0))[:, :-1]
         gd = np.abs(big[1:, 1:] - big[:-1, :-1])
-        grads = np.stack([gx, gy, gd], -1)
-        grads = np.pad(grads, ((0, 1), (0, 1), (0, 0)), mode="edge")
-        grad_cells = grads.reshape(gh, 2 * c, gw, 2 * c, 3).mean(axis=(1, 3)) * 10.0
-        lo, hi = gw * c // 4, gw * c - gw * c // 4
-        rows = w[:, lo:hi].reshape(gh, c, hi - lo, self.k).mean(axis=(1, 2))
-        whole = w.mean(axis=(0, 1))
-        per_cell = np.concatenate([hist, lab_mean, lab_std, grad_cells], axis=-1)
-        return np.concatenate([per_cell.ravel(), rows.ravel(), whole]).astype(np.float32)
+        grads = np.pad(np.stack([gx, gy, gd], -1), ((0, 1), (0, 1), (0, 0)), mode="edge")
+        fg_big = np.repeat(np.repeat(crop_fg, 2, axis=0), 2, axis=1)[..., None]
+        g_cells = (grads * fg_big).reshape(gh, 2 * c, gw, 2 * c, 3).sum(axis=(1, 3))
+        g_cells = 10.0 * g_cells / np.maximum(fg_big.reshape(gh, 2 * c, gw, 2 * c, 1).sum(axis=(1, 3)), 1.0)
+        per_cell = np.concatenate([fg_cells[..., None], hist_cells, g_cells], axis=-1)
+        colour_max = hist_cells.max(axis=(0, 1))
+        # the head at higher resolution (lips, eyes, wrinkles, hair line): a 3x3 grid over a square
+        # box of 0.16 x the person's height at the top of the box
+        hs = 0.16 * (box[3] - box[1])
+        hx = cx * sx
+        head = img.crop(tuple(int(round(v)) for v in (hx - hs / 2, box[1], hx + hs / 2, box[1] + hs)))
+        hc = 6
+        hlab = _srgb_to_lab(np.asarray(head.resize((3 * hc, 3 * hc), Image.BILINEAR), dtype=np.float32))
+        hhist = self._soft_hist(hlab).reshape(3, hc, 3, hc, self.k).mean(axis=(1, 3))
+        hl = hlab[..., 0] / 10.0
+        hg = np.stack([np.pad(np.abs(np.diff(hl, axis=1)), ((0, 0), (0, 1))),
+                       np.pad(np.abs(np.diff(hl, axis=0)), ((0, 1), (0, 0)))], -1)
+        head_f = np.concatenate([hhist, hg.reshape(3, hc, 3, hc, 2).mean(axis=(1, 3))], -1)
+        extent = (cols[-1] - cols[0] + 1) / fw if len(cols) else 0.0
+        glob = np.array([ph / fh, top / fh, extent, (cx - fw / 2) / fw], dtype=np.float32)
+        bgf = []
+        bg_mask = ~fg
+        gl = np.abs(np.diff(full_lab[..., 0], axis=1))[:, :] / 10.0
+        for sl in (slice(0, fh // 3), slice(2 * fh // 3, fh)):
+            m = bg_mask[sl]
+            h = self._soft_hist(full_lab[sl])[m].mean(0) if m.any() else np.zeros(self.k)
+            g = gl[sl][m[:, 1:]].mean() if m[:, 1:].any() else 0.0
+            bgf.append(np.append(h, g))
+        return np.concatenate([per_cell.ravel(), colour_max, head_f.ravel(), glob,
+                               np.concatenate(bgf)]).astype(np.float32)
 
     def __call__(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
@@ -218,38 +287,58 @@ class SpatialColourBackbone:
 # --------------------------------------------------------------------------------------------------
 # Softmax-regression heads
 # --------------------------------------------------------------------------------------------------
+@contextmanager
+def _single_thread():
+    """Run small dense maths on one thread: BLAS thread pools thrash on small matrices on busy CPUs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float,
                  w0: np.ndarray | None = None, prior: np.ndarray | None = None, prior_l2: float = 0.0,
-                 sample_weight: np.ndarray | None = None, maxiter: int = 300) -> np.ndarray:
-    """Multinomial logistic regression ``[D+1, C]`` (last row = bias) by L-BFGS.
+                 sample_weight: np.ndarray | None = None, maxiter: int = 200) -> np.ndarray:
+    """Multinomial logistic regression ``[D+1, C]`` (last row = bias) by full-batch L-BFGS (torch).
 
     Loss: mean weighted cross-entropy + ``l2 * |W|^2`` + ``prior_l2 * |W - prior|^2`` (biases unpenalised).
     Convex, so the result does not depend on ``w0`` beyond the tolerance.
     """
+    import torch
+
     n, d = x.shape
-    xb = np.hstack([x, np.ones((n, 1), dtype=x.dtype)]).astype(np.float64)
-    onehot = np.zeros((n, n_classes))
-    onehot[np.arange(n), y] = 1.0
-    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    sw = sw / sw.sum()
-    mask = np.ones((d + 1, 1))
-    mask[-1] = 0.0
-    pr = np.zeros((d + 1, n_classes)) if prior is None else prior.astype(np.float64)
+    with _single_thread():
+        xb = torch.from_numpy(np.hstack([x, np.ones((n, 1), dtype=x.dtype)]).astype(np.float64))
+        onehot = torch.zeros((n, n_classes), dtype=torch.float64)
+        onehot[torch.arange(n), torch.from_numpy(np.asarray(y, dtype=np.int64))] = 1.0
+        sw = torch.ones(n, dtype=torch.float64) if sample_weight is None else \
+            torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+        sw = (sw / sw.sum())[:, None]
+        mask = torch.ones((d + 1, 1), dtype=torch.float64)
+        mask[-1] = 0.0
+        pr_np = np.zeros((d + 1, n_classes)) if prior is None else prior.astype(np.float64)
+        pr = torch.from_numpy(pr_np)
 
-    def fg(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        w = flat.reshape(d + 1, n_classes)
-        z = xb @ w
-        z -= z.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        loss = -(sw * (onehot * logp).sum(1)).sum()
-        grad = xb.T @ (sw[:, None] * (np.exp(logp) - onehot))
-        loss += l2 * ((w * mask) ** 2).sum() + prior_l2 * (((w - pr) * mask) ** 2).sum()
-        grad += 2 * l2 * w * mask + 2 * prior_l2 * (w - pr) * mask
-        return loss, grad.ravel()
+        start = torch.from_numpy((pr_np if w0 is None else w0.astype(np.float64)).copy())
+        w = start.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=maxiter, history_size=10, tolerance_grad=1e-6,
+                                tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
-    start = (pr if w0 is None else w0).astype(np.float64).ravel()
-    res = optimize.minimize(fg, start, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
-    return res.x.reshape(d + 1, n_classes).astype(np.float32)
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            logp = torch.log_softmax(xb @ w, dim=1)
+            wm, dm = w * mask, (w - pr) * mask
+            loss = -(sw * onehot * logp).sum() + l2 * (wm ** 2).sum() + prior_l2 * (dm ** 2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        out = w.detach().numpy()
+    return out.reshape(d + 1, n_classes).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,7 +406,6 @@ def simulate_pretraining_labels(attributes: Sequence[Mapping[str, str]], seed: i
 # --------------------------------------------------------------------------------------------------
 # The probe annotator
 # --------------------------------------------------------------------------------------------------
-_BACKBONES: dict[str, type] = {"spatial-colour": SpatialColourBackbone}
 
 
 class ProbeAnnotator:
@@ -335,7 +423,7 @@ class ProbeAnnotator:
                  round: int = 0, protocol: Protocol | None = None, l2: float = 1e-2,
                  prior_l2: float = 1e-3):
         self.protocol = protocol or load_protocol()
-        self.backbone = SpatialColourBackbone(**(backbone_config or {}))
+        self.backbone = PersonRegionBackbone(**(backbone_config or {}))
         self._heads = {}
         for name, w in heads.items():
             arr = np.array(w, dtype=np.float32, copy=True)
@@ -375,7 +463,7 @@ class ProbeAnnotator:
               l2: float = 1e-2, prior_l2: float = 1e-3) -> "ProbeAnnotator":
         """Round 0 from scratch: features of ``images``; ``labels[i]`` answers some categories of image i."""
         protocol = protocol or load_protocol()
-        backbone = SpatialColourBackbone(**(backbone_config or {}))
+        backbone = PersonRegionBackbone(**(backbone_config or {}))
         feats = backbone(list(images))
         mean = feats.mean(0)
         std = feats.std(0) + 1e-3
@@ -407,7 +495,7 @@ class ProbeAnnotator:
 
     def _proba(self, x: np.ndarray, category: str) -> np.ndarray:
         w = self._heads[category]
-        z = x @ w[:-1] + w[-1]
+        z = np.einsum("nd,dc->nc", x, w[:-1]) + w[-1]
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
@@ -629,8 +717,8 @@ def select_round_sample(pool_ids: Iterable[str], n: int, seed: int = 0) -> list[
 def full_manual_label_count(pool_items: Sequence[AnnotationItem], protocol: Protocol | None = None) -> int:
     """Labels a full manual pass over the pool needs: the applicable categories of every image.
 
-    Uses the truth where known (the exact hierarchy); for images without truth, counts every root
-    category plus the children of the average image (an estimate: all categories).
+    Uses the truth where known (the exact hierarchy); an image without truth counts every category
+    (an upper bound).
     """
     protocol = protocol or load_protocol()
     total = 0

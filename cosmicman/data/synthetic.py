@@ -30,7 +30,7 @@ and the evaluation set.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -85,6 +85,7 @@ class SyntheticSample:
     face_bbox: tuple[int, int, int, int] | None
     keypoints: dict[str, tuple[int, int]] | None
     n_people: int
+    person_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # every person, main first
 
 
 @dataclass
@@ -277,8 +278,8 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     la, ra = (cx + hw * 0.45 + spread, ankle_y), (cx - hw * 0.45 - spread, ankle_y)
     pose = attrs["pose"]
     if pose == "arms down":
-        le, re = (cx + sw + 0.16 * h, sy + 0.26 * body), (cx - sw - 0.16 * h, sy + 0.26 * body)
-        lw, rw = (cx + sw + 0.24 * h, sy + 0.5 * body), (cx - sw - 0.24 * h, sy + 0.5 * body)
+        le, re = (cx + sw + 0.2 * h, sy + 0.26 * body), (cx - sw - 0.2 * h, sy + 0.26 * body)
+        lw, rw = (cx + sw + 0.3 * h, sy + 0.47 * body), (cx - sw - 0.3 * h, sy + 0.47 * body)
     elif pose == "arms raised":
         le, re = (cx + sw + 0.55 * h, sy - 0.7 * h), (cx - sw - 0.55 * h, sy - 0.7 * h)
         lw, rw = (cx + sw + 0.8 * h, sy - 1.75 * h), (cx - sw - 0.8 * h, sy - 1.75 * h)
@@ -287,8 +288,8 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         lw, rw = (cx + hw + 0.05 * h, hip_y - 0.25 * h), (cx - hw - 0.05 * h, hip_y - 0.25 * h)
     else:
         raise ValueError(f"unknown pose {pose!r}")
-    arm_t, fore_t = 0.27 * h * (0.8 + 0.2 * bf), 0.22 * h * (0.8 + 0.2 * bf)
-    leg_t = 0.36 * h * (0.75 + 0.25 * bf)
+    arm_t, fore_t = 0.4 * h * (0.8 + 0.2 * bf), 0.32 * h * (0.8 + 0.2 * bf)
+    leg_t = 0.55 * h * (0.75 + 0.25 * bf)
     waist_hw = hw * (0.82 if woman else 0.95)
     waist_y = hip_y - 0.45 * h
 
@@ -306,7 +307,7 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     # -- legs (skin); bare feet are part of the leg
     for (hp, kp, ap, lab) in ((lh, lk, la, LLEG), (rh, rk, ra, RLEG)):
         out = 1 if lab == LLEG else -1
-        paint(_union(_line(hp, kp, leg_t), _line(kp, ap, leg_t * 0.8), _circle(*kp, leg_t * 0.45),
+        paint(_union(_line(hp, kp, leg_t), _line(kp, ap, leg_t * 0.76), _circle(*kp, leg_t * 0.42),
                      _ellipse(ap[0] + out * 0.08 * h, ap[1] + 0.12 * h, 0.17 * h, 0.09 * h)), skin, lab)
 
     # -- shoes (boots have a shaft up the shin)
@@ -357,7 +358,7 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     for sp, ep, wp, lab in ((ls, le, lw, LARM), (rs, re, rw, RARM)):
         hand_c = _lerp(ep, wp, 1.12)
         arm_regions[lab] = paint(_union(_line(sp, ep, arm_t), _circle(*ep, arm_t * 0.5), _line(ep, wp, fore_t),
-                                        _circle(*hand_c, 0.13 * h)), skin, lab)
+                                        _circle(*hand_c, 0.17 * h)), skin, lab)
 
     torso = [(cx - 0.2 * h, sy - 0.06 * h), (cx + 0.2 * h, sy - 0.06 * h), (ls[0], sy + 0.02 * h),
              (ls[0] - 0.05 * h, sy + 0.35 * h), (cx + waist_hw, waist_y), (cx + hw, hip_y + 0.08 * h),
@@ -384,12 +385,12 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         if pose == "hands on hips":  # hands rest on the hips, in front of the top
             for lab in (LARM, RARM):
                 sp, ep, wp = (ls, le, lw) if lab == LARM else (rs, re, rw)
-                hand = canvas.region(_circle(*_lerp(ep, wp, 1.12), 0.13 * h))
+                hand = canvas.region(_circle(*_lerp(ep, wp, 1.12), 0.17 * h))
                 canvas.paint(hand, skin, lab, mask=m)
     elif attrs.get("dress_exists") == "yes" and pose == "hands on hips":
         for lab in (LARM, RARM):
             sp, ep, wp = (ls, le, lw) if lab == LARM else (rs, re, rw)
-            canvas.paint(canvas.region(_union(_line(ep, wp, fore_t), _circle(*_lerp(ep, wp, 1.12), 0.13 * h))),
+            canvas.paint(canvas.region(_union(_line(ep, wp, fore_t), _circle(*_lerp(ep, wp, 1.12), 0.17 * h))),
                          skin, lab, mask=m)
 
     # -- belt
@@ -656,7 +657,8 @@ class SyntheticWorld:
         ``scale`` multiplies the person's height (small people for ``small_face``); ``n_people`` > 1
         adds people with random attributes beside the main one (drawn into a throw-away mask);
         ``person=False`` renders the background only. Returns (image, main-person mask or None, truth)
-        where truth holds ``bbox``, ``face_bbox``, ``keypoints`` (None without a person) and ``n_people``.
+        where truth holds ``bbox``, ``face_bbox``, ``keypoints`` (None without a person), ``n_people`` and
+        ``boxes`` (every person's box, main person first).
         """
         if style not in ("photo", "cartoon"):
             raise ValueError(f"unknown style {style!r}")
@@ -664,7 +666,7 @@ class SyntheticWorld:
         cartoon = style == "cartoon"
         canvas = Canvas(w, h)
         draw_background(canvas, attributes["background"], rng, cartoon=cartoon)
-        truth: dict[str, Any] = {"bbox": None, "face_bbox": None, "keypoints": None, "n_people": 0}
+        truth: dict[str, Any] = {"bbox": None, "face_bbox": None, "keypoints": None, "n_people": 0, "boxes": []}
         if not person:
             img = self._finish(canvas, rng, None, h * 0.8, cartoon)
             return _to_pil(img), None, truth
@@ -693,10 +695,12 @@ class SyntheticWorld:
             if i == main_i:
                 pt = draw_person(canvas, attrs, rng, centres[i], top, ph, cartoon)
                 truth.update(bbox=pt.bbox, face_bbox=pt.face_bbox, keypoints=pt.keypoints)
+                truth["boxes"].insert(0, pt.bbox)
                 full = np.where(canvas.mask > 0, canvas.mask, full)
             else:
                 own = np.zeros((h, w), np.uint8)
-                draw_person(canvas, attrs, rng, centres[i], top, ph, cartoon, mask=own)
+                other = draw_person(canvas, attrs, rng, centres[i], top, ph, cartoon, mask=own)
+                truth["boxes"].append(other.bbox)
                 full = np.where(own > 0, own + 20, full)  # distinct ids so borders between people shade
                 canvas.mask[own > 0] = 0  # another person may cover the main one's pixels
         truth["n_people"] = n_people
@@ -747,7 +751,8 @@ class SyntheticWorld:
             img = _degrade(img, rng)
         data = encode_jpeg(img, quality=92)
         return SyntheticSample(sid, case, data, img.width, img.height, mask, None if case == "no_person" else attrs,
-                               truth["bbox"], truth["face_bbox"], truth["keypoints"], truth["n_people"])
+                               truth["bbox"], truth["face_bbox"], truth["keypoints"], truth["n_people"],
+                               list(truth["boxes"]))
 
     def _corrupt(self, sid: str, attrs, rng: np.random.Generator) -> SyntheticSample:
         kind = int(rng.integers(3))
@@ -770,7 +775,7 @@ def _degrade(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     a = np.asarray(img).astype(np.float32)
     mode = int(rng.integers(4))  # 0 blur, 1 under, 2 over, 3 blur + under/over
     if mode in (0, 3):
-        a = cv2.GaussianBlur(a, (0, 0), rng.uniform(5.0, 8.0))
+        a = cv2.GaussianBlur(a, (0, 0), rng.uniform(6.0, 9.0))
     if mode == 1 or (mode == 3 and rng.random() < 0.5):
         a = a * rng.uniform(0.1, 0.18)
     elif mode in (2, 3):

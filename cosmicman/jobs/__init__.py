@@ -1,5 +1,4 @@
 """Jobs (one per stage) and the sensors that keep the flywheel turning."""
-from __future__ import annotations
 
 import dagster as dg
 
@@ -17,7 +16,7 @@ filtering_job = dg.define_asset_job(
     "filtering_job", selection=dg.AssetSelection.assets("filtered_images", "human_parsing"))
 fake_person_job = dg.define_asset_job("fake_person_job", selection=dg.AssetSelection.assets("fake_person_classifier"))
 annotation_round_job = dg.define_asset_job(
-    "annotation_round_job", selection=dg.AssetSelection.assets("eval_set", "labelling_tasks"),
+    "annotation_round_job", selection=dg.AssetSelection.assets("eval_set", "base_annotator", "labelling_tasks"),
     description="Measure the annotator on I_e and send the failing categories to the labelling backend.")
 labels_job = dg.define_asset_job(
     "labels_job", selection=dg.AssetSelection.assets("human_labels", "annotator", "annotations", "captions"),

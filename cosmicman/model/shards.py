@@ -146,7 +146,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.repeat = repeat
         self.verify_spans = verify_spans
-        self.stats: Counter = Counter()
+        self.stats: Counter = Counter(samples=0, skipped=0, span_rejected=0, epochs=0)
         self._span_cache: dict[str, list[int]] = {}
 
     # -- decoding -----------------------------------------------------------------------------------

@@ -226,7 +226,8 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
                 f"(hola_map_factor={cfg.hola_map_factor}); available query counts: "
                 f"{sorted(set(counts.values()))}")
         store = install_capture(unet)
-    ctx = HolaContext(map_hw=map_hw, key_length=tokenizer.model_max_length)
+    max_len = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
+    ctx = HolaContext(map_hw=map_hw, key_length=max_len)
 
     shard_urls = expand_shard_urls(cfg.shards)
     dataset = ShardDataset(shard_urls, tokenizer, res, mask_size=map_hw, mask_resize=cfg.mask_resize,

@@ -24,7 +24,7 @@ class AnnotatorResource(dg.ConfigurableResource):
 
     kind: str = "probe"
     threshold: float = 0.85
-    round_sample_size: int = 40
+    round_sample_size: int = 32
     eval_size: int = 60
     eval_seed: int = 10_000
     pretrain_size: int = 120

@@ -10,8 +10,8 @@ from cosmicman.data.sources import FolderSource, ImageSource, SyntheticSource
 class SourcingResource(dg.ConfigurableResource):
     """The sources feeding the pool, the batch size, and the pool's lower-bound threshold."""
 
-    batch_size: int = 40
-    pool_threshold: int = 40
+    batch_size: int = 48
+    pool_threshold: int = 96
     synthetic: bool = True
     synthetic_seed: int = 0
     negative_fraction: float = 0.3
