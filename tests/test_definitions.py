@@ -4,6 +4,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import dagster as dg
+
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = {"raw_images", "fake_person_classifier", "filtered_images", "human_parsing", "eval_set", "base_annotator",
@@ -16,7 +18,7 @@ def test_every_definition_loads_without_deprecation_warnings():
         warnings.simplefilter("always")
         from cosmicman.definitions import defs
 
-        defs.validate_loadable()
+        dg.Definitions.validate_loadable(defs)
         graph = defs.resolve_asset_graph()
         for job in defs.resolve_all_job_defs():
             assert job.name

@@ -11,7 +11,6 @@ from cosmicman.data.annotation import load_annotator
 from cosmicman.data.captions import build_caption
 from cosmicman.data.synthetic import SyntheticWorld
 from cosmicman.data.tokenizer import load_clip_tokenizer
-from cosmicman.model.generate import generate, load_pipeline, local_model_dir
 from cosmicman.model.metrics import RandomConvFeatures, frechet_distance, semantic_accuracy
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.resources.training import EvaluationResource
@@ -25,6 +24,8 @@ def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
     its image (semantic accuracy, as the paper's DSG-style metric), and a Fréchet distance compares
     generated with real I_e images over an offline feature extractor. The same metrics on the real
     images give the ceiling the VQA backend allows."""
+    from cosmicman.model.generate import generate, load_pipeline, local_model_dir  # diffusers pipelines: heavy
+
     store = object_store.store()
     record = context.instance.get_latest_materialization_event(dg.AssetKey("daring_unet"))
     model_url = record.asset_materialization.metadata["output_url"].value if record else None

@@ -16,10 +16,10 @@ face 48 px); :meth:`FilterConfig.production` gives the paper's values (640 / 128
 Backends (local ones run offline on CPU; production ones load real weights with ``from_pretrained``
 in ``setup()`` and raise :class:`BackendUnavailable` naming what they need when weights are missing):
 
-* person count: :class:`HogPersonDetector` (OpenCV's default people HOG, shipped in the wheel) and
-  :class:`RenderTrainedPersonDetector` (a small heat-map CNN trained on synthetic renders with their
-  person boxes; DESIGN §6 allows it because the HOG detector misses ~5-10% of rendered people: long
-  dresses, raised arms, strong stripes); production :class:`TransformersPersonDetector`.
+* person count: :class:`HogFacePersonDetector`: OpenCV's default people HOG (shipped in the wheel),
+  plus frontal faces that no HOG box explains (HOG alone misses ~5-10% of rendered people: long
+  dresses, raised arms, bold stripes); :class:`HogPersonDetector` alone; production
+  :class:`TransformersPersonDetector`.
 * face size: :class:`HaarFaceDetector` (OpenCV frontal-face cascade, grey + gamma-brightened passes).
 * fake person: an image embedding + :class:`LogisticHead`. Locally :class:`OfflineImageFeatures`
   (flatness / noise / outline / colour statistics); production :class:`ClipImageEmbedder`.
@@ -180,172 +180,66 @@ class HogPersonDetector:
                  for (x, y, w, h) in rects]
         sel = [i for i, wgt in enumerate(weights) if wgt >= self.min_weight]
         boxes, weights = [boxes[i] for i in sel], weights[sel]
-        return [(boxes[i], float(weights[i])) for i in nms(boxes, weights)]
+        return merge_columns([(boxes[i], float(weights[i])) for i in nms(boxes, weights)])
 
 
-class _HeatmapNet:
-    """Builds the torch module lazily (torch is imported only when this backend is used)."""
-
-    @staticmethod
-    def build(width: int = 16):
-        import torch.nn as nn
-
-        def block(cin, cout, stride=1, dil=1):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=dil, dilation=dil), nn.BatchNorm2d(cout),
-                                 nn.ReLU(inplace=True))
-
-        w = width
-        return nn.Sequential(block(3, w, 2), block(w, 2 * w, 2), block(2 * w, 2 * w), block(2 * w, 4 * w, 1, 2),
-                             block(4 * w, 4 * w, 1, 4), block(4 * w, 4 * w, 1, 8), nn.Conv2d(4 * w, 1, 1))
+def merge_columns(dets: Sequence[tuple[Box, float]], x_frac: float = 0.4) -> list[tuple[Box, float]]:
+    """Keep the strongest box per person: a weaker box whose centre x lies within ``x_frac`` of the wider
+    box's width from a kept box is the same standing person (HOG fires at several scales / heights on
+    one body; people side by side are further apart than that)."""
+    keep: list[tuple[Box, float]] = []
+    for b, c in sorted(dets, key=lambda d: -d[1]):
+        cx = (b[0] + b[2]) / 2
+        if any(abs(cx - (k[0] + k[2]) / 2) < x_frac * max(b[2] - b[0], k[2] - k[0]) for k, _ in keep):
+            continue
+        keep.append((b, c))
+    return keep
 
 
-class RenderTrainedPersonDetector:
-    """A small CNN predicting a heat map of person centres (stride 4); people = peaks above threshold.
+class HogFacePersonDetector:
+    """People = HOG boxes, plus any frontal face that no HOG box accounts for (a face is a person).
 
-    Input: the image letterboxed into ``input_size`` (W, H), normalised RGB. Trained by
-    :func:`train_person_detector` on rendered images with their person boxes (DESIGN §6).
+    Measured on renders: HOG alone misses ~5-10% of people (long dresses, raised arms, bold stripes);
+    the face evidence recovers them. A face-implied person gets a nominal body box under the face and
+    confidence 0. Set ``use_faces=False`` for the HOG-only detector.
     """
-    name = "render_cnn"
-    STRIDE = 4
+    name = "hog+face"
 
-    def __init__(self, state: dict[str, Any] | None = None, input_size: tuple[int, int] = (80, 160),
-                 threshold: float = 0.5, width: int = 16) -> None:
-        self.input_size, self.threshold, self.width = tuple(input_size), threshold, width
-        self._state = state
-        self._net = None
-
-    # -- io
-    def to_bytes(self) -> bytes:
-        import torch
-        if self._state is None:
-            raise ValueError("untrained detector")
-        buf = io.BytesIO()
-        torch.save({"state": self._state, "input_size": self.input_size, "threshold": self.threshold,
-                    "width": self.width}, buf)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "RenderTrainedPersonDetector":
-        import torch
-        d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        return cls(d["state"], tuple(d["input_size"]), float(d["threshold"]), int(d["width"]))
+    def __init__(self, hog: HogPersonDetector | None = None, faces: "HaarFaceDetector | None" = None,
+                 x_frac: float = 0.4, use_faces: bool = True, min_extra_weight: float = 0.6,
+                 min_face_ratio: float = 0.75) -> None:
+        self.hog = hog or HogPersonDetector(min_weight=0.0)
+        self.faces = faces or HaarFaceDetector(min_size=20)
+        self.x_frac, self.use_faces = x_frac, use_faces
+        self.min_extra_weight, self.min_face_ratio = min_extra_weight, min_face_ratio
 
     def setup(self) -> None:
-        if self._net is not None:
-            return
-        if self._state is None:
-            raise BackendUnavailable("RenderTrainedPersonDetector has no weights: train it with "
-                                     "train_person_detector(images, boxes) or load saved bytes with from_bytes()")
-        import torch
-        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-        net = _HeatmapNet.build(self.width)
-        net.load_state_dict(self._state)
-        self._net = net.eval()
-
-    @staticmethod
-    def letterbox(img: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, float, int, int]:
-        W, H = size
-        a = np.asarray(img.convert("RGB"))
-        s = min(W / a.shape[1], H / a.shape[0])
-        nw, nh = max(1, round(a.shape[1] * s)), max(1, round(a.shape[0] * s))
-        r = cv2.resize(a, (nw, nh), interpolation=cv2.INTER_AREA)
-        out = np.full((H, W, 3), 127, np.uint8)
-        ox, oy = (W - nw) // 2, (H - nh) // 2
-        out[oy:oy + nh, ox:ox + nw] = r
-        return out, s, ox, oy
-
-    @staticmethod
-    def _tensor(batch: list[np.ndarray]):
-        import torch
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
-        return (x - 127.5) / 64.0
-
-    def heatmap(self, img: Image.Image) -> tuple[np.ndarray, float, int, int]:
-        import torch
-        self.setup()
-        a, s, ox, oy = self.letterbox(img, self.input_size)
-        with torch.inference_mode():
-            hm = torch.sigmoid(self._net(self._tensor([a])))[0, 0].numpy()
-        return hm, s, ox, oy
+        self.hog.setup()
+        self.faces.setup()
 
     def detect(self, img: Image.Image) -> list[tuple[Box, float]]:
-        hm, s, ox, oy = self.heatmap(img)
-        peaks = (hm == cv2.dilate(hm, np.ones((3, 3), np.uint8))) & (hm >= self.threshold)
-        out = []
-        for y, x in zip(*np.nonzero(peaks)):
-            cx, cy = ((x + 0.5) * self.STRIDE - ox) / s, ((y + 0.5) * self.STRIDE - oy) / s
-            half = 0.1 * img.height  # a nominal box around the centre; the count is what matters
-            out.append(((cx - half / 2, cy - half, cx + half / 2, cy + half), float(hm[y, x])))
-        boxes = [b for b, _ in out]
-        return [out[i] for i in nms(boxes, [c for _, c in out], iou=0.5, contain=0.95)]
-
-
-def _centre_target(boxes: Sequence[Box], s: float, ox: int, oy: int, shape: tuple[int, int], stride: int,
-                   sigma: float = 1.0) -> np.ndarray:
-    gh, gw = shape
-    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
-    t = np.zeros(shape, np.float32)
-    for (x0, y0, x1, y1) in boxes:
-        cx, cy = ((x0 + x1) / 2 * s + ox) / stride - 0.5, ((y0 + y1) / 2 * s + oy) / stride - 0.5
-        t = np.maximum(t, np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2)))
-    return t
-
-
-def train_person_detector(images: Sequence[Image.Image], boxes: Sequence[Sequence[Box]], *,
-                          epochs: int = 30, val_fraction: float = 0.2, seed: int = 0,
-                          input_size: tuple[int, int] = (80, 160), width: int = 16,
-                          log: Callable[[str], None] | None = None) -> tuple[RenderTrainedPersonDetector, dict]:
-    """Train the centre-heat-map detector; returns it and held-out count metrics.
-
-    ``boxes[i]`` lists every person in ``images[i]`` (empty for no person). Horizontal flips augment the
-    training split. Metrics on the held-out split: count accuracy and centre-level precision / recall.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    n = len(images)
-    order = rng.permutation(n)
-    n_val = int(round(n * val_fraction))
-    val_idx, tr_idx = order[:n_val], order[n_val:]
-    W, H = input_size
-    gshape = (H // RenderTrainedPersonDetector.STRIDE, W // RenderTrainedPersonDetector.STRIDE)
-    xs, ts = [], []
-    for i in range(n):
-        a, s, ox, oy = RenderTrainedPersonDetector.letterbox(images[i], input_size)
-        xs.append(a)
-        ts.append(_centre_target(boxes[i], s, ox, oy, gshape, RenderTrainedPersonDetector.STRIDE))
-    X = RenderTrainedPersonDetector._tensor([xs[i] for i in tr_idx])
-    T = torch.from_numpy(np.stack([ts[i] for i in tr_idx]))[:, None]
-    X, T = torch.cat([X, X.flip(-1)]), torch.cat([T, T.flip(-1)])
-    net = _HeatmapNet.build(width)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(X) / 32)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
-    net.train()
-    for ep in range(epochs):
-        perm = torch.randperm(len(X))
-        total = 0.0
-        for k in range(0, len(X), 32):
-            b = perm[k:k + 32]
-            logits = net(X[b])
-            # penalty-reduced focal-style weighting: positives near centres count more
-            w = 1.0 + 20.0 * T[b]
-            loss = (F.binary_cross_entropy_with_logits(logits, T[b], reduction="none") * w).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss) * len(b)
-        if log:
-            log(f"epoch {ep}: loss {total / len(X):.4f}")
-    net.eval()
-    det = RenderTrainedPersonDetector({k: v.detach().clone() for k, v in net.state_dict().items()}, input_size,
-                                      width=width)
-    metrics = evaluate_person_detector(det, [images[i] for i in val_idx], [boxes[i] for i in val_idx])
-    metrics.update(n_train=int(len(tr_idx)), n_val=int(n_val), epochs=epochs)
-    return det, metrics
+        hog = merge_columns(self.hog.detect(img), self.x_frac)
+        # a second HOG person must be confident: weak extra boxes are HOG firing on half a body
+        people = hog[:1] + [d for d in hog[1:] if d[1] >= self.min_extra_weight]
+        if self.use_faces:
+            faces = sorted(self.faces.detect(img), key=lambda f: -(f[2] - f[0]))
+            biggest = faces[0][2] - faces[0][0] if faces else 0.0
+            accepted: list[Box] = []
+            for f in faces:
+                fc, fy, fw = (f[0] + f[2]) / 2, (f[1] + f[3]) / 2, f[2] - f[0]
+                if any(k[0] <= fc <= k[2] and k[1] <= fy <= k[3] for k, _ in hog):
+                    accepted.append(f)  # explained by a HOG box (even a weak one)
+                    continue
+                if accepted and fw < self.min_face_ratio * biggest:
+                    continue  # much smaller than the main face: a pattern or a hand, not another person
+                if any(abs(fc - (a[0] + a[2]) / 2) < 2.0 * (a[2] - a[0]) and fy > a[1] for a in accepted):
+                    continue  # under or beside an accepted face: the same body
+                if any(abs(fc - (k[0] + k[2]) / 2) < max(self.x_frac * (k[2] - k[0]), 1.5 * fw) for k, _ in people):
+                    accepted.append(f)
+                    continue
+                accepted.append(f)
+                people.append(((f[0] - fw, f[1], f[2] + fw, f[3] + 6 * fw), 0.0))
+        return people
 
 
 def evaluate_person_detector(det: PersonDetector, images: Sequence[Image.Image],
@@ -433,6 +327,7 @@ class HaarFaceDetector:
         self.scale_factor, self.gamma, self.max_side = scale_factor, gamma, max_side
         self._clf: cv2.CascadeClassifier | None = None
         self._lut = np.array([255 * (i / 255) ** gamma for i in range(256)], np.uint8)
+        self._memo: tuple[Image.Image, list[Box]] | None = None
 
     def setup(self) -> None:
         if self._clf is None:
@@ -442,6 +337,13 @@ class HaarFaceDetector:
             self._clf = clf
 
     def detect(self, img: Image.Image) -> list[Box]:
+        if self._memo is not None and self._memo[0] is img:  # the person and face steps share one pass
+            return list(self._memo[1])
+        boxes = self._detect(img)
+        self._memo = (img, boxes)
+        return list(boxes)
+
+    def _detect(self, img: Image.Image) -> list[Box]:
         self.setup()
         g = _gray(img)
         s = min(1.0, self.max_side / max(g.shape))
@@ -562,6 +464,8 @@ class LogisticHead:
     def from_bytes(cls, data: bytes) -> "LogisticHead":
         d = np.load(io.BytesIO(data), allow_pickle=False)
         return cls(d["weight"], float(d["bias"][0]), d["mean"], d["std"], str(d["embedder"]))
+
+
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 300) -> LogisticHead:
@@ -696,7 +600,7 @@ class FilterChain:
     def setup(self) -> None:
         """Load every model once (per worker)."""
         if not self._ready:
-            for b in (self.person_detector, self.face_detector, self.fake_person_classifier, self.quality_scorer):
+            for b in (self.fake_person_classifier, self.quality_scorer, self.person_detector, self.face_detector):
                 b.setup()
             self._ready = True
 
@@ -744,9 +648,10 @@ class FilterChain:
         return FilterResult("kept", scores, "")
 
 
-def local_chain(fake_head: LogisticHead, person_detector: PersonDetector, config: FilterConfig | None = None) -> FilterChain:
-    """The offline chain: given person detector, Haar faces, offline-feature fake head, offline quality."""
-    return FilterChain(config or FilterConfig(), person_detector, HaarFaceDetector(),
+def local_chain(fake_head: LogisticHead, config: FilterConfig | None = None) -> FilterChain:
+    """The offline chain: HOG + face person count, Haar face size, offline-feature fake head, offline quality."""
+    faces = HaarFaceDetector(min_size=20)
+    return FilterChain(config or FilterConfig(), HogFacePersonDetector(faces=faces), faces,
                        FakePersonClassifier(fake_head, OfflineImageFeatures()), OfflineQualityScorer())
 
 
@@ -760,9 +665,9 @@ def production_chain(fake_head: LogisticHead, *, detector_id: str = "PekingU/rtd
 
 __all__ = [
     "DECISIONS", "BackendUnavailable", "FilterConfig", "FilterResult", "FilterChain", "PersonDetector",
-    "FaceDetector", "Embedder", "QualityScorer", "HogPersonDetector", "RenderTrainedPersonDetector",
+    "FaceDetector", "Embedder", "QualityScorer", "HogPersonDetector", "HogFacePersonDetector",
     "TransformersPersonDetector", "HaarFaceDetector", "OfflineImageFeatures", "ClipImageEmbedder",
-    "LogisticHead", "FakePersonClassifier", "OfflineQualityScorer", "train_person_detector",
+    "LogisticHead", "FakePersonClassifier", "OfflineQualityScorer", "merge_columns",
     "evaluate_person_detector", "train_fake_person_head", "fit_logistic", "nms", "local_chain",
     "production_chain",
 ]

@@ -745,7 +745,7 @@ class SyntheticWorld:
         elif case == "many_people":
             kwargs.update(n_people=int(rng.integers(2, 4)))
         elif case == "small_face":
-            kwargs.update(scale=float(rng.uniform(0.42, 0.5)))
+            kwargs.update(scale=float(rng.uniform(0.46, 0.52)))
         img, mask, truth = self.render(attrs, rng, **kwargs)
         if case == "low_quality":
             img = _degrade(img, rng)
