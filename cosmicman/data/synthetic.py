@@ -507,7 +507,10 @@ def _draw_face(canvas: Canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon: bool, 
     brow_rgb = tuple(int(c * 0.6) for c in (hair_rgb or (70, 45, 30)))
     for sx in (-1, 1):
         exc = hx + sx * 0.17 * h
-        cv2.ellipse(img, _pt(exc, ey), _pt(0.085 * h, 0.042 * h), 0, 0, 360, (245, 245, 240), -1)
+        # sclera dimmed towards the skin: in photos lids shade the eye, so the eye band stays darker
+        # than the cheeks for every skin tone (the cue frontal-face detectors rely on)
+        sclera = tuple(int(0.55 * 245 + 0.45 * c) for c in skin)
+        cv2.ellipse(img, _pt(exc, ey), _pt(0.075 * h, 0.036 * h), 0, 0, 360, sclera, -1)
         cv2.circle(img, _pt(exc, ey), max(1, int(round(0.042 * h))), (60, 40, 28), -1)
         cv2.circle(img, _pt(exc, ey), max(1, int(round(0.02 * h))), (10, 10, 10), -1)
         cv2.line(img, _pt(exc - 0.1 * h, ey - 0.1 * h + sx * 0), _pt(exc + 0.1 * h, ey - 0.12 * h), brow_rgb,
@@ -745,7 +748,7 @@ class SyntheticWorld:
         elif case == "many_people":
             kwargs.update(n_people=int(rng.integers(2, 4)))
         elif case == "small_face":
-            kwargs.update(scale=float(rng.uniform(0.46, 0.52)))
+            kwargs.update(scale=float(rng.uniform(0.40, 0.44)))
         img, mask, truth = self.render(attrs, rng, **kwargs)
         if case == "low_quality":
             img = _degrade(img, rng)
