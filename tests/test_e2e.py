@@ -28,7 +28,7 @@ def flywheel(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     os.environ["COSMICMAN_HOME"] = str(home)
     resources = local_resources(store_url=str(home / "store"), folder_url=str(home / "datasets" / "folder"))
-    resources["sourcing"] = SourcingResource(batch_size=24, pool_threshold=24, folder_url=str(home / "datasets" / "folder"))
+    resources["sourcing"] = SourcingResource(batch_size=40, pool_threshold=50, folder_url=str(home / "datasets" / "folder"))
     resources["training"] = TrainingResource(steps=12, batch_size=4)
     resources["evaluation_config"] = EvaluationResource(n_prompts=6, inference_steps=4)
     defs = build_definitions(resources)

@@ -53,7 +53,8 @@ def test_dagster_ui_shows_the_asset_graph(tmp_path):
             page = subprocess.run(
                 [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000", "--dump-dom",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1600,4000",  # the catalog renders only visible rows
+                 "--virtual-time-budget=20000", "--dump-dom",
                  f"{url}/assets"], capture_output=True, text=True, timeout=120)
             found = page.stdout
             if "cosmicman_hq" in found:
