@@ -2,6 +2,7 @@
 
 import dagster as dg
 import polars as pl
+from PIL import Image
 
 from cosmicman.assets.common import Progress, content_digest, image_grid_markdown, sourcing_batches, table_key
 from cosmicman.data.imageio import decode_image
@@ -36,6 +37,7 @@ def filtered_images(context: dg.AssetExecutionContext, object_store: ObjectStore
     chain = filters.chain(store)
     chain.setup()
     rows, kept_images, progress = [], [], Progress(context.log, "filtering", len(raw))
+    rejected_images: dict[str, Image.Image] = {}  # one example per rejection reason
     for i, r in enumerate(raw.iter_rows(named=True)):
         result = chain.process(store.read_bytes(r["blob_key"]))
         rows.append({"sha256": r["sha256"], "blob_key": r["blob_key"], "ext": r["ext"], "batch": batch,
@@ -43,6 +45,8 @@ def filtered_images(context: dg.AssetExecutionContext, object_store: ObjectStore
                      **{f"score_{k}": (float(v) if v is not None else None) for k, v in result.scores.items()}})
         if result.decision == "kept" and len(kept_images) < 12:
             kept_images.append(decode_image(store.read_bytes(r["blob_key"])))
+        elif result.decision not in ("kept", "corrupt") and result.decision not in rejected_images:
+            rejected_images[result.decision] = decode_image(store.read_bytes(r["blob_key"]))
         progress(i + 1)
     df = pl.DataFrame(rows, infer_schema_length=None)
     store.write_table(table_key("filtered_images", batch), df)
@@ -52,7 +56,8 @@ def filtered_images(context: dg.AssetExecutionContext, object_store: ObjectStore
     return dg.MaterializeResult(metadata={
         "raw": len(df), "kept": kept, "rejected": len(df) - kept,
         "decisions": dg.MetadataValue.json(counts), "pool_kept_total": pool.kept,
-        "thresholds": dg.MetadataValue.json(filters.thresholds()), "kept_sample": image_grid_markdown(kept_images)},
+        "thresholds": dg.MetadataValue.json(filters.thresholds()), "kept_sample": image_grid_markdown(kept_images),
+        "rejected_examples": image_grid_markdown(rejected_images.values(), rejected_images.keys())},
         data_version=dg.DataVersion(content_digest(f"{s}|{d}" for s, d in df.select("sha256", "decision").iter_rows())))
 
 
