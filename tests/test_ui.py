@@ -68,4 +68,9 @@ def test_dagster_ui_shows_the_asset_graph(tmp_path):
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            pass
+        try:  # the webserver, daemon and code servers must not outlive the test
             os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
