@@ -45,7 +45,16 @@ def s3_resources() -> dict:
         access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"), secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"))}
 
 
-ENVIRONMENTS = {"local": local_resources, "s3": s3_resources}
+def k8s_resources() -> dict:
+    """Production: the S3 store, and training in a GPU pod launched through Dagster Pipes on Kubernetes."""
+    from cosmicman.resources.k8s_launchers import K8sJobTrainingLauncher
+
+    return {**s3_resources(), "training_launcher": K8sJobTrainingLauncher(
+        image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"), namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
+        gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8")))}
+
+
+ENVIRONMENTS = {"local": local_resources, "s3": s3_resources, "k8s": k8s_resources}
 
 
 def build_definitions(resources: dict) -> dg.Definitions:

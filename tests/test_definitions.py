@@ -41,3 +41,14 @@ def test_the_environment_switch_rejects_unknown_names(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import cosmicman.definitions"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "COSMICMAN_ENV='moon'" in out.stderr
+
+
+def test_every_environment_loads(tmp_path):
+    for env_name in ("local", "s3", "k8s"):
+        env = {**os.environ, "COSMICMAN_ENV": env_name, "COSMICMAN_HOME": str(tmp_path / env_name),
+               "DAGSTER_HOME": str(tmp_path), "COSMICMAN_STORE_URL": "s3://cosmicman-test/flywheel",
+               "COSMICMAN_TRAIN_IMAGE": "registry.example/cosmicman:1", "AWS_ACCESS_KEY_ID": "k",
+               "AWS_SECRET_ACCESS_KEY": "s"}
+        out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "cosmicman.definitions"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, (env_name, out.stdout + out.stderr)

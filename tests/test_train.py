@@ -235,10 +235,80 @@ def test_object_store_publish_plain_finetune_and_act_fn(tmp_path):
     url = "memory://cosmicman-test/models/plain-mish"
     rec = train(TrainConfig.from_dict({"shards": urls, "output_url": url, "resolution": 64, "steps": 2,
                                        "batch_size": 1, "beta": 0.0, "act_fn": "mish",
-                                       "hola_map_factor": 8}), log_fn=lambda m: None)
+                                       "hola_map_factor": 8, "checkpoint_every": 1, "checkpoints_keep": 1}),
+                log_fn=lambda m: None)
+    from cosmicman.model.train import list_checkpoints
+
+    assert [s for s, _ in list_checkpoints(f"{url}.checkpoints")] == [2]  # object-store checkpoints
     assert rec["metrics"]["hola_layers"] == [] and rec["metrics"]["hola_loss_last"] == 0.0
     fs = fsspec.filesystem("memory")
     assert json.loads(fs.cat(f"{url}/unet/config.json"))["act_fn"] == "mish"
     assert fs.exists(f"{url}/training_run.json") and fs.exists(f"{url}/model_index.json")
     assert not [p for p in fs.ls("memory://cosmicman-test/models", detail=False) if ".tmp-" in p]
     fs.rm("memory://cosmicman-test", recursive=True)
+
+
+def test_ema_published_and_checkpoints(tmp_path):
+    """EMA follows diffusers' EMAModel schedule; save_ema picks the published UNet; incomplete
+    checkpoint folders are invisible; only the last checkpoints_keep remain."""
+    from diffusers import UNet2DConditionModel
+
+    from cosmicman.model.train import TrainConfig, list_checkpoints, train
+
+    urls = write_shards(tmp_path / "shards", 1, 3)
+    base = {"shards": urls, "resolution": 64, "steps": 3, "batch_size": 1, "lr": 1e-3, "hola_map_factor": 8,
+            "ema_decay": 0.5, "checkpoint_every": 1, "checkpoints_keep": 3}
+    recs, unets = {}, {}
+    for save_ema in (True, False):
+        out = tmp_path / f"ema-{save_ema}"
+        recs[save_ema] = train(TrainConfig.from_dict({**base, "output_url": str(out), "save_ema": save_ema}),
+                               log_fn=lambda m: None)
+        unets[save_ema] = UNet2DConditionModel.from_pretrained(str(out), subfolder="unet").state_dict()
+    assert recs[True]["metrics"]["published_unet"] == "ema" and recs[False]["metrics"]["published_unet"] == "raw"
+    assert recs[True]["loss_history"] == recs[False]["loss_history"]
+    root = tmp_path / "ema-True.checkpoints"
+    (root / "step-00000099").mkdir()  # no COMPLETE marker: ignored
+    (root / "step-00000100.tmp-abc").mkdir()
+    found = list_checkpoints(str(root))
+    assert [s for s, _ in found] == [1, 2, 3]
+    raw = [torch.load(Path(p) / "state.pt", weights_only=False)["unet"] for _, p in found]
+    d2, d3 = 2 / 11, 0.25  # min(0.5, (1 + s) / (10 + s)) at s = 1, 2; step 1 copies the weights
+    for k in raw[0]:
+        s2 = d2 * raw[0][k] + (1 - d2) * raw[1][k]
+        expect = d3 * s2 + (1 - d3) * raw[2][k]
+        assert torch.allclose(unets[True][k], expect, atol=1e-6), k
+        assert torch.equal(unets[False][k], raw[2][k]), k
+    state = torch.load(Path(found[-1][1]) / "state.pt", weights_only=False)
+    assert state["ema"]["optimization_step"] == 3 and state["data"] == {"batches": 3, "samples_seen": 3}
+    assert set(state["rng"]) >= {"torch", "generator", "python", "numpy"}
+
+
+def test_loss_options_vpred_snr_offset_caption_dropout(tmp_path):
+    from cosmicman.model.train import TrainConfig, train
+
+    urls = write_shards(tmp_path / "shards", 1, 2)
+    out = tmp_path / "vpred"
+    rec = train(TrainConfig.from_dict({
+        "shards": urls, "output_url": str(out), "resolution": 64, "steps": 3, "batch_size": 2,
+        "hola_map_factor": 8, "prediction_type": "v_prediction", "snr_gamma": 5.0, "noise_offset": 0.05,
+        "caption_dropout": 1.0, "ema_decay": 0.0}), log_fn=lambda m: None)
+    hist = rec["loss_history"]
+    assert all(h["caption_dropped"] and h["hola"] == 0.0 and np.isfinite(h["noise"]) for h in hist)
+    assert rec["metrics"]["caption_dropped_batches"] == 3 and rec["metrics"]["published_unet"] == "raw"
+    c = rec["config"]
+    assert (c["prediction_type"], c["snr_gamma"], c["noise_offset"], c["caption_dropout"], c["ema_decay"]) == \
+        ("v_prediction", 5.0, 0.05, 1.0, 0.0)
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"
+    # no dropout: HOLA is on
+    rec2 = train(TrainConfig.from_dict({
+        "shards": urls, "output_url": str(tmp_path / "eps"), "resolution": 64, "steps": 2, "batch_size": 2,
+        "hola_map_factor": 8, "snr_gamma": 5.0, "caption_dropout": 0.0}), log_fn=lambda m: None)
+    assert all(h["hola"] > 0 and "caption_dropped" not in h for h in rec2["loss_history"])
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict({"shards": ["x.tar"], "output_url": "/tmp/x", "prediction_type": "sample"})
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict({"shards": ["x.tar"], "output_url": "/tmp/x", "ema_decay": 1.0})
+    d = TrainConfig.from_dict({"shards": ["x.tar"], "output_url": "/tmp/x"})
+    assert (d.ema_decay, d.save_ema, d.noise_offset, d.caption_dropout, d.snr_gamma, d.prediction_type,
+            d.checkpoint_every, d.resume) == (0.9999, True, 0.0, 0.0, None, None, 0, False)

@@ -7,7 +7,7 @@ import dagster as dg
 
 from cosmicman.assets.datasets import LATEST_KEY
 from cosmicman.data.dataset_version import shard_urls
-from cosmicman.resources.launchers import SubprocessTrainingLauncher
+from cosmicman.resources.launchers import TrainingLauncher
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.resources.training import TrainingResource
 
@@ -23,7 +23,7 @@ def model_key(data_version: str, config: dict) -> str:
 
 @dg.asset(deps=["cosmicman_hq"], kinds={"pytorch", "diffusers"}, group_name="training", code_version="1")
 def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, training: TrainingResource,
-                training_launcher: SubprocessTrainingLauncher) -> dg.MaterializeResult:
+                training_launcher: TrainingLauncher) -> dg.MaterializeResult:
     """The whole UNet fine-tuned with noise loss + HOLA on the latest CosmicMan-HQ version, saved in
     diffusers format. The trainer runs as ``python -m cosmicman.model.train`` in its own process."""
     store = object_store.store()

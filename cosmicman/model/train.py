@@ -13,8 +13,23 @@ shard list, code version, metrics). Publishing is atomic: files go to ``<output_
 a local filesystem that folder is renamed into place; on object stores the files are copied to the final
 prefix with ``training_run.json`` last -- it is the completion marker readers must check.
 
-Later work (DeepSpeed, EMA, aspect buckets, latent caching, mixed precision, caption dropout, resume)
-plugs in around ``train()``'s step; nothing here assumes a single device beyond ``device``.
+Published UNet: with ``ema_decay > 0`` and ``save_ema`` (the defaults, as released) ``unet/`` holds the
+EMA weights; otherwise the raw trained weights. ``training_run.json`` says which (``metrics.published_unet``);
+the raw weights of the last step are in the last checkpoint when checkpointing is on.
+
+Checkpoints (``checkpoint_every`` N > 0): ``<checkpoint_url or output_url + ".checkpoints">/step-%08d/``
+with ``state.pt`` (UNet, AdamW, EMA, RNG states -- torch CPU/CUDA, the trainer's generator, python,
+numpy --, data position, loss history, config) and a ``COMPLETE`` marker. Written atomically (local:
+tmp folder + rename; object stores: marker last, folders without it are ignored); the last
+``checkpoints_keep`` are kept. ``resume=true`` continues from the latest complete one (if any): the data
+stream is deterministic (seeded shard order and shuffle buffer), so the consumed batches are skipped
+(re-read, one batch per step) and the run continues bit-for-bit as if uninterrupted.
+
+Loss options (defaults off for the tiny setup; released values in brackets): ``noise_offset`` [0.05],
+``caption_dropout`` per batch [0.1] (the whole batch gets "" and no HOLA), ``snr_gamma`` (min-SNR
+weighting, diffusers' formulas for epsilon / v-prediction), ``prediction_type`` (overrides the
+scheduler's; the published scheduler carries it). Later work (DeepSpeed, aspect buckets, latent caching,
+mixed precision) plugs in around ``train()``'s step; nothing here assumes a single device beyond ``device``.
 """
 from __future__ import annotations
 
@@ -25,6 +40,7 @@ import logging
 import math
 import os
 import posixpath
+import random
 import subprocess
 import sys
 import tempfile
@@ -35,6 +51,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import fsspec
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +63,9 @@ from cosmicman.model.shards import ShardDataset, batches, expand_shard_urls
 log = logging.getLogger("cosmicman.train")
 
 RUN_FILE = "training_run.json"
+CKPT_STATE = "state.pt"
+CKPT_MARKER = "COMPLETE"          # written last: a checkpoint folder without it is ignored
+CKPT_PREFIX = "step-"
 
 
 @dataclass
@@ -75,6 +95,19 @@ class TrainConfig:
     device: str = "auto"                   # "auto" | "cpu" | "cuda" | "cuda:1" ...
     overwrite: bool = False                # replace a published output_url
     tiny_seed: int | None = None           # seed of the tiny components (default: seed)
+    # -- checkpoints / resume --------------------------------------------------------------------
+    checkpoint_every: int = 0              # save a checkpoint every N steps (0: never)
+    checkpoints_keep: int = 3              # keep the last K complete checkpoints (released: 1000 / 3)
+    checkpoint_url: str | None = None      # default: <output_url>.checkpoints
+    resume: bool = False                   # resume from the latest complete checkpoint, if one exists
+    # -- EMA ---------------------------------------------------------------------------------------
+    ema_decay: float = 0.9999              # released 0.9999 (diffusers EMAModel warm-up cap); 0 disables
+    save_ema: bool = True                  # publish the EMA weights as unet/ (else the raw weights)
+    # -- loss / conditioning -------------------------------------------------------------------------
+    noise_offset: float = 0.0              # released 0.05
+    caption_dropout: float = 0.0           # per batch (released 0.1): "" prompt, no HOLA for the batch
+    snr_gamma: float | None = None         # min-SNR weighting gamma (None disables)
+    prediction_type: str | None = None     # override the scheduler's: "epsilon" | "v_prediction"
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
@@ -90,6 +123,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
+        if self.checkpoint_every < 0 or self.checkpoints_keep < 1:
+            raise ValueError("checkpoint_every must be >= 0 and checkpoints_keep >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in [0, 1)")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError("caption_dropout must be in [0, 1]")
+        if self.noise_offset < 0:
+            raise ValueError("noise_offset must be >= 0")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError("snr_gamma must be > 0 (or None to disable)")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise ValueError("prediction_type must be None, 'epsilon' or 'v_prediction'")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -194,6 +239,131 @@ def publish_folder(local_dir: str | Path, url: str, overwrite: bool = False) -> 
 
 
 # --------------------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of the trainable parameters (fp32 shadow on the parameters' device).
+
+    Same schedule as diffusers' ``EMAModel`` defaults (what the released code used): at optimization
+    step n the decay is 0 for n = 1 (shadow = weights) and ``min(decay, (1 + s) / (10 + s))`` with
+    s = n - 1 afterwards. One fused ``_foreach_lerp_`` per step."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+        self.decay = float(decay)
+        self.optimization_step = 0
+        self.shadow = [p.detach().float().clone() for p in params]
+
+    def current_decay(self) -> float:
+        s = self.optimization_step - 1
+        return 0.0 if s <= 0 else min(self.decay, (1 + s) / (10 + s))
+
+    @torch.no_grad()
+    def step(self, params: list[torch.Tensor]) -> None:
+        self.optimization_step += 1
+        w = 1.0 - self.current_decay()
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in params], w)
+
+    @torch.no_grad()
+    def copy_to(self, params: list[torch.Tensor]) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s.to(p.dtype))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "optimization_step": self.optimization_step, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimization_step = int(state["optimization_step"])
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError("EMA state does not match the model's parameters")
+        for s, v in zip(self.shadow, state["shadow"]):
+            s.copy_(v)
+
+
+def checkpoint_root(cfg: "TrainConfig") -> str:
+    return (cfg.checkpoint_url or f"{cfg.output_url.rstrip('/')}.checkpoints").rstrip("/")
+
+
+def list_checkpoints(root: str) -> list[tuple[int, str]]:
+    """(step, path) of the complete checkpoints under ``root`` (those holding the marker), by step."""
+    fs, path = _fs_and_path(root)
+    if not fs.exists(path):
+        return []
+    out = []
+    for p in fs.ls(path, detail=False):
+        name = posixpath.basename(p.rstrip("/"))
+        if not name.startswith(CKPT_PREFIX) or ".tmp-" in name:
+            continue
+        try:
+            step = int(name[len(CKPT_PREFIX):])
+        except ValueError:
+            continue
+        if fs.exists(posixpath.join(p, CKPT_MARKER)):
+            out.append((step, p))
+    return sorted(out)
+
+
+def save_checkpoint(root: str, step: int, state: dict[str, Any], keep: int) -> str:
+    """Write ``state`` as ``<root>/step-<step>/`` atomically, then keep only the last ``keep``.
+
+    Local filesystem: written into ``step-N.tmp-<id>`` and renamed into place. Object stores: the state
+    file first, the ``COMPLETE`` marker last (readers ignore folders without it)."""
+    fs, path = _fs_and_path(root)
+    final = posixpath.join(path, f"{CKPT_PREFIX}{step:08d}")
+    marker = json.dumps({"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if _is_local(fs):
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
+        os.makedirs(tmp)
+        try:
+            torch.save(state, os.path.join(tmp, CKPT_STATE))
+            Path(tmp, CKPT_MARKER).write_text(marker)
+            if os.path.exists(final):
+                fs.rm(final, recursive=True)
+            os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                fs.rm(tmp, recursive=True)
+            raise
+    else:
+        if fs.exists(final):
+            fs.rm(final, recursive=True)
+        with fs.open(posixpath.join(final, CKPT_STATE), "wb") as f:
+            torch.save(state, f)
+        with fs.open(posixpath.join(final, CKPT_MARKER), "wt") as f:
+            f.write(marker)
+    complete = list_checkpoints(root)
+    for _, old in complete[:-keep]:
+        fs.rm(old, recursive=True)
+    for p in fs.ls(path, detail=False):  # remains of a checkpoint write killed half-way
+        if ".tmp-" in posixpath.basename(p.rstrip("/")):
+            fs.rm(p, recursive=True)
+    return final
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    fs, p = _fs_and_path(path)
+    with fs.open(posixpath.join(p, CKPT_STATE), "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=False)  # our own file: holds RNG tuples
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "generator": gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(gen: torch.Generator, st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    gen.set_state(st["generator"])
+    if st.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+
+
+# checkpoint config keys that must match on resume (the rest, e.g. steps / log_every, may change)
+RESUME_MUST_MATCH = ("shards", "pretrained", "resolution", "batch_size", "seed", "tiny_seed", "act_fn",
+                     "shuffle_buffer", "hola_map_factor", "ema_decay")
+
+
+# --------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the training loop, save and publish; returns the training_run record."""
     say = log_fn or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -203,7 +373,24 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
 
+    ckpt_root = checkpoint_root(cfg)
+    resume_state = None
+    if cfg.resume:
+        found = list_checkpoints(ckpt_root)
+        if found:
+            say(f"resuming from {found[-1][1]}")
+            resume_state = load_checkpoint(found[-1][1])
+            old = resume_state["config"]
+            bad = [k for k in RESUME_MUST_MATCH if old.get(k) != getattr(cfg, k)]
+            if bad:
+                raise ValueError(f"cannot resume from {found[-1][1]}: config keys {bad} differ "
+                                 f"({ {k: old.get(k) for k in bad} } in the checkpoint)")
+        else:
+            say(f"resume: no complete checkpoint under {ckpt_root}; starting from step 0")
+
     unet, vae, text_encoder, tokenizer, scheduler = _build_components(cfg)
+    if cfg.prediction_type:
+        scheduler.register_to_config(prediction_type=cfg.prediction_type)  # also what gets published
     unet.to(device).train()
     vae.to(device).eval().requires_grad_(False)
     text_encoder.to(device).eval().requires_grad_(False)
@@ -233,6 +420,8 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
     dataset = ShardDataset(shard_urls, tokenizer, res, mask_size=map_hw, mask_resize=cfg.mask_resize,
                            seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, repeat=True)
     data = batches(dataset, cfg.batch_size)
+    empty_ids = tokenizer("", padding="max_length", max_length=max_len, truncation=True,
+                          return_tensors="pt").input_ids.to(device) if cfg.caption_dropout > 0 else None
 
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -240,40 +429,74 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
     scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
     n_t = scheduler.config.num_train_timesteps
     pred_type = scheduler.config.prediction_type
+    if pred_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unsupported prediction_type {pred_type!r}")
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    history: list[dict[str, float]] = []
+    start_step = 0
+    samples_seen = 0
+    if resume_state is not None:
+        unet.load_state_dict(resume_state["unet"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if ema is not None:
+            if resume_state.get("ema") is None:
+                raise ValueError("the checkpoint holds no EMA state but ema_decay > 0")
+            ema.load_state_dict(resume_state["ema"])
+        start_step = int(resume_state["step"])
+        history = list(resume_state["history"])
+        samples_seen = int(resume_state["data"]["samples_seen"])
+        t0 = time.perf_counter()
+        for _ in range(int(resume_state["data"]["batches"])):  # the stream is deterministic: skip
+            next(data)
+        say(f"skipped {resume_state['data']['batches']} consumed batches "
+            f"({time.perf_counter() - t0:.1f} s)")
+        _set_rng_state(gen, resume_state["rng"])
+        resume_state = None  # free memory
     say(f"training {'tiny' if not cfg.pretrained else cfg.pretrained} UNet "
         f"({sum(p.numel() for p in params) / 1e6:.2f}M params) on {device} for {cfg.steps} steps, "
         f"batch {cfg.batch_size}, {len(shard_urls)} shard(s); HOLA {cfg.hola_reduction} at "
         f"{map_hw[0]}x{map_hw[1]} over {len(hola_layers) if store else 0} layers")
 
-    history: list[dict[str, float]] = []
     t_loop = time.perf_counter()
     t_data = 0.0
-    samples_seen = 0
-    for step in range(1, cfg.steps + 1):
+    for step in range(start_step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         batch = next(data)
         t_data += time.perf_counter() - t0
         pixels = batch["pixel_values"].to(device)
         ids = batch["input_ids"].to(device)
+        dropped = False
+        if cfg.caption_dropout > 0:  # per batch, as released: empty prompt, no HOLA for this batch
+            dropped = bool(torch.rand((), generator=gen, device=device).item() < cfg.caption_dropout)
+            if dropped:
+                ids = empty_ids.expand(ids.shape[0], -1)
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.sample(generator=gen) * scaling
             enc = text_encoder(ids)[0]
         noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
+        if cfg.noise_offset > 0:
+            noise = noise + cfg.noise_offset * torch.randn(
+                (latents.shape[0], latents.shape[1], 1, 1), generator=gen, device=device, dtype=latents.dtype)
         t = torch.randint(0, n_t, (latents.shape[0],), generator=gen, device=device).long()
         noisy = scheduler.add_noise(latents, noise, t)
-        if pred_type == "epsilon":
-            target = noise
-        elif pred_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, t)
-        else:
-            raise ValueError(f"unsupported prediction_type {pred_type!r}")
+        target = noise if pred_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
 
         if store is not None:
             store.clear()
         pred = unet(noisy, t, enc,
                     cross_attention_kwargs={"hola_ctx": ctx} if store is not None else None).sample
-        noise_loss = F.mse_loss(pred.float(), target.float())
-        if store is not None:
+        if cfg.snr_gamma is None:
+            noise_loss = F.mse_loss(pred.float(), target.float())
+        else:  # min-SNR-gamma (Hang et al. 2023), as diffusers' train_text_to_image.py
+            ac = alphas_cumprod[t]
+            snr = ac / (1.0 - ac)
+            w = torch.clamp(snr, max=cfg.snr_gamma)
+            w = w / snr if pred_type == "epsilon" else w / (snr + 1.0)
+            per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+            noise_loss = (per * w).mean()
+        if store is not None and not dropped:
             hola = hola_loss(store.maps, batch["group_masks"].to(device), batch["spans"].to(device),
                              reduction=cfg.hola_reduction, map_hw=map_hw)
         else:
@@ -293,12 +516,24 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
             raise NonFiniteLossError(f"non-finite gradient norm at step {step}/{cfg.steps}; stopping "
                                      "without publishing")
         optimizer.step()
+        if ema is not None:
+            ema.step(params)
         samples_seen += pixels.shape[0]
         rec = {"step": step, "loss": loss.item(), "noise": noise_loss.item(), "hola": float(hola.item()),
                "grad_norm": float(gnorm)}
+        if cfg.caption_dropout > 0:
+            rec["caption_dropped"] = dropped
         history.append(rec)
-        if step == 1 or step == cfg.steps or step % max(1, cfg.log_every) == 0:
-            dt = (time.perf_counter() - t_loop) / step
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            t0 = time.perf_counter()
+            where = save_checkpoint(ckpt_root, step, {
+                "step": step, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(gen),
+                "data": {"batches": step, "samples_seen": samples_seen},  # one batch per step
+                "history": history, "config": dataclasses.asdict(cfg)}, cfg.checkpoints_keep)
+            say(f"checkpoint {where} ({time.perf_counter() - t0:.1f} s)")
+        if step == start_step + 1 or step == cfg.steps or step % max(1, cfg.log_every) == 0:
+            dt = (time.perf_counter() - t_loop) / (step - start_step)
             say(f"step {step}/{cfg.steps} loss={rec['loss']:.5f} noise={rec['noise']:.5f} "
                 f"hola={rec['hola']:.5f} grad_norm={rec['grad_norm']:.3f} ({dt:.3f} s/step)")
     train_seconds = time.perf_counter() - t_loop
@@ -311,6 +546,11 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
     if cfg.gradient_checkpointing:
         unet.disable_gradient_checkpointing()
     unet.eval()
+    published = "raw"
+    if ema is not None and cfg.save_ema:
+        ema.copy_to(params)
+        published = "ema"
+    steps_run = cfg.steps - start_step
     last = history[-1]
     k = min(10, len(history))
     metrics = {
@@ -321,7 +561,9 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
         "loss_mean_last10": sum(h["loss"] for h in history[-k:]) / k,
         "steps": cfg.steps, "samples_seen": samples_seen,
         "seconds": None,  # filled below
-        "train_seconds": train_seconds, "seconds_per_step": train_seconds / cfg.steps,
+        "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, steps_run),
+        "resumed_from_step": start_step, "steps_run": steps_run, "published_unet": published,
+        "caption_dropped_batches": sum(1 for h in history if h.get("caption_dropped")),
         "data_seconds": t_data,
         "hola_layers": hola_layers if store is not None else [], "hola_map_hw": list(map_hw),
         "dataset_stats": dict(dataset.stats),

@@ -2,6 +2,7 @@
 through Dagster Pipes, so the asset code is the same wherever training runs."""
 from __future__ import annotations
 
+import abc
 import sys
 from typing import Any, Optional
 
@@ -10,7 +11,14 @@ import dagster as dg
 TRAIN_MODULE = "cosmicman.model.train"
 
 
-class SubprocessTrainingLauncher(dg.ConfigurableResource):
+class TrainingLauncher(dg.ConfigurableResource):
+    """Runs the trainer with a JSON-able config and returns the materialization it reported."""
+
+    @abc.abstractmethod
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult: ...
+
+
+class SubprocessTrainingLauncher(TrainingLauncher):
     """Trains in a local child process (the embedded default); ``python`` may name another interpreter."""
 
     python: Optional[str] = None
