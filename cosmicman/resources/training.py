@@ -8,7 +8,7 @@ import dagster as dg
 class TrainingResource(dg.ConfigurableResource):
     """Daring training settings. Defaults are the embedded tiny run (a tiny UNet, 64 px, a few dozen
     steps on CPU); production sets ``pretrained`` to an SD-1.5 id or folder and the released values
-    (lr 1e-5, resolution 512+)."""
+    (lr 1e-5, resolution 512+). EMA, noise offset and caption dropout default to the released values."""
 
     pretrained: Optional[str] = None
     resolution: int = 64
@@ -22,13 +22,20 @@ class TrainingResource(dg.ConfigurableResource):
     gradient_checkpointing: bool = False
     act_fn: str = "silu"
     seed: int = 0
+    ema_decay: float = 0.9999
+    noise_offset: float = 0.05
+    caption_dropout: float = 0.1
+    snr_gamma: Optional[float] = None
+    checkpoint_every: int = 0
 
     def train_config(self, shards: list[str], output_url: str) -> dict[str, Any]:
         return {"shards": shards, "output_url": output_url, "pretrained": self.pretrained,
                 "resolution": self.resolution, "steps": self.steps, "batch_size": self.batch_size,
                 "lr": self.lr, "alpha": self.alpha, "beta": self.beta, "hola_reduction": self.hola_reduction,
                 "hola_map_factor": self.hola_map_factor, "gradient_checkpointing": self.gradient_checkpointing,
-                "act_fn": self.act_fn, "seed": self.seed}
+                "act_fn": self.act_fn, "seed": self.seed, "ema_decay": self.ema_decay,
+                "noise_offset": self.noise_offset, "caption_dropout": self.caption_dropout,
+                "snr_gamma": self.snr_gamma, "checkpoint_every": self.checkpoint_every}
 
 
 class EvaluationResource(dg.ConfigurableResource):
