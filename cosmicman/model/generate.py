@@ -28,7 +28,12 @@ def local_model_dir(url: str) -> Iterator[str]:
 
 
 def load_pipeline(model_dir: str | Path, device: str = "cpu") -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None, requires_safety_checker=False)
+    from cosmicman.model.activations import load_unet_with_activation
+
+    # the UNet goes through our loader so a Prime activation choice is re-applied at every site
+    unet = load_unet_with_activation(str(model_dir), subfolder="unet")
+    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), unet=unet, safety_checker=None,
+                                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -89,7 +89,8 @@ class TrainConfig:
     mask_resize: str = "area"              # "area" (one-hot then area) | "nearest"
     gradient_checkpointing: bool = False
     seed: int = 0
-    act_fn: str = "silu"
+    act_fn: str = "silu"                   # any name in model.activations.ACTIVATIONS (Prime)
+    ff_act_fn: str | None = None           # also replace the feed-forward GEGLU's GELU (None: keep it)
     shuffle_buffer: int = 64
     log_every: int = 10
     device: str = "auto"                   # "auto" | "cpu" | "cuda" | "cuda:1" ...
@@ -114,6 +115,9 @@ class TrainConfig:
             self.shards = [self.shards]
         if not self.shards:
             raise ValueError("config.shards is empty")
+        from cosmicman.model.activations import ActivationConfig
+
+        ActivationConfig(self.act_fn, self.ff_act_fn)  # rejects unknown activation names before any work
         if self.hola_reduction not in REDUCTIONS:
             raise ValueError(f"hola_reduction must be one of {REDUCTIONS}")
         if self.mask_resize not in MASK_RESIZE_MODES:
@@ -181,10 +185,17 @@ def _resolve_device(name: str) -> torch.device:
 def _build_components(cfg: TrainConfig):
     from cosmicman.model.components import build_tiny_components, load_components
 
+    from cosmicman.model.activations import ActivationConfig, apply_activation
+
     if cfg.pretrained:
-        return load_components(cfg.pretrained, act_fn=cfg.act_fn)
-    seed = cfg.seed if cfg.tiny_seed is None else cfg.tiny_seed
-    return build_tiny_components(seed, act_fn=cfg.act_fn, resolution=cfg.resolution)
+        parts = load_components(cfg.pretrained)
+    else:
+        seed = cfg.seed if cfg.tiny_seed is None else cfg.tiny_seed
+        parts = build_tiny_components(seed, resolution=cfg.resolution)
+    # Prime: every SiLU site (SDXL's hard-coded add_embedding included) gets the configured activation;
+    # the choice is recorded in the UNet config and survives save / load_unet_with_activation.
+    apply_activation(parts[0], ActivationConfig(cfg.act_fn, cfg.ff_act_fn))
+    return parts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +370,7 @@ def _set_rng_state(gen: torch.Generator, st: dict[str, Any]) -> None:
 
 
 # checkpoint config keys that must match on resume (the rest, e.g. steps / log_every, may change)
-RESUME_MUST_MATCH = ("shards", "pretrained", "resolution", "batch_size", "seed", "tiny_seed", "act_fn",
+RESUME_MUST_MATCH = ("shards", "pretrained", "resolution", "batch_size", "seed", "tiny_seed", "act_fn", "ff_act_fn",
                      "shuffle_buffer", "hola_map_factor", "ema_decay")
 
 
