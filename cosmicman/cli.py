@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-STAGES = ["fake_person_job", "annotation_round_job", "labels_job", "dataset_job", "training_job", "evaluation_job"]
+STAGES = ["annotation_round_job", "labels_job", "dataset_job"]
 
 
 def _instance(home: Path) -> dg.DagsterInstance:
@@ -73,8 +73,15 @@ def source_until_threshold(defs: dg.Definitions, instance: dg.DagsterInstance, m
     raise RuntimeError(f"the pool is still under its threshold after {max_batches} batches: check the filters")
 
 
-def run(home: Path, defs: dg.Definitions | None = None) -> dict:
-    """Turn the flywheel once. ``defs`` defaults to the code location's (environment from COSMICMAN_ENV)."""
+def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | None = None) -> dict:
+    """Turn the flywheel once. ``defs`` defaults to the code location's (environment from COSMICMAN_ENV);
+    ``variants`` are the training variants to train and evaluate (default: all)."""
+    from cosmicman.assets.training import VARIANTS
+
+    variants = list(VARIANTS) if variants is None else variants
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown training variants {unknown}; choose from {list(VARIANTS)}")
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("COSMICMAN_HOME", str(home))
     seeded = seed_folder_dataset(home / "datasets" / "folder")
@@ -86,22 +93,26 @@ def run(home: Path, defs: dg.Definitions | None = None) -> dict:
     started = time.monotonic()
     _run(defs, instance, "fake_person_job")
     batches = source_until_threshold(defs, instance)
-    for job in STAGES[1:]:
+    for job in STAGES:
         _run(defs, instance, job)
-    summary = collect_summary(defs, instance)
+    for variant in variants:
+        _run(defs, instance, "training_job", variant)
+        _run(defs, instance, "evaluation_job", variant)
+    _run(defs, instance, "ablation_job")
+    summary = collect_summary(defs, instance, variants)
     summary["new_batches"] = batches
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary
 
 
-def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict:
+def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants: list[str]) -> dict:
     """The numbers a person wants after a turn of the flywheel, read from the latest materializations."""
+    from cosmicman.assets.evaluation import latest_metadata
+
     def meta(asset: str, partition: str | None = None) -> dict:
-        event = instance.get_latest_materialization_event(dg.AssetKey(asset)) if partition is None else None
         if partition is not None:
-            records = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
-            event = records[0].event_log_entry if records else None
+            return latest_metadata(instance, asset, partition)
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
         if event is None or event.asset_materialization is None:
             return {}
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -115,15 +126,19 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict:
         for reason, n in (filt.get("decisions") or {}).items():
             if reason != "kept":
                 rejections[reason] = rejections.get(reason, 0) + n
-    ann, hq, unet, ev = meta("annotator"), meta("cosmicman_hq"), meta("daring_unet"), meta("evaluation")
+    ann, hq = meta("annotator"), meta("cosmicman_hq")
     return {
         "batches": stages, "rejections": rejections,
         "hitl": {k: ann.get(k) for k in ("mean_accuracy_before", "mean_accuracy_after", "labels_asked",
                                          "manual_share", "stop_reason")},
         "dataset": {"version": hq.get("version"), "samples": hq.get("samples"), "reused": hq.get("reused"),
                     "stats": hq.get("stats")},
-        "training": {k: unet.get(k) for k in ("loss_first", "loss_last", "steps", "output_url", "reused")},
-        "evaluation": {k: ev.get(k) for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")},
+        "variants": {v: {**{k: meta("daring_unet", v).get(k) for k in ("loss_first", "loss_last", "steps",
+                                                                        "output_url", "reused")},
+                         **{k: meta("evaluation", v).get(k) for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all",
+                                                                      "frechet_distance")}}
+                     for v in variants},
+        "ablation_rows": meta("ablation_table").get("variants"),
     }
 
 
@@ -143,11 +158,13 @@ def print_summary(summary: dict) -> None:
     stats = d["stats"] or {}
     print(f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{' (unchanged, reused)' if d['reused'] else ''}; "
           + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400])
-    t = summary["training"]
-    print(f"  daring_unet: loss {t['loss_first']:.4f} (first) -> {t['loss_last']:.4f} (last){' (reused)' if t['reused'] else ''}")
-    print(f"    saved at {t['output_url']}")
-    e = summary["evaluation"]
-    print("  evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in e.items() if v is not None))
+    print("  daring_unet variants (same data, seed and steps):")
+    print(f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
+          f"{'acc_all':>8} {'FD':>7}")
+    for name, v in summary["variants"].items():
+        print(f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} {v['acc_tex']:>8.3f} "
+              f"{v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f}{'  (reused)' if v['reused'] else ''}")
+    print(f"    models under {Path(next(iter(summary['variants'].values()))['output_url']).parent}")
     print(f"  took {summary['seconds']}s\n")
     print("Open the UI:  make ui   (then http://127.0.0.1:3000)")
 
@@ -158,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     run_p = sub.add_parser("run", help="materialize the whole flywheel on the local environment")
     run_p.add_argument("--home", default=os.environ.get("COSMICMAN_HOME", ".cosmicman"))
     run_p.add_argument("--json", help="also write the summary as JSON to this file")
+    run_p.add_argument("--variants", nargs="+", help="training variants to train and evaluate (default: all)")
     args = parser.parse_args(argv)
     if args.command == "run":
-        summary = run(Path(args.home))
+        summary = run(Path(args.home), variants=args.variants)
         print_summary(summary)
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2, default=str))

@@ -13,6 +13,7 @@ from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.training import EvaluationResource, TrainingResource
 
 pytestmark = pytest.mark.slow
+VARIANTS = ["baseline", "hola", "hola-mp_silu"]
 
 
 def _census(store: Store) -> dict:
@@ -32,10 +33,10 @@ def flywheel(tmp_path_factory):
     resources["training"] = TrainingResource(steps=12, batch_size=4)
     resources["evaluation_config"] = EvaluationResource(n_prompts=6, inference_steps=4)
     defs = build_definitions(resources)
-    first = run(home, defs)
+    first = run(home, defs, variants=VARIANTS)
     store = Store(str(home / "store"))
     census_first = _census(store)
-    second = run(home, defs)
+    second = run(home, defs, variants=VARIANTS)
     return {"home": home, "store": store, "first": first, "second": second,
             "census_first": census_first, "census_second": _census(store)}
 
@@ -78,7 +79,9 @@ def test_trained_unet_loads_in_diffusers(flywheel):
 
     from cosmicman.model.generate import local_model_dir
 
-    training = flywheel["first"]["training"]
+    variants = flywheel["first"]["variants"]
+    assert len({v["output_url"] for v in variants.values()}) == len(VARIANTS)  # one model per variant
+    training = variants["hola"]
     assert training["steps"] == 12
     assert all(isinstance(training[k], float) and training[k] > 0 for k in ("loss_first", "loss_last"))
     with local_model_dir(training["output_url"]) as path:
@@ -86,14 +89,19 @@ def test_trained_unet_loads_in_diffusers(flywheel):
         assert unet.config.cross_attention_dim > 0
         with open(os.path.join(path, "training_run.json")) as f:
             run_record = json.load(f)
-    assert run_record["config"]["beta"] == 1.0
+    assert run_record["config"]["beta"] == 1.0 and run_record["config"]["act_fn"] == "silu"
+    with local_model_dir(variants["baseline"]["output_url"]) as path, open(os.path.join(path, "training_run.json")) as f:
+        assert json.load(f)["config"]["beta"] == 0.0  # the baseline trains on the noise loss alone
+    with local_model_dir(variants["hola-mp_silu"]["output_url"]) as path, open(os.path.join(path, "training_run.json")) as f:
+        assert json.load(f)["config"]["act_fn"] == "mp_silu"
+    assert flywheel["first"]["ablation_rows"] == len(VARIANTS)
 
 
 def test_evaluation_metrics_are_numbers_in_range(flywheel):
-    ev = flywheel["first"]["evaluation"]
-    for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all"):
-        assert 0.0 <= ev[k] <= 1.0, (k, ev[k])
-    assert ev["frechet_distance"] >= 0.0
+    for ev in flywheel["first"]["variants"].values():
+        for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all"):
+            assert 0.0 <= ev[k] <= 1.0, (k, ev[k])
+        assert ev["frechet_distance"] >= 0.0
 
 
 def test_hitl_round_improves_the_annotator_cheaply(flywheel):
@@ -105,5 +113,5 @@ def test_hitl_round_improves_the_annotator_cheaply(flywheel):
 def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
     assert flywheel["second"]["new_batches"] == []
     assert flywheel["second"]["dataset"]["reused"] is True
-    assert flywheel["second"]["training"]["reused"] is True
+    assert all(v["reused"] is True for v in flywheel["second"]["variants"].values())
     assert flywheel["census_second"] == flywheel["census_first"]

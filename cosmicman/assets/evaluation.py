@@ -13,11 +13,21 @@ from cosmicman.data.synthetic import SyntheticWorld
 from cosmicman.data.tokenizer import load_clip_tokenizer
 from cosmicman.model.metrics import RandomConvFeatures, frechet_distance, semantic_accuracy
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.assets.training import VARIANTS, training_variants
 from cosmicman.resources.training import EvaluationResource
 
 
-@dg.asset(deps=["daring_unet", "annotator", "eval_set"], kinds={"pytorch"}, group_name="evaluation",
-          code_version="1")
+def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
+    """Metadata values of the latest materialization of one partition of ``asset`` ({} when none)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+    if not records or records[0].event_log_entry.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in records[0].event_log_entry.asset_materialization.metadata.items()}
+
+
+@dg.asset(deps=["daring_unet", "annotator", "eval_set"], partitions_def=training_variants, kinds={"pytorch"},
+          group_name="evaluation", code_version="1")
 def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
                evaluation_config: EvaluationResource) -> dg.MaterializeResult:
     """Generate one image per held-out test prompt; the annotator answers each prompt's questions on
@@ -27,10 +37,9 @@ def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
     from cosmicman.model.generate import generate, load_pipeline, local_model_dir  # diffusers pipelines: heavy
 
     store = object_store.store()
-    record = context.instance.get_latest_materialization_event(dg.AssetKey("daring_unet"))
-    model_url = record.asset_materialization.metadata["output_url"].value if record else None
+    model_url = latest_metadata(context.instance, "daring_unet", context.partition_key).get("output_url")
     if not model_url:
-        raise dg.Failure("daring_unet has no materialization with an output_url")
+        raise dg.Failure(f"daring_unet[{context.partition_key}] has no materialization with an output_url")
     world = SyntheticWorld(seed=evaluation_config.prompt_seed)
     rng = np.random.default_rng(evaluation_config.prompt_seed)
     truths = [world.random_attributes(rng) for _ in range(evaluation_config.n_prompts)]
@@ -52,6 +61,30 @@ def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
     if bad:
         raise dg.Failure(f"evaluation produced non-finite metrics: {bad}")
     return dg.MaterializeResult(metadata={
-        **metrics, "feature_extractor": features.name, "model_url": model_url, "n_prompts": len(prompts),
+        **metrics, "variant": context.partition_key, "feature_extractor": features.name, "model_url": model_url, "n_prompts": len(prompts),
         "real_images_ceiling": dg.MetadataValue.json(real),
         "samples": image_grid_markdown(images[:12], prompts[:12], thumb=(96, 96))})
+
+
+ABLATION_METRICS = ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")
+
+
+@dg.asset(deps=["evaluation"], kinds={"python"}, group_name="evaluation", code_version="1")
+def ablation_table(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Every evaluated variant side by side, with its training loss: Daring's and Prime's ablation."""
+    rows = []
+    for variant in VARIANTS:
+        ev = latest_metadata(context.instance, "evaluation", variant)
+        if not ev:
+            continue
+        unet = latest_metadata(context.instance, "daring_unet", variant)
+        rows.append({"variant": variant, **{k: ev.get(k) for k in ABLATION_METRICS},
+                     "loss_last": unet.get("loss_last"), "act_fn": unet.get("act_fn"), "model": ev.get("model_url")})
+    if not rows:
+        raise dg.Failure("no variant has been evaluated yet: materialize evaluation partitions first")
+    header = ["variant", *ABLATION_METRICS, "loss_last"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |"
+              for r in rows]
+    return dg.MaterializeResult(metadata={"variants": len(rows), "table": dg.MetadataValue.md("\n".join(lines)),
+                                          "rows": dg.MetadataValue.json(rows)})

@@ -13,6 +13,19 @@ from cosmicman.resources.training import TrainingResource
 
 RUN_FILE = "training_run.json"
 
+# Variants share the dataset version, seed and step budget; each differs from the baseline config only
+# here, so a comparison between partitions is a fair ablation (Daring's HOLA, Prime's activations).
+VARIANTS: dict[str, dict] = {
+    "baseline": {"beta": 0.0},
+    "hola": {},
+    "hola-gelu": {"act_fn": "gelu"},
+    "hola-mish": {"act_fn": "mish"},
+    "hola-relu": {"act_fn": "relu"},
+    "hola-leaky_relu": {"act_fn": "leaky_relu"},
+    "hola-mp_silu": {"act_fn": "mp_silu"},
+}
+training_variants = dg.StaticPartitionsDefinition(list(VARIANTS))
+
 
 def model_key(data_version: str, config: dict) -> str:
     """Models are keyed by their dataset version and training config: same inputs, same model folder."""
@@ -21,26 +34,31 @@ def model_key(data_version: str, config: dict) -> str:
     return f"models/daring_unet/{data_version}-{digest}"
 
 
-@dg.asset(deps=["cosmicman_hq"], kinds={"pytorch", "diffusers"}, group_name="training", code_version="1")
+@dg.asset(deps=["cosmicman_hq"], partitions_def=training_variants, kinds={"pytorch", "diffusers"},
+          group_name="training", code_version="1")
 def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, training: TrainingResource,
                 training_launcher: TrainingLauncher) -> dg.MaterializeResult:
-    """The whole UNet fine-tuned with noise loss + HOLA on the latest CosmicMan-HQ version, saved in
-    diffusers format. The trainer runs as ``python -m cosmicman.model.train`` in its own process."""
+    """The whole UNet fine-tuned on the latest CosmicMan-HQ version with this partition's variant (noise
+    loss only, or + HOLA, with SiLU or another activation), saved in diffusers format. The trainer runs as
+    ``python -m cosmicman.model.train`` in its own process."""
     store = object_store.store()
     if not store.exists(LATEST_KEY):
         raise dg.Failure("no CosmicMan-HQ version yet: materialize cosmicman_hq first")
     version = store.read_json(LATEST_KEY)["version"]
     shards = shard_urls(store.url, version, store.storage_options)
-    config = training.train_config(shards, output_url="")
+    variant = context.partition_key
+    config = {**training.train_config(shards, output_url=""), **VARIANTS[variant]}
     key = model_key(version, config)
     config["output_url"] = store.uri(key)
     if store.exists(f"{key}/{RUN_FILE}"):
         record = store.read_json(f"{key}/{RUN_FILE}")
         context.log.info(f"{key} already trained from {version} with this config: reusing it")
         return dg.MaterializeResult(metadata={"output_url": config["output_url"], "dataset_version": version,
-                                              "reused": True, "loss_first": record["metrics"]["loss_first"],
+                                              "variant": variant, "reused": True, "steps": record["metrics"]["steps"],
+                                              "loss_first": record["metrics"]["loss_first"],
                                               "loss_last": record["metrics"]["loss_last"]},
                                     data_version=dg.DataVersion(key.rsplit("/", 1)[1]))
     result = training_launcher.launch(context, config)
-    return dg.MaterializeResult(metadata={**(result.metadata or {}), "dataset_version": version, "reused": False},
+    return dg.MaterializeResult(metadata={**(result.metadata or {}), "dataset_version": version, "variant": variant,
+                                          "reused": False},
                                 data_version=dg.DataVersion(key.rsplit("/", 1)[1]))

@@ -24,9 +24,10 @@ labels_job = dg.define_asset_job(
 dataset_job = dg.define_asset_job("dataset_job", selection=dg.AssetSelection.assets("cosmicman_hq"))
 training_job = dg.define_asset_job("training_job", selection=dg.AssetSelection.assets("daring_unet"))
 evaluation_job = dg.define_asset_job("evaluation_job", selection=dg.AssetSelection.assets("evaluation"))
+ablation_job = dg.define_asset_job("ablation_job", selection=dg.AssetSelection.assets("ablation_table"))
 
 ALL_JOBS = [pool_job, sourcing_job, filtering_job, fake_person_job, annotation_round_job, labels_job,
-            dataset_job, training_job, evaluation_job]
+            dataset_job, training_job, evaluation_job, ablation_job]
 
 
 @dg.sensor(job=pool_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
