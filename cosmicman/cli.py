@@ -164,7 +164,7 @@ def print_summary(summary: dict) -> None:
     for name, v in summary["variants"].items():
         print(f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} {v['acc_tex']:>8.3f} "
               f"{v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f}{'  (reused)' if v['reused'] else ''}")
-    print(f"    models under {Path(next(iter(summary['variants'].values()))['output_url']).parent}")
+    print(f"    models under {next(iter(summary['variants'].values()))['output_url'].rsplit('/', 1)[0]}")
     print(f"  took {summary['seconds']}s\n")
     print("Open the UI:  make ui   (then http://127.0.0.1:3000)")
 
