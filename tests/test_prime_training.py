@@ -52,3 +52,15 @@ def test_mp_silu_variant_trains_persists_and_generates(shard, tmp_path):
 def test_unknown_activation_is_rejected_before_training(shard, tmp_path):
     with pytest.raises(ValueError, match="unknown activation 'swishy'"):
         TrainConfig(shards=[shard], output_url=str(tmp_path / "m"), act_fn="swishy")
+
+
+def test_bf16_autocast_trains_with_fp32_master_weights(shard, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    cfg = TrainConfig(shards=[shard], output_url=str(tmp_path / "bf16"), resolution=64, steps=2, batch_size=2,
+                      lr=1e-4, hola_map_factor=8, mixed_precision="bf16", ema_decay=0.0, shuffle_buffer=0)
+    record = train(cfg, log_fn=lambda m: None)
+    losses = [h["loss"] for h in record["loss_history"]]
+    assert all(0 < x < 10 for x in losses) and record["loss_history"][-1]["hola"] > 0
+    unet = UNet2DConditionModel.from_pretrained(str(tmp_path / "bf16"), subfolder="unet")
+    assert {p.dtype for p in unet.parameters()} == {torch.float32}

@@ -109,6 +109,7 @@ class TrainConfig:
     caption_dropout: float = 0.0           # per batch (released 0.1): "" prompt, no HOLA for the batch
     snr_gamma: float | None = None         # min-SNR weighting gamma (None disables)
     prediction_type: str | None = None     # override the scheduler's: "epsilon" | "v_prediction"
+    mixed_precision: str = "no"            # "bf16": autocast the UNet forward; weights and AdamW state stay fp32
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
@@ -127,6 +128,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.checkpoint_every < 0 or self.checkpoints_keep < 1:
             raise ValueError("checkpoint_every must be >= 0 and checkpoints_keep >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -496,8 +499,9 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
 
         if store is not None:
             store.clear()
-        pred = unet(noisy, t, enc,
-                    cross_attention_kwargs={"hola_ctx": ctx} if store is not None else None).sample
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+            pred = unet(noisy, t, enc,
+                        cross_attention_kwargs={"hola_ctx": ctx} if store is not None else None).sample
         if cfg.snr_gamma is None:
             noise_loss = F.mse_loss(pred.float(), target.float())
         else:  # min-SNR-gamma (Hang et al. 2023), as diffusers' train_text_to_image.py

@@ -27,6 +27,7 @@ class TrainingResource(dg.ConfigurableResource):
     caption_dropout: float = 0.1
     snr_gamma: Optional[float] = None
     checkpoint_every: int = 0
+    mixed_precision: str = "no"
 
     def train_config(self, shards: list[str], output_url: str) -> dict[str, Any]:
         return {"shards": shards, "output_url": output_url, "pretrained": self.pretrained,
@@ -35,7 +36,8 @@ class TrainingResource(dg.ConfigurableResource):
                 "hola_map_factor": self.hola_map_factor, "gradient_checkpointing": self.gradient_checkpointing,
                 "act_fn": self.act_fn, "seed": self.seed, "ema_decay": self.ema_decay,
                 "noise_offset": self.noise_offset, "caption_dropout": self.caption_dropout,
-                "snr_gamma": self.snr_gamma, "checkpoint_every": self.checkpoint_every}
+                "snr_gamma": self.snr_gamma, "checkpoint_every": self.checkpoint_every,
+                "mixed_precision": self.mixed_precision}
 
 
 class EvaluationResource(dg.ConfigurableResource):
