@@ -221,7 +221,6 @@ def test_k8s_job_launch_through_pipes_k8s_client():
     env = {e["name"]: e["value"] for e in c["env"]}
     assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(env)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and "--nproc_per_node=2" in c["command"]
-    from dagster_pipes import decode_param
     assert _pipes_context(env)["extras"] == {"config": {"steps": 3}}
     fake.core_api.delete_namespaced_pod.assert_called_once()
 
@@ -319,7 +318,6 @@ def test_trainjob_launch_complete():
     assert (group, version, ns, plural) == ("trainer.kubeflow.org", "v1alpha1", "cosmicman", "trainjobs")
     jsonschema.validate(body, TRAINJOB_SCHEMA)
     env = {e["name"]: e["value"] for e in body["spec"]["trainer"]["env"]}
-    from dagster_pipes import decode_param
     assert _pipes_context(env)["extras"] == {"config": {"steps": 3}}
     assert "DAGSTER_PIPES_MESSAGES" in env
     assert custom.get_namespaced_custom_object.call_count == 3

@@ -30,7 +30,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import cv2
 import numpy as np
@@ -627,7 +627,6 @@ class FilterChain:
 
     def process(self, data: bytes) -> FilterResult:
         self.setup()
-        cfg = self.config
         scores: dict[str, float | None] = {"width": None, "height": None, "fake_score": None, "quality": None,
                                            "n_people": None, "max_face_px": None}
         try:

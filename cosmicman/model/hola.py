@@ -115,7 +115,8 @@ def hola_loss(
         raise ValueError(f"masks {tuple(masks.shape)} / spans {tuple(spans.shape)} / maps batch {B} disagree")
     map_hw = _map_grid(masks, P, map_hw)
     if map_hw[0] * map_hw[1] != P:
-        raise ValueError(f"cannot infer a map grid of {P} cells for masks of {H}x{W}")
+        raise ValueError(f"cannot infer a map grid of {P} cells for masks of "
+                         f"{masks.shape[-2]}x{masks.shape[-1]}")
     m = resize_masks(masks, map_hw, mask_resize).flatten(2).to(layers[0].device)  # (B, G, P)
     w = span_weights(spans.to(m.device), K)  # (B, G, K)
     n = w.sum(-1)  # (B, G)

@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import posixpath
 import random
@@ -46,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
