@@ -33,7 +33,7 @@ class RecordingAttnProcessor(AttnProcessor):
 
 @pytest.fixture(scope="module")
 def tiny():
-    unet, vae, text_encoder, tokenizer, _ = build_tiny_components(seed=0)
+    unet = build_tiny_components(seed=0).unet
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, 16, 16, generator=g)
     t = torch.tensor([10, 700])

@@ -18,8 +18,8 @@ KILL_WRAPPER = """
 import sys, time
 import cosmicman.model.train as T
 orig = T.save_checkpoint
-def save(root, step, state, keep):
-    out = orig(root, step, state, keep)
+def save(root, step, *args, **kwargs):
+    out = orig(root, step, *args, **kwargs)
     if step == 8:
         time.sleep(600)
     return out
@@ -73,6 +73,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
     rec_b = train(TrainConfig.from_dict(cfg_b), log_fn=lambda m: None)
     assert rec_b["metrics"]["resumed_from_step"] == 8 and rec_b["metrics"]["steps_run"] == 4
+    # consumed samples were skipped undecoded: the resumed run decoded only its 4 batches of 2
+    assert rec_b["metrics"]["dataset_stats"]["samples"] == 8
     assert rec_b["metrics"]["published_unet"] == "ema"
     ha, hb = rec_a["loss_history"], rec_b["loss_history"]
     assert [h["step"] for h in hb] == list(range(1, 13))

@@ -151,7 +151,7 @@ def test_training_run_subprocess(tmp_path):
         "up_blocks.0.attentions.0.transformer_blocks.0.attn2",
         "up_blocks.0.attentions.1.transformer_blocks.0.attn2",
     ]
-    assert run["metrics"]["hola_map_hw"] == [8, 8] and run["metrics"]["dataset_stats"]["span_rejected"] == 0
+    assert run["metrics"]["hola_map_factor"] == 8 and run["metrics"]["buckets"] == [[64, 64]] and run["metrics"]["dataset_stats"]["span_rejected"] == 0
     assert run["data"]["shards"] == urls and run["config"]["lr"] == 1e-4
     assert not list(out.parent.glob("*.tmp-*"))  # nothing half-published left behind
 
@@ -167,8 +167,8 @@ def test_training_run_subprocess(tmp_path):
     # the published folder is itself a valid `pretrained` for the next fine-tune (activation swapped)
     from cosmicman.model.components import load_components
 
-    unet2, _, _, tok2, _ = load_components(str(out), act_fn="gelu")
-    assert unet2.config.act_fn == "gelu" and len(tok2) == 49408
+    comps = load_components(str(out), act_fn="gelu")
+    assert comps.unet.config.act_fn == "gelu" and len(comps.tokenizers[0]) == 49408 and comps.family == "sd"
 
     # a published model is immutable: the trainer refuses to train into it again
     from cosmicman.model.train import TrainConfig, check_output_free, train
@@ -279,8 +279,11 @@ def test_ema_published_and_checkpoints(tmp_path):
         assert torch.allclose(unets[True][k], expect, atol=1e-6), k
         assert torch.equal(unets[False][k], raw[2][k]), k
     state = torch.load(Path(found[-1][1]) / "state.pt", weights_only=False)
-    assert state["ema"]["optimization_step"] == 3 and state["data"] == {"batches": 3, "samples_seen": 3}
-    assert set(state["rng"]) >= {"torch", "generator", "python", "numpy"}
+    assert state["ema"]["optimization_step"] == 3 and state["step"] == 3
+    mine = torch.load(Path(found[-1][1]) / "rank-00000.pt", weights_only=False)
+    # 3 samples, no shuffle buffer: positions 0..2 consumed, nothing pending
+    assert mine["samples_seen"] == 3 and mine["data"] == {"start": 3, "exclude": []}
+    assert set(mine["rng"]) >= {"torch", "generators", "python", "numpy"}
 
 
 def test_loss_options_vpred_snr_offset_caption_dropout(tmp_path):

@@ -11,7 +11,8 @@ is the field name. Fields of one sample:
   77 long) and are end-exclusive.
 
 Per sample this yields
-- ``pixel_values``: (3, R, R) float in [-1, 1]: shorter side resized to R (bicubic), centre crop;
+- ``pixel_values``: (3, R, R) float in [-1, 1]: shorter side resized to R (bicubic), centre crop
+  (``cosmicman.model.buckets`` keeps aspect ratios instead);
 - ``input_ids``: (77,) long, the caption tokenized with padding to 77 (truncated);
 - ``group_masks``: (G, h, w) float: each group's mask (union of its labels; ``foreground`` = every label
   != 0) after the same resize/crop as the image (label map resized with NEAREST), then brought to
@@ -34,7 +35,8 @@ import posixpath
 import random
 import tarfile
 from collections import Counter
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -92,13 +94,17 @@ def iter_tar_samples(url: str) -> Iterator[dict[str, Any]]:
             yield current
 
 
-def _resize_crop(img: Image.Image, size: int, resample: int) -> Image.Image:
+def cover_crop(img: Image.Image, size_hw: tuple[int, int], resample: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Resize ``img`` (keeping its aspect) to just cover (h, w) = ``size_hw``, centre-crop to it; also the
+    crop's (top, left) in resized pixels (SDXL's crop conditioning)."""
+    bh, bw = size_hw
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), resample=resample)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    scale = max(bh / h, bw / w)
+    nw, nh = max(bw, round(w * scale)), max(bh, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), resample=resample)
+    left, top = (nw - bw) // 2, (nh - bh) // 2
+    return img.crop((left, top, left + bw, top + bh)), (top, left)
 
 
 def group_label_masks(label_map: torch.Tensor, groups: list[dict], mask_size: tuple[int, int] | None,
@@ -131,12 +137,23 @@ class ShardDataset(torch.utils.data.IterableDataset):
     """Samples of WebDataset shards as training tensors (see module doc).
 
     ``repeat=True`` cycles forever (epoch e shuffles the shard order with ``seed + e``); a shuffle buffer
-    of ``shuffle_buffer`` samples mixes within and across shards (0 = file order)."""
+    of ``shuffle_buffer`` samples mixes within and across shards (0 = file order). The buffer holds *raw*
+    samples (bytes), and decoding happens after it, so:
+
+    - every sample has a stream position ``pos`` (0, 1, ... in the shuffled stream, identical for every
+      reader with the same seed), carried in the decoded sample;
+    - ``rank`` / ``world_size`` split the stream (position p goes to rank ``p % world_size``); a rank only
+      decodes its own samples;
+    - resuming skips without decoding: positions below ``start`` and those in ``exclude`` are dropped raw.
+
+    Subclasses change where units come from (``read_unit``) and how a raw sample becomes tensors
+    (``decode``); the order logic stays here."""
 
     def __init__(self, urls: Iterable[str], tokenizer, resolution: int,
                  mask_size: tuple[int, int] | None = None, mask_resize: str = "area",
                  seed: int = 0, shuffle_buffer: int = 0, repeat: bool = False,
-                 verify_spans: bool = True) -> None:
+                 verify_spans: bool = True, rank: int = 0, world_size: int = 1, start: int = 0,
+                 exclude: Iterable[int] = ()) -> None:
         self.urls = expand_shard_urls(urls)
         self.tokenizer = tokenizer
         self.resolution = int(resolution)
@@ -146,6 +163,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.repeat = repeat
         self.verify_spans = verify_spans
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
+        self.start = int(start)
+        self.exclude = frozenset(int(p) for p in exclude)
+        #: positions consumed from the shuffled stream so far (all ranks' and undecodable ones included)
+        self.position = 0
+        self._epoch_len = 0
         self.stats: Counter = Counter(samples=0, skipped=0, span_rejected=0, epochs=0)
         self._span_cache: dict[str, list[int]] = {}
 
@@ -168,9 +193,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
             labels = Image.fromarray(np.asarray(im, dtype=np.uint8))  # palette index = label
         if image.size != labels.size:
             raise ValueError(f"image {image.size} and mask {labels.size} of {raw['__key__']} differ in size")
-        R = self.resolution
-        image = _resize_crop(image, R, Image.BICUBIC)
-        labels = _resize_crop(labels, R, Image.NEAREST)
+        original_hw = (image.size[1], image.size[0])
+        target = self.target_hw(*image.size)
+        image, crop_top_left = cover_crop(image, target, Image.BICUBIC)
+        labels, _ = cover_crop(labels, target, Image.NEAREST)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
         label_map = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         if int(label_map.max()) >= N_ATR_LABELS:
@@ -192,45 +218,86 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 spans[g] = torch.tensor([s, e])
             else:
                 self.stats["span_rejected"] += 1
-        masks = group_label_masks(label_map, groups, self.mask_size, self.mask_resize)
+        masks = group_label_masks(label_map, groups, self.map_hw(target), self.mask_resize)
+        # original size and crop offset: SDXL's micro-conditioning (time ids)
         return {"key": raw["__key__"], "pixel_values": pixels, "input_ids": ids,
-                "group_masks": masks, "spans": spans}
+                "group_masks": masks, "spans": spans, "bucket": target, "original_size": original_hw,
+                "crop_top_left": crop_top_left}
+
+    def target_hw(self, width: int, height: int) -> tuple[int, int]:
+        """The (h, w) an image of ``width x height`` is cover-cropped to: here the square resolution."""
+        return (self.resolution, self.resolution)
+
+    def map_hw(self, target_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The group masks' size for a sample of ``target_hw`` (None: the image size)."""
+        return self.mask_size
 
     # -- iteration ------------------------------------------------------------------------------------
-    def _samples(self) -> Iterator[dict[str, Any]]:
+    def read_unit(self, url: str) -> Iterator[dict[str, Any]]:
+        """The raw samples of one unit (a tar shard here), in file order."""
+        return iter_tar_samples(url)
+
+    def _raw_stream(self) -> Iterator[dict[str, Any]]:
         epoch = 0
         while True:
             urls = list(self.urls)
             if self.shuffle_buffer:
                 random.Random(self.seed + epoch).shuffle(urls)
+            n = 0
             for url in urls:
-                for raw in iter_tar_samples(url):
-                    try:
-                        yield self.decode(raw)
-                        self.stats["samples"] += 1
-                    except Exception as exc:  # one bad sample must not end a long run
-                        self.stats["skipped"] += 1
-                        log.warning("skipping sample %s of %s: %s", raw.get("__key__"), url, exc)
+                for raw in self.read_unit(url):
+                    n += 1
+                    yield raw
             epoch += 1
             self.stats["epochs"] = epoch
+            self._epoch_len = n
             if not self.repeat:
                 return
-            if self.stats["samples"] == 0:
-                raise RuntimeError(f"no decodable samples in {self.urls}")
+            if n == 0:
+                raise RuntimeError(f"no samples in {self.urls}")
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        it = self._samples()
+    def _shuffled(self) -> Iterator[dict[str, Any]]:
+        it = self._raw_stream()
         if not self.shuffle_buffer:
             yield from it
             return
         rng = random.Random(self.seed)
         buf: list[dict[str, Any]] = []
-        for sample in it:
-            buf.append(sample)
+        for raw in it:
+            buf.append(raw)
             if len(buf) >= self.shuffle_buffer:
                 yield buf.pop(rng.randrange(len(buf)))
         while buf:
             yield buf.pop(rng.randrange(len(buf)))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.position = 0
+        since_yield = 0  # positions read since this reader last yielded a sample
+        for raw in self._shuffled():
+            pos = self.position
+            self.position += 1
+            since_yield += 1
+            # a whole epoch (and then some, for the shuffle buffer) gave this reader nothing: all undecodable
+            if self.repeat and self._epoch_len and since_yield > 2 * self._epoch_len + self.shuffle_buffer:
+                raise RuntimeError(f"no decodable samples for rank {self.rank}/{self.world_size} in "
+                                   f"{self.urls}")
+            if pos % self.world_size != self.rank or pos < self.start or pos in self.exclude:
+                if pos < self.start or pos in self.exclude:
+                    since_yield = 0  # skipping on purpose is progress
+                continue
+            try:
+                sample = self.decode(raw)
+            except Exception as exc:  # noqa: BLE001 -- one bad sample must not end a long run
+                self.stats["skipped"] += 1
+                log.warning("skipping sample %s of %s: %s", raw.get("__key__"), raw.get("__url__"), exc)
+                continue
+            self.stats["samples"] += 1
+            sample["pos"] = pos
+            since_yield = 0
+            yield sample
+
+
+STACKED_FIELDS = ("pixel_values", "input_ids", "latent_mean", "latent_std", "hidden", "pooled")
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -245,13 +312,22 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         pad = G - m.shape[0]
         masks.append(torch.cat([m, m.new_zeros(pad, *m.shape[1:])]) if pad else m)
         spans.append(torch.cat([sp, sp.new_full((pad, 2), -1)]) if pad else sp)
-    return {
+    out = {
         "keys": [s["key"] for s in samples],
-        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
-        "input_ids": torch.stack([s["input_ids"] for s in samples]),
+        "positions": [s.get("pos", -1) for s in samples],
         "group_masks": torch.stack(masks),
         "spans": torch.stack(spans),
     }
+    if "bucket" in samples[0]:
+        out["bucket"] = tuple(samples[0]["bucket"])
+    # decoded samples carry pixels and ids; latent-cache samples their encodings instead
+    for name in STACKED_FIELDS:
+        if name in samples[0]:
+            out[name] = torch.stack([s[name] for s in samples])
+    for name in ("original_size", "crop_top_left"):
+        if all(name in s for s in samples):
+            out[name] = torch.tensor([list(s[name]) for s in samples], dtype=torch.long)
+    return out
 
 
 def batches(dataset: ShardDataset, batch_size: int) -> Iterator[dict[str, Any]]:

@@ -1,80 +1,92 @@
 """Daring trainer: fine-tune the whole UNet with ``alpha * L_noise + beta * L_HOLA`` (paper Eq. 4).
 
     python -m cosmicman.model.train --config <json path or fsspec URL>
+    torchrun --nproc_per_node=8 -m cosmicman.model.train --config <url>      # with "deepspeed": "zero2"
 
-Launched by Dagster Pipes (``PipesSubprocessClient`` / ``PipesK8sClient``) it logs progress through the
-pipes context and reports one asset materialization; the config then may also come from the pipes extras
-(``extras["config"]``: a dict or a URL). Standalone it prints the summary JSON on stdout (progress on
-stderr).
+Launched by Dagster Pipes (``PipesSubprocessClient`` / ``PipesK8sClient`` / the TrainJob launcher) rank 0
+logs progress through the pipes context and reports one asset materialization; the config then may also
+come from the pipes extras (``extras["config"]``: a dict or a URL). Other ranks only log to stderr.
+Standalone it prints the summary JSON on stdout (progress on stderr).
 
-Output (published to ``output_url``): a diffusers ``StableDiffusionPipeline`` folder (``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``) plus ``training_run.json`` (config,
-shard list, code version, metrics). Publishing is atomic: files go to ``<output_url>.tmp-<id>`` first; on
-a local filesystem that folder is renamed into place; on object stores the files are copied to the final
-prefix with ``training_run.json`` last -- it is the completion marker readers must check.
+The work is split so each piece can be benchmarked and tested alone:
 
-Published UNet: with ``ema_decay > 0`` and ``save_ema`` (the defaults, as released) ``unet/`` holds the
-EMA weights; otherwise the raw trained weights. ``training_run.json`` says which (``metrics.published_unet``);
-the raw weights of the last step are in the last checkpoint when checkpointing is on.
+- ``DaringTrainer`` holds the components and the optimizer and runs one (micro-)step on a batch:
+  encode (or read cached encodings), noise, UNet forward with HOLA capture, loss, backward, and on the
+  accumulation boundary clip + AdamW (or the DeepSpeed engine's step) + EMA.
+- ``train()`` builds the data stream (square or aspect buckets; optionally from the latent cache), resumes,
+  checkpoints, and publishes.
 
-Checkpoints (``checkpoint_every`` N > 0): ``<checkpoint_url or output_url + ".checkpoints">/step-%08d/``
-with ``state.pt`` (UNet, AdamW, EMA, RNG states -- torch CPU/CUDA, the trainer's generator, python,
-numpy --, data position, loss history, config) and a ``COMPLETE`` marker. Written atomically (local:
-tmp folder + rename; object stores: marker last, folders without it are ignored); the last
-``checkpoints_keep`` are kept. ``resume=true`` continues from the latest complete one (if any): the data
-stream is deterministic (seeded shard order and shuffle buffer), so the consumed batches are skipped
-(re-read, one batch per step) and the run continues bit-for-bit as if uninterrupted.
+Output (published to ``output_url`` by rank 0): a diffusers ``StableDiffusionPipeline`` (or
+``StableDiffusionXLPipeline``) folder plus ``training_run.json`` (config, shard list, code version,
+metrics). Publishing is atomic: files go to ``<output_url>.tmp-<id>`` first; on a local filesystem that
+folder is renamed into place; on object stores the files are copied to the final prefix with
+``training_run.json`` last -- it is the completion marker readers must check. With ``ema_decay > 0`` and
+``save_ema`` (the defaults, as released) ``unet/`` holds the EMA weights (``metrics.published_unet``).
+
+Checkpoints (``checkpoint_every`` N > 0) go to ``<checkpoint_url or output_url + ".checkpoints">``; see
+``cosmicman.model.checkpoints``. ``resume=true`` continues from the latest complete one: the data stream is
+deterministic (seeded shard order, shuffle buffer, rank split), and consumed samples are skipped *without
+decoding* (their stream positions are recorded), so the run continues bit-for-bit as if uninterrupted.
+
+Distribution: ``deepspeed`` names a ZeRO config (``zero2``, ``zero2_offload`` or a JSON path / URL, see
+``cosmicman.model.distributed``); ranks come from the launcher's environment. Without it the trainer is
+plain PyTorch on one device. Each rank reads its own share of the stream (position p goes to rank
+p % world_size); rank 0 publishes.
 
 Loss options (defaults off for the tiny setup; released values in brackets): ``noise_offset`` [0.05],
-``caption_dropout`` per batch [0.1] (the whole batch gets "" and no HOLA), ``snr_gamma`` (min-SNR
-weighting, diffusers' formulas for epsilon / v-prediction), ``prediction_type`` (overrides the
-scheduler's; the published scheduler carries it). Later work (DeepSpeed, aspect buckets, latent caching,
-mixed precision) plugs in around ``train()``'s step; nothing here assumes a single device beyond ``device``.
+``caption_dropout`` per micro-batch [0.1] (the whole batch gets "" and no HOLA), ``snr_gamma`` (min-SNR
+weighting), ``prediction_type`` (overrides the scheduler's; the published scheduler carries it),
+``grad_accum`` [4], ``mixed_precision`` "bf16" [bf16], ``buckets`` [aspect buckets], ``cache_url``
+(latent + text-embedding cache; see ``cosmicman.model.latent_cache``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import posixpath
-import random
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosmicman.model.attention import (HolaContext, cross_attention_query_counts, install_capture,
-                                       map_hw_for, uninstall_capture)
+from cosmicman.model.attention import HolaContext, cross_attention_query_counts, install_capture, uninstall_capture
+from cosmicman.model.checkpoints import (fs_and_path, is_local, list_checkpoints, load_checkpoint,
+                                         load_engine_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from cosmicman.model.components import FAMILIES, Components
+from cosmicman.model.conditioning import TextConditioner, TextConditioning, sdxl_time_ids
+from cosmicman.model.distributed import DistEnv, barrier, load_deepspeed_config
 from cosmicman.model.hola import MASK_RESIZE_MODES, REDUCTIONS, hola_loss
-from cosmicman.model.shards import ShardDataset, batches, expand_shard_urls
+from cosmicman.model.shards import expand_shard_urls
 
 log = logging.getLogger("cosmicman.train")
 
 RUN_FILE = "training_run.json"
-CKPT_STATE = "state.pt"
-CKPT_MARKER = "COMPLETE"          # written last: a checkpoint folder without it is ignored
-CKPT_PREFIX = "step-"
 
 
 @dataclass
 class TrainConfig:
     shards: list[str]                      # shard URLs (brace / glob / directory expanded)
     output_url: str                        # where the diffusers folder is published (path, file://, s3://)
-    pretrained: str | None = None          # hub id / local diffusers folder; None: tiny components
-    resolution: int = 512                  # square training resolution (pixels)
-    steps: int = 1000
-    batch_size: int = 4
+    pretrained: str | None = None          # hub id / local diffusers folder (SD or SDXL); None: tiny components
+    family: str = "sd"                     # tiny components' family ("sd" | "sdxl"); pretrained: detected
+    resolution: int = 512                  # square side, or the buckets' target area side (pixels)
+    steps: int = 1000                      # optimizer steps
+    batch_size: int = 4                    # micro-batch per rank
+    grad_accum: int = 1                    # micro-batches per optimizer step (released: 4)
     lr: float = 1e-5
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
@@ -92,9 +104,14 @@ class TrainConfig:
     ff_act_fn: str | None = None           # also replace the feed-forward GEGLU's GELU (None: keep it)
     shuffle_buffer: int = 64
     log_every: int = 10
-    device: str = "auto"                   # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    device: str = "auto"                   # "auto" | "cpu" | "cuda" | "cuda:1" ... (ranks: cuda:LOCAL_RANK)
     overwrite: bool = False                # replace a published output_url
     tiny_seed: int | None = None           # seed of the tiny components (default: seed)
+    # -- data geometry / caching -------------------------------------------------------------------
+    buckets: bool = False                  # aspect-ratio buckets of about resolution^2 pixels (released: on)
+    bucket_step: int = 64                  # bucket sides are multiples of this
+    bucket_max_ratio: float = 2.0
+    cache_url: str | None = None           # latent + text-embedding cache root (None: encode every step)
     # -- checkpoints / resume --------------------------------------------------------------------
     checkpoint_every: int = 0              # save a checkpoint every N steps (0: never)
     checkpoints_keep: int = 3              # keep the last K complete checkpoints (released: 1000 / 3)
@@ -105,10 +122,12 @@ class TrainConfig:
     save_ema: bool = True                  # publish the EMA weights as unet/ (else the raw weights)
     # -- loss / conditioning -------------------------------------------------------------------------
     noise_offset: float = 0.0              # released 0.05
-    caption_dropout: float = 0.0           # per batch (released 0.1): "" prompt, no HOLA for the batch
+    caption_dropout: float = 0.0           # per micro-batch (released 0.1): "" prompt, no HOLA for the batch
     snr_gamma: float | None = None         # min-SNR weighting gamma (None disables)
     prediction_type: str | None = None     # override the scheduler's: "epsilon" | "v_prediction"
-    mixed_precision: str = "no"            # "bf16": autocast the UNet forward; weights and AdamW state stay fp32
+    mixed_precision: str = "no"            # "bf16": autocast (plain) / bf16 engine (DeepSpeed); fp32 master weights
+    # -- distribution ----------------------------------------------------------------------------------
+    deepspeed: str | None = None           # "zero2" | "zero2_offload" | JSON path / URL; None: plain PyTorch
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
@@ -118,13 +137,18 @@ class TrainConfig:
         from cosmicman.model.activations import ActivationConfig
 
         ActivationConfig(self.act_fn, self.ff_act_fn)  # rejects unknown activation names before any work
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}")
         if self.hola_reduction not in REDUCTIONS:
             raise ValueError(f"hola_reduction must be one of {REDUCTIONS}")
         if self.mask_resize not in MASK_RESIZE_MODES:
             raise ValueError(f"mask_resize must be one of {MASK_RESIZE_MODES}")
-        for name in ("steps", "batch_size", "resolution", "hola_map_factor"):
+        for name in ("steps", "batch_size", "grad_accum", "resolution", "hola_map_factor", "bucket_step"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.buckets and self.bucket_step % self.hola_map_factor:
+            raise ValueError(f"bucket_step {self.bucket_step} must be a multiple of hola_map_factor "
+                             f"{self.hola_map_factor}")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
         if self.mixed_precision not in ("no", "bf16"):
@@ -178,41 +202,32 @@ def code_version() -> str | None:
         return None
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: DistEnv) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.world_size > 1:
+        name = f"cuda:{dist.local_rank}"
     return torch.device(name)
 
 
-def _build_components(cfg: TrainConfig):
+def build_components(cfg: TrainConfig) -> Components:
+    from cosmicman.model.activations import ActivationConfig, apply_activation
     from cosmicman.model.components import build_tiny_components, load_components
 
-    from cosmicman.model.activations import ActivationConfig, apply_activation
-
     if cfg.pretrained:
-        parts = load_components(cfg.pretrained)
+        comps = load_components(cfg.pretrained)
     else:
-        seed = cfg.seed if cfg.tiny_seed is None else cfg.tiny_seed
-        parts = build_tiny_components(seed, resolution=cfg.resolution)
+        comps = build_tiny_components(cfg.seed if cfg.tiny_seed is None else cfg.tiny_seed,
+                                      resolution=cfg.resolution, family=cfg.family)
     # Prime: every SiLU site (SDXL's hard-coded add_embedding included) gets the configured activation;
     # the choice is recorded in the UNet config and survives save / load_unet_with_activation.
-    apply_activation(parts[0], ActivationConfig(cfg.act_fn, cfg.ff_act_fn))
-    return parts
+    apply_activation(comps.unet, ActivationConfig(cfg.act_fn, cfg.ff_act_fn))
+    return comps
 
 
 # --------------------------------------------------------------------------------------------------
-def _fs_and_path(url: str):
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path.rstrip("/")
-
-
-def _is_local(fs) -> bool:
-    protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protos or "local" in protos
-
-
 def check_output_free(url: str, overwrite: bool) -> None:
-    fs, path = _fs_and_path(url)
+    fs, path = fs_and_path(url)
     if fs.exists(posixpath.join(path, RUN_FILE)) and not overwrite:
         raise FileExistsError(f"{url} already holds a published model ({RUN_FILE}); set overwrite=true "
                               "or choose another output_url")
@@ -221,7 +236,7 @@ def check_output_free(url: str, overwrite: bool) -> None:
 def publish_folder(local_dir: str | Path, url: str, overwrite: bool = False) -> None:
     """Copy ``local_dir`` to ``url`` so that a crash leaves nothing half-visible (see module doc)."""
     local_dir = Path(local_dir)
-    fs, final = _fs_and_path(url)
+    fs, final = fs_and_path(url)
     check_output_free(url, overwrite)
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
@@ -230,12 +245,12 @@ def publish_folder(local_dir: str | Path, url: str, overwrite: bool = False) -> 
     try:
         for p in others + marker:
             dest = posixpath.join(tmp, p.relative_to(local_dir).as_posix())
-            if _is_local(fs):
+            if is_local(fs):
                 fs.makedirs(posixpath.dirname(dest), exist_ok=True)
             fs.put_file(str(p), dest)
         if fs.exists(final):
             fs.rm(final, recursive=True)  # an overwrite, or the remains of a crashed publish (no marker)
-        if _is_local(fs):
+        if is_local(fs):
             fs.makedirs(posixpath.dirname(final) or "/", exist_ok=True)
             os.replace(tmp, final)  # atomic rename of the whole folder
         else:
@@ -294,257 +309,427 @@ def checkpoint_root(cfg: "TrainConfig") -> str:
     return (cfg.checkpoint_url or f"{cfg.output_url.rstrip('/')}.checkpoints").rstrip("/")
 
 
-def list_checkpoints(root: str) -> list[tuple[int, str]]:
-    """(step, path) of the complete checkpoints under ``root`` (those holding the marker), by step."""
-    fs, path = _fs_and_path(root)
-    if not fs.exists(path):
-        return []
-    out = []
-    for p in fs.ls(path, detail=False):
-        name = posixpath.basename(p.rstrip("/"))
-        if not name.startswith(CKPT_PREFIX) or ".tmp-" in name:
-            continue
-        try:
-            step = int(name[len(CKPT_PREFIX):])
-        except ValueError:
-            continue
-        if fs.exists(posixpath.join(p, CKPT_MARKER)):
-            out.append((step, p))
-    return sorted(out)
-
-
-def save_checkpoint(root: str, step: int, state: dict[str, Any], keep: int) -> str:
-    """Write ``state`` as ``<root>/step-<step>/`` atomically, then keep only the last ``keep``.
-
-    Local filesystem: written into ``step-N.tmp-<id>`` and renamed into place. Object stores: the state
-    file first, the ``COMPLETE`` marker last (readers ignore folders without it)."""
-    fs, path = _fs_and_path(root)
-    final = posixpath.join(path, f"{CKPT_PREFIX}{step:08d}")
-    marker = json.dumps({"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    if _is_local(fs):
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
-        os.makedirs(tmp)
-        try:
-            torch.save(state, os.path.join(tmp, CKPT_STATE))
-            Path(tmp, CKPT_MARKER).write_text(marker)
-            if os.path.exists(final):
-                fs.rm(final, recursive=True)
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                fs.rm(tmp, recursive=True)
-            raise
-    else:
-        if fs.exists(final):
-            fs.rm(final, recursive=True)
-        with fs.open(posixpath.join(final, CKPT_STATE), "wb") as f:
-            torch.save(state, f)
-        with fs.open(posixpath.join(final, CKPT_MARKER), "wt") as f:
-            f.write(marker)
-    complete = list_checkpoints(root)
-    for _, old in complete[:-keep]:
-        fs.rm(old, recursive=True)
-    for p in fs.ls(path, detail=False):  # remains of a checkpoint write killed half-way
-        if ".tmp-" in posixpath.basename(p.rstrip("/")):
-            fs.rm(p, recursive=True)
-    return final
-
-
-def load_checkpoint(path: str) -> dict[str, Any]:
-    fs, p = _fs_and_path(path)
-    with fs.open(posixpath.join(p, CKPT_STATE), "rb") as f:
-        return torch.load(f, map_location="cpu", weights_only=False)  # our own file: holds RNG tuples
-
-
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "generator": gen.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def _set_rng_state(gen: torch.Generator, st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    gen.set_state(st["generator"])
-    if st.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
 
 
 # checkpoint config keys that must match on resume (the rest, e.g. steps / log_every, may change)
-RESUME_MUST_MATCH = ("shards", "pretrained", "resolution", "batch_size", "seed", "tiny_seed", "act_fn", "ff_act_fn",
-                     "shuffle_buffer", "hola_map_factor", "ema_decay")
+RESUME_MUST_MATCH = ("shards", "pretrained", "family", "resolution", "batch_size", "grad_accum", "seed",
+                     "tiny_seed", "act_fn", "ff_act_fn", "shuffle_buffer", "hola_map_factor", "ema_decay",
+                     "buckets", "bucket_step", "bucket_max_ratio", "deepspeed")
 
 
 # --------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the training loop, save and publish; returns the training_run record."""
-    say = log_fn or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    t_start = time.perf_counter()
-    check_output_free(cfg.output_url, cfg.overwrite)
-    device = _resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+class DaringTrainer:
+    """Components, optimizer (or DeepSpeed engine), EMA and one training (micro-)step.
 
+    ``step(batch)`` takes a collated batch -- decoded (``pixel_values``, ``input_ids``) or from the latent
+    cache (``latent_mean``, ``latent_std``, ``hidden``, ``pooled``) -- and returns the step record on an
+    accumulation boundary (after the optimizer step), None before it. Random draws per micro-batch, in
+    order: latent sample, noise, offset noise, timesteps (device generator); caption dropout (CPU
+    generator, so deciding it never waits for the device)."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistEnv | None = None, comps: Components | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist or DistEnv()
+        self.say = say or (lambda msg: None)
+        self.device = resolve_device(cfg.device, self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + self.dist.rank)
+        self.cpu_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 + self.dist.rank)
+
+        self.comps = comps or build_components(cfg)
+        c = self.comps
+        if cfg.prediction_type:
+            c.scheduler.register_to_config(prediction_type=cfg.prediction_type)  # also what gets published
+        self.unet = c.unet.to(self.device).train()
+        self.vae = c.vae.to(self.device).eval().requires_grad_(False)
+        for enc in c.text_encoders:
+            enc.to(self.device).eval().requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.conditioner = TextConditioner(c)
+        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        self.pred_type = c.scheduler.config.prediction_type
+        if self.pred_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction_type {self.pred_type!r}")
+        self.n_t = c.scheduler.config.num_train_timesteps
+        self.alphas_cumprod = c.scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
+        tok = c.tokenizers[0]
+        self.max_len = tok.model_max_length if tok.model_max_length < 10_000 else 77
+        self.store = install_capture(self.unet) if cfg.beta > 0 else None
+        self.empty_cond = (self.conditioner.encode(tok("", padding="max_length", max_length=self.max_len,
+                                                       truncation=True, return_tensors="pt"
+                                                       ).input_ids.to(self.device))
+                           if cfg.caption_dropout > 0 else None)
+
+        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                                           fused=self.device.type == "cuda")
+        self.engine = None
+        self.model: Any = self.unet
+        self.model_dtype: torch.dtype | None = None   # inputs cast to it (DeepSpeed bf16 engine)
+        if cfg.deepspeed:
+            self._init_deepspeed()
+        self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.micro = 0
+        self.steps_done = 0
+        self._acc: list[torch.Tensor] = []
+        self._dropped = 0
+
+    def _init_deepspeed(self) -> None:
+        import deepspeed
+
+        cfg = self.cfg
+        ds_cfg = load_deepspeed_config(cfg.deepspeed, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                       grad_clip=cfg.max_grad_norm, bf16=cfg.mixed_precision == "bf16")
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            deepspeed.init_distributed()
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=self.unet, optimizer=self.optimizer,
+                                                                 model_parameters=self.params, config=ds_cfg)
+        self.model = self.engine
+        self.params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        if ds_cfg["bf16"]["enabled"]:
+            self.model_dtype = torch.bfloat16
+        self.say(f"DeepSpeed ZeRO-{ds_cfg['zero_optimization'].get('stage', 0)} on {self.dist.world_size} "
+                 f"rank(s), bf16={ds_cfg['bf16']['enabled']}, offload="
+                 f"{ds_cfg['zero_optimization'].get('offload_optimizer', {}).get('device', 'none')}")
+
+    # -- pieces of a step ---------------------------------------------------------------------------
+    def hola_layers(self, image_hw: tuple[int, int]) -> list[str]:
+        """Cross-attention layers whose maps are at (H/f, W/f) for an image of ``image_hw`` pixels."""
+        f = self.cfg.hola_map_factor
+        want = (image_hw[0] // f) * (image_hw[1] // f)
+        counts = cross_attention_query_counts(
+            self.unet, (image_hw[0] // self.vae_factor, image_hw[1] // self.vae_factor))
+        return sorted(n for n, q in counts.items() if q == want)
+
+    @torch.no_grad()
+    def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, TextConditioning]:
+        """(latents * scaling, text conditioning): sampled from the cached posterior, or encoded here."""
+        if "latent_mean" in batch:
+            mean = batch["latent_mean"].to(self.device, non_blocking=True)
+            std = batch["latent_std"].to(self.device, non_blocking=True)
+            # the same draw DiagonalGaussianDistribution.sample makes
+            latents = mean + std * torch.randn(mean.shape, generator=self.gen, device=self.device,
+                                               dtype=mean.dtype)
+            cond = TextConditioning(batch["hidden"], batch.get("pooled")).to(self.device)
+        else:
+            pixels = batch["pixel_values"].to(self.device, non_blocking=True)
+            latents = self.vae.encode(pixels).latent_dist.sample(generator=self.gen)
+            cond = self.conditioner.encode(batch["input_ids"].to(self.device, non_blocking=True))
+        return latents * self.scaling, cond
+
+    def encode_for_cache(self, pixels: torch.Tensor, ids: torch.Tensor, batch: dict[str, Any]
+                         ) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            dist = self.vae.encode(pixels.to(self.device)).latent_dist
+            cond = self.conditioner.encode(ids.to(self.device))
+        out = {"latent_mean": dist.mean, "latent_std": dist.std, "hidden": cond.hidden}
+        if cond.pooled is not None:
+            out["pooled"] = cond.pooled
+        return out
+
+    def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Forward and backward of one micro-batch: (loss, noise loss, HOLA loss, caption dropped)."""
+        cfg = self.cfg
+        latents, cond = self.encode(batch)
+        B = latents.shape[0]
+        dropped = False
+        if cfg.caption_dropout > 0:  # per micro-batch, as released: empty prompt, no HOLA
+            dropped = bool(torch.rand((), generator=self.cpu_gen) < cfg.caption_dropout)
+            if dropped:
+                cond = self.empty_cond.expand(B)
+        noise = torch.randn(latents.shape, generator=self.gen, device=self.device, dtype=latents.dtype)
+        if cfg.noise_offset > 0:
+            noise = noise + cfg.noise_offset * torch.randn(
+                (B, latents.shape[1], 1, 1), generator=self.gen, device=self.device, dtype=latents.dtype)
+        t = torch.randint(0, self.n_t, (B,), generator=self.gen, device=self.device).long()
+        sched = self.comps.scheduler
+        noisy = sched.add_noise(latents, noise, t)
+        target = noise if self.pred_type == "epsilon" else sched.get_velocity(latents, noise, t)
+
+        image_hw = (latents.shape[-2] * self.vae_factor, latents.shape[-1] * self.vae_factor)
+        time_ids = None
+        if self.comps.family == "sdxl":
+            time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], image_hw)
+        kwargs = self.conditioner.unet_kwargs(cond, time_ids, self.model_dtype)
+        ctx = None
+        if self.store is not None:
+            self.store.clear()
+            f = cfg.hola_map_factor
+            ctx = HolaContext(map_hw=(image_hw[0] // f, image_hw[1] // f), key_length=self.max_len)
+        inp = noisy if self.model_dtype is None else noisy.to(self.model_dtype)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=cfg.mixed_precision == "bf16" and self.engine is None):
+            pred = self.model(inp, t, **kwargs,
+                              cross_attention_kwargs={"hola_ctx": ctx} if ctx is not None else None).sample
+        if cfg.snr_gamma is None:
+            noise_loss = F.mse_loss(pred.float(), target.float())
+        else:  # min-SNR-gamma (Hang et al. 2023), as diffusers' train_text_to_image.py
+            ac = self.alphas_cumprod[t]
+            snr = ac / (1.0 - ac)
+            w = torch.clamp(snr, max=cfg.snr_gamma)
+            w = w / snr if self.pred_type == "epsilon" else w / (snr + 1.0)
+            per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+            noise_loss = (per * w).mean()
+        if self.store is not None and not dropped:
+            if not self.store.maps:
+                raise ValueError(f"no cross-attention layer has {ctx.map_hw[0]}x{ctx.map_hw[1]} queries for "
+                                 f"images of {image_hw} (hola_map_factor={cfg.hola_map_factor})")
+            hola = hola_loss(self.store.maps, batch["group_masks"].to(self.device),
+                             batch["spans"].to(self.device), reduction=cfg.hola_reduction, map_hw=ctx.map_hw)
+        else:
+            hola = noise_loss.new_zeros(())
+        loss = cfg.alpha * noise_loss + cfg.beta * hola
+        if self.engine is not None:
+            # the engine steps inside; a non-finite loss must stop it before the update
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite loss at step {self.steps_done + 1}/{cfg.steps}: "
+                                         f"noise={noise_loss.item()} hola={hola.item()} "
+                                         f"(batch keys {batch['keys']}); stopping without publishing")
+            self.engine.backward(loss)
+        else:
+            if self.micro == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            (loss / cfg.grad_accum).backward()
+        return loss.detach(), noise_loss.detach(), hola.detach(), dropped
+
+    def step(self, batch: dict[str, Any]) -> dict[str, float] | None:
+        loss, noise_loss, hola, dropped = self.micro_step(batch)
+        self._acc.append(torch.stack([loss, noise_loss, hola.float()]))
+        self._dropped += int(dropped)
+        self.micro += 1
+        if self.engine is not None:
+            self.engine.step()  # steps the optimizer on the accumulation boundary only
+        if self.micro < self.cfg.grad_accum:
+            return None
+        self.micro = 0
+        if self.engine is not None:
+            gnorm = torch.as_tensor(self.engine.get_global_grad_norm() or 0.0, dtype=torch.float32)
+        else:
+            if self.cfg.max_grad_norm and self.cfg.max_grad_norm > 0:
+                gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            else:
+                gnorm = torch.linalg.vector_norm(
+                    torch.stack([p.grad.detach().float().norm() for p in self.params if p.grad is not None]))
+        means = torch.stack(self._acc).mean(dim=0)
+        values = torch.cat([means, gnorm.detach().float().reshape(1).to(means.device)]).tolist()  # one sync
+        self._acc = []
+        if not all(map(_finite, values)):
+            raise NonFiniteLossError(f"non-finite loss at step {self.steps_done + 1}/{self.cfg.steps} "
+                                     f"(loss={values[0]} noise={values[1]} "
+                                     f"hola={values[2]} grad_norm={values[3]}; batch keys {batch['keys']}); "
+                                     "or gradient norm; stopping without publishing")
+        if self.engine is None:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.step(self.params)
+        self.steps_done += 1
+        rec = {"loss": values[0], "noise": values[1], "hola": values[2], "grad_norm": values[3]}
+        if self.cfg.caption_dropout > 0:
+            rec["caption_dropped"] = self._dropped
+        self._dropped = 0
+        return rec
+
+    # -- state ----------------------------------------------------------------------------------------
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"device": self.gen, "cpu": self.cpu_gen}
+
+    def shared_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"ema": self.ema.state_dict() if self.ema is not None else None}
+        if self.engine is None:
+            state.update(unet=self.unet.state_dict(), optimizer=self.optimizer.state_dict())
+        return state
+
+    def load_shared_state(self, state: dict[str, Any], ckpt_path: str) -> None:
+        if self.engine is not None:
+            load_engine_checkpoint(ckpt_path, self.engine)
+        else:
+            self.unet.load_state_dict(state["unet"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("the checkpoint holds no EMA state but ema_decay > 0")
+            self.ema.load_state_dict(state["ema"])
+
+    def finish(self) -> str:
+        """Stock processors back, EMA weights in (when published); returns which weights the UNet holds."""
+        if self.store is not None:
+            uninstall_capture(self.unet)
+        if self.cfg.gradient_checkpointing:
+            self.unet.disable_gradient_checkpointing()
+        self.unet.eval()
+        if self.ema is not None and self.cfg.save_ema:
+            self.ema.copy_to(self.params)
+            return "ema"
+        return "raw"
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+# --------------------------------------------------------------------------------------------------
+class DataStream:
+    """The deterministic batch stream of one rank, with what exact resume needs.
+
+    Samples a batch has not yet taken (other buckets' partial batches) are *pending*; the resume point
+    is the lowest pending position (``start``) plus the positions at or above it already used
+    (``exclude``): re-reading from ``start`` and dropping ``exclude`` rebuilds the same buffers."""
+
+    def __init__(self, cfg: TrainConfig, trainer: DaringTrainer, dist: DistEnv,
+                 resume: dict[str, Any] | None, say: Callable[[str], None]) -> None:
+        from cosmicman.model.buckets import BucketedShardDataset, aspect_buckets, bucket_batches
+        from cosmicman.model.shards import ShardDataset
+
+        self.urls = expand_shard_urls(cfg.shards)
+        tok = trainer.comps.tokenizers[0]
+        order = dict(seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, repeat=True, rank=dist.rank,
+                     world_size=dist.world_size, start=(resume or {}).get("start", 0),
+                     exclude=(resume or {}).get("exclude", ()))
+        if cfg.buckets:
+            self.sizes = aspect_buckets(cfg.resolution, step=cfg.bucket_step, max_ratio=cfg.bucket_max_ratio)
+            reader = BucketedShardDataset(self.urls, tok, self.sizes, map_factor=cfg.hola_map_factor,
+                                          mask_resize=cfg.mask_resize, **order)
+            geometry = {"buckets": self.sizes}
+        else:
+            self.sizes = [(cfg.resolution, cfg.resolution)]
+            f = cfg.hola_map_factor
+            reader = ShardDataset(self.urls, tok, cfg.resolution, mask_size=(cfg.resolution // f,) * 2,
+                                  mask_resize=cfg.mask_resize, **order)
+            geometry = {"resolution": cfg.resolution}
+        if trainer.store is not None:
+            for hw in self.sizes:
+                if not trainer.hola_layers(hw):
+                    raise ValueError(f"no cross-attention layer has maps at 1/{cfg.hola_map_factor} of a {hw} "
+                                     f"image; choose another hola_map_factor / resolution / bucket_step")
+        self.cache_stats: dict[str, int] = {}
+        self.dataset = reader
+        if cfg.cache_url:
+            from cosmicman.model.latent_cache import (CachedShardDataset, LatentCache, build_cache,
+                                                      cache_fingerprint, weights_digest)
+
+            c = trainer.comps
+            geometry.update(map_factor=cfg.hola_map_factor, mask_resize=cfg.mask_resize, vae_factor=trainer.vae_factor)
+            cache = LatentCache(cfg.cache_url, cache_fingerprint(weights_digest(c.vae, *c.text_encoders),
+                                                                 c.family, geometry))
+            self.cache_stats = build_cache(cache, reader, trainer.encode_for_cache, cfg.batch_size,
+                                           dist.rank, dist.world_size, say)
+            barrier()  # every rank's units are in before anyone reads
+            self.dataset = CachedShardDataset(self.urls, cache, **order)
+            self.cache_url = cache.url
+        self.pending: set[int] = set()
+        self.used: set[int] = set()
+        self._batches = bucket_batches(self._tracked(), cfg.batch_size)
+
+    def _tracked(self) -> Iterator[dict[str, Any]]:
+        for sample in self.dataset:
+            self.pending.add(sample["pos"])
+            yield sample
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._batches)
+        taken = set(batch["positions"])
+        self.pending -= taken
+        self.used |= taken
+        floor = min(self.pending) if self.pending else self.dataset.position
+        self.used = {p for p in self.used if p >= floor}
+        return batch
+
+    def resume_point(self) -> dict[str, Any]:
+        start = min(self.pending) if self.pending else self.dataset.position
+        return {"start": start, "exclude": sorted(p for p in self.used if p >= start)}
+
+
+def _ensure_dist_env(cfg: TrainConfig) -> None:
+    """One process without a launcher: the rendezvous variables torch.distributed needs for DeepSpeed."""
+    if cfg.deepspeed and "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+
+
+def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the training loop, checkpoint, and publish (rank 0); returns the training_run record."""
+    t_start = time.perf_counter()
+    _ensure_dist_env(cfg)
+    dist = DistEnv.from_env()
+    if dist.world_size > 1 and not cfg.deepspeed:
+        raise ValueError(f"WORLD_SIZE={dist.world_size}: several ranks need a DeepSpeed config "
+                         "(deepspeed: zero2 | zero2_offload | a JSON path); ZeRO stage 0 is plain data parallel")
+    base_say = log_fn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def say(msg: str) -> None:
+        base_say(msg if dist.world_size == 1 else f"[rank {dist.rank}] {msg}")
+
+    if dist.is_main:
+        check_output_free(cfg.output_url, cfg.overwrite)
     ckpt_root = checkpoint_root(cfg)
-    resume_state = None
+    resume_from = None
     if cfg.resume:
         found = list_checkpoints(ckpt_root)
         if found:
-            say(f"resuming from {found[-1][1]}")
-            resume_state = load_checkpoint(found[-1][1])
-            old = resume_state["config"]
-            bad = [k for k in RESUME_MUST_MATCH if old.get(k) != getattr(cfg, k)]
-            if bad:
-                raise ValueError(f"cannot resume from {found[-1][1]}: config keys {bad} differ "
-                                 f"({ {k: old.get(k) for k in bad} } in the checkpoint)")
+            resume_from = found[-1][1]
         else:
             say(f"resume: no complete checkpoint under {ckpt_root}; starting from step 0")
 
-    unet, vae, text_encoder, tokenizer, scheduler = _build_components(cfg)
-    if cfg.prediction_type:
-        scheduler.register_to_config(prediction_type=cfg.prediction_type)  # also what gets published
-    unet.to(device).train()
-    vae.to(device).eval().requires_grad_(False)
-    text_encoder.to(device).eval().requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    trainer = DaringTrainer(cfg, dist, say=say)
+    state = rank_state = None
+    if resume_from:
+        say(f"resuming from {resume_from}")
+        state, rank_state = load_checkpoint(resume_from, dist)
+        old = state["config"]
+        bad = [k for k in RESUME_MUST_MATCH if old.get(k) != getattr(cfg, k)]
+        if bad:
+            raise ValueError(f"cannot resume from {resume_from}: config keys {bad} differ "
+                             f"({ {k: old.get(k) for k in bad} } in the checkpoint)")
+    data = DataStream(cfg, trainer, dist, rank_state["data"] if rank_state else None, say)
 
-    # HOLA level: (H/f, W/f); fail before training if no cross-attention layer has that query count
-    res = cfg.resolution
-    map_hw = map_hw_for((res, res), cfg.hola_map_factor)
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    if res % vae_factor:
-        raise ValueError(f"resolution {res} is not a multiple of the VAE factor {vae_factor}")
-    counts = cross_attention_query_counts(unet, (res // vae_factor, res // vae_factor))
-    hola_layers = sorted(n for n, c in counts.items() if c == map_hw[0] * map_hw[1])
-    store = None
-    if cfg.beta > 0:
-        if not hola_layers:
-            raise ValueError(
-                f"no cross-attention layer has {map_hw[0]}x{map_hw[1]} queries at resolution {res} "
-                f"(hola_map_factor={cfg.hola_map_factor}); available query counts: "
-                f"{sorted(set(counts.values()))}")
-        store = install_capture(unet)
-    max_len = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
-    ctx = HolaContext(map_hw=map_hw, key_length=max_len)
-
-    shard_urls = expand_shard_urls(cfg.shards)
-    dataset = ShardDataset(shard_urls, tokenizer, res, mask_size=map_hw, mask_resize=cfg.mask_resize,
-                           seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, repeat=True)
-    data = batches(dataset, cfg.batch_size)
-    empty_ids = tokenizer("", padding="max_length", max_length=max_len, truncation=True,
-                          return_tensors="pt").input_ids.to(device) if cfg.caption_dropout > 0 else None
-
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
-    n_t = scheduler.config.num_train_timesteps
-    pred_type = scheduler.config.prediction_type
-    if pred_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"unsupported prediction_type {pred_type!r}")
-    alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
-
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     start_step = 0
     samples_seen = 0
-    if resume_state is not None:
-        unet.load_state_dict(resume_state["unet"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if ema is not None:
-            if resume_state.get("ema") is None:
-                raise ValueError("the checkpoint holds no EMA state but ema_decay > 0")
-            ema.load_state_dict(resume_state["ema"])
-        start_step = int(resume_state["step"])
-        history = list(resume_state["history"])
-        samples_seen = int(resume_state["data"]["samples_seen"])
-        t0 = time.perf_counter()
-        for _ in range(int(resume_state["data"]["batches"])):  # the stream is deterministic: skip
-            next(data)
-        say(f"skipped {resume_state['data']['batches']} consumed batches "
-            f"({time.perf_counter() - t0:.1f} s)")
-        _set_rng_state(gen, resume_state["rng"])
-        resume_state = None  # free memory
-    say(f"training {'tiny' if not cfg.pretrained else cfg.pretrained} UNet "
-        f"({sum(p.numel() for p in params) / 1e6:.2f}M params) on {device} for {cfg.steps} steps, "
-        f"batch {cfg.batch_size}, {len(shard_urls)} shard(s); HOLA {cfg.hola_reduction} at "
-        f"{map_hw[0]}x{map_hw[1]} over {len(hola_layers) if store else 0} layers")
+    if state is not None:
+        trainer.load_shared_state(state, resume_from)
+        start_step = trainer.steps_done = int(state["step"])
+        history = list(state["history"])
+        samples_seen = int(rank_state["samples_seen"])
+        set_rng_state(trainer.generators(), rank_state["rng"])
+        state = rank_state = None  # free memory
+    n_params = sum(p.numel() for p in trainer.params)
+    hola_layers = trainer.hola_layers(data.sizes[len(data.sizes) // 2]) if trainer.store is not None else []
+    say(f"training {cfg.pretrained or 'tiny ' + cfg.family} UNet ({n_params / 1e6:.2f}M params) on "
+        f"{trainer.device} x {dist.world_size} for {cfg.steps} steps, micro-batch {cfg.batch_size} x "
+        f"accumulation {cfg.grad_accum}, {len(data.urls)} shard(s), {len(data.sizes)} bucket(s)"
+        f"{', latent cache ' + data.cache_url if cfg.cache_url else ''}; HOLA {cfg.hola_reduction} at "
+        f"1/{cfg.hola_map_factor} over {len(hola_layers)} layers")
 
     t_loop = time.perf_counter()
     t_data = 0.0
     for step in range(start_step + 1, cfg.steps + 1):
-        t0 = time.perf_counter()
-        batch = next(data)
-        t_data += time.perf_counter() - t0
-        pixels = batch["pixel_values"].to(device)
-        ids = batch["input_ids"].to(device)
-        dropped = False
-        if cfg.caption_dropout > 0:  # per batch, as released: empty prompt, no HOLA for this batch
-            dropped = bool(torch.rand((), generator=gen, device=device).item() < cfg.caption_dropout)
-            if dropped:
-                ids = empty_ids.expand(ids.shape[0], -1)
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample(generator=gen) * scaling
-            enc = text_encoder(ids)[0]
-        noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
-        if cfg.noise_offset > 0:
-            noise = noise + cfg.noise_offset * torch.randn(
-                (latents.shape[0], latents.shape[1], 1, 1), generator=gen, device=device, dtype=latents.dtype)
-        t = torch.randint(0, n_t, (latents.shape[0],), generator=gen, device=device).long()
-        noisy = scheduler.add_noise(latents, noise, t)
-        target = noise if pred_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
-
-        if store is not None:
-            store.clear()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-            pred = unet(noisy, t, enc,
-                        cross_attention_kwargs={"hola_ctx": ctx} if store is not None else None).sample
-        if cfg.snr_gamma is None:
-            noise_loss = F.mse_loss(pred.float(), target.float())
-        else:  # min-SNR-gamma (Hang et al. 2023), as diffusers' train_text_to_image.py
-            ac = alphas_cumprod[t]
-            snr = ac / (1.0 - ac)
-            w = torch.clamp(snr, max=cfg.snr_gamma)
-            w = w / snr if pred_type == "epsilon" else w / (snr + 1.0)
-            per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
-            noise_loss = (per * w).mean()
-        if store is not None and not dropped:
-            hola = hola_loss(store.maps, batch["group_masks"].to(device), batch["spans"].to(device),
-                             reduction=cfg.hola_reduction, map_hw=map_hw)
-        else:
-            hola = noise_loss.new_zeros(())
-        loss = cfg.alpha * noise_loss + cfg.beta * hola
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step}/{cfg.steps}: noise={noise_loss.item()} hola={hola.item()} "
-                f"(batch keys {batch['keys']}); stopping without publishing")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        else:
-            gnorm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
-        if not torch.isfinite(gnorm):
-            raise NonFiniteLossError(f"non-finite gradient norm at step {step}/{cfg.steps}; stopping "
-                                     "without publishing")
-        optimizer.step()
-        if ema is not None:
-            ema.step(params)
-        samples_seen += pixels.shape[0]
-        rec = {"step": step, "loss": loss.item(), "noise": noise_loss.item(), "hola": float(hola.item()),
-               "grad_norm": float(gnorm)}
-        if cfg.caption_dropout > 0:
-            rec["caption_dropped"] = dropped
+        rec = None
+        while rec is None:
+            t0 = time.perf_counter()
+            batch = next(data)
+            t_data += time.perf_counter() - t0
+            samples_seen += len(batch["keys"])
+            rec = trainer.step(batch)
+        rec = {"step": step, **rec}
         history.append(rec)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             t0 = time.perf_counter()
-            where = save_checkpoint(ckpt_root, step, {
-                "step": step, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "rng": _rng_state(gen),
-                "data": {"batches": step, "samples_seen": samples_seen},  # one batch per step
-                "history": history, "config": dataclasses.asdict(cfg)}, cfg.checkpoints_keep)
+            shared = None
+            if dist.is_main:
+                shared = {"step": step, "history": history, "config": dataclasses.asdict(cfg),
+                          **trainer.shared_state()}
+            where = save_checkpoint(ckpt_root, step, shared, {
+                "rng": rng_state(trainer.generators()), "data": data.resume_point(),
+                "samples_seen": samples_seen}, cfg.checkpoints_keep, dist, trainer.engine)
             say(f"checkpoint {where} ({time.perf_counter() - t0:.1f} s)")
         if step == start_step + 1 or step == cfg.steps or step % max(1, cfg.log_every) == 0:
             dt = (time.perf_counter() - t_loop) / (step - start_step)
@@ -552,18 +737,7 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
                 f"hola={rec['hola']:.5f} grad_norm={rec['grad_norm']:.3f} ({dt:.3f} s/step)")
     train_seconds = time.perf_counter() - t_loop
 
-    # ---- save ------------------------------------------------------------------------------------
-    from diffusers import StableDiffusionPipeline
-
-    if store is not None:
-        uninstall_capture(unet)
-    if cfg.gradient_checkpointing:
-        unet.disable_gradient_checkpointing()
-    unet.eval()
-    published = "raw"
-    if ema is not None and cfg.save_ema:
-        ema.copy_to(params)
-        published = "ema"
+    published = trainer.finish()
     steps_run = cfg.steps - start_step
     last = history[-1]
     k = min(10, len(history))
@@ -573,35 +747,34 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
         "hola_loss_first": history[0]["hola"], "hola_loss_last": last["hola"],
         "loss_mean_first10": sum(h["loss"] for h in history[:k]) / k,
         "loss_mean_last10": sum(h["loss"] for h in history[-k:]) / k,
-        "steps": cfg.steps, "samples_seen": samples_seen,
+        "steps": cfg.steps, "samples_seen": samples_seen * dist.world_size,
         "seconds": None,  # filled below
         "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, steps_run),
         "resumed_from_step": start_step, "steps_run": steps_run, "published_unet": published,
-        "caption_dropped_batches": sum(1 for h in history if h.get("caption_dropped")),
-        "data_seconds": t_data,
-        "hola_layers": hola_layers if store is not None else [], "hola_map_hw": list(map_hw),
-        "dataset_stats": dict(dataset.stats),
-        "device": str(device),
+        "caption_dropped_batches": sum(h.get("caption_dropped", 0) for h in history),
+        "data_seconds": t_data, "world_size": dist.world_size,
+        "hola_layers": hola_layers, "hola_map_factor": cfg.hola_map_factor, "buckets": data.sizes,
+        "dataset_stats": dict(data.dataset.stats), "latent_cache": data.cache_stats,
+        "device": str(trainer.device),
     }
-    with tempfile.TemporaryDirectory(prefix="cosmicman-train-") as tmp:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-        pipe.save_pretrained(tmp)
-        metrics["seconds"] = time.perf_counter() - t_start
-        record = {
-            "config": dataclasses.asdict(cfg),
-            "data": {"shards": shard_urls},
-            "code_version": code_version(),
-            "metrics": metrics,
-            "loss_history": history,
-            "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
-                         "transformers": _version("transformers")},
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        Path(tmp, RUN_FILE).write_text(json.dumps(record, indent=2))
-        publish_folder(tmp, cfg.output_url, overwrite=cfg.overwrite)
-    say(f"published {cfg.output_url} ({metrics['seconds']:.1f} s)")
+    record = {
+        "config": dataclasses.asdict(cfg),
+        "data": {"shards": data.urls},
+        "code_version": code_version(),
+        "metrics": metrics,
+        "loss_history": history,
+        "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
+                     "transformers": _version("transformers"), "deepspeed": _version("deepspeed")},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if dist.is_main:
+        with tempfile.TemporaryDirectory(prefix="cosmicman-train-") as tmp:
+            trainer.comps.pipeline().save_pretrained(tmp)
+            metrics["seconds"] = time.perf_counter() - t_start
+            Path(tmp, RUN_FILE).write_text(json.dumps(record, indent=2))
+            publish_folder(tmp, cfg.output_url, overwrite=cfg.overwrite)
+        say(f"published {cfg.output_url} ({metrics['seconds']:.1f} s)")
+    barrier()
     return record
 
 
@@ -645,8 +818,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
-    # dagster_pipes 1.13 has no module-level is_dagster_pipes_process(); the env-var loader's check is it
-    if PipesEnvVarParamsLoader().is_dagster_pipes_process():
+    # Pipes only on rank 0: every rank inherits the launcher's environment, one reports.
+    # (dagster_pipes 1.13 has no module-level is_dagster_pipes_process(); the env-var loader's check is it)
+    if DistEnv.from_env().is_main and PipesEnvVarParamsLoader().is_dagster_pipes_process():
         with open_dagster_pipes() as context:
             cfg = _config_from(args.config, dict(context.extras or {}))
 
@@ -657,13 +831,24 @@ def main(argv: list[str] | None = None) -> int:
             record = train(cfg, log_fn=say)
             context.report_asset_materialization(metadata=summary(record))
         return 0
-    cfg = _config_from(args.config, None)
+    if not args.config and PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        # a non-zero rank under Pipes: the config comes from the extras rank 0 reads; read them too
+        from dagster_pipes import PipesDefaultContextLoader
+
+        params = PipesEnvVarParamsLoader().load_context_params()
+        with PipesDefaultContextLoader().load_context(params) as data:
+            cfg = _config_from(None, dict(data.get("extras") or {}))
+    else:
+        cfg = _config_from(args.config, None)
     try:
-        record = train(cfg)
+        # stdout carries only the summary: libraries that log to stdout (DeepSpeed) go to stderr meanwhile
+        with contextlib.redirect_stdout(sys.stderr):
+            record = train(cfg)
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary(record), indent=2))
+    if DistEnv.from_env().is_main:
+        print(json.dumps(summary(record), indent=2))
     return 0
 
 
