@@ -122,8 +122,9 @@ class BucketedShardDataset(ShardDataset):
     be a multiple of ``map_factor``. Shuffling, repetition, stats and span checks are ShardDataset's."""
 
     def __init__(self, urls: Iterable[str], tokenizer, buckets: Sequence[Bucket], map_factor: int = 8,
-                 mask_resize: str = "area", seed: int = 0, shuffle_buffer: int = 0, repeat: bool = False,
-                 verify_spans: bool = True) -> None:
+                 mask_resize: str = "area", **stream: Any) -> None:
+        """``stream``: ShardDataset's order / split / resume arguments (seed, shuffle_buffer, repeat,
+        verify_spans, rank, world_size, start, exclude)."""
         buckets = [(int(b[0]), int(b[1])) for b in buckets]
         if not buckets:
             raise ValueError("buckets must not be empty")
@@ -134,8 +135,7 @@ class BucketedShardDataset(ShardDataset):
             raise ValueError(f"bucket sides must be positive multiples of map_factor={map_factor}: {bad}")
         if mask_resize not in ("area", "nearest"):
             raise ValueError(f"mask_resize must be 'area' or 'nearest', got {mask_resize!r}")
-        super().__init__(urls, tokenizer, resolution=0, mask_size=None, mask_resize=mask_resize, seed=seed,
-                         shuffle_buffer=shuffle_buffer, repeat=repeat, verify_spans=verify_spans)
+        super().__init__(urls, tokenizer, resolution=0, mask_size=None, mask_resize=mask_resize, **stream)
         self.resolution = None  # type: ignore[assignment]  # sizes come from the buckets
         self.buckets: list[Bucket] = list(dict.fromkeys(buckets))
         self.map_factor = map_factor

@@ -23,6 +23,7 @@ CPU train step at batch 4 takes ~0.1 s:
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,7 +148,7 @@ def build_tiny_components(seed: int = 0, act_fn: str = "silu", resolution: int =
     tokenizers = [load_clip_tokenizer()]
     if family == "sdxl":
         # SDXL's second tokenizer is the same BPE but pads with "!" (id 0), as OpenCLIP does
-        tok2 = load_clip_tokenizer()
+        tok2 = copy.deepcopy(load_clip_tokenizer())  # the loader's instance is shared: never mutate it
         tok2.pad_token = "!"
         tokenizers.append(tok2)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",

@@ -521,9 +521,9 @@ class DaringTrainer:
         self._acc = []
         if not all(map(_finite, values)):
             raise NonFiniteLossError(f"non-finite loss at step {self.steps_done + 1}/{self.cfg.steps} "
-                                     f"(loss={values[0]} noise={values[1]} "
-                                     f"hola={values[2]} grad_norm={values[3]}; batch keys {batch['keys']}); "
-                                     "or gradient norm; stopping without publishing")
+                                     f"(loss={values[0]} noise={values[1]} hola={values[2]} "
+                                     f"grad_norm={values[3]}; batch keys {batch['keys']}); "
+                                     "stopping without publishing")
         if self.engine is None:
             self.optimizer.step()
         if self.ema is not None:
@@ -753,7 +753,7 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
         "resumed_from_step": start_step, "steps_run": steps_run, "published_unet": published,
         "caption_dropped_batches": sum(h.get("caption_dropped", 0) for h in history),
         "data_seconds": t_data, "world_size": dist.world_size,
-        "hola_layers": hola_layers, "hola_map_factor": cfg.hola_map_factor, "buckets": data.sizes,
+        "hola_layers": hola_layers, "hola_map_factor": cfg.hola_map_factor, "buckets": [list(b) for b in data.sizes],
         "dataset_stats": dict(data.dataset.stats), "latent_cache": data.cache_stats,
         "device": str(trainer.device),
     }
