@@ -51,7 +51,13 @@ def k8s_resources() -> dict:
 
     return {**s3_resources(), "training_launcher": K8sJobTrainingLauncher(
         image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"), namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
-        gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8")))}
+        gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8"))),
+        # the released recipe (NOTES-training.md) on SD-1.5 at 512: ZeRO-2, bf16, buckets, cached latents
+        "training": TrainingResource(
+            pretrained=os.environ.get("COSMICMAN_PRETRAINED", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+            resolution=512, hola_map_factor=16, lr=1e-5, steps=int(os.environ.get("COSMICMAN_TRAIN_STEPS", "100000")),
+            batch_size=4, grad_accum=4, mixed_precision="bf16", deepspeed="zero2", buckets=True,
+            cache_latents=True, gradient_checkpointing=True, checkpoint_every=1000)}
 
 
 ENVIRONMENTS = {"local": local_resources, "s3": s3_resources, "k8s": k8s_resources}

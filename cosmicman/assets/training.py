@@ -29,7 +29,9 @@ training_variants = dg.StaticPartitionsDefinition(list(VARIANTS))
 
 def model_key(data_version: str, config: dict) -> str:
     """Models are keyed by their dataset version and training config: same inputs, same model folder."""
-    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k not in ("shards", "output_url")},
+    # locations are not identity: where the output and the latent cache live does not change the model
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items()
+                                        if k not in ("shards", "output_url", "cache_url")},
                                        sort_keys=True).encode()).hexdigest()[:10]
     return f"models/daring_unet/{data_version}-{digest}"
 
@@ -47,7 +49,8 @@ def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
     version = store.read_json(LATEST_KEY)["version"]
     shards = shard_urls(store.url, version, store.storage_options)
     variant = context.partition_key
-    config = {**training.train_config(shards, output_url=""), **VARIANTS[variant]}
+    config = {**training.train_config(shards, output_url="", cache_url=store.uri("cache/latents")),
+              **VARIANTS[variant]}
     key = model_key(version, config)
     config["output_url"] = store.uri(key)
     if store.exists(f"{key}/{RUN_FILE}"):

@@ -28,8 +28,15 @@ class TrainingResource(dg.ConfigurableResource):
     snr_gamma: Optional[float] = None
     checkpoint_every: int = 0
     mixed_precision: str = "no"
+    family: str = "sd"                      # tiny components' family when pretrained is None: sd | sdxl
+    grad_accum: int = 1
+    buckets: bool = False                   # aspect-ratio buckets (released: on)
+    bucket_step: int = 64
+    cache_latents: bool = False             # latents + text embeddings cached under <store>/cache/latents
+    deepspeed: Optional[str] = None         # zero2 | zero2_offload | a JSON URL (GPU launchers)
 
-    def train_config(self, shards: list[str], output_url: str) -> dict[str, Any]:
+    def train_config(self, shards: list[str], output_url: str, cache_url: str | None = None) -> dict[str, Any]:
+        """The trainer's JSON config; ``cache_url`` is where latents are cached when ``cache_latents``."""
         return {"shards": shards, "output_url": output_url, "pretrained": self.pretrained,
                 "resolution": self.resolution, "steps": self.steps, "batch_size": self.batch_size,
                 "lr": self.lr, "alpha": self.alpha, "beta": self.beta, "hola_reduction": self.hola_reduction,
@@ -37,7 +44,11 @@ class TrainingResource(dg.ConfigurableResource):
                 "act_fn": self.act_fn, "seed": self.seed, "ema_decay": self.ema_decay,
                 "noise_offset": self.noise_offset, "caption_dropout": self.caption_dropout,
                 "snr_gamma": self.snr_gamma, "checkpoint_every": self.checkpoint_every,
-                "mixed_precision": self.mixed_precision}
+                "mixed_precision": self.mixed_precision, "family": self.family, "grad_accum": self.grad_accum,
+                "buckets": self.buckets, "bucket_step": self.bucket_step, "deepspeed": self.deepspeed,
+                "cache_url": cache_url if self.cache_latents else None,
+                # checkpoints live beside the (config-keyed) output: a relaunch continues where it stopped
+                "resume": True}
 
 
 class EvaluationResource(dg.ConfigurableResource):
