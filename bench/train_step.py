@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import statistics
 import sys
@@ -63,7 +64,7 @@ def sd15_configs(div: int):
     return unet, vae, text
 
 
-PRESETS = {"cpu": (4, 256), "sd15": (1, 512)}
+PRESETS = {"cpu": (4, 256), "sd15": (1, 512), "smoke": (8, 128)}  # smoke: a quick check of the wiring
 
 
 def build(preset: str, seed: int = 0, device: str = "meta") -> Components:
@@ -250,11 +251,15 @@ class Variant:
         return statistics.median(times), peak
 
     def teardown(self) -> None:
+        engine = getattr(self, "engine", None) or getattr(getattr(self, "trainer", None), "engine", None)
+        if engine is not None and hasattr(engine, "destroy"):
+            engine.destroy()  # DeepSpeed keeps hooks and buffers alive otherwise
         for name in ("trainer", "unet", "vae", "te", "opt", "engine", "model", "ready"):
             if hasattr(self, name):
                 delattr(self, name)
         if self.name == "D":
             self.batches = self.base_batches
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -273,6 +278,8 @@ def main() -> int:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--deepspeed", default=None, help="zero2 | zero2_offload | JSON path")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--passes", type=int, default=2, choices=(1, 2),
+                   help="2: blocks A..E then E..A (cancels drift); 1: A..E only")
     args = p.parse_args()
     t_start = time.perf_counter()
     if args.deepspeed and "RANK" not in os.environ:
@@ -298,7 +305,7 @@ def main() -> int:
         v.base_batches = batches
     results: dict[str, list[float]] = {n: [] for n in variants}
     peaks: dict[str, float] = {}
-    for order in ("ABCDE", "EDCBA"):
+    for order in ("ABCDE", "EDCBA")[:args.passes]:
         for n in order:
             v = variants[n]
             v.setup()
@@ -309,7 +316,7 @@ def main() -> int:
             print(f"  {n} {DESCRIPTIONS[n]:<30} median {med * 1000:8.1f} ms/step   "
                   f"{'peak GPU' if device == 'cuda' else 'RSS'} {peak:.2f} GiB", flush=True)
     t = {n: statistics.mean(r) for n, r in results.items()}
-    print(f"mean of the two block medians (ms/step): " + ", ".join(f"{n} {t[n] * 1000:.1f}" for n in t))
+    print("mean of the block medians (ms/step): " + ", ".join(f"{n} {t[n] * 1000:.1f}" for n in t))
     print(f"total {time.perf_counter() - t_start:.0f} s")
     print(f"hola_overhead: {t['B'] / t['A']:.3f}")
     print(f"trainer_overhead: {t['A'] / t['C']:.3f}")

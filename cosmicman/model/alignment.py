@@ -25,21 +25,20 @@ sum_p h(p) / P, the mask's area fraction. ``"chance"`` is that area fraction ave
 shares (per group over the same (sample, group) pairs, then over groups), so ``mean - chance`` is the
 alignment beyond a spatially uninformed model.
 
-Layers: like the trainer, only cross-attention layers with ``map_hw[0] * map_hw[1]`` queries are captured
-(map_hw = image size / ``map_factor``; tiny 64-px models use 8). Masks are brought to the map size with
-``"area"`` when the batches carry them at another size.
+Where it is measured: ``DaringTrainer.attention_alignment`` runs the trained UNet (the published weights: EMA
+when that is what is saved) on fixed, unshuffled batches of the training data, VAE posterior
+means noised at ``DEFAULT_TIMESTEPS`` with a fixed seed, capturing the HOLA layers (maps at 1/``map_factor``
+of the image); every variant -- noise-only baseline included -- is measured the same way, and the result
+is in ``training_run.json`` and the ``daring_unet`` asset's metadata.
 """
 from __future__ import annotations
 
-import itertools
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from cosmicman.model.attention import HolaContext, install_capture, map_hw_for
 from cosmicman.model.hola import resize_masks, span_weights
-
-__all__ = ["DEFAULT_TIMESTEPS", "mask_mass_share", "attention_mass_in_masks"]
 
 #: fixed evaluation timesteps (of a 1000-step training schedule): low, middle and high noise
 DEFAULT_TIMESTEPS: tuple[int, ...] = (200, 500, 800)
@@ -92,115 +91,29 @@ def mask_mass_share(
     return share, area, valid
 
 
-def _first_param_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
+class AlignmentTally:
+    """Sums of (sample, group) shares over batches, reported per group name (see module doc)."""
 
+    def __init__(self) -> None:
+        self.share: dict[str, float] = {}
+        self.area: dict[str, float] = {}
+        self.count: dict[str, int] = {}
 
-@torch.no_grad()
-def attention_mass_in_masks(
-    unet: torch.nn.Module,
-    vae: torch.nn.Module,
-    text_encoder: torch.nn.Module,
-    scheduler: Any,
-    batch_iter: Iterable[Mapping[str, Any]],
-    *,
-    map_factor: int,
-    n_batches: int,
-    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    group_names: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Mean share of each group's cross-attention mass that lies inside the group's mask (module doc).
+    def add(self, share: torch.Tensor, area: torch.Tensor, valid: torch.Tensor,
+            names: Sequence[Sequence[str]]) -> None:
+        """(B, G) shares / areas / validity of one batch; ``names[b][g]`` names group g of sample b."""
+        share, area, valid = share.double().cpu(), area.double().cpu(), valid.cpu()
+        for b, sample_names in enumerate(names):
+            for g, name in enumerate(sample_names):
+                if g < valid.shape[1] and valid[b, g]:
+                    self.share[name] = self.share.get(name, 0.0) + float(share[b, g])
+                    self.area[name] = self.area.get(name, 0.0) + float(area[b, g])
+                    self.count[name] = self.count.get(name, 0) + 1
 
-    ``batch_iter`` yields batches as ``cosmicman.model.shards.batches`` makes them (``pixel_values``,
-    ``input_ids``, ``group_masks``, ``spans``); the first ``n_batches`` are used (fewer if it ends first).
-    Latents are the VAE posterior means (times the scaling factor), noised at each of ``timesteps`` with
-    noise from a generator seeded with ``seed`` -- so two models measured on the same batches see the
-    same inputs. The models must live on ``device`` (default: the UNet's). The UNet's attention
-    processors and train/eval mode are restored afterwards.
-
-    Returns ``{"groups": {name: share}, "chance_groups": {name: area fraction}, "mean": mean over groups,
-    "chance": mean area fraction (same weighting), "n_pairs": (sample, group) pairs used,
-    "n_batches": batches used, "layers": captured layer names, "timesteps": [...], "map_hw": [h, w]}``.
-    Group names are ``group_names[g]`` for group index g, else ``str(g)``; groups never valid are absent."""
-    if n_batches <= 0 or map_factor <= 0:
-        raise ValueError("n_batches and map_factor must be positive")
-    if not timesteps:
-        raise ValueError("timesteps is empty")
-    dev = torch.device(device) if device is not None else _first_param_device(unet)
-    scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
-    gen = torch.Generator(device=dev).manual_seed(seed)
-
-    saved_procs = dict(unet.attn_processors)
-    was_training = unet.training
-    store = install_capture(unet)
-    unet.eval()
-    share_sum: torch.Tensor | None = None  # (G,) sums over pairs
-    area_sum: torch.Tensor | None = None
-    count: torch.Tensor | None = None
-    layers: set[str] = set()
-    used = 0
-    map_hw: tuple[int, int] | None = None
-    try:
-        for batch in itertools.islice(batch_iter, n_batches):
-            pixels = batch["pixel_values"].to(dev)
-            ids = batch["input_ids"].to(dev)
-            map_hw = map_hw_for(tuple(pixels.shape[-2:]), map_factor)
-            ctx = HolaContext(map_hw=map_hw, key_length=ids.shape[-1])
-            latents = vae.encode(pixels).latent_dist.mean * scaling
-            enc = text_encoder(ids)[0]
-            shares = []
-            area = valid = None
-            for t in timesteps:
-                noise = torch.randn(latents.shape, generator=gen, device=dev, dtype=latents.dtype)
-                tt = torch.full((latents.shape[0],), int(t), device=dev, dtype=torch.long)
-                noisy = scheduler.add_noise(latents, noise, tt)
-                store.clear()
-                unet(noisy, tt, enc, cross_attention_kwargs={"hola_ctx": ctx})
-                if not store.maps:
-                    raise ValueError(
-                        f"no cross-attention layer has {map_hw[0]}x{map_hw[1]} queries (map_factor="
-                        f"{map_factor}); query counts seen: {sorted(set(store.cross_query_counts.values()))}")
-                layers.update(store.maps)
-                s, area, valid = mask_mass_share(store.maps, batch["group_masks"], batch["spans"], map_hw)
-                shares.append(s)
-            share = torch.stack(shares).mean(0)  # (B, G), mean over timesteps
-            G = share.shape[1]
-            if share_sum is None:
-                share_sum, area_sum, count = (torch.zeros(G, dtype=torch.float64) for _ in range(3))
-            if G > share_sum.shape[0]:  # batches pad G to their own largest group count
-                pad = G - share_sum.shape[0]
-                share_sum, area_sum, count = (torch.cat([x, x.new_zeros(pad)]) for x in (share_sum, area_sum, count))
-            vf = valid.double().cpu()
-            share_sum[:G] += (share.double().cpu() * vf).sum(0)
-            area_sum[:G] += (area.double().cpu() * vf).sum(0)
-            count[:G] += vf.sum(0)
-            used += 1
-    finally:
-        unet.set_attn_processor(saved_procs)
-        unet.train(was_training)
-    if used == 0 or share_sum is None:
-        raise ValueError("batch_iter yielded no batches")
-
-    groups: dict[str, float] = {}
-    chance_groups: dict[str, float] = {}
-    for g in range(share_sum.shape[0]):
-        if count[g] == 0:
-            continue
-        name = group_names[g] if group_names is not None and g < len(group_names) else str(g)
-        groups[name] = float(share_sum[g] / count[g])
-        chance_groups[name] = float(area_sum[g] / count[g])
-    if not groups:
-        raise ValueError("no (sample, group) pair had a span and a non-empty mask")
-    return {
-        "groups": groups,
-        "chance_groups": chance_groups,
-        "mean": sum(groups.values()) / len(groups),
-        "chance": sum(chance_groups.values()) / len(chance_groups),
-        "n_pairs": int(count.sum()),
-        "n_batches": used,
-        "layers": sorted(layers),
-        "timesteps": [int(t) for t in timesteps],
-        "map_hw": list(map_hw) if map_hw else None,
-    }
+    def summary(self) -> dict[str, Any]:
+        if not self.count:
+            raise ValueError("no (sample, group) pair had a span and a non-empty mask")
+        groups = {n: self.share[n] / c for n, c in sorted(self.count.items())}
+        chance = {n: self.area[n] / c for n, c in sorted(self.count.items())}
+        return {"groups": groups, "chance_groups": chance, "mean": sum(groups.values()) / len(groups),
+                "chance": sum(chance.values()) / len(chance), "n_pairs": sum(self.count.values())}

@@ -33,7 +33,7 @@ from cosmicman.model.shards import ShardDataset, collate, iter_tar_samples
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 #: (pixels (B,3,H,W), ids (B,77), batch dict) -> {"latent_mean", "latent_std", "hidden", "pooled"?}
 EncodeFn = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], dict[str, torch.Tensor]]
@@ -117,6 +117,7 @@ def build_cache(cache: LatentCache, reader: ShardDataset, encode: EncodeFn, batc
             for j, (idx, sample) in enumerate(items):
                 rec = {k: v[j].detach().to("cpu", torch.float32).clone() for k, v in out.items()}
                 rec.update(__key__=sample["key"], group_masks=sample["group_masks"], spans=sample["spans"],
+                           group_names=list(sample["group_names"]),
                            bucket=tuple(sample["bucket"]), original_size=tuple(sample["original_size"]),
                            crop_top_left=tuple(sample["crop_top_left"]))
                 records[idx] = rec

@@ -221,7 +221,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         masks = group_label_masks(label_map, groups, self.map_hw(target), self.mask_resize)
         # original size and crop offset: SDXL's micro-conditioning (time ids)
         return {"key": raw["__key__"], "pixel_values": pixels, "input_ids": ids,
-                "group_masks": masks, "spans": spans, "bucket": target, "original_size": original_hw,
+                "group_masks": masks, "spans": spans,
+                "group_names": [g.get("name", str(i)) for i, g in enumerate(groups)],
+                "bucket": target, "original_size": original_hw,
                 "crop_top_left": crop_top_left}
 
     def target_hw(self, width: int, height: int) -> tuple[int, int]:
@@ -315,6 +317,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out = {
         "keys": [s["key"] for s in samples],
         "positions": [s.get("pos", -1) for s in samples],
+        "group_names": [list(s.get("group_names") or []) for s in samples],
         "group_masks": torch.stack(masks),
         "spans": torch.stack(spans),
     }

@@ -63,6 +63,7 @@ import fsspec
 import torch
 import torch.nn.functional as F
 
+from cosmicman.model.alignment import DEFAULT_TIMESTEPS, AlignmentTally, mask_mass_share
 from cosmicman.model.attention import HolaContext, cross_attention_query_counts, install_capture, uninstall_capture
 from cosmicman.model.checkpoints import (fs_and_path, is_local, list_checkpoints, load_checkpoint,
                                          load_engine_checkpoint, rng_state, save_checkpoint, set_rng_state)
@@ -128,6 +129,8 @@ class TrainConfig:
     mixed_precision: str = "no"            # "bf16": autocast (plain) / bf16 engine (DeepSpeed); fp32 master weights
     # -- distribution ----------------------------------------------------------------------------------
     deepspeed: str | None = None           # "zero2" | "zero2_offload" | JSON path / URL; None: plain PyTorch
+    # -- report ------------------------------------------------------------------------------------------
+    alignment_batches: int = 3             # fixed batches for the attention-in-mask share at the end (0: skip)
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
@@ -408,18 +411,20 @@ class DaringTrainer:
         return sorted(n for n, q in counts.items() if q == want)
 
     @torch.no_grad()
-    def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, TextConditioning]:
-        """(latents * scaling, text conditioning): sampled from the cached posterior, or encoded here."""
+    def encode(self, batch: dict[str, Any], posterior_mean: bool = False) -> tuple[torch.Tensor, TextConditioning]:
+        """(latents * scaling, text conditioning): sampled (or the mean) from the cached posterior, or
+        encoded here."""
         if "latent_mean" in batch:
-            mean = batch["latent_mean"].to(self.device, non_blocking=True)
-            std = batch["latent_std"].to(self.device, non_blocking=True)
-            # the same draw DiagonalGaussianDistribution.sample makes
-            latents = mean + std * torch.randn(mean.shape, generator=self.gen, device=self.device,
-                                               dtype=mean.dtype)
+            latents = batch["latent_mean"].to(self.device, non_blocking=True)
+            if not posterior_mean:
+                std = batch["latent_std"].to(self.device, non_blocking=True)
+                # the same draw DiagonalGaussianDistribution.sample makes
+                latents = latents + std * torch.randn(latents.shape, generator=self.gen, device=self.device,
+                                                      dtype=latents.dtype)
             cond = TextConditioning(batch["hidden"], batch.get("pooled")).to(self.device)
         else:
-            pixels = batch["pixel_values"].to(self.device, non_blocking=True)
-            latents = self.vae.encode(pixels).latent_dist.sample(generator=self.gen)
+            posterior = self.vae.encode(batch["pixel_values"].to(self.device, non_blocking=True)).latent_dist
+            latents = posterior.mean if posterior_mean else posterior.sample(generator=self.gen)
             cond = self.conditioner.encode(batch["input_ids"].to(self.device, non_blocking=True))
         return latents * self.scaling, cond
 
@@ -432,6 +437,21 @@ class DaringTrainer:
         if cond.pooled is not None:
             out["pooled"] = cond.pooled
         return out
+
+    def _unet_inputs(self, batch: dict[str, Any], latents: torch.Tensor, cond: TextConditioning,
+                     capture: bool) -> tuple[dict[str, Any], HolaContext | None]:
+        """UNet keyword arguments (conditioning, SDXL time ids, the HOLA context when capturing)."""
+        image_hw = (latents.shape[-2] * self.vae_factor, latents.shape[-1] * self.vae_factor)
+        time_ids = None
+        if self.comps.family == "sdxl":
+            time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], image_hw)
+        kwargs = self.conditioner.unet_kwargs(cond, time_ids, self.model_dtype)
+        ctx = None
+        if capture:
+            f = self.cfg.hola_map_factor
+            ctx = HolaContext(map_hw=(image_hw[0] // f, image_hw[1] // f), key_length=self.max_len)
+            kwargs["cross_attention_kwargs"] = {"hola_ctx": ctx}
+        return kwargs, ctx
 
     def micro_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Forward and backward of one micro-batch: (loss, noise loss, HOLA loss, caption dropped)."""
@@ -452,21 +472,13 @@ class DaringTrainer:
         noisy = sched.add_noise(latents, noise, t)
         target = noise if self.pred_type == "epsilon" else sched.get_velocity(latents, noise, t)
 
-        image_hw = (latents.shape[-2] * self.vae_factor, latents.shape[-1] * self.vae_factor)
-        time_ids = None
-        if self.comps.family == "sdxl":
-            time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], image_hw)
-        kwargs = self.conditioner.unet_kwargs(cond, time_ids, self.model_dtype)
-        ctx = None
+        kwargs, ctx = self._unet_inputs(batch, latents, cond, capture=self.store is not None)
         if self.store is not None:
             self.store.clear()
-            f = cfg.hola_map_factor
-            ctx = HolaContext(map_hw=(image_hw[0] // f, image_hw[1] // f), key_length=self.max_len)
         inp = noisy if self.model_dtype is None else noisy.to(self.model_dtype)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=cfg.mixed_precision == "bf16" and self.engine is None):
-            pred = self.model(inp, t, **kwargs,
-                              cross_attention_kwargs={"hola_ctx": ctx} if ctx is not None else None).sample
+            pred = self.model(inp, t, **kwargs).sample
         if cfg.snr_gamma is None:
             noise_loss = F.mse_loss(pred.float(), target.float())
         else:  # min-SNR-gamma (Hang et al. 2023), as diffusers' train_text_to_image.py
@@ -479,7 +491,7 @@ class DaringTrainer:
         if self.store is not None and not dropped:
             if not self.store.maps:
                 raise ValueError(f"no cross-attention layer has {ctx.map_hw[0]}x{ctx.map_hw[1]} queries for "
-                                 f"images of {image_hw} (hola_map_factor={cfg.hola_map_factor})")
+                                 f"latents of {tuple(latents.shape[-2:])} (hola_map_factor={cfg.hola_map_factor})")
             hola = hola_loss(self.store.maps, batch["group_masks"].to(self.device),
                              batch["spans"].to(self.device), reduction=cfg.hola_reduction, map_hw=ctx.map_hw)
         else:
@@ -556,17 +568,54 @@ class DaringTrainer:
                 raise ValueError("the checkpoint holds no EMA state but ema_decay > 0")
             self.ema.load_state_dict(state["ema"])
 
-    def finish(self) -> str:
-        """Stock processors back, EMA weights in (when published); returns which weights the UNet holds."""
+    def publish_weights(self) -> str:
+        """EMA weights into the UNet when those are published; returns which weights it now holds."""
+        if self.ema is not None and self.cfg.save_ema:
+            self.ema.copy_to(self.params)
+            return "ema"
+        return "raw"
+
+    @torch.no_grad()
+    def attention_alignment(self, batches: list[dict[str, Any]],
+                            timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS, seed: int = 0) -> dict[str, Any]:
+        """Share of each group's cross-attention mass inside its mask (``cosmicman.model.alignment``), on
+        ``batches`` (posterior means noised at ``timesteps``, fixed seed), whatever ``beta`` was."""
+        store = self.store if self.store is not None else install_capture(self.unet)
+        was_training = self.unet.training
+        self.unet.eval()
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        tally = AlignmentTally()
+        try:
+            for batch in batches:
+                latents, cond = self.encode(batch, posterior_mean=True)
+                kwargs, ctx = self._unet_inputs(batch, latents, cond, capture=True)
+                shares = []
+                for step_t in timesteps:
+                    noise = torch.randn(latents.shape, generator=gen, device=self.device, dtype=latents.dtype)
+                    t = torch.full((latents.shape[0],), int(step_t), device=self.device, dtype=torch.long)
+                    noisy = self.comps.scheduler.add_noise(latents, noise, t)
+                    store.clear()
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                        enabled=self.cfg.mixed_precision == "bf16"):
+                        self.unet(noisy if self.model_dtype is None else noisy.to(self.model_dtype), t, **kwargs)
+                    share, area, valid = mask_mass_share(store.maps, batch["group_masks"].to(self.device),
+                                                         batch["spans"].to(self.device))
+                    shares.append(share)
+                tally.add(torch.stack(shares).mean(0), area, valid, batch["group_names"])
+        finally:
+            if self.store is None:
+                uninstall_capture(self.unet)
+            self.unet.train(was_training)
+        return {**tally.summary(), "timesteps": list(timesteps), "batches": len(batches),
+                "map_factor": self.cfg.hola_map_factor}
+
+    def finish(self) -> None:
+        """Stock attention processors back and the UNet in eval mode, ready to be saved."""
         if self.store is not None:
             uninstall_capture(self.unet)
         if self.cfg.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()
         self.unet.eval()
-        if self.ema is not None and self.cfg.save_ema:
-            self.ema.copy_to(self.params)
-            return "ema"
-        return "raw"
 
 
 def _finite(x: float) -> bool:
@@ -583,48 +632,67 @@ class DataStream:
 
     def __init__(self, cfg: TrainConfig, trainer: DaringTrainer, dist: DistEnv,
                  resume: dict[str, Any] | None, say: Callable[[str], None]) -> None:
-        from cosmicman.model.buckets import BucketedShardDataset, aspect_buckets, bucket_batches
-        from cosmicman.model.shards import ShardDataset
+        from cosmicman.model.buckets import aspect_buckets, bucket_batches
 
+        self.cfg = cfg
         self.urls = expand_shard_urls(cfg.shards)
-        tok = trainer.comps.tokenizers[0]
-        order = dict(seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, repeat=True, rank=dist.rank,
-                     world_size=dist.world_size, start=(resume or {}).get("start", 0),
-                     exclude=(resume or {}).get("exclude", ()))
+        self.tokenizer = trainer.comps.tokenizers[0]
         if cfg.buckets:
             self.sizes = aspect_buckets(cfg.resolution, step=cfg.bucket_step, max_ratio=cfg.bucket_max_ratio)
-            reader = BucketedShardDataset(self.urls, tok, self.sizes, map_factor=cfg.hola_map_factor,
-                                          mask_resize=cfg.mask_resize, **order)
-            geometry = {"buckets": self.sizes}
+            geometry: dict[str, Any] = {"buckets": self.sizes}
         else:
             self.sizes = [(cfg.resolution, cfg.resolution)]
-            f = cfg.hola_map_factor
-            reader = ShardDataset(self.urls, tok, cfg.resolution, mask_size=(cfg.resolution // f,) * 2,
-                                  mask_resize=cfg.mask_resize, **order)
             geometry = {"resolution": cfg.resolution}
         if trainer.store is not None:
             for hw in self.sizes:
                 if not trainer.hola_layers(hw):
                     raise ValueError(f"no cross-attention layer has maps at 1/{cfg.hola_map_factor} of a {hw} "
                                      f"image; choose another hola_map_factor / resolution / bucket_step")
+        self.cache = None
         self.cache_stats: dict[str, int] = {}
-        self.dataset = reader
         if cfg.cache_url:
-            from cosmicman.model.latent_cache import (CachedShardDataset, LatentCache, build_cache,
-                                                      cache_fingerprint, weights_digest)
+            from cosmicman.model.latent_cache import LatentCache, build_cache, cache_fingerprint, weights_digest
 
             c = trainer.comps
-            geometry.update(map_factor=cfg.hola_map_factor, mask_resize=cfg.mask_resize, vae_factor=trainer.vae_factor)
-            cache = LatentCache(cfg.cache_url, cache_fingerprint(weights_digest(c.vae, *c.text_encoders),
-                                                                 c.family, geometry))
-            self.cache_stats = build_cache(cache, reader, trainer.encode_for_cache, cfg.batch_size,
-                                           dist.rank, dist.world_size, say)
+            geometry.update(map_factor=cfg.hola_map_factor, mask_resize=cfg.mask_resize,
+                            vae_factor=trainer.vae_factor)
+            self.cache = LatentCache(cfg.cache_url, cache_fingerprint(weights_digest(c.vae, *c.text_encoders),
+                                                                      c.family, geometry))
+            self.cache_stats = build_cache(self.cache, self._reader(decoding=True), trainer.encode_for_cache,
+                                           cfg.batch_size, dist.rank, dist.world_size, say)
             barrier()  # every rank's units are in before anyone reads
-            self.dataset = CachedShardDataset(self.urls, cache, **order)
-            self.cache_url = cache.url
+            self.cache_url = self.cache.url
+        self.dataset = self._reader(shuffle_buffer=cfg.shuffle_buffer, repeat=True, rank=dist.rank,
+                                    world_size=dist.world_size, start=(resume or {}).get("start", 0),
+                                    exclude=(resume or {}).get("exclude", ()))
         self.pending: set[int] = set()
         self.used: set[int] = set()
         self._batches = bucket_batches(self._tracked(), cfg.batch_size)
+
+    def _reader(self, decoding: bool = False, **order: Any):
+        """A dataset over the shards with this run's geometry: decoding images, or from the cache."""
+        from cosmicman.model.buckets import BucketedShardDataset
+        from cosmicman.model.shards import ShardDataset
+
+        cfg = self.cfg
+        order["seed"] = cfg.seed
+        if self.cache is not None and not decoding:
+            from cosmicman.model.latent_cache import CachedShardDataset
+
+            return CachedShardDataset(self.urls, self.cache, **order)
+        if cfg.buckets:
+            return BucketedShardDataset(self.urls, self.tokenizer, self.sizes, map_factor=cfg.hola_map_factor,
+                                        mask_resize=cfg.mask_resize, **order)
+        f = cfg.hola_map_factor
+        return ShardDataset(self.urls, self.tokenizer, cfg.resolution, mask_size=(cfg.resolution // f,) * 2,
+                            mask_resize=cfg.mask_resize, **order)
+
+    def fixed_batches(self, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` batches of the shards in file order (no shuffle, all ranks' samples)."""
+        from cosmicman.model.buckets import bucket_batches
+
+        it = bucket_batches(self._reader(), self.cfg.batch_size)
+        return [b for _, b in zip(range(n), it)]
 
     def _tracked(self) -> Iterator[dict[str, Any]]:
         for sample in self.dataset:
@@ -737,7 +805,14 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
                 f"hola={rec['hola']:.5f} grad_norm={rec['grad_norm']:.3f} ({dt:.3f} s/step)")
     train_seconds = time.perf_counter() - t_loop
 
-    published = trainer.finish()
+    published = trainer.publish_weights()
+    alignment = None
+    if dist.is_main and cfg.alignment_batches > 0:
+        t0 = time.perf_counter()
+        alignment = trainer.attention_alignment(data.fixed_batches(cfg.alignment_batches))
+        say(f"attention inside group masks: {alignment['mean']:.3f} (chance {alignment['chance']:.3f}, "
+            f"{alignment['n_pairs']} sample-groups; {time.perf_counter() - t0:.1f} s)")
+    trainer.finish()
     steps_run = cfg.steps - start_step
     last = history[-1]
     k = min(10, len(history))
@@ -755,7 +830,7 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
         "data_seconds": t_data, "world_size": dist.world_size,
         "hola_layers": hola_layers, "hola_map_factor": cfg.hola_map_factor, "buckets": [list(b) for b in data.sizes],
         "dataset_stats": dict(data.dataset.stats), "latent_cache": data.cache_stats,
-        "device": str(trainer.device),
+        "device": str(trainer.device), "attention_alignment": alignment,
     }
     record = {
         "config": dataclasses.asdict(cfg),
@@ -788,7 +863,7 @@ def _version(pkg: str) -> str | None:
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     m = record["metrics"]
-    return {
+    out = {
         "output_url": record["config"]["output_url"],
         "loss_first": m["loss_first"], "loss_last": m["loss_last"],
         "noise_loss_last": m["noise_loss_last"], "hola_loss_last": m["hola_loss_last"],
@@ -796,6 +871,11 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "n_shards": len(record["data"]["shards"]), "code_version": record["code_version"] or "",
         "hola_reduction": record["config"]["hola_reduction"], "act_fn": record["config"]["act_fn"],
     }
+    if m.get("attention_alignment"):
+        a = m["attention_alignment"]
+        out.update(attention_in_mask=a["mean"], attention_in_mask_chance=a["chance"],
+                   attention_in_mask_by_group=a["groups"])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
