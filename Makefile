@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel; anything unpinned would pull CUDA builds.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,train]'
 	# Only for the CLIP BPE vocabulary it ships; open_clip itself needs torchvision, so no deps.
 	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	rm -f $(VENV)/.installed-*

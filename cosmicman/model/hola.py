@@ -104,7 +104,8 @@ def hola_loss(
     maps: layer -> (B, heads, P, K) probabilities with P = h*w; all layers share one ``map_hw`` = (h, w)
     (the captured level); if not given it is inferred from the masks' aspect ratio. Masks may be at the
     map size or at image size. masks: (B, G, H, W) group masks. spans: (B, G, 2) long, end-exclusive,
-    (-1, -1) for groups without a span (also used to pad G)."""
+    (-1, -1) for groups without a span (also used to pad G); keep them on the CPU (as the loader gives
+    them): the span checks then cost the device no synchronisation."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     layers = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
@@ -117,14 +118,17 @@ def hola_loss(
     if map_hw[0] * map_hw[1] != P:
         raise ValueError(f"cannot infer a map grid of {P} cells for masks of "
                          f"{masks.shape[-2]}x{masks.shape[-1]}")
-    m = resize_masks(masks, map_hw, mask_resize).flatten(2).to(layers[0].device)  # (B, G, P)
-    w = span_weights(spans.to(m.device), K)  # (B, G, K)
+    device = layers[0].device
+    m = resize_masks(masks, map_hw, mask_resize).flatten(2).to(device, non_blocking=True)  # (B, G, P)
+    # span bookkeeping where the spans are (the CPU, from the loader): its checks never wait for the GPU
+    w = span_weights(spans, K)  # (B, G, K)
     n = w.sum(-1)  # (B, G)
     valid = n > 0  # (B, G)
     n_valid = valid.sum(-1)  # (B,)
     sample_ok = n_valid > 0
     if not bool(sample_ok.any()):
         return layers[0].new_zeros(())
+    w, n, valid, n_valid, sample_ok = (x.to(device, non_blocking=True) for x in (w, n, valid, n_valid, sample_ok))
 
     per_entry = []  # each (B, H_l)
     for attn in layers:

@@ -48,10 +48,12 @@ import json
 import logging
 import os
 import posixpath
+import queue
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -131,6 +133,7 @@ class TrainConfig:
     deepspeed: str | None = None           # "zero2" | "zero2_offload" | JSON path / URL; None: plain PyTorch
     # -- report ------------------------------------------------------------------------------------------
     alignment_batches: int = 3             # fixed batches for the attention-in-mask share at the end (0: skip)
+    prefetch_batches: int = 2              # batches the loader thread prepares ahead of the step
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
@@ -208,7 +211,7 @@ def code_version() -> str | None:
 def resolve_device(name: str, dist: DistEnv) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist.world_size > 1:
+    if name == "cuda":  # one GPU per rank; an explicit index is also what torch.cuda.set_device needs
         name = f"cuda:{dist.local_rank}"
     return torch.device(name)
 
@@ -492,17 +495,14 @@ class DaringTrainer:
             if not self.store.maps:
                 raise ValueError(f"no cross-attention layer has {ctx.map_hw[0]}x{ctx.map_hw[1]} queries for "
                                  f"latents of {tuple(latents.shape[-2:])} (hola_map_factor={cfg.hola_map_factor})")
-            hola = hola_loss(self.store.maps, batch["group_masks"].to(self.device),
-                             batch["spans"].to(self.device), reduction=cfg.hola_reduction, map_hw=ctx.map_hw)
+            hola = hola_loss(self.store.maps, batch["group_masks"], batch["spans"],
+                             reduction=cfg.hola_reduction, map_hw=ctx.map_hw)
         else:
             hola = noise_loss.new_zeros(())
         loss = cfg.alpha * noise_loss + cfg.beta * hola
         if self.engine is not None:
-            # the engine steps inside; a non-finite loss must stop it before the update
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss at step {self.steps_done + 1}/{cfg.steps}: "
-                                         f"noise={noise_loss.item()} hola={hola.item()} "
-                                         f"(batch keys {batch['keys']}); stopping without publishing")
+            # no finiteness check here (it would stall the device mid-step): a non-finite step is caught
+            # right after the engine's update, before anything is checkpointed or published
             self.engine.backward(loss)
         else:
             if self.micro == 0:
@@ -665,9 +665,18 @@ class DataStream:
         self.dataset = self._reader(shuffle_buffer=cfg.shuffle_buffer, repeat=True, rank=dist.rank,
                                     world_size=dist.world_size, start=(resume or {}).get("start", 0),
                                     exclude=(resume or {}).get("exclude", ()))
+        # resume bookkeeping, shared with the loader thread
+        self._lock = threading.Lock()
         self.pending: set[int] = set()
         self.used: set[int] = set()
-        self._batches = bucket_batches(self._tracked(), cfg.batch_size)
+        self.next_pos = (resume or {}).get("start", 0)  # every yielded sample below it is used or pending
+        # a loader thread decodes (and pins, for a GPU) the next batches while the device trains
+        self._pin = trainer.device.type == "cuda"
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch_batches))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(bucket_batches(self._tracked(), cfg.batch_size),),
+                                        name="cosmicman-loader", daemon=True)
+        self._thread.start()
 
     def _reader(self, decoding: bool = False, **order: Any):
         """A dataset over the shards with this run's geometry: decoding images, or from the cache."""
@@ -696,21 +705,53 @@ class DataStream:
 
     def _tracked(self) -> Iterator[dict[str, Any]]:
         for sample in self.dataset:
-            self.pending.add(sample["pos"])
+            with self._lock:
+                self.pending.add(sample["pos"])
+                self.next_pos = sample["pos"] + 1
             yield sample
 
+    def _produce(self, batches: Iterator[dict[str, Any]]) -> None:
+        try:
+            for batch in batches:
+                if self._pin:
+                    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the training thread
+            self._queue.put(_LoaderFailure(exc))
+
     def __next__(self) -> dict[str, Any]:
-        batch = next(self._batches)
+        batch = self._queue.get()
+        if isinstance(batch, _LoaderFailure):
+            raise RuntimeError(f"the data loader failed: {batch.exc}") from batch.exc
         taken = set(batch["positions"])
-        self.pending -= taken
-        self.used |= taken
-        floor = min(self.pending) if self.pending else self.dataset.position
-        self.used = {p for p in self.used if p >= floor}
+        with self._lock:
+            self.pending -= taken
+            self.used |= taken
+            floor = min(self.pending) if self.pending else self.next_pos
+            self.used = {p for p in self.used if p >= floor}
         return batch
 
     def resume_point(self) -> dict[str, Any]:
-        start = min(self.pending) if self.pending else self.dataset.position
-        return {"start": start, "exclude": sorted(p for p in self.used if p >= start)}
+        """Where a resumed run restarts: samples below ``start`` and in ``exclude`` are skipped undecoded."""
+        with self._lock:
+            start = min(self.pending) if self.pending else self.next_pos
+            return {"start": start, "exclude": sorted(p for p in self.used if p >= start)}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@dataclass
+class _LoaderFailure:
+    exc: BaseException
 
 
 def _ensure_dist_env(cfg: TrainConfig) -> None:
@@ -757,7 +798,7 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
         if bad:
             raise ValueError(f"cannot resume from {resume_from}: config keys {bad} differ "
                              f"({ {k: old.get(k) for k in bad} } in the checkpoint)")
-    data = DataStream(cfg, trainer, dist, rank_state["data"] if rank_state else None, say)
+    resume_data = rank_state["data"] if rank_state else None
 
     history: list[dict[str, Any]] = []
     start_step = 0
@@ -769,6 +810,7 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
         samples_seen = int(rank_state["samples_seen"])
         set_rng_state(trainer.generators(), rank_state["rng"])
         state = rank_state = None  # free memory
+    data = DataStream(cfg, trainer, dist, resume_data, say)
     n_params = sum(p.numel() for p in trainer.params)
     hola_layers = trainer.hola_layers(data.sizes[len(data.sizes) // 2]) if trainer.store is not None else []
     say(f"training {cfg.pretrained or 'tiny ' + cfg.family} UNet ({n_params / 1e6:.2f}M params) on "
@@ -776,33 +818,35 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
         f"accumulation {cfg.grad_accum}, {len(data.urls)} shard(s), {len(data.sizes)} bucket(s)"
         f"{', latent cache ' + data.cache_url if cfg.cache_url else ''}; HOLA {cfg.hola_reduction} at "
         f"1/{cfg.hola_map_factor} over {len(hola_layers)} layers")
-
-    t_loop = time.perf_counter()
-    t_data = 0.0
-    for step in range(start_step + 1, cfg.steps + 1):
-        rec = None
-        while rec is None:
-            t0 = time.perf_counter()
-            batch = next(data)
-            t_data += time.perf_counter() - t0
-            samples_seen += len(batch["keys"])
-            rec = trainer.step(batch)
-        rec = {"step": step, **rec}
-        history.append(rec)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            t0 = time.perf_counter()
-            shared = None
-            if dist.is_main:
-                shared = {"step": step, "history": history, "config": dataclasses.asdict(cfg),
-                          **trainer.shared_state()}
-            where = save_checkpoint(ckpt_root, step, shared, {
-                "rng": rng_state(trainer.generators()), "data": data.resume_point(),
-                "samples_seen": samples_seen}, cfg.checkpoints_keep, dist, trainer.engine)
-            say(f"checkpoint {where} ({time.perf_counter() - t0:.1f} s)")
-        if step == start_step + 1 or step == cfg.steps or step % max(1, cfg.log_every) == 0:
-            dt = (time.perf_counter() - t_loop) / (step - start_step)
-            say(f"step {step}/{cfg.steps} loss={rec['loss']:.5f} noise={rec['noise']:.5f} "
-                f"hola={rec['hola']:.5f} grad_norm={rec['grad_norm']:.3f} ({dt:.3f} s/step)")
+    try:
+        t_loop = time.perf_counter()
+        t_data = 0.0
+        for step in range(start_step + 1, cfg.steps + 1):
+            rec = None
+            while rec is None:
+                t0 = time.perf_counter()
+                batch = next(data)
+                t_data += time.perf_counter() - t0
+                samples_seen += len(batch["keys"])
+                rec = trainer.step(batch)
+            rec = {"step": step, **rec}
+            history.append(rec)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                t0 = time.perf_counter()
+                shared = None
+                if dist.is_main:
+                    shared = {"step": step, "history": history, "config": dataclasses.asdict(cfg),
+                              **trainer.shared_state()}
+                where = save_checkpoint(ckpt_root, step, shared, {
+                    "rng": rng_state(trainer.generators()), "data": data.resume_point(),
+                    "samples_seen": samples_seen}, cfg.checkpoints_keep, dist, trainer.engine)
+                say(f"checkpoint {where} ({time.perf_counter() - t0:.1f} s)")
+            if step == start_step + 1 or step == cfg.steps or step % max(1, cfg.log_every) == 0:
+                dt = (time.perf_counter() - t_loop) / (step - start_step)
+                say(f"step {step}/{cfg.steps} loss={rec['loss']:.5f} noise={rec['noise']:.5f} "
+                    f"hola={rec['hola']:.5f} grad_norm={rec['grad_norm']:.3f} ({dt:.3f} s/step)")
+    finally:
+        data.close()  # the loader thread stops with the loop, also on an error
     train_seconds = time.perf_counter() - t_loop
 
     published = trainer.publish_weights()
@@ -909,7 +953,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(msg, file=sys.stderr, flush=True)
 
             record = train(cfg, log_fn=say)
-            context.report_asset_materialization(metadata=summary(record))
+            context.report_asset_materialization(metadata={
+                k: {"raw_value": v, "type": "json"} if isinstance(v, dict) else v for k, v in summary(record).items()})
         return 0
     if not args.config and PipesEnvVarParamsLoader().is_dagster_pipes_process():
         # a non-zero rank under Pipes: the config comes from the extras rank 0 reads; read them too
