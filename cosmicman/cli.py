@@ -134,7 +134,8 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
         "dataset": {"version": hq.get("version"), "samples": hq.get("samples"), "reused": hq.get("reused"),
                     "stats": hq.get("stats")},
         "variants": {v: {**{k: meta("daring_unet", v).get(k) for k in ("loss_first", "loss_last", "steps",
-                                                                        "output_url", "reused")},
+                                                                        "output_url", "reused",
+                                                                        "attention_in_mask")},
                          **{k: meta("evaluation", v).get(k) for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all",
                                                                       "frechet_distance")}}
                      for v in variants},
@@ -160,10 +161,12 @@ def print_summary(summary: dict) -> None:
           + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400])
     print("  daring_unet variants (same data, seed and steps):")
     print(f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
-          f"{'acc_all':>8} {'FD':>7}")
+          f"{'acc_all':>8} {'FD':>7} {'attn in mask':>12}")
     for name, v in summary["variants"].items():
         print(f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} {v['acc_tex']:>8.3f} "
-              f"{v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f}{'  (reused)' if v['reused'] else ''}")
+              f"{v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
+              f"{v['attention_in_mask'] if v['attention_in_mask'] is None else format(v['attention_in_mask'], '12.3f')}"
+              f"{'  (reused)' if v['reused'] else ''}")
     print(f"    models under {next(iter(summary['variants'].values()))['output_url'].rsplit('/', 1)[0]}")
     print(f"  took {summary['seconds']}s\n")
     print("Open the UI:  make ui   (then http://127.0.0.1:3000)")

@@ -94,6 +94,9 @@ def test_trained_unet_loads_in_diffusers(flywheel):
     with local_model_dir(variants["hola-mp_silu"]["output_url"]) as path, open(os.path.join(path, "training_run.json")) as f:
         assert json.load(f)["config"]["act_fn"] == "mp_silu"
     assert flywheel["first"]["ablation_rows"] == len(VARIANTS)
+    # every variant reports the share of group attention inside the masks (HOLA's aim), also when reused
+    for run_ in ("first", "second"):
+        assert all(0.0 < v["attention_in_mask"] < 1.0 for v in flywheel[run_]["variants"].values())
 
 
 def test_evaluation_metrics_are_numbers_in_range(flywheel):

@@ -79,10 +79,12 @@ def ablation_table(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             continue
         unet = latest_metadata(context.instance, "daring_unet", variant)
         rows.append({"variant": variant, **{k: ev.get(k) for k in ABLATION_METRICS},
-                     "loss_last": unet.get("loss_last"), "act_fn": unet.get("act_fn"), "model": ev.get("model_url")})
+                     "loss_last": unet.get("loss_last"), "attention_in_mask": unet.get("attention_in_mask"),
+                     "act_fn": unet.get("act_fn"), "model": ev.get("model_url")})
     if not rows:
         raise dg.Failure("no variant has been evaluated yet: materialize evaluation partitions first")
-    header = ["variant", *ABLATION_METRICS, "loss_last"]
+    # attention_in_mask: share of each caption group's cross-attention inside its parsing mask (HOLA's aim)
+    header = ["variant", *ABLATION_METRICS, "loss_last", "attention_in_mask"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |"
               for r in rows]

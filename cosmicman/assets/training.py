@@ -7,6 +7,7 @@ import dagster as dg
 
 from cosmicman.assets.datasets import LATEST_KEY
 from cosmicman.data.dataset_version import shard_urls
+from cosmicman.model.run_record import summary
 from cosmicman.resources.launchers import TrainingLauncher
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.resources.training import TrainingResource
@@ -56,10 +57,9 @@ def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
     if store.exists(f"{key}/{RUN_FILE}"):
         record = store.read_json(f"{key}/{RUN_FILE}")
         context.log.info(f"{key} already trained from {version} with this config: reusing it")
-        return dg.MaterializeResult(metadata={"output_url": config["output_url"], "dataset_version": version,
-                                              "variant": variant, "reused": True, "steps": record["metrics"]["steps"],
-                                              "loss_first": record["metrics"]["loss_first"],
-                                              "loss_last": record["metrics"]["loss_last"]},
+        reported = {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in summary(record).items()}
+        return dg.MaterializeResult(metadata={**reported, "dataset_version": version, "variant": variant,
+                                              "reused": True},
                                     data_version=dg.DataVersion(key.rsplit("/", 1)[1]))
     result = training_launcher.launch(context, config)
     return dg.MaterializeResult(metadata={**(result.metadata or {}), "dataset_version": version, "variant": variant,

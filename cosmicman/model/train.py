@@ -73,6 +73,7 @@ from cosmicman.model.components import FAMILIES, Components
 from cosmicman.model.conditioning import TextConditioner, TextConditioning, sdxl_time_ids
 from cosmicman.model.distributed import DistEnv, barrier, load_deepspeed_config
 from cosmicman.model.hola import MASK_RESIZE_MODES, REDUCTIONS, hola_loss
+from cosmicman.model.run_record import summary
 from cosmicman.model.shards import expand_shard_urls
 
 log = logging.getLogger("cosmicman.train")
@@ -903,23 +904,6 @@ def _version(pkg: str) -> str | None:
         return version(pkg)
     except Exception:
         return None
-
-
-def summary(record: dict[str, Any]) -> dict[str, Any]:
-    m = record["metrics"]
-    out = {
-        "output_url": record["config"]["output_url"],
-        "loss_first": m["loss_first"], "loss_last": m["loss_last"],
-        "noise_loss_last": m["noise_loss_last"], "hola_loss_last": m["hola_loss_last"],
-        "steps": m["steps"], "seconds": m["seconds"], "seconds_per_step": m["seconds_per_step"],
-        "n_shards": len(record["data"]["shards"]), "code_version": record["code_version"] or "",
-        "hola_reduction": record["config"]["hola_reduction"], "act_fn": record["config"]["act_fn"],
-    }
-    if m.get("attention_alignment"):
-        a = m["attention_alignment"]
-        out.update(attention_in_mask=a["mean"], attention_in_mask_chance=a["chance"],
-                   attention_in_mask_by_group=a["groups"])
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
