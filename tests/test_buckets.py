@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
-from test_train import GROUPS, find_span, write_shards
+from tests.test_train import GROUPS, find_span, write_shards
 
 from cosmicman.data.tokenizer import load_clip_tokenizer
 from cosmicman.model.buckets import (
@@ -55,19 +54,6 @@ MIXED = [((48, 80), (80, 48)), ((96, 160), (80, 48)), ((60, 100), (80, 48)),  # 
          ((64, 64), (64, 64)), ((100, 100), (64, 64)), ((32, 32), (64, 64)),  # square
          ((160, 96), (48, 80)), ((200, 100), (48, 80)), ((80, 48), (48, 80)),  # landscape
          ((56, 72), (72, 56)), ((112, 144), (72, 56))]                         # 7:9 portrait
-
-
-@pytest.fixture(scope="module")
-def mixed_urls(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mixed")
-    urls = []
-    for s in range(2):
-        path = folder / f"shard-{s:03d}.tar"
-        with wds.TarWriter(str(path)) as sink:
-            for i, ((w, h), _) in enumerate(MIXED):
-                sink.write(make_rect_sample(100 * s + i, w, h))
-        urls.append(str(path))
-    return urls
 
 
 def test_bucket_lists():

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import webdataset as wds
 
 from cosmicman.data.tokenizer import load_clip_tokenizer
 from cosmicman.model.shards import ShardDataset
-from tests.test_buckets import MIXED, make_rect_sample
+
 from tests.test_train import write_shards
 
 
@@ -20,19 +19,6 @@ def _quiet(msg: str) -> None:
 def _base(urls, out, **kw):
     return {"shards": urls, "output_url": str(out), "resolution": 64, "batch_size": 2, "lr": 1e-3,
             "hola_map_factor": 8, "seed": 0, "shuffle_buffer": 4, "log_every": 1, "ema_decay": 0.0, **kw}
-
-
-@pytest.fixture(scope="module")
-def mixed_urls(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mixed-train")
-    urls = []
-    for s in range(2):
-        path = folder / f"shard-{s:03d}.tar"
-        with wds.TarWriter(str(path)) as sink:
-            for i, ((w, h), _) in enumerate(MIXED):
-                sink.write(make_rect_sample(100 * s + i, w, h))
-        urls.append(str(path))
-    return urls
 
 
 def test_bucketed_training_resumes_exactly(tmp_path, mixed_urls):

@@ -1,0 +1,19 @@
+"""Fixtures shared by test modules."""
+import pytest
+import webdataset as wds
+
+
+@pytest.fixture(scope="module")
+def mixed_urls(tmp_path_factory):
+    """Two shards of people in mixed aspect ratios (tests/test_buckets.MIXED), for bucketed reading."""
+    from tests.test_buckets import MIXED, make_rect_sample
+
+    folder = tmp_path_factory.mktemp("mixed")
+    urls = []
+    for s in range(2):
+        path = folder / f"shard-{s:03d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i, ((w, h), _) in enumerate(MIXED):
+                sink.write(make_rect_sample(100 * s + i, w, h))
+        urls.append(str(path))
+    return urls
