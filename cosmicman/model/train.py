@@ -921,6 +921,8 @@ def _config_from(arg: str | None, extras: dict[str, Any] | None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosmicman.model.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="JSON config: local path or fsspec URL")
+    # the `deepspeed` launcher passes --local_rank; the rank comes from the environment it also sets
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
