@@ -530,6 +530,10 @@ class DaringTrainer:
                 gnorm = torch.linalg.vector_norm(
                     torch.stack([p.grad.detach().float().norm() for p in self.params if p.grad is not None]))
         means = torch.stack(self._acc).mean(dim=0)
+        if self.dist.world_size > 1:
+            # losses reported as the mean over ranks; a NaN on any rank reaches all, so all stop together
+            torch.distributed.all_reduce(means)
+            means = means / self.dist.world_size
         values = torch.cat([means, gnorm.detach().float().reshape(1).to(means.device)]).tolist()  # one sync
         self._acc = []
         if not all(map(_finite, values)):
