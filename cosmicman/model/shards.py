@@ -19,7 +19,9 @@ Per sample this yields
   ``mask_size`` (the HOLA map size) by ``"area"`` (one-hot, then area-average: cell coverage) or
   ``"nearest"``; ``mask_size=None`` keeps R x R;
 - ``spans``: (G, 2) long, (-1, -1) for a group without a usable span;
-- ``key``: the sample key (image sha256).
+- ``key``: the sample key (image sha256); ``group_names``: the groups' names (for reports);
+- ``bucket``: the (h, w) it was cropped to; ``original_size`` / ``crop_top_left``: SDXL's size ids;
+- ``pos``: its position in the (shuffled) stream -- what resume and the rank split count in.
 
 A span is usable if 1 <= s < e <= 77 and -- when ``verify_spans`` and the group has ``text`` -- the
 group's text tokenized without BOS/EOS equals ``input_ids[s:e]``; otherwise the group keeps its mask but
