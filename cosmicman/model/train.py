@@ -935,7 +935,9 @@ def main(argv: list[str] | None = None) -> int:
     # Pipes only on rank 0: every rank inherits the launcher's environment, one reports.
     # (dagster_pipes 1.13 has no module-level is_dagster_pipes_process(); the env-var loader's check is it)
     if DistEnv.from_env().is_main and PipesEnvVarParamsLoader().is_dagster_pipes_process():
-        with open_dagster_pipes() as context:
+        from cosmicman.model.pipes_channel import ObjectStoreMessageWriter
+
+        with open_dagster_pipes(message_writer=ObjectStoreMessageWriter()) as context:
             cfg = _config_from(args.config, dict(context.extras or {}))
 
             def say(msg: str) -> None:

@@ -9,12 +9,11 @@
   session's bootstrap env vars go into ``spec.trainer.env``, ``status.conditions`` are polled for
   Complete / Failed, and the TrainJob is deleted on failure or run termination.
 
-Messages from a TrainJob: the default here reads the rank-0 node pod's logs
-(``PipesK8sPodLogsMessageReader``), which works with the trainer's default ``open_dagster_pipes()``.
-The production choice is a blob-store reader (``PipesBlobStoreMessageReader`` subclasses:
-``dagster_aws.pipes.PipesS3MessageReader`` paired with ``dagster_pipes.PipesS3MessageWriter`` in the
-trainer), which survives log rotation and pod restarts; pass it as ``message_reader`` to
-``TrainJobLauncher.launch``.
+Messages from a TrainJob: with ``messages_url`` set (production: a prefix on the object store) rank 0
+uploads numbered message chunks there and ``ObjectStoreMessageReader`` polls them
+(``cosmicman/resources/pipes_object_store.py``, ``cosmicman/model/pipes_channel.py``): this survives log
+rotation, pod restarts and any number of nodes. Without it the rank-0 node pod's logs are read
+(``PipesK8sPodLogsMessageReader``).
 """
 from __future__ import annotations
 
@@ -142,6 +141,9 @@ class TrainJobLauncher(TrainingLauncher):
     delete_on_completion: bool = False
     load_incluster_config: Optional[bool] = None
     kubeconfig_file: Optional[str] = None
+    messages_url: Optional[str] = Field(
+        default=None, description="Object-store URL prefix for Pipes messages (rank 0 uploads chunks there); "
+                                  "None: read the rank-0 pod's logs.")
 
     def validate(self) -> None:
         _check_image(self.image)
@@ -208,6 +210,10 @@ class TrainJobLauncher(TrainingLauncher):
         self.validate()
         if custom_api is None or core_api is None:
             custom_api, core_api = self._apis()
+        if message_reader is None and self.messages_url:
+            from cosmicman.resources.pipes_object_store import ObjectStoreMessageReader
+
+            message_reader = ObjectStoreMessageReader(self.messages_url, interval=min(5.0, self.poll_interval or 5.0))
         reader = message_reader or PipesK8sPodLogsMessageReader()
         name = f"daring-unet-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
         with dg.open_pipes_session(context=context, extras={"config": config},
