@@ -261,3 +261,20 @@ def test_data_package_stays_dagster_free():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('dagster', 'open_clip', 'torchvision') "
             "or m.startswith('cosmicman.model')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_diff_between_versions_from_different_pools(root, samples):
+    import dataclasses
+
+    from cosmicman.data.dataset_version import diff_versions
+
+    write_dataset_version(root, "v0001", samples[:6], samples_per_shard=4)
+    relabelled = dataclasses.replace(samples[3], provenance={**samples[3].provenance, "annotator_round": 5})
+    write_dataset_version(root, "v0002", [*samples[2:3], relabelled, *samples[4:8]], samples_per_shard=4)
+    d = diff_versions(root, "v0001", "v0002")
+    sha = [s.sha256 for s in samples]
+    assert set(d.added) == {sha[6], sha[7]} and set(d.removed) == {sha[0], sha[1]}
+    assert d.relabelled == (sha[3],) and d.unchanged == 3
+    assert d.counts() == {"old": "v0001", "new": "v0002", "added": 2, "removed": 2, "relabelled": 1,
+                          "unchanged": 3}
+    assert diff_versions(root, "v0002", "v0002").counts()["unchanged"] == 6

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from cosmicman.assets.common import content_digest, table_key
-from cosmicman.data.dataset_version import (DatasetSample, list_versions, next_version_name, read_manifest,
+from cosmicman.data.dataset_version import (DatasetSample, diff_versions, list_versions, next_version_name, read_manifest,
                                             read_stats, verify_shards, write_dataset_version)
 from cosmicman.data.store import Store
 from cosmicman.data.truth import read_mask
@@ -44,10 +44,12 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
         raise dg.Failure("no kept, parsed, captioned image in the pool: nothing to version")
     fingerprint = _fingerprint(pool)
     latest = store.read_json(LATEST_KEY) if store.exists(LATEST_KEY) else None
+    changes = None
     if latest and latest["fingerprint"] == fingerprint:
         version, reused = latest["version"], True
         context.log.info(f"pool unchanged since {version}: reusing it")
     else:
+        previous = latest["version"] if latest else None
         version = next_version_name(list_versions(store.url, store.storage_options))
         samples = (DatasetSample(
             sha256=r["sha256"], image_bytes=store.read_bytes(r["blob_key"]), ext=r["ext"],
@@ -63,12 +65,17 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
                               storage_options=store.storage_options)
         store.write_json(LATEST_KEY, {"version": version, "fingerprint": fingerprint})
         reused = False
+        if previous:
+            changes = diff_versions(store.url, previous, version, store.storage_options).counts()
+            context.log.info(f"{version} vs {previous}: {changes}")
     stats = read_stats(store.url, version, store.storage_options)
     manifest = read_manifest(store.url, version, store.storage_options)
     problems = verify_shards(store.url, version, store.storage_options)
     return dg.MaterializeResult(
         metadata={"version": version, "reused": reused, "samples": len(manifest), "fingerprint": fingerprint,
                   "stats": dg.MetadataValue.json(stats),
+                  # added / removed / relabelled samples against the version before it (none for the first)
+                  "changes": dg.MetadataValue.json(changes or {}),
                   "url": dg.MetadataValue.path(store.uri(f"datasets/cosmicman-hq/{version}")),
                   "datacard": dg.MetadataValue.md(store.read_bytes(f"datasets/cosmicman-hq/{version}/DATACARD.md").decode())},
         data_version=dg.DataVersion(f"{version}-{fingerprint}"),
