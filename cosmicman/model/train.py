@@ -316,12 +316,10 @@ def checkpoint_root(cfg: "TrainConfig") -> str:
     return (cfg.checkpoint_url or f"{cfg.output_url.rstrip('/')}.checkpoints").rstrip("/")
 
 
-
-
 # checkpoint config keys that must match on resume (the rest, e.g. steps / log_every, may change)
 RESUME_MUST_MATCH = ("shards", "pretrained", "family", "resolution", "batch_size", "grad_accum", "seed",
                      "tiny_seed", "act_fn", "ff_act_fn", "shuffle_buffer", "hola_map_factor", "ema_decay",
-                     "buckets", "bucket_step", "bucket_max_ratio", "deepspeed")
+                     "buckets", "bucket_step", "bucket_max_ratio", "deepspeed", "mask_resize")
 
 
 # --------------------------------------------------------------------------------------------------
