@@ -179,7 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--home", default=os.environ.get("COSMICMAN_HOME", ".cosmicman"))
     run_p.add_argument("--json", help="also write the summary as JSON to this file")
     run_p.add_argument("--variants", nargs="+", help="training variants to train and evaluate (default: all)")
+    lin_p = sub.add_parser("lineage", help="what a dataset version or a trained model was built from (JSON)")
+    lin_p.add_argument("target", help="a dataset version (v0001), or a model folder: URL, path, or key in the store")
+    lin_p.add_argument("--store", default=None, help="object store URL (default: the environment's)")
     args = parser.parse_args(argv)
+    if args.command == "lineage":
+        from cosmicman.data.lineage import lineage
+
+        store = args.store
+        options: dict = {}
+        if store is None:
+            from cosmicman.definitions import defs
+
+            object_store = defs.resources["object_store"].store()
+            store, options = object_store.url, object_store.storage_options
+        print(json.dumps(lineage(store, args.target, options), indent=2, default=str))
+        return 0
     if args.command == "run":
         summary = run(Path(args.home), variants=args.variants)
         print_summary(summary)

@@ -117,3 +117,26 @@ def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
     assert flywheel["second"]["dataset"]["reused"] is True
     assert all(v["reused"] is True for v in flywheel["second"]["variants"].values())
     assert flywheel["census_second"] == flywheel["census_first"]
+
+
+def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsys):
+    from cosmicman.cli import main
+    from cosmicman.data.dataset_version import read_manifest
+    from cosmicman.data.store import Store
+
+    store: Store = flywheel["store"]
+    model_url = flywheel["first"]["variants"]["hola"]["output_url"]
+    assert main(["lineage", model_url, "--store", store.url]) == 0
+    lin = json.loads(capsys.readouterr().out)
+    version = flywheel["first"]["dataset"]["version"]
+    in_dataset = set(read_manifest(store.url, version)["sha256"].to_list())
+    # expected independently of the manifest's provenance: the raw tables' partitions, the annotations
+    batches = {key.rsplit("/", 1)[-1].removesuffix(".parquet") for key, df in store.iter_tables("tables/raw_images")
+               if set(df["sha256"].to_list()) & in_dataset}
+    ann = store.read_table("tables/annotations.parquet").filter(pl.col("sha256").is_in(list(in_dataset)))
+    assert lin["dataset_version"] == version and lin["samples"] == len(in_dataset)
+    assert lin["sourcing_batches"] == sorted(batches) and len(batches) >= 2
+    assert lin["label_rounds"] == sorted(set(ann["annotator_round"].to_list()))
+    assert lin["code_versions"]["trainer"] and lin["training"]["beta"] == 1.0
+    assert lin["filter_configs"] and all(c["backend"] == "local" for c in lin["filter_configs"])
+    assert sum(lin["sources"].values()) == lin["samples"]

@@ -9,6 +9,7 @@ import polars as pl
 from cosmicman.assets.common import content_digest, table_key
 from cosmicman.data.dataset_version import (DatasetSample, diff_versions, list_versions, next_version_name, read_manifest,
                                             read_stats, verify_shards, write_dataset_version)
+from cosmicman.data.lineage import dataset_lineage
 from cosmicman.data.store import Store
 from cosmicman.data.truth import read_mask
 from cosmicman.resources.storage import ObjectStoreResource
@@ -17,10 +18,13 @@ LATEST_KEY = "datasets/cosmicman-hq/latest.json"
 
 
 def _joined_pool(store: Store) -> pl.DataFrame:
-    filtered = pl.concat([df.filter(pl.col("decision") == "kept") for _, df in store.iter_tables("tables/filtered_images")])
+    filtered = pl.concat([df.filter(pl.col("decision") == "kept") for _, df in store.iter_tables("tables/filtered_images")],
+                         how="diagonal_relaxed")
+    if "filter_config" not in filtered.columns:  # batches filtered before the config was recorded
+        filtered = filtered.with_columns(pl.lit(None, dtype=pl.String).alias("filter_config"))
     raw = pl.concat([df for _, df in store.iter_tables("tables/raw_images")]).select("sha256", "source", "source_id", "licence")
     parsing = pl.concat([df for _, df in store.iter_tables("tables/human_parsing")])
-    return (filtered.select("sha256", "blob_key", "ext", "batch", "decision")
+    return (filtered.select("sha256", "blob_key", "ext", "batch", "decision", "filter_config")
             .join(raw, on="sha256").join(parsing.select("sha256", "mask_key", "parser_version"), on="sha256")
             .join(store.read_table(table_key("annotations")), on="sha256")
             .join(store.read_table(table_key("captions")).select("sha256", "groups"), on="sha256")
@@ -56,7 +60,8 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
             mask=read_mask(store.read_bytes(r["mask_key"])), attributes=json.loads(r["attributes"]),
             caption=json.loads(r["groups"]),
             provenance={"source": r["source"], "source_id": r["source_id"], "source_batch": r["batch"],
-                        "filter_decision": r["decision"], "parser_version": r["parser_version"],
+                        "filter_decision": r["decision"], "filter_config": r["filter_config"],
+                        "parser_version": r["parser_version"],
                         "annotator_version": r["annotator_version"], "annotator_round": r["annotator_round"],
                         "licence": r["licence"]})
             for r in pool.iter_rows(named=True))
@@ -76,6 +81,7 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
                   "stats": dg.MetadataValue.json(stats),
                   # added / removed / relabelled samples against the version before it (none for the first)
                   "changes": dg.MetadataValue.json(changes or {}),
+                  "lineage": dg.MetadataValue.json(dataset_lineage(store.url, version, store.storage_options)),
                   "url": dg.MetadataValue.path(store.uri(f"datasets/cosmicman-hq/{version}")),
                   "datacard": dg.MetadataValue.md(store.read_bytes(f"datasets/cosmicman-hq/{version}/DATACARD.md").decode())},
         data_version=dg.DataVersion(f"{version}-{fingerprint}"),

@@ -1,4 +1,5 @@
 """The filter chain over each sourcing batch, the fake-person head it uses, and human parsing."""
+import json
 
 import dagster as dg
 import polars as pl
@@ -36,12 +37,14 @@ def filtered_images(context: dg.AssetExecutionContext, object_store: ObjectStore
     raw = store.read_table(table_key("raw_images", batch))
     chain = filters.chain(store)
     chain.setup()
+    # recorded with every decision: the lineage of a dataset names the filter config its samples passed
+    filter_config = json.dumps({"backend": filters.backend, **filters.thresholds()}, sort_keys=True)
     rows, kept_images, progress = [], [], Progress(context.log, "filtering", len(raw))
     rejected_images: dict[str, Image.Image] = {}  # one example per rejection reason
     for i, r in enumerate(raw.iter_rows(named=True)):
         result = chain.process(store.read_bytes(r["blob_key"]))
         rows.append({"sha256": r["sha256"], "blob_key": r["blob_key"], "ext": r["ext"], "batch": batch,
-                     "decision": result.decision, "detail": result.detail,
+                     "decision": result.decision, "detail": result.detail, "filter_config": filter_config,
                      **{f"score_{k}": (float(v) if v is not None else None) for k, v in result.scores.items()}})
         if result.decision == "kept" and len(kept_images) < 12:
             kept_images.append(decode_image(store.read_bytes(r["blob_key"])))

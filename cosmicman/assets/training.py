@@ -7,6 +7,7 @@ import dagster as dg
 
 from cosmicman.assets.datasets import LATEST_KEY
 from cosmicman.data.dataset_version import shard_urls
+from cosmicman.data.lineage import model_lineage
 from cosmicman.model.run_record import summary
 from cosmicman.resources.launchers import TrainingLauncher
 from cosmicman.resources.storage import ObjectStoreResource
@@ -37,6 +38,11 @@ def model_key(data_version: str, config: dict) -> str:
     return f"models/daring_unet/{data_version}-{digest}"
 
 
+def _lineage(store, key: str) -> dg.MetadataValue:
+    """What the model was built from (sourcing batches, filter configs, label rounds, code versions)."""
+    return dg.MetadataValue.json(model_lineage(store.uri(key), store.storage_options))
+
+
 @dg.asset(deps=["cosmicman_hq"], partitions_def=training_variants, kinds={"pytorch", "diffusers"},
           group_name="training", code_version="1")
 def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, training: TrainingResource,
@@ -59,9 +65,9 @@ def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
         context.log.info(f"{key} already trained from {version} with this config: reusing it")
         reported = {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in summary(record).items()}
         return dg.MaterializeResult(metadata={**reported, "dataset_version": version, "variant": variant,
-                                              "reused": True},
+                                              "reused": True, "lineage": _lineage(store, key)},
                                     data_version=dg.DataVersion(key.rsplit("/", 1)[1]))
     result = training_launcher.launch(context, config)
     return dg.MaterializeResult(metadata={**(result.metadata or {}), "dataset_version": version, "variant": variant,
-                                          "reused": False},
+                                          "reused": False, "lineage": _lineage(store, key)},
                                 data_version=dg.DataVersion(key.rsplit("/", 1)[1]))

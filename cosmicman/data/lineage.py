@@ -1,0 +1,88 @@
+"""Lineage audit: what a dataset version or a trained model was built from.
+
+For a CosmicMan-HQ version the answer comes from its manifest, where every sample carries its provenance
+(source, sourcing batch, filter decision and the filter chain's config, parser version, annotator version
+and labelling round). For a trained model it comes from the model's ``training_run.json`` (its shard
+URLs name the dataset version; the trainer's code version and config), then the dataset's lineage. Only
+what the samples actually used is listed: a sourcing batch whose images were all rejected, or a round
+whose labels no sample carries, is not behind the model and is not named.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+
+from cosmicman.data.dataset_version import DATASETS_PREFIX, read_manifest, read_stats
+
+RUN_FILE = "training_run.json"
+_SHARD_URL = re.compile(rf"{re.escape(DATASETS_PREFIX)}/(v\d{{4,}})/shard-\d+\.tar$")
+
+
+def dataset_lineage(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Sourcing batches, sources, filter configs, parser / annotator versions and label rounds of a version."""
+    manifest = read_manifest(root, version, storage_options)
+    prov = [json.loads(p) for p in manifest["provenance_json"].to_list()]
+
+    def distinct(key: str) -> list:
+        return sorted({p[key] for p in prov if p.get(key) is not None})
+
+    stats = read_stats(root, version, storage_options)
+    return {
+        "dataset_version": version,
+        "samples": manifest.height,
+        "created_at": stats.get("created_at"),
+        "sourcing_batches": distinct("source_batch"),
+        "sources": dict(sorted(Counter(p.get("source") for p in prov).items())),
+        "filter_decisions": dict(sorted(Counter(p.get("filter_decision") for p in prov).items())),
+        "filter_configs": [json.loads(c) for c in distinct("filter_config")],
+        "parser_versions": distinct("parser_version"),
+        "annotator_versions": distinct("annotator_version"),
+        "label_rounds": distinct("annotator_round"),
+    }
+
+
+def dataset_of_shards(shard_urls: list[str]) -> tuple[str, str]:
+    """(store root URL, version) that a model's shard URLs point into."""
+    found = set()
+    for url in shard_urls:
+        m = _SHARD_URL.search(url)
+        if not m:
+            raise ValueError(f"{url} is not a CosmicMan-HQ shard URL (…/{DATASETS_PREFIX}/vNNNN/shard-N.tar)")
+        found.add((url[:m.start()].rstrip("/"), m.group(1)))
+    if len(found) != 1:
+        raise ValueError(f"the shards span {len(found)} dataset versions: {sorted(found)}")
+    return found.pop()
+
+
+def model_lineage(model_url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The model's training record (code version, variant-defining config) and its dataset's lineage."""
+    fs, path = fsspec.core.url_to_fs(model_url, **(storage_options or {}))
+    run_path = posixpath.join(path.rstrip("/"), RUN_FILE)
+    if not fs.exists(run_path):
+        raise FileNotFoundError(f"{model_url} has no {RUN_FILE}: not a published model")
+    record = json.loads(fs.cat_file(run_path))
+    root, version = dataset_of_shards(record["data"]["shards"])
+    cfg = record["config"]
+    return {
+        "model": model_url,
+        "code_versions": {"trainer": record.get("code_version")},
+        "training": {k: cfg.get(k) for k in ("pretrained", "family", "act_fn", "beta", "hola_reduction", "steps",
+                                             "seed", "lr", "resolution")},
+        "finished_at": record.get("finished_at"),
+        **dataset_lineage(root, version, storage_options),
+    }
+
+
+def lineage(store_url: str, target: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``target``: a dataset version name (``v0003``), or a model folder (URL, or key under the store)."""
+    if re.fullmatch(r"v\d{4,}", target):
+        return dataset_lineage(store_url, target, storage_options)
+    if "://" not in target and not target.startswith("/"):
+        target = f"{store_url.rstrip('/')}/{target}"
+    return model_lineage(target, storage_options)
