@@ -20,6 +20,12 @@ import polars as pl
 from cosmicman.data.imageio import sha256_hex
 
 
+def is_local(fs) -> bool:
+    """Whether an fsspec filesystem is the local disk (renames are atomic, folders must exist)."""
+    protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protos or "local" in protos
+
+
 def blob_key(sha256: str, ext: str) -> str:
     return f"blobs/{sha256[:2]}/{sha256}.{ext}"
 
@@ -38,7 +44,7 @@ class Store:
         self.storage_options = storage_options
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = root.rstrip("/")
-        self._renames = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        self._renames = is_local(fs)
 
     def path(self, key: str) -> str:
         return posixpath.join(self.root, key)

@@ -27,6 +27,7 @@ import fsspec
 import numpy as np
 import torch
 
+from cosmicman.data.store import is_local
 from cosmicman.model.distributed import DistEnv, barrier
 
 CKPT_STATE = "state.pt"
@@ -39,11 +40,6 @@ DS_TAG = "engine"
 def fs_and_path(url: str):
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path.rstrip("/")
-
-
-def is_local(fs) -> bool:
-    protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protos or "local" in protos
 
 
 def rank_file(rank: int) -> str:

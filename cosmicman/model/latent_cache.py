@@ -29,6 +29,7 @@ from typing import Any
 import fsspec
 import torch
 
+from cosmicman.data.store import is_local
 from cosmicman.model.shards import ShardDataset, collate, iter_tar_samples
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,8 @@ class LatentCache:
     def __init__(self, root_url: str, fingerprint: str) -> None:
         self.fs, root = fsspec.core.url_to_fs(root_url.rstrip("/"))
         self.root = posixpath.join(root, fingerprint)
-        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.url = self.root if proto in ("file", "local") else f"{proto}://{self.root}"
-        self._local = proto in ("file", "local")
+        self.url = self.fs.unstrip_protocol(self.root)
+        self._local = is_local(self.fs)
 
     def unit_path(self, shard_url: str) -> str:
         name = posixpath.basename(shard_url.rstrip("/")).rsplit(".", 1)[0]

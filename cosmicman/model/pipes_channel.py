@@ -17,6 +17,8 @@ from typing import IO, Any
 import fsspec
 from dagster_pipes import PipesBlobStoreMessageWriterChannel, PipesDefaultMessageWriter, PipesMessageWriterChannel
 
+from cosmicman.data.store import is_local
+
 #: bootstrap-params key holding the message prefix URL (set by the orchestrator's reader)
 MESSAGES_URL_KEY = "cosmicman_messages_url"
 
@@ -33,7 +35,7 @@ class ObjectStoreMessageWriterChannel(PipesBlobStoreMessageWriterChannel):
 
     def upload_messages_chunk(self, payload: IO, index: int) -> None:
         _, path = fsspec.core.url_to_fs(chunk_url(self.prefix, index))
-        if "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
+        if is_local(self.fs):
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         self.fs.pipe_file(path, payload.read().encode())
 

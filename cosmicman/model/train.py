@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import posixpath
 import queue
@@ -67,8 +68,9 @@ import torch.nn.functional as F
 
 from cosmicman.model.alignment import DEFAULT_TIMESTEPS, AlignmentTally, mask_mass_share
 from cosmicman.model.attention import HolaContext, cross_attention_query_counts, install_capture, uninstall_capture
-from cosmicman.model.checkpoints import (fs_and_path, is_local, list_checkpoints, load_checkpoint,
+from cosmicman.model.checkpoints import (fs_and_path, list_checkpoints, load_checkpoint,
                                          load_engine_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from cosmicman.data.store import is_local
 from cosmicman.model.components import FAMILIES, Components
 from cosmicman.model.conditioning import TextConditioner, TextConditioning, sdxl_time_ids
 from cosmicman.model.distributed import DistEnv, barrier, load_deepspeed_config
@@ -534,7 +536,7 @@ class DaringTrainer:
             means = means / self.dist.world_size
         values = torch.cat([means, gnorm.detach().float().reshape(1).to(means.device)]).tolist()  # one sync
         self._acc = []
-        if not all(map(_finite, values)):
+        if not all(map(math.isfinite, values)):
             raise NonFiniteLossError(f"non-finite loss at step {self.steps_done + 1}/{self.cfg.steps} "
                                      f"(loss={values[0]} noise={values[1]} hola={values[2]} "
                                      f"grad_norm={values[3]}; batch keys {batch['keys']}); "
@@ -619,10 +621,6 @@ class DaringTrainer:
         if self.cfg.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()
         self.unet.eval()
-
-
-def _finite(x: float) -> bool:
-    return x == x and x not in (float("inf"), float("-inf"))
 
 
 # --------------------------------------------------------------------------------------------------
