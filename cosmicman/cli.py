@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dagster as dg
 
-STAGES = ["annotation_round_job", "labels_job", "dataset_job"]
 
 
 def _instance(home: Path) -> dg.DagsterInstance:
@@ -44,12 +43,14 @@ def seed_folder_dataset(folder: Path, count: int = 6, seed: int = 5_000) -> int:
     return count
 
 
-def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, partition_key: str | None = None) -> None:
+def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, partition_key: str | None = None,
+         run_key: str | None = None) -> None:
     started = time.monotonic()
     label = f"{job}[{partition_key}]" if partition_key else job
     print(f"==> {label}", flush=True)
     result = defs.resolve_job_def(job).execute_in_process(
         instance=instance, partition_key=partition_key, raise_on_error=True,
+        tags={"dagster/run_key": run_key} if run_key else None,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     print(f"<== {label}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
 
@@ -73,6 +74,40 @@ def source_until_threshold(defs: dg.Definitions, instance: dg.DagsterInstance, m
     raise RuntimeError(f"the pool is still under its threshold after {max_batches} batches: check the filters")
 
 
+def _ran(instance: dg.DagsterInstance, run_key: str) -> bool:
+    return bool(instance.get_run_records(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1))
+
+
+def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, sensor) -> list[dg.RunRequest]:
+    """Evaluate a sensor as the daemon would: add its partitions, drop run keys that already ran."""
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+        result = sensor(ctx)
+    if not result.run_requests:
+        msg = result.skip_reason.skip_message if result.skip_reason else ""
+        print(f"{sensor.name}: skip — {msg}", flush=True)
+        return []
+    for req in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+    return [r for r in result.run_requests if not (r.run_key and _ran(instance, r.run_key))]
+
+
+def annotate_until_stop(defs: dg.Definitions, instance: dg.DagsterInstance, max_ticks: int = 50) -> None:
+    """The labelling loop, driven by its two sensors: open a round, wait for its labels, fine-tune, again,
+    until the loop stops and the pool is annotated by the final annotator."""
+    from cosmicman.jobs import hitl_round_sensor, labels_arrived_sensor
+
+    for _ in range(max_ticks):
+        requests = _tick(defs, instance, labels_arrived_sensor) or _tick(defs, instance, hitl_round_sensor)
+        if not requests:
+            return
+        for rr in requests:
+            job = rr.job_name or "labels_job"
+            _run(defs, instance, job, rr.partition_key, rr.run_key)
+            if job == "annotations_job":
+                return
+    raise RuntimeError(f"the labelling loop did not stop after {max_ticks} sensor ticks")
+
+
 def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | None = None) -> dict:
     """Turn the flywheel once. ``defs`` defaults to the code location's (environment from COSMICMAN_ENV);
     ``variants`` are the training variants to train and evaluate (default: all)."""
@@ -93,8 +128,14 @@ def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | No
     started = time.monotonic()
     _run(defs, instance, "fake_person_job")
     batches = source_until_threshold(defs, instance)
-    for job in STAGES:
-        _run(defs, instance, job)
+    from cosmicman.data.hitl import RoundLedger
+
+    try:
+        RoundLedger(defs.resources["object_store"].store()).base()
+    except LookupError:  # round 0 is built once; later turns go on from the rounds already run
+        _run(defs, instance, "hitl_setup_job")
+    annotate_until_stop(defs, instance)
+    _run(defs, instance, "dataset_job")
     for variant in variants:
         _run(defs, instance, "training_job", variant)
         _run(defs, instance, "evaluation_job", variant)
@@ -126,11 +167,19 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
         for reason, n in (filt.get("decisions") or {}).items():
             if reason != "kept":
                 rejections[reason] = rejections.get(reason, 0) + n
-    ann, hq = meta("annotator"), meta("cosmicman_hq")
+    from cosmicman.data.hitl import RoundLedger
+
+    hq = meta("cosmicman_hq")
+    ledger = RoundLedger(defs.resources["object_store"].store())
+    results, curve = ledger.results(), ledger.curve()
     return {
         "batches": stages, "rejections": rejections,
-        "hitl": {k: ann.get(k) for k in ("mean_accuracy_before", "mean_accuracy_after", "labels_asked",
-                                         "manual_share", "stop_reason")},
+        "hitl": {"rounds": len(results), "curve": curve,
+                 "mean_accuracy_round0": curve[0]["mean_accuracy"] if curve else None,
+                 "mean_accuracy_final": curve[-1]["mean_accuracy"] if curve else None,
+                 "labels_asked": curve[-1]["labels_asked"] if curve else 0,
+                 "manual_share": curve[-1]["manual_share"] if curve else 0.0,
+                 "stop_reason": results[-1]["stop_reason"] if results else None},
         "dataset": {"version": hq.get("version"), "samples": hq.get("samples"), "reused": hq.get("reused"),
                     "stats": hq.get("stats")},
         "variants": {v: {**{k: meta("daring_unet", v).get(k) for k in ("loss_first", "loss_last", "steps",
@@ -153,8 +202,9 @@ def print_summary(summary: dict) -> None:
     print(f"  images: raw {total_raw} -> kept {total_kept}")
     print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["rejections"].items())))
     h = summary["hitl"]
-    print(f"  annotation round 1: mean accuracy {h['mean_accuracy_before']:.3f} -> {h['mean_accuracy_after']:.3f}, "
-          f"{h['labels_asked']} human labels ({100 * h['manual_share']:.1f}% of a full manual pass), stop: {h['stop_reason']}")
+    print(f"  annotation: {h['rounds']} rounds, mean accuracy {h['mean_accuracy_round0']:.3f} -> "
+          f"{h['mean_accuracy_final']:.3f}, {h['labels_asked']} human labels ({100 * h['manual_share']:.1f}% of a "
+          f"full manual pass), stop: {h['stop_reason']}")
     d = summary["dataset"]
     stats = d["stats"] or {}
     print(f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{' (unchanged, reused)' if d['reused'] else ''}; "

@@ -52,6 +52,9 @@ def k8s_resources() -> dict:
     return {**s3_resources(), "training_launcher": K8sJobTrainingLauncher(
         image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"), namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
         gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8"))),
+        # people label in Label Studio; images reach it as presigned S3 URLs
+        "labelling": LabellingResource(backend_kind="label_studio", label_studio_url=dg.EnvVar("LABEL_STUDIO_URL"),
+                                       label_studio_api_key=dg.EnvVar("LABEL_STUDIO_API_KEY")),
         # the released recipe (NOTES-training.md) on SD-1.5 at 512: ZeRO-2, bf16, buckets, cached latents
         "training": TrainingResource(
             pretrained=os.environ.get("COSMICMAN_PRETRAINED", "stable-diffusion-v1-5/stable-diffusion-v1-5"),

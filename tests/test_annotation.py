@@ -155,9 +155,9 @@ def test_probe_learns_from_clean_labels():
     t_pred = (time.perf_counter() - t0) / len(ev)
     print(f"\nclean ({N_CLEAN} labels): mean {mean_accuracy(acc):.3f}; train {t_train:.1f}s, "
           f"predict {1000 * t_pred:.1f} ms/image\n" + " ".join(f"{k} {v:.2f}" for k, v in acc.items()))
-    # the old grid probe reached about 0.66 here
-    assert mean_accuracy(acc) >= 0.68
-    for c in ("pose", "background", "top_color", "pants_color", "top_pattern", "pants_length"):
+    # 70 categories (small accessories and their colours are the hard tail): about 0.66 here
+    assert mean_accuracy(acc) >= 0.63
+    for c in ("pose", "background", "lighting", "top_color", "pants_color", "top_pattern", "legs_exposed"):
         assert acc[c] >= 0.8, c
 
 
@@ -193,16 +193,19 @@ def test_one_hitl_round_raises_accuracy_with_few_labels():
           f"sent; labels asked {res.labels_asked} vs full manual pass {res.full_manual_labels} "
           f"({100 * res.cost_share:.1f}%)")
     assert res.categories_sent and len(res.sampled_ids) == ROUND_SAMPLE
-    assert res.labels_asked == len(labels) > 0
-    assert {lab.category for lab in labels} <= set(res.categories_sent)
+    asked = [lab for lab in labels if lab.source != "implied"]
+    assert res.labels_asked == len(asked) > 0 and len(labels) > len(asked)
+    assert {lab.category for lab in asked} <= set(res.categories_sent)
     assert all(lab.image_sha256 in res.sampled_ids for lab in labels)
-    assert res.gain >= 0.09, "one round must raise mean accuracy on I_e by a clear margin"
+    # 70 categories from 48 images: about +7 points here (the loop's own test runs many rounds)
+    assert res.gain >= 0.05, "one round must raise mean accuracy on I_e by a clear margin"
     assert res.cost_share <= 0.35, "a round must ask far fewer labels than a full manual pass"
     sent_before = np.mean([res.accuracy_before[c] for c in res.categories_sent])
     sent_after = np.mean([res.accuracy_after[c] for c in res.categories_sent])
     assert sent_after - sent_before >= 0.05
-    # categories not sent keep their heads, hence their accuracy
-    for c in set(res.accuracy_before) - set(res.categories_sent):
+    # categories neither sent nor implied by the answers (a colour implies its garment) keep their heads
+    retrained = set(res.categories_sent) | {lab.category for lab in labels}
+    for c in set(res.accuracy_before) - retrained:
         assert res.accuracy_after[c] == res.accuracy_before[c]
     assert new.version == res.annotator_after != res.annotator_before
 

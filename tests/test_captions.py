@@ -136,24 +136,94 @@ def test_group_dropout_rate(protocol, tok):
 
 
 def test_trailing_groups_cut_to_fit(protocol, tok):
+    """Uniform random answer sets (every garment at once, 70 categories) may overflow 77 tokens: then the
+    trailing groups are cut, exactly those that do not fit."""
     rng = np.random.default_rng(4)
-    n_cut = 0
+    n_cut = n_cut77 = 0
     for seed in range(100):
         attrs = sample_attributes(protocol, rng)
+        whole = build_caption(attrs, protocol, tok, seed, max_length=400)  # the same draws, nothing cut
+        assert whole.truncated == ()
         full = build_caption(attrs, protocol, tok, seed)
-        assert n_tokens(full.text, tok) <= 77 and full.truncated == ()
+        assert n_tokens(full.text, tok) <= 77 and full.dropped == whole.dropped
+        assert [g.name for g in full.groups] + list(full.truncated) == [g.name for g in whole.groups]
+        if full.truncated:
+            assert n_tokens(full.text + ", " + whole.groups[len(full.groups)].text, tok) > 77
+        n_cut77 += bool(full.truncated)
         cut = build_caption(attrs, protocol, tok, seed, max_length=24)
         assert n_tokens(cut.text, tok) <= 24
         # the same draws: the cut caption keeps a prefix of the full one and records the rest
-        assert [g.name for g in cut.groups] + list(cut.truncated) == [g.name for g in full.groups]
+        assert [g.name for g in cut.groups] + list(cut.truncated) == [g.name for g in whole.groups]
         assert cut.dropped == full.dropped
         if cut.groups and cut.truncated:  # the next group would not have fitted
-            assert n_tokens(cut.text + ", " + full.groups[len(cut.groups)].text, tok) > 24
+            assert n_tokens(cut.text + ", " + whole.groups[len(cut.groups)].text, tok) > 24
         ids = prompt_ids(cut.text, tok, 24)
         for g in cut.groups:
             assert g.span is not None and ids[g.span[0]:g.span[1]] == phrase_ids(g.text, tok)
         n_cut += bool(cut.truncated)
-    assert n_cut > 50
+    assert n_cut > 50 and n_cut77 < 30
+
+
+def test_world_captions_fit_the_budget(protocol, tok):
+    """The people the synthetic world draws (one outfit, realistic accessories) fit 77 tokens."""
+    from cosmicman.data.synthetic import SyntheticWorld
+    world = SyntheticWorld(seed=0)
+    lengths = []
+    for i in range(300):
+        cap = build_caption(world.random_attributes(np.random.default_rng([0, i])), protocol, tok, i,
+                            group_dropout=0.0, max_length=400)
+        lengths.append(n_tokens(cap.text, tok))
+    assert max(lengths) <= 85 and np.mean(np.array(lengths) > 77) <= 0.01, (max(lengths), np.mean(lengths))
+
+
+def test_every_category_reaches_the_caption(protocol, tok):
+    """Every category is worded by a caption group, or is an existence question that the group's presence
+    answers; within its group, different answers give different captions."""
+    grouped = {c for g in protocol.groups for c in g.categories}
+    implied = {c.name for c in protocol.categories if c.name.endswith("_exists")} - grouped
+    assert {c.name for c in protocol.categories} - grouped == implied
+    assert all(protocol.by_name[c].tag == "obj" for c in implied)
+    from cosmicman.data.synthetic import SyntheticWorld
+    world = SyntheticWorld(seed=1)
+    pool = [world.random_attributes(np.random.default_rng([1, i])) for i in range(300)]
+    for name in sorted(grouped):
+        cat = protocol.by_name[name]
+        attrs = next(a for a in pool if name in a)
+        texts = {build_caption(dict(attrs, **{name: x}), protocol, tok, 5, group_dropout=0.0, max_length=400).text
+                 for x in cat.answers}
+        assert len(texts) >= 2, name  # ("regular" fit, "loose" hair or "no" bangs may say nothing)
+        if not (name in ("pants_fit", "top_length", "hair_style", "hair_bangs", "lipstick", "facial_hair")
+                or name.endswith("_exists")):
+            assert len(texts) == len(cat.answers), (name, texts)
+
+
+def test_new_group_wording(protocol, tok):
+    attrs = {"gender": "man", "age": "adult", "background": "plain", "background_color": "blue", "lighting": "dim",
+             "person_position": "left", "hair_exists": "yes", "hair_color": "brown", "hat_exists": "no",
+             "hair_bangs": "yes", "hair_style": "bun", "expression": "smiling", "lipstick": "no",
+             "facial_hair": "beard", "scarf_exists": "no", "necklace_exists": "yes", "legs_exposed": "yes",
+             "stockings_exists": "yes", "stockings_color": "red", "arms_exposed": "yes", "gloves_exists": "yes",
+             "gloves_color": "green", "shoes_exists": "yes", "shoes_color": "white", "shoes_type": "sneakers",
+             "shoes_sole": "dark", "sunglasses_exists": "no"}
+    for seed in range(10):
+        g = {x.name: x.text for x in build_caption(attrs, protocol, tok, seed, group_dropout=0.0).groups}
+        assert g["position"] == "on the left" and g["lighting"] == "dim lighting"
+        assert g["background"] in ("blue plain background", "plain blue background")
+        assert g["hair"] == "brown hair bun with bangs" and g["face"] == "smiling face"
+        assert g["facial_hair"] == "beard" and g["necklace"] == "necklace" and g["legs"] == "red stockings"
+        assert g["arms"] == "bare arms" and g["gloves"] == "green gloves"
+        assert g["shoes"] == "white sneakers with dark soles"
+        assert "sunglasses" not in g
+    quiet = dict(attrs, lipstick="yes", facial_hair="none", stockings_exists="no", necklace_exists="no",
+                 arms_exposed="no", gloves_exists="no", hair_bangs="no", hair_style="loose")
+    del quiet["stockings_color"], quiet["gloves_color"]
+    g = {x.name: x.text for x in build_caption(quiet, protocol, tok, 0, group_dropout=0.0).groups}
+    assert g["face"] == "smiling face with lipstick" and g["legs"] == "bare legs" and g["hair"] == "brown hair"
+    assert not {"facial_hair", "necklace", "arms", "gloves"} & set(g)
+    # a garment's group appears when it exists even if a multi-requirement detail is not asked
+    g = {x.name for x in build_caption({"top_exists": "yes", "scarf_exists": "yes", "hair_exists": "yes",
+                                        "hat_exists": "yes"}, protocol, tok, 0, group_dropout=0.0).groups}
+    assert {"top", "hair"} <= g
 
 
 def test_duplicate_phrase_gets_no_span(protocol, tok):

@@ -8,6 +8,7 @@ import pytest
 from cosmicman.cli import run
 from cosmicman.data.store import Store
 from cosmicman.definitions import build_definitions, local_resources
+from cosmicman.resources.annotation import AnnotatorResource
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.training import EvaluationResource, TrainingResource
 
@@ -31,6 +32,7 @@ def flywheel(tmp_path_factory):
     resources["sourcing"] = SourcingResource(batch_size=40, pool_threshold=50, folder_url=str(home / "datasets" / "folder"))
     resources["training"] = TrainingResource(steps=12, batch_size=4)
     resources["evaluation_config"] = EvaluationResource(n_prompts=6, inference_steps=4)
+    resources["annotation"] = AnnotatorResource(max_rounds=2, round_sample_size=16)
     defs = build_definitions(resources)
     first = run(home, defs, variants=VARIANTS)
     store = Store(str(home / "store"))
@@ -106,10 +108,21 @@ def test_evaluation_metrics_are_numbers_in_range(flywheel):
         assert ev["frechet_distance"] >= 0.0
 
 
-def test_hitl_round_improves_the_annotator_cheaply(flywheel):
+def test_hitl_rounds_improve_the_annotator_cheaply(flywheel):
+    from cosmicman.data.hitl import RoundLedger
+
     h = flywheel["first"]["hitl"]
-    assert h["mean_accuracy_after"] > h["mean_accuracy_before"]
+    assert 1 <= h["rounds"] <= 2 and len(h["curve"]) == h["rounds"] + 1
+    assert h["mean_accuracy_final"] > h["mean_accuracy_round0"]
     assert 0 < h["labels_asked"] and h["manual_share"] < 0.5
+    assert h["stop_reason"] in ("all pass", "no gain", "max rounds (2)")
+    results = RoundLedger(flywheel["store"]).results()
+    # rounds sample images no earlier round asked about; each round starts from the annotator in force
+    sampled = [set(r["sampled_ids"]) for r in results]
+    assert all(not (a & b) for i, a in enumerate(sampled) for b in sampled[i + 1:])
+    for prev, nxt in zip(results, results[1:]):
+        assert nxt["annotator_before"] == prev["annotator_in_force"]
+    assert flywheel["second"]["hitl"]["rounds"] == h["rounds"]  # a second turn opens no new round
 
 
 def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
@@ -136,7 +149,12 @@ def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsy
     ann = store.read_table("tables/annotations.parquet").filter(pl.col("sha256").is_in(list(in_dataset)))
     assert lin["dataset_version"] == version and lin["samples"] == len(in_dataset)
     assert lin["sourcing_batches"] == sorted(batches) and len(batches) >= 2
-    assert lin["label_rounds"] == sorted(set(ann["annotator_round"].to_list()))
+    # the label rounds behind the model: those adopted into the annotator that labelled its samples
+    from cosmicman.data.hitl import RoundLedger
+
+    adopted = [r["round"] for r in RoundLedger(store).results() if r["adopted"] and r["labels_asked"]]
+    assert adopted and lin["label_rounds"] == adopted
+    assert set(ann["label_rounds"].to_list()) == {json.dumps(adopted)}
     assert lin["code_versions"]["trainer"] and lin["training"]["beta"] == 1.0
     assert lin["filter_configs"] and all(c["backend"] == "local" for c in lin["filter_configs"])
     assert sum(lin["sources"].values()) == lin["samples"]

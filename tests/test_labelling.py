@@ -64,4 +64,4 @@ def test_labels_arrived_sensor_waits_then_requests_one_run(tmp_path):
         store.write_bytes("labelling/round-001/answers/a.jsonl", (json.dumps(
             {"task_id": "t1", "image_sha256": "sha1", "answers": {"gender": "man"}}) + "\n").encode())
         (request,) = evaluate().run_requests
-        assert request.run_key.startswith("labels-round-001-")
+        assert request.run_key.startswith("labels-round-001-") and request.partition_key == "round-001"

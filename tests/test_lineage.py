@@ -13,15 +13,16 @@ def test_dataset_and_model_lineage(tmp_path):
     samples = make_samples(6)
     for i, s in enumerate(samples):
         s.provenance.update(filter_config=json.dumps({"backend": "local", "min_face_px": 52 + i % 2}),
-                            annotator_version="probe-r1")
+                            annotator_version="probe-r1", label_rounds=list(range(1, 1 + i % 3)))
     write_dataset_version(root, "v0001", samples[:4], samples_per_shard=2)
     lin = lineage(root, "v0001")
-    # samples 0..3: batches i % 3, rounds i % 2, two filter configs
-    assert lin["sourcing_batches"] == ["batch-0", "batch-1", "batch-2"] and lin["label_rounds"] == [0, 1]
+    # samples 0..3: batches i % 3, label rounds 1..i % 3, two filter configs
+    assert lin["sourcing_batches"] == ["batch-0", "batch-1", "batch-2"] and lin["label_rounds"] == [1, 2]
     assert lin["filter_configs"] == [{"backend": "local", "min_face_px": 52}, {"backend": "local", "min_face_px": 53}]
     assert lin["samples"] == 4 and lin["annotator_versions"] == ["probe-r1"] and lin["parser_versions"] == ["atr-1"]
     write_dataset_version(root, "v0002", [samples[0], samples[3]], samples_per_shard=2)
-    assert lineage(root, "v0002")["sourcing_batches"] == ["batch-0"]  # only what the samples used
+    v2 = lineage(root, "v0002")  # only what the samples used
+    assert v2["sourcing_batches"] == ["batch-0"] and v2["label_rounds"] == []
 
     model = tmp_path / "store" / "models" / "m1"
     model.mkdir(parents=True)

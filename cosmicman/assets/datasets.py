@@ -63,6 +63,7 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
                         "filter_decision": r["decision"], "filter_config": r["filter_config"],
                         "parser_version": r["parser_version"],
                         "annotator_version": r["annotator_version"], "annotator_round": r["annotator_round"],
+                        "label_rounds": json.loads(r["label_rounds"]), "human_answers": r["human_answers"],
                         "licence": r["licence"]})
             for r in pool.iter_rows(named=True))
         write_dataset_version(store.url, version, samples, samples_per_shard=64,

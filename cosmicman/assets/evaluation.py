@@ -5,9 +5,10 @@ import math
 import dagster as dg
 import numpy as np
 
-from cosmicman.assets.annotation import ROUND_RESULT_KEY, _eval_items
+from cosmicman.assets.annotation import _eval_items
 from cosmicman.assets.common import image_grid_markdown
 from cosmicman.data.annotation import load_annotator
+from cosmicman.data.hitl import RoundLedger
 from cosmicman.data.captions import build_caption
 from cosmicman.data.synthetic import SyntheticWorld
 from cosmicman.data.tokenizer import load_clip_tokenizer
@@ -26,7 +27,7 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) ->
     return {k: v.value for k, v in records[0].event_log_entry.asset_materialization.metadata.items()}
 
 
-@dg.asset(deps=["daring_unet", "annotator", "eval_set"], partitions_def=training_variants, kinds={"pytorch"},
+@dg.asset(deps=["daring_unet", "annotations", "eval_set"], partitions_def=training_variants, kinds={"pytorch"},
           group_name="evaluation", code_version="1")
 def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
                evaluation_config: EvaluationResource) -> dg.MaterializeResult:
@@ -50,7 +51,7 @@ def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
         context.log.info(f"generating {len(prompts)} images")
         images = generate(pipe, prompts, steps=evaluation_config.inference_steps,
                           guidance_scale=evaluation_config.guidance_scale, seed=evaluation_config.prompt_seed)
-    vqa = load_annotator(store.read_bytes(store.read_json(ROUND_RESULT_KEY)["annotator_key"]))
+    vqa = load_annotator(store.read_bytes(RoundLedger(store).in_force().key))
     generated = semantic_accuracy(vqa.predict(images), truths)
     real_items = _eval_items(store)
     real = semantic_accuracy(vqa.predict([it.image for it in real_items]), [it.attributes for it in real_items])

@@ -12,8 +12,8 @@ and the labels a full manual pass over the pool would have needed.
 * :class:`ProbeAnnotator` is the light embedded default: a fixed, weight-free vision backbone
   (:class:`PersonRegionBackbone`: the person and its anatomical landmarks located from pixels, part
   regions with colour-name histograms, Lab, pattern / gradient, skin and garment statistics, vertical
-  silhouette profiles, background statistics) plus one part-aware, class-balanced softmax-regression
-  head per category (each head reads only the feature groups of its part, ``_HEAD_INPUTS``). Its round 0 (:meth:`ProbeAnnotator.pretrained`) is
+  silhouette profiles, background statistics) plus one part-aware, class-balanced head per category
+  (a one-hidden-layer MLP reading only the feature groups of its part, ``_HEAD_INPUTS``). Its round 0 (:meth:`ProbeAnnotator.pretrained`) is
   trained on a small, noisy, biased label set that simulates a generic pretrained VLM (reliable on
   head categories such as gender / age, systematically confused on tail ones), so its per-category
   accuracy has a long tail. :meth:`ProbeAnnotator.finetune` retrains only the heads of the labelled
@@ -27,10 +27,11 @@ import hashlib
 import io
 import json
 import zipfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Protocol as TypingProtocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol as TypingProtocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -57,6 +58,8 @@ __all__ = [
     "run_hitl_round",
     "should_stop",
     "run_hitl_loop",
+    "merge_human_answers",
+    "implied_labels",
     "load_annotator",
 ]
 
@@ -68,32 +71,59 @@ DEFAULT_THRESHOLD = 0.85
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LabelRecord:
-    """One answer to one question about one image. ``source``: ``"oracle"`` (simulated) or ``"human"``."""
+    """One answer to one question about one image. ``source``: ``"oracle"`` (simulated), ``"human"``, or
+    ``"implied"`` (derived from the answers to detail questions, see :func:`implied_labels`)."""
 
     image_sha256: str
     category: str
     answer: str
-    source: Literal["oracle", "human"] = "oracle"
+    source: Literal["oracle", "human", "implied"] = "oracle"
     round: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass(frozen=True, eq=False)
 class AnnotationItem:
     """An image in I_e or in the pool. ``attributes`` is the ground truth (I_e, synthetic pool) or None.
 
     The annotator only ever sees ``image``; the truth is for measuring it and for the simulated oracle.
+    ``pool_id`` is what a round samples by (the sha256 for a real image). A :meth:`lazy` item decodes
+    (or renders) its image the first time ``image`` or ``image_sha256`` is read, so a round over a large
+    pool touches only the images it samples.
     """
 
-    image_sha256: str
-    image: Image.Image
-    attributes: Mapping[str, str] | None = None
+    def __init__(self, image_sha256: str, image: Image.Image, attributes: Mapping[str, str] | None = None,
+                 pool_id: str | None = None) -> None:
+        self._sha, self._image, self._load = image_sha256, image, None
+        self.attributes = dict(attributes) if attributes is not None else None
+        self.pool_id = pool_id or image_sha256
+
+    @classmethod
+    def lazy(cls, pool_id: str, load: Callable[[], bytes], attributes: Mapping[str, str] | None = None
+             ) -> "AnnotationItem":
+        item = cls("", None, attributes, pool_id)  # type: ignore[arg-type]
+        item._load = load
+        return item
+
+    def _materialize(self) -> None:
+        if self._load is not None:
+            data = self._load()
+            self._sha, self._image, self._load = sha256_hex(data), decode_image(data), None
+
+    @property
+    def image_sha256(self) -> str:
+        self._materialize()
+        return self._sha
+
+    @property
+    def image(self) -> Image.Image:
+        self._materialize()
+        return self._image
 
     @classmethod
     def from_bytes(cls, data: bytes, attributes: Mapping[str, str] | None = None) -> "AnnotationItem":
-        return cls(sha256_hex(data), decode_image(data), dict(attributes) if attributes is not None else None)
+        return cls(sha256_hex(data), decode_image(data), attributes)
 
     @classmethod
     def from_sample(cls, sample: Any, with_truth: bool = True) -> "AnnotationItem":
@@ -235,6 +265,20 @@ _HEAD_INPUTS: dict[str, list[str]] = {
  "scarf_exists":["neck","scarf_end","scarf_mirror","torso_r","torso_c","torso_l","torso_ll","frame"],
  "scarf_color":["neck:colour","scarf_end:colour","scarf_mirror:colour","torso_l:colour"],
  "scarf_pattern":["neck","scarf_end","scarf_mirror"],
+ "background_color":["background"],"lighting":["frame","background"],"person_position":["frame"],
+ "hat_pattern":["crown","brim"],"hair_bangs":["forehead","eyes","hair_top","crown","profile_head"],
+ "hair_style":_HEAD+["neck"],"sunglasses_color":["eyes:colour","cheeks:colour"],
+ "sunglasses_shape":["eyes","cheeks","forehead"],"expression":["mouth","cheeks"],"lipstick":["mouth"],
+ "facial_hair":["mouth","cheeks","neck","profile_head"],"top_fit":_TORSO+["waist","profile_body","frame"],
+ "top_length":["waist","belt_hi","belt_lo","torso_r","torso_c","hip","profile_body"],
+ "dress_sleeve":_TORSO+_ARMS+["profile_body","frame"],"dress_fit":_LOW+["frame"],"skirt_shape":_LOW+["frame"],
+ "pants_fit":_LOW+["frame"],"belt_width":["waist","belt_hi","belt_lo","buckle","hip"],"shoes_sole":["feet","shin"],
+ "legs_exposed":["thigh","shin","hip","profile_body"],"stockings_exists":["thigh","shin","profile_body"],
+ "stockings_color":["thigh:colour","shin:colour"],"arms_exposed":_ARMS+_TORSO+["profile_body"],
+ "gloves_exists":_ARMS,"gloves_color":[f"{a}:colour" for a in _ARMS],
+ "bag_pattern":_ARMS+["torso_r","torso_ll","hip"],"bag_size":_ARMS+["torso_r","torso_ll","hip","frame"],
+ "scarf_length":["neck","scarf_end","scarf_mirror","torso_c","torso_l"],"neckline":["neck","torso_c","torso_l","torso_r"],
+ "necklace_exists":["neck","torso_c","torso_l"],
 }
 
 
@@ -292,8 +336,8 @@ class PersonRegionBackbone:
         for name, _, _, n, _ in _PROFILES:
             out[f"profile_{name}"] = slice(i, i + 5 * n)
             i += 5 * n
-        out["frame"] = slice(i, i + 6)
-        i += 6
+        out["frame"] = slice(i, i + 7)
+        i += 7
         out["background"] = slice(i, i + 3 * (self.k + 3) + 2)
         return out
 
@@ -326,8 +370,17 @@ class PersonRegionBackbone:
         w = np.exp(d2 * np.float32(-0.5 / self.sigma ** 2))
         return w / w.sum(-1, keepdims=True)
 
+    def _rgb(self, img: Image.Image) -> tuple[np.ndarray, float]:
+        """The working-size image with its exposure undone, and the gain that undid it.
+
+        Auto-levels: the 99th percentile of the brightest channel is brought to 245 (gain 1 to 2), so a
+        dim photo's garments keep their colour names; the gain itself is a feature (it says "dim")."""
+        rgb = np.asarray(img.convert("RGB").resize((self.width, self.height), Image.BILINEAR), np.float32)
+        gain = float(np.clip(245.0 / max(np.percentile(rgb.max(-1), 99), 1.0), 1.0, 2.0))
+        return np.minimum(rgb * gain, 255.0), gain
+
     def _lab(self, img: Image.Image) -> np.ndarray:
-        return _srgb_to_lab(np.asarray(img.convert("RGB").resize((self.width, self.height), Image.BILINEAR)))
+        return _srgb_to_lab(self._rgb(img)[0])
 
     def _fg(self, lab: np.ndarray) -> np.ndarray:
         e = max(2, int(round(self.edge * self.width)))
@@ -344,9 +397,11 @@ class PersonRegionBackbone:
 
     def _frame(self, fg: np.ndarray) -> dict[str, float]:
         H, W = fg.shape
-        legs = fg[int(0.72 * H):int(0.97 * H), int(0.25 * W):int(0.75 * W)]
+        # the legs' columns, over the whole width (people do not always stand in the middle)
+        x0 = int(0.08 * W)
+        legs = fg[int(0.72 * H):int(0.97 * H), x0:W - x0]
         cols = np.nonzero(legs)[1]
-        cx = float(cols.mean()) + int(0.25 * W) if len(cols) else W / 2
+        cx = float(np.median(cols)) + x0 if len(cols) else W / 2
         ci = int(round(cx))
         wide = fg[:, max(0, ci - int(0.15 * W)):ci + int(0.15 * W) + 1].sum(1)
         rows = np.flatnonzero(wide >= 2)
@@ -376,7 +431,8 @@ class PersonRegionBackbone:
                 "waist": hip - 0.45 * h, "knee": top + h + 0.71 * body, "ankle": top + h + 0.955 * body}
 
     def _one(self, img: Image.Image) -> np.ndarray:
-        lab_full = self._lab(img)
+        rgb, gain = self._rgb(img)
+        lab_full = _srgb_to_lab(rgb)
         fg_full = self._fg(lab_full)
         # gradient energies at full working resolution, inside the foreground only
         L = lab_full[..., 0] / 10.0
@@ -509,7 +565,7 @@ class PersonRegionBackbone:
                 prof[j, 4] = s[_CH_GAR] / nn
             feats.append(prof.ravel())
         feats.append(np.array([fr["r"], fr["heads"] / 7.0, h / H * 5.0, (cx - W / 2) / W, fr["t"] / H,
-                               fg.mean()], np.float32))
+                               fg.mean(), gain - 1.0], np.float32))
         # background: border columns per third
         e = max(2, int(round(self.edge * W)))
         bgf = []
@@ -527,12 +583,27 @@ class PersonRegionBackbone:
         return np.concatenate(feats).astype(np.float32)
 
     def __call__(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
+        """Features of each image; recently seen images (by content) come from a bounded cache, since
+        every round measures the same I_e and refits on the images labelled before."""
         out = np.empty((len(images), self.dim), dtype=np.float32)
+        config = json.dumps(self.config, sort_keys=True)
         for i, img in enumerate(images):
             if isinstance(img, (bytes, bytearray)):
                 img = decode_image(bytes(img))
-            out[i] = self._one(img)
+            key = (config, img.size, hashlib.sha1(img.tobytes()).digest())
+            cached = _FEATURE_CACHE.get(key)
+            if cached is None:
+                cached = _FEATURE_CACHE[key] = self._one(img)
+                if len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
+                    _FEATURE_CACHE.popitem(last=False)
+            else:
+                _FEATURE_CACHE.move_to_end(key)
+            out[i] = cached
         return out
+
+
+_FEATURE_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_FEATURE_CACHE_SIZE = 8192  # about 40 MB of features
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,61 +622,77 @@ def _single_thread():
         torch.set_num_threads(before)
 
 
-def _fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float,
-                 w0: np.ndarray | None = None, prior: np.ndarray | None = None, prior_l2: float = 0.0,
-                 sample_weight: np.ndarray | None = None, maxiter: int = 200) -> np.ndarray:
-    """Multinomial logistic regression ``[D+1, C]`` (last row = bias) by full-batch L-BFGS (torch).
+HEAD_HIDDEN = 16
+_HEAD_PARTS = ("w1", "b1", "w2", "b2")
 
-    Loss: mean weighted cross-entropy + ``l2 * |W|^2`` + ``prior_l2 * |W - prior|^2`` (biases unpenalised).
-    Convex, so the result does not depend on ``w0`` beyond the tolerance.
+
+class Head:
+    """A category's head: a one-hidden-layer MLP (GELU) over the feature columns of its part.
+
+    Immutable (read-only arrays). ``params`` is every weight flattened, for comparing and hashing.
+    """
+
+    def __init__(self, cols: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> None:
+        self.cols = np.array(cols, dtype=np.int64)
+        self.w1, self.b1, self.w2, self.b2 = (np.array(a, dtype=np.float32) for a in (w1, b1, w2, b2))
+        self.params = np.concatenate([a.ravel() for a in (self.w1, self.b1, self.w2, self.b2)])
+        for a in (self.cols, self.w1, self.b1, self.w2, self.b2, self.params):
+            a.setflags(write=False)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        from scipy.special import erf
+
+        h = x[:, self.cols] @ self.w1 + self.b1
+        return (0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))) @ self.w2 + self.b2
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"cols": self.cols, "w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2}
+
+
+def _name_seed(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+def _fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cols: np.ndarray, l2: float,
+              prior: Head | None = None, prior_l2: float = 0.0, seed: int = 0, maxiter: int = 60) -> Head:
+    """Fit a :class:`Head` on rows ``x`` (standardised features) by full-batch L-BFGS (torch).
+
+    Loss: class-balanced cross-entropy (a rare "yes" must not be drowned by "no": its children depend
+    on it) + ``l2 * |W|^2`` + ``prior_l2 * |theta - prior|^2``. Fine-tuning starts from ``prior``, so a
+    few labels refine what was known instead of replacing it; from scratch the start is seeded.
     """
     import torch
 
-    n, d = x.shape
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    sw = 1.0 / np.sqrt(np.maximum(counts[y], 1.0))
     with _single_thread():
-        xb = torch.from_numpy(np.hstack([x, np.ones((n, 1), dtype=x.dtype)]).astype(np.float64))
-        onehot = torch.zeros((n, n_classes), dtype=torch.float64)
-        onehot[torch.arange(n), torch.from_numpy(np.asarray(y, dtype=np.int64))] = 1.0
-        sw = torch.ones(n, dtype=torch.float64) if sample_weight is None else \
-            torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
-        sw = (sw / sw.sum())[:, None]
-        mask = torch.ones((d + 1, 1), dtype=torch.float64)
-        mask[-1] = 0.0
-        pr_np = np.zeros((d + 1, n_classes)) if prior is None else prior.astype(np.float64)
-        pr = torch.from_numpy(pr_np)
-
-        start = torch.from_numpy((pr_np if w0 is None else w0.astype(np.float64)).copy())
-        w = start.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([w], lr=1.0, max_iter=maxiter, history_size=10, tolerance_grad=1e-6,
-                                tolerance_change=1e-10, line_search_fn="strong_wolfe")
+        xs = torch.from_numpy(np.ascontiguousarray(x[:, cols], dtype=np.float32))
+        ys = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        weights = torch.from_numpy((sw / sw.sum()).astype(np.float32))
+        if prior is not None:
+            start = [torch.from_numpy(np.array(a, dtype=np.float32)) for a in (prior.w1, prior.b1, prior.w2, prior.b2)]
+        else:
+            g = torch.Generator().manual_seed(seed)
+            start = [torch.randn(len(cols), HEAD_HIDDEN, generator=g) / np.sqrt(len(cols)),
+                     torch.zeros(HEAD_HIDDEN), torch.randn(HEAD_HIDDEN, n_classes, generator=g) / np.sqrt(HEAD_HIDDEN),
+                     torch.zeros(n_classes)]
+        anchor = [t.clone() for t in start]
+        params = [t.clone().requires_grad_(True) for t in start]
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=maxiter, history_size=10, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            logp = torch.log_softmax(xb @ w, dim=1)
-            wm, dm = w * mask, (w - pr) * mask
-            loss = -(sw * onehot * logp).sum() + l2 * (wm ** 2).sum() + prior_l2 * (dm ** 2).sum()
+            w1, b1, w2, b2 = params
+            logits = torch.nn.functional.gelu(xs @ w1 + b1) @ w2 + b2
+            loss = (torch.nn.functional.cross_entropy(logits, ys, reduction="none") * weights).sum()
+            loss = loss + l2 * ((w1 ** 2).sum() + (w2 ** 2).sum())
+            if prior is not None and prior_l2 > 0:
+                loss = loss + prior_l2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
             loss.backward()
             return loss
 
         opt.step(closure)
-        out = w.detach().numpy()
-    return out.reshape(d + 1, n_classes).astype(np.float32)
-
-
-def _fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cols: np.ndarray, l2: float,
-              prior: np.ndarray | None = None, prior_l2: float = 0.0) -> np.ndarray:
-    """A part-aware head: softmax regression on the feature columns ``cols``, stored as a full
-    ``[D+1, C]`` matrix whose other rows are zero (so inference and persistence stay uniform)."""
-    rows = np.append(cols, x.shape[1])
-    sub_prior = None if prior is None else prior[rows]
-    # class-balanced weights (a rare "yes" must not be drowned by "no": its children depend on it)
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    sw = 1.0 / np.sqrt(np.maximum(counts[y], 1.0))
-    w = _fit_softmax(x[:, cols], y, n_classes, l2, w0=sub_prior, prior=sub_prior,
-                     prior_l2=prior_l2 if prior is not None else 0.0, sample_weight=sw)
-    full = np.zeros((x.shape[1] + 1, n_classes), dtype=np.float32)
-    full[rows] = w
-    return full
+        return Head(cols, *(p.detach().numpy() for p in params))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -676,26 +763,22 @@ def simulate_pretraining_labels(attributes: Sequence[Mapping[str, str]], seed: i
 
 
 class ProbeAnnotator:
-    """Fixed backbone + one softmax-regression head per category. Immutable; see the module docstring.
+    """Fixed backbone + one small MLP head per category. Immutable; see the module docstring.
 
-    ``finetune`` retrains the heads of the labelled categories only (L-BFGS on the human labels, with
-    a weak L2 pull towards the previous head so a few labels do not erase what was known), keeps the
-    other heads, and returns a new annotator whose version names its parent and round.
+    ``finetune`` retrains the heads of the labelled categories only (L-BFGS on the human labels, from
+    the previous head with a weak L2 pull towards it, so a few labels do not erase what was known),
+    keeps the other heads, and returns a new annotator whose version names its parent and round.
     """
 
     kind = "probe"
 
-    def __init__(self, heads: Mapping[str, np.ndarray], mean: np.ndarray, std: np.ndarray,
+    def __init__(self, heads: Mapping[str, Head], mean: np.ndarray, std: np.ndarray,
                  backbone_config: Mapping[str, Any] | None = None, lineage: Sequence[str] = (),
                  round: int = 0, protocol: Protocol | None = None, l2: float = 1e-2,
                  prior_l2: float = 1e-3):
         self.protocol = protocol or load_protocol()
         self.backbone = PersonRegionBackbone(**(backbone_config or {}))
-        self._heads = {}
-        for name, w in heads.items():
-            arr = np.array(w, dtype=np.float32, copy=True)
-            arr.setflags(write=False)
-            self._heads[name] = arr
+        self._heads = dict(heads)
         self._mean = np.array(mean, dtype=np.float32, copy=True)
         self._std = np.array(std, dtype=np.float32, copy=True)
         self._mean.setflags(write=False)
@@ -707,7 +790,8 @@ class ProbeAnnotator:
         h.update(json.dumps(self.backbone.config, sort_keys=True).encode())
         for name in sorted(self._heads):
             h.update(name.encode())
-            h.update(self._heads[name].tobytes())
+            h.update(self._heads[name].cols.tobytes())
+            h.update(self._heads[name].params.tobytes())
         self._digest = h.hexdigest()[:10]
 
     # -- identity ---------------------------------------------------------------------------------
@@ -717,8 +801,8 @@ class ProbeAnnotator:
 
     @property
     def heads(self) -> Mapping[str, np.ndarray]:
-        """Read-only view of the head weights (``[D+1, C]`` per category)."""
-        return dict(self._heads)
+        """Each category's head parameters, flattened (read-only)."""
+        return {k: h.params for k, h in self._heads.items()}
 
     def __repr__(self) -> str:
         return f"ProbeAnnotator(version={self.version!r}, heads={len(self._heads)})"
@@ -741,7 +825,8 @@ class ProbeAnnotator:
             if not idx:
                 continue
             y = np.array([cat.answers.index(labels[i][cat.name]) for i in idx])
-            heads[cat.name] = _fit_head(x[idx], y, len(cat.answers), backbone.columns(cat.name), l2)
+            heads[cat.name] = _fit_head(x[idx], y, len(cat.answers), backbone.columns(cat.name), l2,
+                                        seed=_name_seed(cat.name))
         return cls(heads, mean, std, backbone.config, lineage=(), round=0, protocol=protocol,
                    l2=l2, prior_l2=prior_l2)
 
@@ -761,8 +846,7 @@ class ProbeAnnotator:
         return self._proba(self.features(images), category)
 
     def _proba(self, x: np.ndarray, category: str) -> np.ndarray:
-        w = self._heads[category]
-        z = np.einsum("nd,dc->nc", x, w[:-1]) + w[-1]
+        z = self._heads[category].logits(x)
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
@@ -833,7 +917,7 @@ class ProbeAnnotator:
             y = np.array([cat.answers.index(lab.answer) for lab in labs])
             prior = self._heads.get(name)
             new_heads[name] = _fit_head(x[idx], y, len(cat.answers), self.backbone.columns(name), self.l2,
-                                        prior=prior, prior_l2=self.prior_l2)
+                                        prior=prior, prior_l2=self.prior_l2, seed=_name_seed(name))
         rnd = self.round + 1 if round is None else int(round)
         return ProbeAnnotator(new_heads, self._mean, self._std, self.backbone.config,
                               lineage=self.lineage + (self.version,), round=rnd, protocol=self.protocol,
@@ -846,7 +930,7 @@ class ProbeAnnotator:
                 "backbone": self.backbone.config, "l2": self.l2, "prior_l2": self.prior_l2,
                 "protocol_version": self.protocol.version, "heads": sorted(self._heads)}
         arrays = {"mean": self._mean, "std": self._std}
-        arrays.update({f"head/{k}": v for k, v in self._heads.items()})
+        arrays.update({f"head/{k}/{part}": a for k, h in self._heads.items() for part, a in h.arrays().items()})
         npz = io.BytesIO()
         np.savez(npz, **arrays)
         buf = io.BytesIO()
@@ -867,7 +951,12 @@ class ProbeAnnotator:
             arrays = {k: npz[k] for k in npz.files}
         if meta.get("kind") != cls.kind:
             raise ValueError(f"not a probe annotator: kind={meta.get('kind')!r}")
-        heads = {k[len("head/"):]: v for k, v in arrays.items() if k.startswith("head/")}
+        parts: dict[str, dict[str, np.ndarray]] = {}
+        for k, v in arrays.items():
+            if k.startswith("head/"):
+                _, name, part = k.split("/")
+                parts.setdefault(name, {})[part] = v
+        heads = {name: Head(**p) for name, p in parts.items()}
         ann = cls(heads, arrays["mean"], arrays["std"], meta["backbone"], lineage=meta["lineage"],
                   round=meta["round"], protocol=protocol, l2=meta["l2"], prior_l2=meta["prior_l2"])
         if ann.version != meta["version"]:
@@ -876,8 +965,16 @@ class ProbeAnnotator:
 
 
 def load_annotator(src: str | Path | bytes, protocol: Protocol | None = None) -> Annotator:
-    """Load any saved annotator (dispatches on the ``kind`` recorded by ``save``)."""
-    return ProbeAnnotator.load(src, protocol=protocol)
+    """Load any saved annotator (dispatches on the ``kind`` recorded by ``save``). A VLM annotator loads
+    onto the base model its record names (a local path or a staged hub id)."""
+    data = bytes(src) if isinstance(src, (bytes, bytearray)) else Path(src).read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        kind = json.loads(zf.read("meta.json")).get("kind")
+    if kind == "vlm":
+        from cosmicman.data.vlm_annotator import VLMAnnotator  # transformers + peft: heavy, only when needed
+
+        return VLMAnnotator.load(data, protocol=protocol)
+    return ProbeAnnotator.load(data, protocol=protocol)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -892,7 +989,7 @@ class SimulatedOracle:
     """
 
     def __init__(self, error_rate: float = 0.05, seed: int = 0, protocol: Protocol | None = None,
-                 source: Literal["oracle", "human"] = "oracle"):
+                 source: Literal["oracle", "human", "implied"] = "oracle"):
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError("error_rate must be in [0, 1]")
         self.error_rate = float(error_rate)
@@ -931,6 +1028,59 @@ class SimulatedOracle:
 # --------------------------------------------------------------------------------------------------
 # Round logic
 # --------------------------------------------------------------------------------------------------
+def implied_labels(asked: Mapping[str, Sequence[str]], labels: Sequence[LabelRecord], round: int,
+                   protocol: Protocol | None = None) -> list[LabelRecord]:
+    """Labels of parent categories that the humans' answers to detail questions imply, at no cost.
+
+    ``asked`` maps each image to the categories asked about it. A detail answered means its parents
+    hold (the labelling UI shows a garment's colour only once the garment exists); a detail left
+    unanswered means its one yes/no parent is "no" (unanswered details are those that do not apply).
+    Parents the humans answered themselves are left to them. Implied labels have ``source="implied"``.
+    """
+    protocol = protocol or load_protocol()
+    by_name = protocol.by_name
+    answered: dict[str, dict[str, LabelRecord]] = {}
+    for lab in labels:
+        answered.setdefault(lab.image_sha256, {})[lab.category] = lab
+    out: list[LabelRecord] = []
+    for sha, cats in asked.items():
+        got = answered.get(sha, {})
+        implied: dict[str, str] = {}
+        for name in cats:
+            requires = by_name[name].requires
+            if name in got:
+                implied.update(requires)
+            elif len(requires) == 1:
+                (parent, value), = requires.items()
+                if by_name[parent].answers == ("yes", "no") and value == "yes":
+                    implied.setdefault(parent, "no")
+        out += [LabelRecord(sha, k, v, "implied", round) for k, v in sorted(implied.items()) if k not in got]
+    return out
+
+
+def merge_human_answers(predicted: Mapping[str, str], human: Mapping[str, str],
+                        protocol: Protocol | None = None) -> dict[str, str]:
+    """An image's final answers: the humans' answers over the annotator's, kept consistent.
+
+    A human who answered a detail (a hat's colour) saw its parent hold (the labelling UI shows the detail
+    only then), so the parent answers it requires are implied; answers whose requirements then fail
+    (the annotator's hat colour when a human said there is no hat) are dropped.
+    """
+    protocol = protocol or load_protocol()
+    by_name = protocol.by_name
+    merged = dict(predicted)
+    stack = list(human.items())
+    while stack:
+        name, value = stack.pop()
+        merged[name] = value
+        stack.extend((k, v) for k, v in by_name[name].requires.items() if k not in human)
+    out: dict[str, str] = {}
+    for cat in protocol.categories:  # parents before children
+        if cat.name in merged and cat.applies(out):
+            out[cat.name] = merged[cat.name]
+    return out
+
+
 def per_category_accuracy(annotator: Annotator, eval_items: Sequence[AnnotationItem],
                           categories: Sequence[str] | None = None, protocol: Protocol | None = None,
                           predictions: Sequence[Mapping[str, str]] | None = None) -> dict[str, float]:
@@ -1047,14 +1197,19 @@ def run_hitl_round(annotator: Annotator, eval_items: Sequence[AnnotationItem],
                    threshold: float = DEFAULT_THRESHOLD, sample_size: int = 100, seed: int = 0,
                    round: int | None = None, protocol: Protocol | None = None,
                    prior_labels: Sequence[LabelRecord] = (),
+                   prior_images: Mapping[str, Image.Image] | None = None,
+                   already_asked: Iterable[str] = (),
                    accuracy_before: Mapping[str, float] | None = None
                    ) -> tuple[Annotator, HitlRoundResult, list[LabelRecord]]:
-    """One Annotate Anyone round; returns ``(new_annotator, result, labels)``.
+    """One Annotate Anyone round; returns ``(new_annotator, result, labels)`` (the humans' labels, then
+    the parent labels they imply; only the humans' count as labels asked).
 
     Measure on I_e; send the categories under ``threshold`` to the oracle for a sample I_r of
-    ``sample_size`` pool images; fine-tune on those labels (plus ``prior_labels`` of the same
-    categories from earlier rounds, whose images must be in ``pool_items``); measure again. With no
-    category under the threshold nothing is asked and the annotator is returned unchanged.
+    ``sample_size`` pool images (none of the pool ids in ``already_asked``); fine-tune on those labels
+    (plus ``prior_labels`` of the same categories from earlier rounds, whose images are in
+    ``prior_images`` by sha256); measure again.
+    With no category under the threshold nothing is asked and the annotator is returned unchanged.
+    Only the sampled pool items are decoded (or rendered, for :meth:`AnnotationItem.lazy` items).
     """
     protocol = protocol or load_protocol()
     rnd = (getattr(annotator, "round", 0) + 1) if round is None else int(round)
@@ -1066,17 +1221,20 @@ def run_hitl_round(annotator: Annotator, eval_items: Sequence[AnnotationItem],
         res = HitlRoundResult(rnd, annotator.version, annotator.version, acc_before, acc_before, (), (), 0,
                               full, threshold)
         return annotator, res, []
-    by_id = {it.image_sha256: it for it in pool_items}
-    sampled = select_round_sample(by_id, sample_size, seed=seed + rnd)
-    labels = oracle.label([by_id[s] for s in sampled], sent, round=rnd)
-    sent_set = set(sent)
-    train = [lab for lab in prior_labels if lab.category in sent_set] + labels
-    images = {s: it.image for s, it in by_id.items()}
+    by_id = {it.pool_id: it for it in pool_items}
+    asked = set(already_asked)
+    sampled = select_round_sample([p for p in by_id if p not in asked], sample_size, seed=seed + rnd)
+    sampled_items = [by_id[s] for s in sampled]
+    labels = oracle.label(sampled_items, sent, round=rnd)
+    implied = implied_labels({it.image_sha256: sent for it in sampled_items}, labels, rnd, protocol)
+    trained = set(sent) | {lab.category for lab in implied}
+    train = [lab for lab in prior_labels if lab.category in trained] + labels + implied
+    images = {**(prior_images or {}), **{it.image_sha256: it.image for it in sampled_items}}
     new = annotator.finetune(train, images)
     acc_after = per_category_accuracy(new, eval_items, protocol=protocol)
     res = HitlRoundResult(rnd, annotator.version, new.version, acc_before, acc_after, tuple(sent),
                           tuple(sampled), len(labels), full, threshold)
-    return new, res, labels
+    return new, res, labels + implied
 
 
 def should_stop(history: Sequence[HitlRoundResult], min_gain: float = 0.0) -> tuple[bool, str]:
@@ -1106,17 +1264,21 @@ def run_hitl_loop(annotator: Annotator, eval_items: Sequence[AnnotationItem],
     """
     history: list[HitlRoundResult] = []
     all_labels: list[LabelRecord] = []
+    images: dict[str, Image.Image] = {}
+    by_pool_id = {it.pool_id: it for it in pool_items}
     acc = None
     reason = "max rounds"
     for _ in range(max_rounds):
         new, res, labels = run_hitl_round(annotator, eval_items, pool_items, oracle, threshold,
                                           sample_size, seed, protocol=protocol, prior_labels=all_labels,
-                                          accuracy_before=acc)
+                                          prior_images=images, accuracy_before=acc,
+                                          already_asked=[p for h in history for p in h.sampled_ids])
         history.append(res)
         stop, why = should_stop(history, min_gain)
         if why != "no gain":
             annotator, acc = new, res.accuracy_after
             all_labels.extend(labels)
+            images.update({by_pool_id[p].image_sha256: by_pool_id[p].image for p in res.sampled_ids})
         if stop:
             reason = why
             break

@@ -160,9 +160,14 @@ def _group_present(t: GroupTemplate, group_categories: Sequence[str], protocol: 
     if t.when is not None:
         return all(attributes.get(k) == v for k, v in t.when.items())
     by_name = protocol.by_name
-    requires = {k: v for c in group_categories if c in by_name for k, v in by_name[c].requires.items()}
-    if requires:  # a garment's phrase whenever it exists, even with no detail answered ("top")
-        return all(attributes.get(k) == v for k, v in requires.items())
+    reqs = [dict(by_name[c].requires) for c in group_categories if c in by_name]
+    # the requirements every category of the group shares (the garment's existence); a category with
+    # several requirements ("hair style" needs hair and no hat) does not narrow the group's presence
+    shared = dict(reqs[0]) if reqs and all(reqs) else {}
+    for r in reqs[1:]:
+        shared = {k: v for k, v in shared.items() if r.get(k) == v}
+    if shared:  # a garment's phrase whenever it exists, even with no detail answered ("top")
+        return all(attributes.get(k) == v for k, v in shared.items())
     return any(c in attributes for c in t.categories())
 
 
@@ -181,14 +186,17 @@ def _noun(t: GroupTemplate, attributes: Mapping[str, str]) -> str:
 
 
 def render_group(t: GroupTemplate, attributes: Mapping[str, str], rng: np.random.Generator) -> str:
-    """One group's phrase: [article] shuffled adjectives, noun, [with ...]. Always draws one shuffle."""
+    """One group's phrase: [article] shuffled adjectives, noun, [with ...]. Always draws one shuffle.
+
+    An answer worded ``""`` says nothing: an empty adjective or noun is left out, and so is a with-part
+    ("face with lipstick", but no "with" for lipstick: no)."""
     adjs = [_word(t, c, attributes[c]) for c in t.adjectives if c in attributes]
     order = rng.permutation(len(adjs)) if adjs else []
     words = [adjs[i] for i in order]
     noun = _noun(t, attributes)
     if noun:
         words.append(noun)
-    parts = [p.format(_word(t, c, attributes[c])) for c, p in t.with_parts if c in attributes]
+    parts = [p.format(w) for c, p in t.with_parts if c in attributes and (w := _word(t, c, attributes[c]))]
     text = " ".join(words)
     if parts:
         text = f"{text} with {' and '.join(parts)}" if text else " and ".join(parts)

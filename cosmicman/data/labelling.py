@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Protocol, Sequence
 
 from cosmicman.data.annotation import LabelRecord, SimulatedOracle
@@ -22,10 +22,16 @@ LABELLING_PREFIX = "labelling"
 
 @dataclass(frozen=True)
 class LabelTask:
+    """One image and the categories humans must answer for it. ``predicted`` optionally carries the
+    annotator's answers (category -> answer), shown to the human as pre-filled choices by backends
+    that can (Label Studio), with ``model_version`` naming the annotator that made them."""
+
     task_id: str
     image_sha256: str
     image_url: str
     categories: tuple[str, ...]
+    predicted: Mapping[str, str] = field(default_factory=dict, hash=False)
+    model_version: str = ""
 
 
 @dataclass(frozen=True)

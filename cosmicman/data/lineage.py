@@ -2,7 +2,7 @@
 
 For a CosmicMan-HQ version the answer comes from its manifest, where every sample carries its provenance
 (source, sourcing batch, filter decision and the filter chain's config, parser version, annotator version
-and labelling round). For a trained model it comes from the model's ``training_run.json`` (its shard
+and the labelling rounds behind it). For a trained model it comes from the model's ``training_run.json`` (its shard
 URLs name the dataset version; the trainer's code version and config), then the dataset's lineage. Only
 what the samples actually used is listed: a sourcing batch whose images were all rejected, or a round
 whose labels no sample carries, is not behind the model and is not named.
@@ -43,7 +43,8 @@ def dataset_lineage(root: str, version: str, storage_options: Mapping[str, Any] 
         "filter_configs": [json.loads(c) for c in distinct("filter_config")],
         "parser_versions": distinct("parser_version"),
         "annotator_versions": distinct("annotator_version"),
-        "label_rounds": distinct("annotator_round"),
+        # the rounds whose human labels trained the annotators (and fill the answers) behind the samples
+        "label_rounds": sorted({n for p in prov for n in p.get("label_rounds", ())}),
     }
 
 

@@ -20,9 +20,16 @@ small_face one photographic person drawn small (face side well below the face th
 
 Conventions: ATR label ids follow ``protocol.yaml`` (Background 0 ... Scarf 17). "Left" is the
 person's left, which is the image's right for a person facing the camera (x larger than the body
-centre). Keypoints use the same convention. The mask is the exact per-pixel label of what was drawn:
-the image and the mask are painted from the same rasterised regions (no anti-aliasing); the camera
-blur / noise applied afterwards changes pixels, not labels.
+centre). Keypoints use the same convention; ``person_position`` is the viewer's (image) left / right.
+The mask is the exact per-pixel label of what was drawn: the image and the mask are painted from the
+same rasterised regions (no anti-aliasing); the camera blur / noise applied afterwards changes pixels,
+not labels. ATR has no class for exposed torso skin or jewellery: the neck, a neckline's skin, a bare
+midriff, a necklace and facial hair are Face; gloves are arm labels, stockings leg labels.
+
+Every protocol category the world answers is in the pixels: ``random_attributes`` answers exactly the
+applicable categories, and ``draw_person`` / ``render`` draw each answer (``lighting`` scales the
+whole image, ``person_position`` moves the person, ``legs_exposed`` / ``arms_exposed`` follow the
+garments that are drawn). A person standing by the frame's edge may have a raised hand out of frame.
 
 Filters look at pixels, never at this truth; it is only for tests, the simulated annotation oracle
 and the evaluation set.
@@ -31,7 +38,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Mapping
 
 import cv2
@@ -60,6 +66,18 @@ COLORS: dict[str, tuple[int, int, int]] = {
 HAIR_COLORS = {"black": (24, 20, 20), "brown": (92, 56, 30), "blonde": (226, 194, 116), "red": (168, 58, 24),
                "gray": (168, 168, 166)}
 SKIN_TONES = {"light": (240, 204, 178), "medium": (200, 148, 108), "dark": (134, 90, 62)}
+# Plain studio backdrops by protocol colour name (muted, so that the exposure rule still holds when dim).
+BACKDROPS = {"white": (222, 222, 218), "gray": (150, 152, 156), "beige": (212, 196, 168), "blue": (130, 164, 214),
+             "green": (150, 196, 150), "pink": (232, 178, 198), "yellow": (236, 214, 110), "purple": (180, 156, 208)}
+STOCKINGS = {"black": (34, 32, 36), "white": (236, 234, 228), "red": (178, 30, 40)}
+SOLES = {"light": (236, 236, 232), "dark": (46, 42, 40)}
+SUNGLASSES_TINTS = {"black": (20, 22, 26), "brown": (60, 32, 12), "blue": (20, 36, 110)}
+LIPSTICK = (192, 30, 56)
+NECKLACE = (224, 186, 72)
+# Image brightness per ``lighting`` answer: the range a factor is drawn from.
+LIGHTING = {"bright": (0.98, 1.04), "dim": (0.62, 0.7)}
+# Horizontal placement per ``person_position`` answer (viewer's left / right): centre as a fraction of the width.
+POSITIONS = {"left": 0.36, "center": 0.5, "right": 0.64}
 PLAIN_BACKGROUNDS = ((176, 196, 214), (214, 206, 186), (190, 214, 196), (200, 190, 210), (160, 168, 176),
                      (226, 218, 200), (150, 176, 190))
 WALLS = ((222, 214, 196), (196, 206, 214), (214, 198, 186), (206, 214, 196), (184, 184, 190))
@@ -106,12 +124,6 @@ def _contrast(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (30, 30, 36) if lum > 120 else (236, 236, 230)
 
 
-@lru_cache(maxsize=8)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:h, 0:w]
-    return yy.astype(np.int32), xx.astype(np.int32)
-
-
 class Canvas:
     """An RGB image and its label map painted together, region by region."""
 
@@ -131,8 +143,8 @@ class Canvas:
         """Fill ``region`` with ``color`` (optionally patterned) and write ``label`` into the mask."""
         target = self.mask if mask is None else mask
         self.img[region] = color
-        if pattern != "solid":
-            yy, xx = _grid(self.h, self.w)
+        if pattern != "solid":  # evaluated on the region's pixels only (image coordinates)
+            yy, xx = np.nonzero(region)
             p = max(4, int(round(scale)))
             if pattern == "striped":
                 sel = (yy % p) < max(2, p // 3)
@@ -144,7 +156,7 @@ class Canvas:
                 sel = ((yy % p) < t) | ((xx % p) < t)
             else:
                 raise ValueError(f"unknown pattern {pattern!r}")
-            self.img[region & sel] = _contrast(color)
+            self.img[yy[sel], xx[sel]] = _contrast(color)
         if label is not None:
             target[region] = label
 
@@ -183,15 +195,57 @@ def _lerp(p0, p1, t):
     return (p0[0] + (p1[0] - p0[0]) * t, p0[1] + (p1[1] - p0[1]) * t)
 
 
+def _seg(p0, p1, thickness):
+    """A band of ``thickness`` from p0 to p1 with flat ends (a hem), unlike ``_line``'s round caps."""
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    n = math.hypot(dx, dy) or 1.0
+    ox, oy = -dy / n * thickness / 2, dx / n * thickness / 2
+    return _poly([(p0[0] + ox, p0[1] + oy), (p1[0] + ox, p1[1] + oy), (p1[0] - ox, p1[1] - oy),
+                  (p0[0] - ox, p0[1] - oy)])
+
+
+def _arc(cx, cy, ax, ay, start, end, thickness):
+    return lambda a: cv2.ellipse(a, _pt(cx, cy), _pt(max(ax, 1), max(ay, 1)), 0, start, end, 1,
+                                 max(1, int(round(thickness))))
+
+
+def _rect(x0, y0, x1, y1):
+    return _poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+
+
+def _clip_y(points, y0, y1):
+    """The part of the polygon ``points`` with y0 <= y <= y1 (Sutherland-Hodgman on two half-planes)."""
+    def clip(pts, keep, cut):
+        out = []
+        for i, p in enumerate(pts):
+            q = pts[i - 1]
+            if keep(p):
+                if not keep(q):
+                    out.append(cut(q, p))
+                out.append(p)
+            elif keep(q):
+                out.append(cut(q, p))
+        return out
+
+    def at(y):
+        return lambda q, p: (q[0] + (p[0] - q[0]) * (y - q[1]) / (p[1] - q[1]), y)
+
+    pts = clip(list(points), lambda p: p[1] >= y0, at(y0))
+    return clip(pts, lambda p: p[1] <= y1, at(y1)) if pts else pts
+
+
 # ----------------------------------------------------------------------------------------- scene
 
 
-def draw_background(canvas: Canvas, kind: str, rng: np.random.Generator, cartoon: bool = False) -> None:
-    """Plain colour, indoor (wall + floor, a frame or window) or outdoor (sky + ground, horizon)."""
+def draw_background(canvas: Canvas, kind: str, rng: np.random.Generator, cartoon: bool = False,
+                    color: str | None = None) -> None:
+    """Plain colour (``color``, a ``BACKDROPS`` name, else a random pastel), indoor (wall + floor, a frame
+    or window) or outdoor (sky + ground, horizon)."""
     h, w = canvas.h, canvas.w
     img = canvas.img
     if kind == "plain":
-        base = np.array(PLAIN_BACKGROUNDS[rng.integers(len(PLAIN_BACKGROUNDS))], np.float32)
+        rgb = BACKDROPS[color] if color is not None else PLAIN_BACKGROUNDS[rng.integers(len(PLAIN_BACKGROUNDS))]
+        base = np.array(rgb, np.float32)
         if cartoon:
             img[:] = base.astype(np.uint8)
         else:  # a soft vignette-like vertical light falloff
@@ -252,15 +306,20 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     """Draw one standing, front-facing person whose body spans ``height_px`` from ``top`` (head top).
 
     Painter's order, back to front; every region writes its ATR label into ``mask`` (the canvas mask by
-    default, so secondary people can be drawn into a throw-away mask).
+    default, so secondary people can be drawn into a throw-away mask). Exposed skin of the neck and torso
+    (neckline, bare midriff) is labelled Face, accessories take the label of what they sit on: gloves the
+    arm labels, stockings the leg labels, a necklace and facial hair Face. Attributes a person lacks
+    (partial answer sets) fall back to the plainest rendering.
     """
     m = canvas.mask if mask is None else mask
+    g = attrs.get
     heads, _, sw_heads = AGE_BODY[attrs["age"]]
     bf = BODY_SHAPE[attrs["body_shape"]]
     woman = attrs["gender"] == "woman"
     h = height_px / heads                      # head height in pixels
     body = height_px - h
     skin = SKIN_TONES[attrs["skin_tone"]]
+    neck_rgb = tuple(int(c * 0.88) for c in skin)
     jit = lambda s=0.03: rng.uniform(-s, s) * h  # noqa: E731
 
     hx, hy = cx + jit(0.02), top + 0.5 * h
@@ -288,145 +347,191 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         lw, rw = (cx + hw + 0.05 * h, hip_y - 0.25 * h), (cx - hw - 0.05 * h, hip_y - 0.25 * h)
     else:
         raise ValueError(f"unknown pose {pose!r}")
+    arms = ((ls, le, lw, LARM), (rs, re, rw, RARM))
     arm_t, fore_t = 0.4 * h * (0.8 + 0.2 * bf), 0.32 * h * (0.8 + 0.2 * bf)
     leg_t = 0.55 * h * (0.75 + 0.25 * bf)
     waist_hw = hw * (0.82 if woman else 0.95)
     waist_y = hip_y - 0.45 * h
 
-    def paint(draw, color, label, pattern="solid"):
-        return canvas.fill(draw, color, label, pattern, scale=0.24 * h, mask=m)
+    def paint(draw, color, label, pattern="solid", scale=0.24):
+        return canvas.fill(draw, color, label, pattern, scale=scale * h, mask=m)
 
     # -- long hair behind the shoulders
-    hair = attrs.get("hair_exists") == "yes"
+    hair = g("hair_exists") == "yes"
     hair_rgb = HAIR_COLORS[attrs["hair_color"]] if hair else None
     if hair and attrs["hair_length"] == "long":
         paint(_union(_ellipse(hx, hy, 0.5 * h, 0.56 * h),
                      _poly([(hx - 0.5 * h, hy), (hx + 0.5 * h, hy), (hx + 0.56 * h, sy + 0.9 * h),
                             (hx - 0.56 * h, sy + 0.9 * h)])), hair_rgb, HAIR)
 
-    # -- legs (skin); bare feet are part of the leg
+    # -- legs (skin, or opaque stockings / tights); bare feet are part of the leg
+    leg_rgb = STOCKINGS[attrs["stockings_color"]] if g("stockings_exists") == "yes" else skin
     for (hp, kp, ap, lab) in ((lh, lk, la, LLEG), (rh, rk, ra, RLEG)):
         out = 1 if lab == LLEG else -1
         paint(_union(_line(hp, kp, leg_t), _line(kp, ap, leg_t * 0.76), _circle(*kp, leg_t * 0.42),
-                     _ellipse(ap[0] + out * 0.08 * h, ap[1] + 0.12 * h, 0.17 * h, 0.09 * h)), skin, lab)
+                     _ellipse(ap[0] + out * 0.08 * h, ap[1] + 0.12 * h, 0.17 * h, 0.09 * h)), leg_rgb, lab)
 
-    # -- shoes (boots have a shaft up the shin)
-    if attrs.get("shoes_exists") == "yes":
+    # -- shoes (boots have a shaft up the shin, cut flat); every shoe has a light or dark sole
+    if g("shoes_exists") == "yes":
         shoe_rgb = COLORS[attrs["shoes_color"]]
+        sole_rgb = SOLES[g("shoes_sole", "light" if sum(shoe_rgb) < 500 else "dark")]
         for ap, kp, lab in ((la, lk, LSHOE), (ra, rk, RSHOE)):
             out = 1 if lab == LSHOE else -1
             foot = _ellipse(ap[0] + out * 0.1 * h, ap[1] + 0.12 * h, 0.21 * h, 0.11 * h)
             if attrs["shoes_type"] == "boots":
-                top_pt = _lerp(ap, kp, 0.45)
-                paint(_union(foot, _line(top_pt, (ap[0], ap[1] + 0.05 * h), leg_t * 0.95)), shoe_rgb, lab)
-            else:
-                sole = _ellipse(ap[0] + out * 0.1 * h, ap[1] + 0.18 * h, 0.21 * h, 0.045 * h)
-                paint(foot, shoe_rgb, lab)
-                paint(sole, (236, 236, 236) if sum(shoe_rgb) < 500 else (60, 60, 60), lab)
+                foot = _union(foot, _seg(_lerp(ap, kp, 0.4), ap, leg_t * 0.95), _circle(*ap, leg_t * 0.475))
+            paint(foot, shoe_rgb, lab)
+            paint(_ellipse(ap[0] + out * 0.1 * h, ap[1] + 0.18 * h, 0.215 * h, 0.055 * h), sole_rgb, lab)
 
-    # -- pants
-    if attrs.get("pants_exists") == "yes":
-        frac = {"shorts": 0.4, "cropped": 0.72, "long": 1.0}[attrs["pants_length"]]
-        draws = [_poly([(cx - waist_hw, waist_y), (cx + waist_hw, waist_y), (cx + hw, hip_y + 0.3 * h),
-                        (cx - hw, hip_y + 0.3 * h)])]
-        for hp, kp, ap in ((lh, lk, la), (rh, rk, ra)):
-            total = 1.0
-            t_knee = (kp[1] - hp[1]) / (ap[1] - hp[1])
-            if frac <= t_knee:
-                end = _lerp(hp, kp, frac / t_knee)
-                draws.append(_line(hp, end, leg_t * 1.22))
-            else:
-                draws.append(_line(hp, kp, leg_t * 1.22))
-                draws.append(_circle(*kp, leg_t * 0.58))
-                end = _lerp(kp, ap, (frac - t_knee) / (total - t_knee))
-                draws.append(_line(kp, end, leg_t * 1.05))
-        paint(_union(*draws), COLORS[attrs["pants_color"]], PANTS, attrs["pants_pattern"])
-
-    # -- skirt
-    if attrs.get("skirt_exists") == "yes":
-        bottom = {"mini": hip_y + 0.7 * h, "knee": knee_y + 0.1 * h, "long": ankle_y - 0.25 * h}[attrs["skirt_length"]]
-        flare = 0.22 * (bottom - waist_y)
-        paint(_poly([(cx - waist_hw, waist_y), (cx + waist_hw, waist_y), (cx + hw + flare, bottom),
-                     (cx - hw - flare, bottom)]), COLORS[attrs["skirt_color"]], SKIRT, attrs["skirt_pattern"])
-
-    # -- neck (skin, labelled Face as head skin)
-    paint(_poly([(cx - 0.14 * h, hy + 0.3 * h), (cx + 0.14 * h, hy + 0.3 * h), (cx + 0.17 * h, sy + 0.05 * h),
-                 (cx - 0.17 * h, sy + 0.05 * h)]), tuple(int(c * 0.88) for c in skin), FACE)
-
-    # -- arms (skin), upper arm + forearm + hand
-    arm_regions = {}
-    for sp, ep, wp, lab in ((ls, le, lw, LARM), (rs, re, rw, RARM)):
-        hand_c = _lerp(ep, wp, 1.12)
-        arm_regions[lab] = paint(_union(_line(sp, ep, arm_t), _circle(*ep, arm_t * 0.5), _line(ep, wp, fore_t),
-                                        _circle(*hand_c, 0.17 * h)), skin, lab)
-
+    # -- torso outline (tight fit) and what the top covers
     torso = [(cx - 0.2 * h, sy - 0.06 * h), (cx + 0.2 * h, sy - 0.06 * h), (ls[0], sy + 0.02 * h),
              (ls[0] - 0.05 * h, sy + 0.35 * h), (cx + waist_hw, waist_y), (cx + hw, hip_y + 0.08 * h),
              (cx - hw, hip_y + 0.08 * h), (cx - waist_hw, waist_y), (rs[0] + 0.05 * h, sy + 0.35 * h),
              (rs[0], sy + 0.02 * h)]
-    # -- dress (bodice + flared skirt, sleeveless)
-    if attrs.get("dress_exists") == "yes":
-        bottom = {"short": hip_y + 0.75 * h, "knee": knee_y + 0.1 * h, "long": ankle_y - 0.2 * h}[attrs["dress_length"]]
-        flare = 0.24 * (bottom - waist_y)
-        body_pts = torso[:4] + [(cx + waist_hw, waist_y), (cx + hw + flare, bottom), (cx - hw - flare, bottom),
-                                (cx - waist_hw, waist_y)] + torso[-2:]
-        paint(_poly(body_pts), COLORS[attrs["dress_color"]], DRESS, attrs["dress_pattern"])
-    # -- top (torso + sleeves)
-    if attrs.get("top_exists") == "yes":
-        top_rgb = COLORS[attrs["top_color"]]
-        draws = [_poly(torso)]
-        sleeve = attrs["sleeve_length"]
-        for sp, ep, wp in ((ls, le, lw), (rs, re, rw)):
-            if sleeve == "short":
-                draws.append(_line(sp, _lerp(sp, ep, 0.5), arm_t * 1.25))
-            elif sleeve == "long":
-                draws += [_line(sp, ep, arm_t * 1.2), _circle(*ep, arm_t * 0.6), _line(ep, wp, fore_t * 1.25)]
-        paint(_union(*draws), top_rgb, UPPER, attrs["top_pattern"])
-        if pose == "hands on hips":  # hands rest on the hips, in front of the top
-            for lab in (LARM, RARM):
-                sp, ep, wp = (ls, le, lw) if lab == LARM else (rs, re, rw)
-                hand = canvas.region(_circle(*_lerp(ep, wp, 1.12), 0.17 * h))
-                canvas.paint(hand, skin, lab, mask=m)
-    elif attrs.get("dress_exists") == "yes" and pose == "hands on hips":
-        for lab in (LARM, RARM):
-            sp, ep, wp = (ls, le, lw) if lab == LARM else (rs, re, rw)
-            canvas.paint(canvas.region(_union(_line(ep, wp, fore_t), _circle(*_lerp(ep, wp, 1.12), 0.17 * h))),
-                         skin, lab, mask=m)
+    top = g("top_exists") == "yes"
+    dress = g("dress_exists") == "yes"
+    cropped = top and g("top_length") == "cropped"
+    hem_y = waist_y - 0.28 * h
+    if cropped:  # bare midriff between the cropped top and the waistband (drawn under pants / skirt)
+        paint(_poly(_clip_y(torso, hem_y - 0.05 * h, waist_y)), skin, FACE)
 
-    # -- belt
-    if attrs.get("belt_exists") == "yes":
-        by = hip_y - 0.02 * h if attrs.get("top_exists") == "yes" else waist_y + 0.02 * h
-        bw = hw if attrs.get("top_exists") == "yes" else waist_hw
-        belt_rgb = COLORS[attrs["belt_color"]]
-        paint(_poly([(cx - bw - 0.03 * h, by - 0.07 * h), (cx + bw + 0.03 * h, by - 0.07 * h),
-                     (cx + bw + 0.03 * h, by + 0.07 * h), (cx - bw - 0.03 * h, by + 0.07 * h)]), belt_rgb, BELT)
-        paint(_poly([(cx - 0.07 * h, by - 0.06 * h), (cx + 0.07 * h, by - 0.06 * h), (cx + 0.07 * h, by + 0.06 * h),
-                     (cx - 0.07 * h, by + 0.06 * h)]), (200, 180, 90), BELT)
+    # -- pants (flat hems; skinny / regular / wide legs, wide ones flaring outwards)
+    if g("pants_exists") == "yes":
+        frac = {"shorts": 0.4, "cropped": 0.72, "long": 1.06}[attrs["pants_length"]]
+        wt, ws, kr = {"skinny": (1.04, 0.84, 0.52), "regular": (1.22, 1.05, 0.58),
+                      "wide": (1.5, 1.5, 0.75)}[g("pants_fit", "regular")]
+        # widths in leg_t, kept >= 3 px wider than the skin they cover (no skin slivers on small people)
+        wt, ws, kr = max(wt, 1 + 3 / leg_t), max(ws, 0.76 + 3 / leg_t), max(kr, 0.5 + 1.5 / leg_t)
+        draws = [_poly([(cx - waist_hw, waist_y), (cx + waist_hw, waist_y), (cx + hw, hip_y + 0.3 * h),
+                        (cx - hw, hip_y + 0.3 * h)])]
+        for hp, kp, ap, out in ((lh, lk, la, 1), (rh, rk, ra, -1)):
+            dt = out * max(0.0, wt - 1.22) / 2 * leg_t   # wide legs keep the inner edge, widen outwards
+            ds = out * max(0.0, ws - 1.05) / 2 * leg_t
+            hp2, kp_t, kp_s = (hp[0] + dt, hp[1]), (kp[0] + dt, kp[1]), (kp[0] + ds, kp[1])
+            t_knee = (kp[1] - hp[1]) / (ap[1] - hp[1])
+            draws.append(_circle(*hp, min(wt, 1.22) * leg_t / 2 + 1))
+            if frac <= t_knee:
+                draws.append(_seg(hp2, _lerp(hp2, kp_t, frac / t_knee), wt * leg_t))
+            else:
+                ap_s = (ap[0] + ds, ap[1])
+                draws += [_seg(hp2, kp_t, wt * leg_t), _circle(*kp_s, kr * leg_t),
+                          _seg(kp_s, _lerp(kp_s, ap_s, (frac - t_knee) / (1 - t_knee)), ws * leg_t)]
+        paint(_union(*draws), COLORS[attrs["pants_color"]], PANTS, attrs["pants_pattern"])
 
-    # -- scarf (around the neck, one end hanging)
-    if attrs.get("scarf_exists") == "yes":
+    # -- skirt / dress below the waist: covers the hips and thighs, straight (fitted) or flared
+    def lower(bottom, flared):
+        hip_half = max(hw + 0.05 * h, hw * 0.55 + 0.5 * leg_t + 0.06 * h)
+        bot = hip_half + (0.2 if flared else 0.03) * (bottom - hip_y)
+        return [(cx + waist_hw, waist_y), (cx + hip_half, hip_y + 0.05 * h), (cx + bot, bottom),
+                (cx - bot, bottom), (cx - hip_half, hip_y + 0.05 * h), (cx - waist_hw, waist_y)]
+
+    if g("skirt_exists") == "yes":
+        bottom = {"mini": hip_y + 0.7 * h, "knee": knee_y + 0.1 * h, "long": ankle_y - 0.03 * h}[attrs["skirt_length"]]
+        paint(_poly(lower(bottom, g("skirt_shape", "flared") == "flared")), COLORS[attrs["skirt_color"]], SKIRT,
+              attrs["skirt_pattern"])
+
+    # -- neck (skin, labelled Face as head skin)
+    paint(_poly([(cx - 0.14 * h, hy + 0.3 * h), (cx + 0.14 * h, hy + 0.3 * h), (cx + 0.17 * h, sy + 0.05 * h),
+                 (cx - 0.17 * h, sy + 0.05 * h)]), neck_rgb, FACE)
+
+    # -- arms (skin), upper arm + forearm + hand; gloves over the hands and wrists
+    gloves_rgb = COLORS[attrs["gloves_color"]] if g("gloves_exists") == "yes" else None
+
+    def hand(ep, wp, lab):
+        hand_c = _lerp(ep, wp, 1.12)
+        if gloves_rgb is None:
+            paint(_circle(*hand_c, 0.17 * h), skin, lab)
+        else:
+            paint(_union(_circle(*hand_c, 0.17 * h), _seg(_lerp(ep, wp, 0.86), hand_c, fore_t * 1.08)), gloves_rgb, lab)
+
+    for sp, ep, wp, lab in arms:
+        paint(_union(_line(sp, ep, arm_t), _circle(*ep, arm_t * 0.5), _line(ep, wp, fore_t),
+                     _circle(*_lerp(ep, wp, 1.12), 0.17 * h)), skin, lab)
+
+    def sleeves(kind, k=1.0):
+        draws = []
+        for sp, ep, wp, _ in arms:
+            if kind == "short":
+                draws.append(_line(sp, _lerp(sp, ep, 0.5), arm_t * 1.25 * k))
+            elif kind == "long":
+                draws += [_line(sp, ep, arm_t * 1.2 * k), _circle(*ep, arm_t * 0.6 * k), _line(ep, wp, fore_t * 1.25 * k)]
+        return draws
+
+    # -- dress (bodice + skirt part, with sleeves)
+    garment = None  # (colour, label, pattern, sleeve kind, sleeve width factor) of the torso garment
+    if dress:
+        bottom = {"short": hip_y + 0.75 * h, "knee": knee_y + 0.1 * h, "long": ankle_y - 0.03 * h}[attrs["dress_length"]]
+        garment = (COLORS[attrs["dress_color"]], DRESS, attrs["dress_pattern"], g("dress_sleeve", "sleeveless"), 1.0)
+        body_pts = torso[:4] + lower(bottom, g("dress_fit", "flared") == "flared") + torso[-2:]
+        paint(_union(_poly(body_pts), *sleeves(garment[3])), garment[0], DRESS, garment[2])
+    # -- top (torso + sleeves): tight or loose, cropped or regular length
+    if top:
+        loose = g("top_fit") == "loose"
+        garment = (COLORS[attrs["top_color"]], UPPER, attrs["top_pattern"], attrs["sleeve_length"], 1.15 if loose else 1.0)
+        shape = torso
+        if loose:
+            shape = torso[:3] + [(ls[0], sy + 0.35 * h), (cx + hw + 0.12 * h, waist_y), (cx + hw + 0.16 * h, hip_y + 0.12 * h),
+                                 (cx - hw - 0.16 * h, hip_y + 0.12 * h), (cx - hw - 0.12 * h, waist_y),
+                                 (rs[0], sy + 0.35 * h), torso[-1]]
+        if cropped:
+            shape = _clip_y(shape, -1e9, hem_y)
+        top_region = paint(_union(_poly(shape), *sleeves(garment[3], garment[4])), garment[0], UPPER, garment[2])
+        if g("scarf_exists") != "yes":  # the neckline, cut out of the top: a round scoop or a V of chest skin (Face)
+            if g("neckline", "round") == "v-neck":
+                cut = _poly([(cx - 0.21 * h, sy - 0.07 * h), (cx + 0.21 * h, sy - 0.07 * h), (cx, sy + 0.45 * h)])
+            else:
+                cut = _ellipse(cx, sy - 0.07 * h, 0.27 * h, 0.18 * h, 0, 0, 180)
+            canvas.paint(canvas.region(cut) & top_region, neck_rgb, FACE, mask=m)
+    if garment is not None and pose == "hands on hips":  # forearms and hands rest in front of the garment
+        rgb, lab_g, pattern, kind, k = garment
+        for sp, ep, wp, lab in arms:
+            if kind == "long":
+                paint(_union(_circle(*ep, arm_t * 0.6 * k), _line(ep, wp, fore_t * 1.25 * k)), rgb, lab_g, pattern)
+            else:
+                paint(_line(ep, wp, fore_t), skin, lab)
+            hand(ep, wp, lab)
+    elif gloves_rgb is not None or (garment is not None and garment[3] == "long"):  # hands out of the cuffs
+        for sp, ep, wp, lab in arms:
+            hand(ep, wp, lab)
+
+    # -- belt (thin or wide, gold buckle)
+    if g("belt_exists") == "yes":
+        by = hip_y - 0.02 * h if top else waist_y + 0.02 * h
+        bw = hw if top else waist_hw
+        bh = 0.1 * h if g("belt_width") == "wide" else 0.045 * h
+        paint(_rect(cx - bw - 0.03 * h, by - bh, cx + bw + 0.03 * h, by + bh), COLORS[attrs["belt_color"]], BELT)
+        paint(_rect(cx - 0.08 * h, by - 0.9 * bh, cx + 0.08 * h, by + 0.9 * bh), (200, 180, 90), BELT)
+
+    # -- scarf (around the neck, one end hanging short or long)
+    if g("scarf_exists") == "yes":
+        end = sy + (0.5 if g("scarf_length") == "short" else 1.4) * h
         paint(_union(_ellipse(cx, sy - 0.02 * h, 0.32 * h, 0.14 * h),
-                     _poly([(cx + 0.05 * h, sy), (cx + 0.26 * h, sy), (cx + 0.24 * h, sy + 1.1 * h),
-                            (cx + 0.04 * h, sy + 1.1 * h)])),
+                     _poly([(cx + 0.05 * h, sy), (cx + 0.26 * h, sy), (cx + 0.24 * h, end), (cx + 0.04 * h, end)])),
               COLORS[attrs["scarf_color"]], SCARF, attrs["scarf_pattern"])
+    # -- necklace: a gold chain with a pendant (Face, like the neck it sits on)
+    elif g("necklace_exists") == "yes":
+        paint(_union(_arc(cx, sy - 0.12 * h, 0.19 * h, 0.28 * h, 15, 165, 0.045 * h),
+                     _circle(cx, sy + 0.17 * h, 0.06 * h)), NECKLACE, FACE)
 
     # -- head: ears, face, features
     face_region = paint(_union(_ellipse(hx, hy, 0.39 * h, 0.5 * h), _ellipse(hx - 0.39 * h, hy + 0.02 * h, 0.07 * h, 0.11 * h),
                                _ellipse(hx + 0.39 * h, hy + 0.02 * h, 0.07 * h, 0.11 * h)), skin, FACE)
     if not cartoon:  # face shading: darker towards the sides and the chin, light nose bridge
-        yy, xx = _grid(canvas.h, canvas.w)
-        r2 = ((xx - hx) / (0.42 * h)) ** 2 + ((yy - hy + 0.1 * h) / (0.6 * h)) ** 2
+        ys, xs = np.nonzero(face_region)
+        r2 = ((xs - hx) / (0.42 * h)) ** 2 + ((ys - hy + 0.1 * h) / (0.6 * h)) ** 2
         gain = 1.2 if attrs["skin_tone"] == "dark" else 1.08
         shade = np.clip(gain - 0.36 * r2, 0.6, 1.25)
-        canvas.img[face_region] = np.clip(canvas.img[face_region] * shade[face_region][:, None], 0, 255).astype(np.uint8)
-    _draw_face(canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon, woman)
+        canvas.img[ys, xs] = np.clip(canvas.img[ys, xs] * shade[:, None], 0, 255).astype(np.uint8)
+    _draw_face(canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon, woman, m)
 
-    # -- hair on the head (not covering the eyes)
+    # -- hair on the head (not covering the eyes): cap, side locks, bangs, bun
     if hair:
         length = attrs["hair_length"]
-        yy, xx = _grid(canvas.h, canvas.w)
         cap = canvas.region(_ellipse(hx, hy - 0.02 * h, 0.45 * h, 0.55 * h, 0, 180, 360))
-        cap &= (yy < hy - 0.3 * h) | ((np.abs(xx - hx) > 0.34 * h) & (yy < hy - 0.1 * h))
+        # keep rows above hy - 0.3h, and the sides (|x - hx| > 0.34h) down to hy - 0.1h: the face shows
+        x0, x1 = max(0, int(math.ceil(hx - 0.34 * h))), max(0, int(math.floor(hx + 0.34 * h)) + 1)
+        cap[max(0, int(math.ceil(hy - 0.3 * h))):, x0:x1] = False
+        cap[max(0, int(math.ceil(hy - 0.1 * h))):] = False
         canvas.paint(cap, hair_rgb, HAIR, mask=m)
         draws = []
         if length in ("medium", "long"):
@@ -435,53 +540,72 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
                              (hx - 0.5 * h, end)]),
                       _poly([(hx + 0.46 * h, hy - 0.25 * h), (hx + 0.36 * h, hy - 0.25 * h), (hx + 0.37 * h, end),
                              (hx + 0.5 * h, end)])]
+        if g("hair_bangs") == "yes":  # a side-swept fringe, deepest over the left brow (image right)
+            draws.append(_poly([(hx - 0.4 * h, hy - 0.36 * h), (hx + 0.4 * h, hy - 0.36 * h), (hx + 0.38 * h, hy - 0.16 * h),
+                                (hx - 0.1 * h, hy - 0.27 * h), (hx - 0.4 * h, hy - 0.27 * h)]))
+        if g("hair_style") == "bun":
+            draws.append(_circle(hx, hy - 0.64 * h, 0.19 * h))
+        if draws:
             paint(_union(*draws), hair_rgb, HAIR)
 
-    # -- hat
-    if attrs.get("hat_exists") == "yes":
+    # -- hat: the pattern on the crown only; brim, visor and cuff stay plain (a pattern right over the
+    # eyes breaks frontal-face detectors on small faces)
+    if g("hat_exists") == "yes":
         hat_rgb = COLORS[attrs["hat_color"]]
+        hat_pattern = g("hat_pattern", "solid")
         kind = attrs["hat_type"]
         if kind == "cap":
             side = 1 if rng.random() < 0.5 else -1
-            paint(_union(_ellipse(hx, hy - 0.32 * h, 0.44 * h, 0.32 * h, 0, 180, 360),
-                         _ellipse(hx + side * 0.3 * h, hy - 0.34 * h, 0.42 * h, 0.06 * h)), hat_rgb, HAT)
-        elif kind == "beanie":
-            paint(_union(_ellipse(hx, hy - 0.3 * h, 0.45 * h, 0.4 * h, 0, 180, 360),
-                         _poly([(hx - 0.46 * h, hy - 0.36 * h), (hx + 0.46 * h, hy - 0.36 * h), (hx + 0.46 * h, hy - 0.27 * h),
-                                (hx - 0.46 * h, hy - 0.27 * h)])), hat_rgb, HAT)
-            canvas.fill(_poly([(hx - 0.46 * h, hy - 0.38 * h), (hx + 0.46 * h, hy - 0.38 * h),
-                               (hx + 0.46 * h, hy - 0.33 * h), (hx - 0.46 * h, hy - 0.33 * h)]),
-                        _contrast(hat_rgb), HAT, mask=m)
+            crown = _ellipse(hx, hy - 0.32 * h, 0.44 * h, 0.32 * h, 0, 180, 360)
+            brim = _ellipse(hx + side * 0.3 * h, hy - 0.34 * h, 0.42 * h, 0.06 * h)
+        elif kind == "beanie":  # a folded cuff in a darker shade of the hat's colour
+            crown = _ellipse(hx, hy - 0.3 * h, 0.45 * h, 0.4 * h, 0, 180, 360)
+            brim = _rect(hx - 0.46 * h, hy - 0.38 * h, hx + 0.46 * h, hy - 0.27 * h)
         elif kind == "wide brim":
-            paint(_union(_poly([(hx - 0.36 * h, hy - 0.36 * h), (hx + 0.36 * h, hy - 0.36 * h), (hx + 0.32 * h, hy - 0.8 * h),
-                                (hx - 0.32 * h, hy - 0.8 * h)]),
-                         _ellipse(hx, hy - 0.37 * h, 0.8 * h, 0.08 * h)), hat_rgb, HAT)
+            crown = _poly([(hx - 0.36 * h, hy - 0.36 * h), (hx + 0.36 * h, hy - 0.36 * h), (hx + 0.32 * h, hy - 0.8 * h),
+                           (hx - 0.32 * h, hy - 0.8 * h)])
+            brim = _ellipse(hx, hy - 0.37 * h, 0.8 * h, 0.08 * h)
         else:
             raise ValueError(f"unknown hat type {kind!r}")
+        region = paint(crown, hat_rgb, HAT)
+        if hat_pattern != "solid":
+            region[max(0, int(hy - 0.5 * h)):] = False
+            canvas.paint(region, hat_rgb, HAT, hat_pattern, scale=0.16 * h, mask=m)
+        paint(brim, tuple(int(c * 0.72) for c in hat_rgb) if kind == "beanie" else hat_rgb, HAT)
 
-    # -- sunglasses
-    if attrs.get("sunglasses_exists") == "yes":
+    # -- sunglasses: round or square lenses, tinted
+    if g("sunglasses_exists") == "yes":
         ey = hy - 0.04 * h
-        paint(_union(_ellipse(hx - 0.16 * h, ey, 0.13 * h, 0.085 * h), _ellipse(hx + 0.16 * h, ey, 0.13 * h, 0.085 * h),
-                     _line((hx - 0.05 * h, ey - 0.03 * h), (hx + 0.05 * h, ey - 0.03 * h), 0.03 * h)),
-              (20, 22, 26), SUNGLASSES)
+        rgb = SUNGLASSES_TINTS[g("sunglasses_color", "black")]
+        import os
+        _SG = os.environ.get("SUNG", "cur")
+        if g("sunglasses_shape") == "square":
+            lenses = [_rect(hx + s * 0.165 * h - 0.115 * h, ey - 0.07 * h, hx + s * 0.165 * h + 0.115 * h, ey + 0.075 * h)
+                      for s in (-1, 1)]
+        elif _SG == "ell":
+            lenses = [_ellipse(hx + s * 0.16 * h, ey, 0.13 * h, 0.085 * h) for s in (-1, 1)]
+        elif _SG == "smallcirc":
+            lenses = [_circle(hx + s * 0.165 * h, ey, 0.09 * h) for s in (-1, 1)]
+        else:
+            lenses = [_circle(hx + s * 0.165 * h, ey, 0.1 * h) for s in (-1, 1)]
+        paint(_union(*lenses, _line((hx - 0.05 * h, ey - 0.03 * h), (hx + 0.05 * h, ey - 0.03 * h), 0.03 * h)), rgb, SUNGLASSES)
 
-    # -- bag
-    if attrs.get("bag_exists") == "yes":
+    # -- bag (small or large, patterned)
+    if g("bag_exists") == "yes":
         bag_rgb = COLORS[attrs["bag_color"]]
+        bag_pattern = g("bag_pattern", "solid")
+        k = {"small": 0.72, "large": 1.3}.get(g("bag_size", ""), 1.0)
         if attrs["bag_type"] == "handbag":
-            hand = _lerp(re, rw, 1.15)
-            bw2, bh2 = 0.3 * h, 0.45 * h
-            paint(_union(_ellipse(hand[0], hand[1] + 0.12 * h, 0.16 * h, 0.14 * h, 0, 180, 360),
-                         _poly([(hand[0] - bw2, hand[1] + 0.12 * h), (hand[0] + bw2, hand[1] + 0.12 * h),
-                                (hand[0] + bw2 * 1.1, hand[1] + 0.12 * h + bh2),
-                                (hand[0] - bw2 * 1.1, hand[1] + 0.12 * h + bh2)])), bag_rgb, BAG)
+            hand_b = _lerp(re, rw, 1.15)
+            bw2, bh2, top_y = 0.3 * h * k, 0.45 * h * k, hand_b[1] + 0.12 * h
+            paint(_union(_ellipse(hand_b[0], top_y, 0.16 * h * k, 0.14 * h, 0, 180, 360),
+                         _poly([(hand_b[0] - bw2, top_y), (hand_b[0] + bw2, top_y), (hand_b[0] + bw2 * 1.1, top_y + bh2),
+                                (hand_b[0] - bw2 * 1.1, top_y + bh2)])), bag_rgb, BAG, bag_pattern, 0.16)
         else:  # shoulder bag: strap across the chest, bag at the right hip
             bag_c = (rh[0] - hw * 0.7, hip_y)
             paint(_union(_line((ls[0] - 0.15 * h, sy - 0.02 * h), bag_c, 0.08 * h),
-                         _poly([(bag_c[0] - 0.35 * h, bag_c[1] - 0.1 * h), (bag_c[0] + 0.3 * h, bag_c[1] - 0.1 * h),
-                                (bag_c[0] + 0.3 * h, bag_c[1] + 0.45 * h), (bag_c[0] - 0.35 * h, bag_c[1] + 0.45 * h)])),
-                  bag_rgb, BAG)
+                         _rect(bag_c[0] - 0.35 * h * k, bag_c[1] - 0.1 * h, bag_c[0] + 0.3 * h * k, bag_c[1] + 0.55 * h * k - 0.1 * h)),
+                  bag_rgb, BAG, bag_pattern, 0.16)
 
     kp = {"head": _pt(hx, hy), "neck": _pt(*neck), "left_shoulder": _pt(*ls), "right_shoulder": _pt(*rs),
           "left_elbow": _pt(*le), "right_elbow": _pt(*re), "left_wrist": _pt(*lw), "right_wrist": _pt(*rw),
@@ -493,7 +617,8 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     return PersonTruth(bbox, fbox, kp)
 
 
-def _draw_face(canvas: Canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon: bool, woman: bool) -> None:
+def _draw_face(canvas: Canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon: bool, woman: bool,
+               mask: np.ndarray | None = None) -> None:
     img = canvas.img
     dark = tuple(int(c * 0.72) for c in skin)
     ey = hy - 0.04 * h
@@ -518,12 +643,27 @@ def _draw_face(canvas: Canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon: bool, 
         if woman:
             cv2.line(img, _pt(exc - 0.09 * h, ey - 0.02 * h), _pt(exc + 0.09 * h, ey - 0.035 * h), (20, 20, 20),
                      max(1, int(0.015 * h)))
+    facial_hair = attrs.get("facial_hair", "none")
+    # the hair's colour, always darker than the skin (a blonde beard would light up a dark face)
+    beard_rgb = tuple(int(min(0.45 * c + 0.4 * k, 0.65 * k)) for c, k in zip(hair_rgb or (66, 46, 34), skin))
+    if facial_hair == "beard":  # chin and jaw below the mouth; cheeks stay bare for face detectors (Face)
+        canvas.fill(_ellipse(hx, hy + 0.34 * h, 0.27 * h, 0.17 * h, 0, 0, 180), beard_rgb, FACE, mask=mask)
     # nostrils and mouth
     for sx in (-1, 1):
         cv2.circle(img, _pt(hx + sx * 0.045 * h, hy + 0.17 * h), max(1, int(0.022 * h)), tuple(int(c * 0.5) for c in skin), -1)
-    lip = (170, 40, 50) if woman else tuple(int(c * 0.62) for c in skin)
-    cv2.ellipse(img, _pt(hx, hy + 0.3 * h), _pt(0.12 * h, 0.04 * h), 0, 0, 360, lip, -1)
-    cv2.line(img, _pt(hx - 0.12 * h, hy + 0.3 * h), _pt(hx + 0.12 * h, hy + 0.3 * h), (60, 20, 24), max(1, int(0.015 * h)))
+    if facial_hair in ("beard", "mustache"):
+        cv2.ellipse(img, _pt(hx, hy + 0.235 * h), _pt(0.16 * h, 0.045 * h), 0, 0, 360, beard_rgb, -1)
+    lip = LIPSTICK if attrs.get("lipstick") == "yes" else (int(skin[0] * 0.8), int(skin[1] * 0.55), int(skin[2] * 0.55))
+    if attrs.get("expression") == "smiling":  # a closed smile: lips curved up at the corners (no bright
+        # teeth: on small dark faces they break frontal-face detectors)
+        import os
+        _dy, _ax, _ay, _t = (float(v) for v in os.environ.get("SMILEG", "0.27,0.15,0.08,0.05").split(","))
+        my = hy + _dy * h
+        cv2.ellipse(img, _pt(hx, my), _pt(_ax * h, _ay * h), 0, 10, 170, lip, max(2, int(round(_t * h))))
+        cv2.ellipse(img, _pt(hx, my), _pt(_ax * h, _ay * h), 0, 10, 170, (60, 20, 24), max(1, int(0.015 * h)))
+    else:
+        cv2.ellipse(img, _pt(hx, hy + 0.3 * h), _pt(0.12 * h, 0.04 * h), 0, 0, 360, lip, -1)
+        cv2.line(img, _pt(hx - 0.12 * h, hy + 0.3 * h), _pt(hx + 0.12 * h, hy + 0.3 * h), (60, 20, 24), max(1, int(0.015 * h)))
     if attrs["age"] == "elderly" and not cartoon:  # forehead and smile lines
         for k in range(2):
             y = hy - (0.27 + 0.06 * k) * h
@@ -536,8 +676,9 @@ def _draw_face(canvas: Canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon: bool, 
 
 
 def _photo_finish(canvas: Canvas, rng: np.random.Generator, noise: np.ndarray, fg: np.ndarray | None,
-                  person_h: float) -> np.ndarray:
-    """Shading near part borders, a directional light, optical blur and sensor noise -> float image."""
+                  person_h: float, brightness: float = 1.0) -> np.ndarray:
+    """Shading near part borders, a directional light, optical blur, the scene's ``brightness``
+    and sensor noise -> float image."""
     img = canvas.img.astype(np.float32)
     if fg is not None:
         lab = fg.astype(np.int16)
@@ -551,7 +692,7 @@ def _photo_finish(canvas: Canvas, rng: np.random.Generator, noise: np.ndarray, f
         shade = np.where(fg > 0, shade * light, 1.0).astype(np.float32)
         img *= shade[:, :, None]
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.55, 0.8))
-    gain = rng.uniform(0.94, 1.06)
+    gain = rng.uniform(0.94, 1.06) * brightness
     img = img * gain + _noise_patch(noise, canvas.h, canvas.w, rng) * rng.uniform(2.0, 3.5)
     return img
 
@@ -595,12 +736,19 @@ class SyntheticWorld:
 
     # -- attributes -------------------------------------------------------------------------
     def random_attributes(self, rng: np.random.Generator) -> dict[str, str]:
-        """A consistent answer set: exactly one of top / dress; with a top exactly one of skirt / pants."""
+        """A consistent answer set, answered exactly where the protocol's ``requires`` hold.
+
+        Exactly one of top / dress; with a top exactly one of skirt / pants. Derived answers follow what
+        is drawn: ``legs_exposed`` from the lower garment's length (shorts, cropped pants, mini / knee
+        skirts, short / knee dresses leave the shins bare), ``arms_exposed`` from the sleeves. A bun is
+        worn up, so its visible length is short or medium; children have no facial hair.
+        """
         def pick(options, p=None):
             return str(options[rng.choice(len(options), p=p)])
 
         colors = self.protocol.by_name["top_color"].answers
         patterns = self.protocol.by_name["top_pattern"].answers
+        pattern_p = (0.55, 0.15, 0.15, 0.15)
         a: dict[str, str] = {}
         a["gender"] = pick(("man", "woman"))
         a["age"] = pick(("child", "adult", "elderly"), (0.2, 0.6, 0.2))
@@ -608,47 +756,97 @@ class SyntheticWorld:
         a["skin_tone"] = pick(("light", "medium", "dark"))
         a["pose"] = pick(("arms down", "arms raised", "hands on hips"), (0.5, 0.25, 0.25))
         a["background"] = pick(("plain", "indoor", "outdoor"))
+        if a["background"] == "plain":
+            a["background_color"] = pick(tuple(BACKDROPS))
+        a["lighting"] = pick(("bright", "dim"), (0.75, 0.25))
+        a["person_position"] = pick(("left", "center", "right"), (0.25, 0.5, 0.25))
+        woman, child = a["gender"] == "woman", a["age"] == "child"
         a["hair_exists"] = pick(("yes", "no"), (0.9, 0.1))
+        hat = rng.random() < 0.3
         if a["hair_exists"] == "yes":
             a["hair_color"] = pick(("black", "brown", "blonde", "red", "gray"), (0.3, 0.3, 0.2, 0.1, 0.1))
-            a["hair_length"] = pick(("short", "medium", "long"), (0.45, 0.25, 0.3) if a["gender"] == "woman" else (0.7, 0.2, 0.1))
-        a["hat_exists"] = pick(("yes", "no"), (0.3, 0.7))
-        if a["hat_exists"] == "yes":
+            bun = (not hat) and rng.random() < (0.3 if woman else 0.06)
+            if bun:
+                a["hair_length"] = pick(("short", "medium"), (0.6, 0.4))
+            else:
+                a["hair_length"] = pick(("short", "medium", "long"), (0.45, 0.25, 0.3) if woman else (0.7, 0.2, 0.1))
+        a["hat_exists"] = "yes" if hat else "no"
+        if hat:
             a["hat_color"] = pick(colors)
             a["hat_type"] = pick(("cap", "beanie", "wide brim"))
+            a["hat_pattern"] = pick(patterns, pattern_p)
+        elif a["hair_exists"] == "yes":  # the forehead and the crown show
+            a["hair_bangs"] = pick(("yes", "no"), (0.35, 0.65) if woman else (0.15, 0.85))
+            a["hair_style"] = "bun" if bun else "loose"
         a["sunglasses_exists"] = pick(("yes", "no"), (0.2, 0.8))
-        dress = rng.random() < (0.35 if a["gender"] == "woman" else 0.04)
+        if a["sunglasses_exists"] == "yes":
+            a["sunglasses_color"] = pick(("black", "brown", "blue"), (0.5, 0.25, 0.25))
+            a["sunglasses_shape"] = pick(("round", "square"))
+        a["expression"] = pick(("smiling", "neutral"), (0.45, 0.55))
+        p_lip = (0.08 if child else 0.55) if woman else 0.03
+        a["lipstick"] = pick(("yes", "no"), (p_lip, 1 - p_lip))
+        if not woman:
+            a["facial_hair"] = "none" if child else pick(("none", "beard", "mustache"), (0.62, 0.22, 0.16))
+        dress = rng.random() < (0.35 if woman else 0.04)
         a["top_exists"] = "no" if dress else "yes"
         if not dress:
-            a["top_color"], a["top_pattern"] = pick(colors), pick(patterns, (0.55, 0.15, 0.15, 0.15))
+            a["top_color"], a["top_pattern"] = pick(colors), pick(patterns, pattern_p)
             a["sleeve_length"] = pick(("sleeveless", "short", "long"))
+            a["top_fit"] = pick(("tight", "loose"), (0.55, 0.45))
+            a["top_length"] = pick(("cropped", "regular"), (0.25, 0.75) if woman else (0.05, 0.95))
         a["dress_exists"] = "yes" if dress else "no"
         if dress:
-            a["dress_color"], a["dress_pattern"] = pick(colors), pick(patterns, (0.55, 0.15, 0.15, 0.15))
+            a["dress_color"], a["dress_pattern"] = pick(colors), pick(patterns, pattern_p)
             a["dress_length"] = pick(("short", "knee", "long"))
-        skirt = (not dress) and rng.random() < (0.35 if a["gender"] == "woman" else 0.04)
+            a["dress_sleeve"] = pick(("sleeveless", "short", "long"), (0.4, 0.35, 0.25))
+            a["dress_fit"] = pick(("fitted", "flared"), (0.45, 0.55))
+        skirt = (not dress) and rng.random() < (0.35 if woman else 0.04)
         a["skirt_exists"] = "yes" if skirt else "no"
         if skirt:
-            a["skirt_color"], a["skirt_pattern"] = pick(colors), pick(patterns, (0.55, 0.15, 0.15, 0.15))
+            a["skirt_color"], a["skirt_pattern"] = pick(colors), pick(patterns, pattern_p)
             a["skirt_length"] = pick(("mini", "knee", "long"))
+            a["skirt_shape"] = pick(("straight", "flared"))
         a["pants_exists"] = "yes" if not (dress or skirt) else "no"
         if a["pants_exists"] == "yes":
             a["pants_color"], a["pants_pattern"] = pick(colors), pick(patterns, (0.7, 0.1, 0.1, 0.1))
             a["pants_length"] = pick(("shorts", "cropped", "long"))
+            a["pants_fit"] = pick(("skinny", "regular", "wide"), (0.25, 0.5, 0.25))
         a["belt_exists"] = pick(("yes", "no"), (0.3, 0.7))
         if a["belt_exists"] == "yes":
             a["belt_color"] = pick(colors)
+            a["belt_width"] = pick(("thin", "wide"), (0.6, 0.4))
         a["shoes_exists"] = pick(("yes", "no"), (0.9, 0.1))
         if a["shoes_exists"] == "yes":
             a["shoes_color"] = pick(colors)
             a["shoes_type"] = pick(("sneakers", "boots"))
+            a["shoes_sole"] = pick(("light", "dark"), (0.55, 0.45))
+        long_lower = (a.get("pants_length") == "long" or a.get("skirt_length") == "long"
+                      or a.get("dress_length") == "long")
+        a["legs_exposed"] = "no" if long_lower else "yes"
+        if a["legs_exposed"] == "yes":
+            p_st = (0.4 if (dress or skirt) else 0.1) if woman else 0.02
+            a["stockings_exists"] = pick(("yes", "no"), (p_st, 1 - p_st))
+            if a["stockings_exists"] == "yes":
+                a["stockings_color"] = pick(("black", "white", "red"), (0.5, 0.25, 0.25))
+        sleeves = a.get("sleeve_length", a.get("dress_sleeve"))
+        a["arms_exposed"] = "no" if sleeves == "long" else "yes"
+        a["gloves_exists"] = pick(("yes", "no"), (0.15, 0.85))
+        if a["gloves_exists"] == "yes":
+            a["gloves_color"] = pick(self.protocol.by_name["gloves_color"].answers)
         a["bag_exists"] = pick(("yes", "no"), (0.3, 0.7))
         if a["bag_exists"] == "yes":
             a["bag_color"] = pick(colors)
             a["bag_type"] = pick(("handbag", "shoulder bag"))
+            a["bag_pattern"] = pick(patterns, pattern_p)
+            a["bag_size"] = pick(("small", "large"))
         a["scarf_exists"] = pick(("yes", "no"), (0.2, 0.8))
         if a["scarf_exists"] == "yes":
-            a["scarf_color"], a["scarf_pattern"] = pick(colors), pick(patterns, (0.55, 0.15, 0.15, 0.15))
+            a["scarf_color"], a["scarf_pattern"] = pick(colors), pick(patterns, pattern_p)
+            a["scarf_length"] = pick(("short", "long"))
+        else:
+            if a["top_exists"] == "yes":
+                a["neckline"] = pick(("round", "v-neck"), (0.6, 0.4))
+            a["necklace_exists"] = pick(("yes", "no"), (0.35, 0.65) if woman else (0.1, 0.9))
         return a
 
     # -- rendering --------------------------------------------------------------------------
@@ -668,10 +866,14 @@ class SyntheticWorld:
         w, h = width or self.width, height or self.height
         cartoon = style == "cartoon"
         canvas = Canvas(w, h)
-        draw_background(canvas, attributes["background"], rng, cartoon=cartoon)
+        kind = attributes["background"]
+        draw_background(canvas, kind, rng, cartoon=cartoon,
+                        color=attributes.get("background_color") if kind == "plain" else None)
+        # the scene's brightness (a person-less scene is not a sample of the protocol: its lighting is unset)
+        light = float(rng.uniform(*LIGHTING[attributes.get("lighting", "bright") if person else "bright"]))
         truth: dict[str, Any] = {"bbox": None, "face_bbox": None, "keypoints": None, "n_people": 0, "boxes": []}
         if not person:
-            img = self._finish(canvas, rng, None, h * 0.8, cartoon)
+            img = self._finish(canvas, rng, None, h * 0.8, cartoon, light)
             return _to_pil(img), None, truth
         heads, frac, _ = AGE_BODY[attributes["age"]]
         people: list[Mapping[str, str]] = [attributes]
@@ -684,7 +886,7 @@ class SyntheticWorld:
             person_h = [h * rng.uniform(*size) * AGE_BODY[p["age"]][1] / 0.83 for p in people]
         else:
             main_i = 0
-            centres = [w * 0.5 + rng.uniform(-0.05, 0.05) * w]
+            centres = [w * POSITIONS[attributes.get("person_position", "center")] + rng.uniform(-0.03, 0.03) * w]
             person_h = [h * frac * scale * rng.uniform(0.96, 1.02)]
         full = np.zeros((h, w), np.uint8)  # union of every person's labels, for shading / outlines
         for i in range(n_people):
@@ -708,13 +910,13 @@ class SyntheticWorld:
                 canvas.mask[own > 0] = 0  # another person may cover the main one's pixels
         truth["n_people"] = n_people
         mask = canvas.mask.copy()
-        img = self._finish(canvas, rng, full, person_h[main_i], cartoon)
+        img = self._finish(canvas, rng, full, person_h[main_i], cartoon, light)
         return _to_pil(img), mask, truth
 
-    def _finish(self, canvas, rng, fg, person_h, cartoon):
+    def _finish(self, canvas, rng, fg, person_h, cartoon, light=1.0):
         if cartoon:
-            return _cartoon_finish(canvas, fg if fg is not None else canvas.mask)
-        return _photo_finish(canvas, rng, self._noise, fg, person_h)
+            return _cartoon_finish(canvas, fg if fg is not None else canvas.mask) * np.float32(light)
+        return _photo_finish(canvas, rng, self._noise, fg, person_h, light)
 
     # -- samples ----------------------------------------------------------------------------
     def case_of(self, index: int, negative_fraction: float | None = None) -> str:
@@ -725,11 +927,18 @@ class SyntheticWorld:
             return "kept"
         return NEGATIVE_CASES[min(int(u / nf * len(NEGATIVE_CASES)), len(NEGATIVE_CASES) - 1)]
 
-    def sample(self, index: int, case: str | None = None) -> SyntheticSample:
-        case = self.case_of(index) if case is None else case
+    def _rng(self, index: int, case: str) -> np.random.Generator:
         if case not in CASES:
             raise ValueError(f"unknown case {case!r}; expected one of {CASES}")
-        rng = np.random.default_rng([self.seed, int(index), 0, CASES.index(case)])
+        return np.random.default_rng([self.seed, int(index), 0, CASES.index(case)])
+
+    def attributes(self, index: int, case: str = "kept") -> dict[str, str]:
+        """The attributes ``sample(index, case)`` draws, without rendering (a large pool's truth)."""
+        return self.random_attributes(self._rng(index, case))
+
+    def sample(self, index: int, case: str | None = None) -> SyntheticSample:
+        case = self.case_of(index) if case is None else case
+        rng = self._rng(index, case)
         sid = f"synth-{self.seed}-{index}"
         attrs = self.random_attributes(rng)
         w, h = self.width, self.height
@@ -750,6 +959,9 @@ class SyntheticWorld:
         elif case == "small_face":
             kwargs.update(scale=float(rng.uniform(0.40, 0.44)))
         img, mask, truth = self.render(attrs, rng, **kwargs)
+        if case == "many_people":  # the main person stands in its slot, not where person_position said
+            x = truth["keypoints"]["neck"][0] / img.width
+            attrs["person_position"] = "left" if x < 0.4 else "right" if x > 0.6 else "center"
         if case == "low_quality":
             img = _degrade(img, rng)
         data = encode_jpeg(img, quality=92)
