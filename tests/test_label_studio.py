@@ -33,6 +33,7 @@ from cosmicman.data.label_studio import (
 from cosmicman.data.labelling import LabelTask
 from cosmicman.data.protocol import load_protocol
 from cosmicman.data.store import Store
+from tests.servers import free_port, wait_until_serving
 
 # label-studio-sdk 2.0's own pydantic models still use pydantic-1 style config and validators
 pytestmark = pytest.mark.filterwarnings("ignore::pydantic.PydanticDeprecatedSince20")
@@ -185,12 +186,6 @@ def test_unreachable_server_and_missing_settings_fail_with_one_line_naming_the_u
 # --------------------------------------------------------------------------------------------------
 # A real server
 # --------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ensure_venv() -> Path:
     if not (LS_VENV / f".installed-label-studio-{LS_VERSION}").exists():  # CI builds it before pytest
         subprocess.run(["bash", str(REPO / ".ci" / "label_studio_venv.sh"), str(LS_VENV)], check=True, timeout=1200)
@@ -208,7 +203,7 @@ def label_studio(tmp_path_factory):
     template = venv / "template-data" / "label_studio.sqlite3"
     if template.exists():  # migrated once by the venv script: start in seconds, not a minute
         shutil.copy(template, data / "label_studio.sqlite3")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     token = "cm" + secrets.token_hex(16)
     env = {**os.environ,
@@ -232,19 +227,8 @@ def label_studio(tmp_path_factory):
                                 cwd=base, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        deadline = time.monotonic() + (90 if template.exists() else 240)
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"label-studio exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"label-studio not healthy at {url}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_serving(url + "/health", proc, 90 if template.exists() else 240, "label-studio",
+                           lambda: log_path.read_text()[-3000:])
         yield {"url": url, "token": token, "files": files}
     finally:  # the whole process group: label-studio and anything it started
         for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):

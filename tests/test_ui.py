@@ -2,43 +2,23 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, wait_until_serving
 
 pytestmark = pytest.mark.ui
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dagster dev exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/server_info", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"dagster dev not ready at {url} after {timeout}s")
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_dagster_ui_shows_the_asset_graph(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "COSMICMAN_HOME": str(tmp_path / "home")}
     (tmp_path / "dagster").mkdir()
     # The README's command, in its own process group so stopping it stops its code server too.
@@ -47,7 +27,7 @@ def test_dagster_ui_shows_the_asset_graph(tmp_path):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc)
+        wait_until_serving(url + "/server_info", proc, 120.0, "dagster dev")
         found = ""
         for _ in range(3):  # the code server may still be loading the location on the first try
             page = subprocess.run(

@@ -851,27 +851,13 @@ class ProbeAnnotator:
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
 
-    def _needed(self, categories: Iterable[str]) -> list[Category]:
-        by_name = self.protocol.by_name
-        need: set[str] = set()
-        stack = list(categories)
-        while stack:
-            name = stack.pop()
-            if name not in by_name:
-                raise KeyError(f"unknown category {name!r}")
-            if name not in need:
-                need.add(name)
-                stack.extend(by_name[name].requires)
-        # protocol order has parents before children
-        return [c for c in self.protocol.categories if c.name in need]
-
     def predict(self, images: Sequence[Image.Image | bytes], categories: Sequence[str] | None = None
                 ) -> list[dict[str, str]]:
         categories = [c.name for c in self.protocol.categories] if categories is None else list(categories)
         if not len(images):
             return []
         x = self.features(images)
-        needed = self._needed(categories)
+        needed = self.protocol.with_parents(categories)
         answers: dict[str, np.ndarray] = {}
         for cat in needed:
             if cat.name in self._heads:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Iterable, Literal, Mapping
 
 import yaml
 
@@ -47,6 +47,20 @@ class Protocol:
     @property
     def by_name(self) -> dict[str, Category]:
         return {c.name: c for c in self.categories}
+
+    def with_parents(self, names: Iterable[str]) -> list[Category]:
+        """The named categories and every category they require, in protocol order (parents first)."""
+        by_name = self.by_name
+        need: set[str] = set()
+        stack = list(names)
+        while stack:
+            name = stack.pop()
+            if name not in by_name:
+                raise KeyError(f"unknown category {name!r}")
+            if name not in need:
+                need.add(name)
+                stack.extend(by_name[name].requires)
+        return [c for c in self.categories if c.name in need]
 
     def applicable(self, attributes: Mapping[str, str]) -> list[Category]:
         return [c for c in self.categories if c.applies(attributes)]

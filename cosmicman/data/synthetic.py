@@ -71,7 +71,7 @@ BACKDROPS = {"white": (222, 222, 218), "gray": (150, 152, 156), "beige": (212, 1
              "green": (150, 196, 150), "pink": (232, 178, 198), "yellow": (236, 214, 110), "purple": (180, 156, 208)}
 STOCKINGS = {"black": (34, 32, 36), "white": (236, 234, 228), "red": (178, 30, 40)}
 SOLES = {"light": (236, 236, 232), "dark": (46, 42, 40)}
-SUNGLASSES_TINTS = {"black": (20, 22, 26), "brown": (60, 32, 12), "blue": (20, 36, 110)}
+SUNGLASSES_TINTS = {"black": (20, 22, 26), "brown": (90, 50, 18), "blue": (22, 40, 120)}
 LIPSTICK = (192, 30, 56)
 NECKLACE = (224, 186, 72)
 # Image brightness per ``lighting`` answer: the range a factor is drawn from.
@@ -470,9 +470,9 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         garment = (COLORS[attrs["top_color"]], UPPER, attrs["top_pattern"], attrs["sleeve_length"], 1.15 if loose else 1.0)
         shape = torso
         if loose:
-            shape = torso[:3] + [(ls[0], sy + 0.35 * h), (cx + hw + 0.12 * h, waist_y), (cx + hw + 0.16 * h, hip_y + 0.12 * h),
-                                 (cx - hw - 0.16 * h, hip_y + 0.12 * h), (cx - hw - 0.12 * h, waist_y),
-                                 (rs[0], sy + 0.35 * h), torso[-1]]
+            shape = torso[:3] + [(ls[0], sy + 0.35 * h), (cx + hw + 0.12 * h, waist_y),
+                                 (cx + hw + 0.16 * h, hip_y + 0.12 * h), (cx - hw - 0.16 * h, hip_y + 0.12 * h),
+                                 (cx - hw - 0.12 * h, waist_y), (rs[0], sy + 0.35 * h), torso[-1]]
         if cropped:
             shape = _clip_y(shape, -1e9, hem_y)
         top_region = paint(_union(_poly(shape), *sleeves(garment[3], garment[4])), garment[0], UPPER, garment[2])
@@ -577,18 +577,13 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     if g("sunglasses_exists") == "yes":
         ey = hy - 0.04 * h
         rgb = SUNGLASSES_TINTS[g("sunglasses_color", "black")]
-        import os
-        _SG = os.environ.get("SUNG", "cur")
         if g("sunglasses_shape") == "square":
             lenses = [_rect(hx + s * 0.165 * h - 0.115 * h, ey - 0.07 * h, hx + s * 0.165 * h + 0.115 * h, ey + 0.075 * h)
                       for s in (-1, 1)]
-        elif _SG == "ell":
-            lenses = [_ellipse(hx + s * 0.16 * h, ey, 0.13 * h, 0.085 * h) for s in (-1, 1)]
-        elif _SG == "smallcirc":
-            lenses = [_circle(hx + s * 0.165 * h, ey, 0.09 * h) for s in (-1, 1)]
         else:
             lenses = [_circle(hx + s * 0.165 * h, ey, 0.1 * h) for s in (-1, 1)]
-        paint(_union(*lenses, _line((hx - 0.05 * h, ey - 0.03 * h), (hx + 0.05 * h, ey - 0.03 * h), 0.03 * h)), rgb, SUNGLASSES)
+        bridge = _line((hx - 0.05 * h, ey - 0.03 * h), (hx + 0.05 * h, ey - 0.03 * h), 0.03 * h)
+        paint(_union(*lenses, bridge), rgb, SUNGLASSES)
 
     # -- bag (small or large, patterned)
     if g("bag_exists") == "yes":
@@ -604,7 +599,8 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         else:  # shoulder bag: strap across the chest, bag at the right hip
             bag_c = (rh[0] - hw * 0.7, hip_y)
             paint(_union(_line((ls[0] - 0.15 * h, sy - 0.02 * h), bag_c, 0.08 * h),
-                         _rect(bag_c[0] - 0.35 * h * k, bag_c[1] - 0.1 * h, bag_c[0] + 0.3 * h * k, bag_c[1] + 0.55 * h * k - 0.1 * h)),
+                         _rect(bag_c[0] - 0.35 * h * k, bag_c[1] - 0.1 * h,
+                               bag_c[0] + 0.3 * h * k, bag_c[1] + (0.55 * k - 0.1) * h)),
                   bag_rgb, BAG, bag_pattern, 0.16)
 
     kp = {"head": _pt(hx, hy), "neck": _pt(*neck), "left_shoulder": _pt(*ls), "right_shoulder": _pt(*rs),
@@ -654,13 +650,14 @@ def _draw_face(canvas: Canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon: bool, 
     if facial_hair in ("beard", "mustache"):
         cv2.ellipse(img, _pt(hx, hy + 0.235 * h), _pt(0.16 * h, 0.045 * h), 0, 0, 360, beard_rgb, -1)
     lip = LIPSTICK if attrs.get("lipstick") == "yes" else (int(skin[0] * 0.8), int(skin[1] * 0.55), int(skin[2] * 0.55))
-    if attrs.get("expression") == "smiling":  # a closed smile: lips curved up at the corners (no bright
-        # teeth: on small dark faces they break frontal-face detectors)
-        import os
-        _dy, _ax, _ay, _t = (float(v) for v in os.environ.get("SMILEG", "0.27,0.15,0.08,0.05").split(","))
-        my = hy + _dy * h
-        cv2.ellipse(img, _pt(hx, my), _pt(_ax * h, _ay * h), 0, 10, 170, lip, max(2, int(round(_t * h))))
-        cv2.ellipse(img, _pt(hx, my), _pt(_ax * h, _ay * h), 0, 10, 170, (60, 20, 24), max(1, int(0.015 * h)))
+    if attrs.get("expression") == "smiling":  # closed lips curved up into a crescent, corners raised (no
+        # bright teeth, no wide dark line: on small dark faces those break frontal-face detectors)
+        my, ax = hy + 0.24 * h, 0.155 * h
+        ts = np.linspace(0, np.pi, 13)
+        lower = [(hx + ax * math.cos(t), my + 0.085 * h * math.sin(t)) for t in ts]
+        upper = [(hx + ax * math.cos(t), my + 0.035 * h * math.sin(t)) for t in ts]
+        cv2.fillPoly(img, [np.array([_pt(*p) for p in lower + upper[::-1]], np.int32)], lip)
+        cv2.polylines(img, [np.array([_pt(*p) for p in upper], np.int32)], False, (60, 20, 24), max(1, int(0.015 * h)))
     else:
         cv2.ellipse(img, _pt(hx, hy + 0.3 * h), _pt(0.12 * h, 0.04 * h), 0, 0, 360, lip, -1)
         cv2.line(img, _pt(hx - 0.12 * h, hy + 0.3 * h), _pt(hx + 0.12 * h, hy + 0.3 * h), (60, 20, 24), max(1, int(0.015 * h)))

@@ -52,7 +52,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -745,19 +745,6 @@ class VLMAnnotator:
         return _Row(image, prompt, self._answer_ids(cat, answer), qprompt)
 
     # -- inference --------------------------------------------------------------------------------
-    def _needed(self, categories: Iterable[str]) -> list[Category]:
-        by_name = self.protocol.by_name
-        need: set[str] = set()
-        stack = list(categories)
-        while stack:
-            name = stack.pop()
-            if name not in by_name:
-                raise KeyError(f"unknown category {name!r}")
-            if name not in need:
-                need.add(name)
-                stack.extend(by_name[name].requires)
-        return [c for c in self.protocol.categories if c.name in need]
-
     def _scores(self, feats: torch.Tensor, questions: Sequence[tuple[int, Category]]) -> list[np.ndarray]:
         """Answer log-likelihoods (per ``length_norm``) for each (image, category), batched over answers."""
         rows = [self._row(i, cat, a) for i, cat in questions for a in cat.answers]
@@ -798,7 +785,7 @@ class VLMAnnotator:
         imgs = [_as_image(x) for x in images]
         if not imgs:
             return []
-        needed = self._needed(categories)
+        needed = self.protocol.with_parents(categories)
         preds: list[dict[str, str]] = [{} for _ in imgs]
         with self.base.using(self._adapter), torch.no_grad():
             feats = self.base.image_features(imgs)
