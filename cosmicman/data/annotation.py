@@ -138,6 +138,16 @@ def items_from_samples(samples: Iterable[Any], with_truth: bool = True) -> list[
 # --------------------------------------------------------------------------------------------------
 # The interface
 # --------------------------------------------------------------------------------------------------
+def labelled_image_rows(labels: Sequence[LabelRecord], images: Mapping[str, Any]
+                        ) -> tuple[list[str], dict[str, int]]:
+    """The labelled images' sha256s (sorted) and each one's row; every one must be in ``images``."""
+    shas = sorted({lab.image_sha256 for lab in labels})
+    missing = [s for s in shas if s not in images]
+    if missing:
+        raise KeyError(f"finetune needs the labelled images; {len(missing)} missing, e.g. {missing[0]}")
+    return shas, {s: i for i, s in enumerate(shas)}
+
+
 @runtime_checkable
 class Annotator(TypingProtocol):
     """An AI annotator. Implementations are immutable: ``finetune`` returns a new version."""
@@ -883,11 +893,7 @@ class ProbeAnnotator:
         if not labels:
             return self
         by_name = self.protocol.by_name
-        shas = sorted({lab.image_sha256 for lab in labels})
-        missing = [s for s in shas if s not in images]
-        if missing:
-            raise KeyError(f"finetune needs the labelled images; {len(missing)} missing, e.g. {missing[0]}")
-        row = {s: i for i, s in enumerate(shas)}
+        shas, row = labelled_image_rows(labels, images)
         x = self.features([images[s] for s in shas])
         new_heads = dict(self._heads)
         by_cat: dict[str, list[LabelRecord]] = {}

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cosmicman.data.annotation import LabelRecord
+from cosmicman.data.annotation import LabelRecord, labelled_image_rows
 from cosmicman.data.imageio import decode_image
 from cosmicman.data.protocol import Category, Protocol, load_protocol
 
@@ -815,11 +815,7 @@ class VLMAnnotator:
     def _triples(self, labels: Sequence[LabelRecord], images: Mapping[str, Image.Image | bytes]
                  ) -> tuple[list[str], list[Image.Image], list[tuple[int, Category, str]]]:
         by_name = self.protocol.by_name
-        shas = sorted({lab.image_sha256 for lab in labels})
-        missing = [s for s in shas if s not in images]
-        if missing:
-            raise KeyError(f"finetune needs the labelled images; {len(missing)} missing, e.g. {missing[0]}")
-        row = {s: i for i, s in enumerate(shas)}
+        shas, row = labelled_image_rows(labels, images)
         triples = []
         for lab in labels:
             if lab.category not in by_name:
