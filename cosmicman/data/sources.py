@@ -28,6 +28,25 @@ RAW_SCHEMA = {
 }
 
 
+@dataclass(frozen=True)
+class SourceItem:
+    """One image a source offers to a batch, before its bytes are fetched.
+
+    ``url`` is an http(s) URL for web sources, an fsspec URL for datasets on disk, or
+    ``synthetic://<seed>/<index>`` for the synthetic world. Every field but the bytes is kept on the
+    image's pool row, so licence, author and page URL survive to the dataset's manifest.
+    """
+    source: str
+    source_id: str
+    url: str
+    licence: str = "unknown"
+    alt_text: str = ""
+    author: str = ""
+    page_url: str = ""
+    width: int | None = None  # as the source states it (LAION columns, API sizes); the decode measures the truth
+    height: int | None = None
+
+
 @dataclass
 class ImageRecord:
     source: str
