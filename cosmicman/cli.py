@@ -164,6 +164,8 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
     for p in partitions:
         raw, filt, parse = meta("raw_images", p), meta("filtered_images", p), meta("human_parsing", p)
         stages[p] = {"raw": raw.get("images"), "kept": filt.get("kept"), "parsed": parse.get("parsed")}
+        for reason, n in (raw.get("failed_by_reason") or {}).items():
+            rejections[f"sourcing:{reason}"] = rejections.get(f"sourcing:{reason}", 0) + n
         for reason, n in (filt.get("decisions") or {}).items():
             if reason != "kept":
                 rejections[reason] = rejections.get(reason, 0) + n

@@ -51,7 +51,12 @@ def test_every_raw_image_is_kept_or_rejected_for_its_true_reason(flywheel):
     assert sum(counts.values()) == len(raw)
     truth = pl.concat([df for _, df in store.iter_tables("tables/synthetic_truth")]).select("sha256", "case")
     joined = filtered.join(truth, on="sha256")
-    assert len(joined) > 0 and joined["case"].n_unique() == 8  # every negative case occurred
+    assert len(joined) > 0 and joined["case"].n_unique() == 7  # every case the filters judge occurred
+    # undecodable renders never reach the pool: sourcing records them as failures with a reason
+    log = pl.concat([df for _, df in store.iter_tables("tables/sourcing_log")])
+    corrupt = log.filter(pl.col("url").str.contains("case=corrupt"))
+    assert len(corrupt) > 0 and set(corrupt["status"]) == {"failed"} and corrupt["reason"].null_count() == 0
+    assert len(log.filter(pl.col("status") == "stored")) == len(raw)
     mismatched = joined.filter(pl.col("decision") != pl.col("case"))
     assert mismatched.is_empty(), mismatched.select("sha256", "case", "decision", "detail")
     # the folder dataset (no truth) holds only good people: all kept

@@ -1,57 +1,114 @@
 import json
 import os
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from cosmicman.data.sources import FolderSource, SyntheticSource, ingest
+from cosmicman.data.sources import FolderSource, ParquetSource, SyntheticSource
 from cosmicman.data.store import Store
 from cosmicman.data.synthetic import SyntheticWorld
+
+
+def _store() -> Store:
+    return Store(f"memory://src-{os.urandom(4).hex()}")
 
 
 @pytest.fixture
 def folder(tmp_path):
     world = SyntheticWorld(seed=9)
-    root = tmp_path / "shhq"
+    root = tmp_path / "plain"
     (root / "sub").mkdir(parents=True)
     for i in range(3):
         (root / f"p{i}.jpg").write_bytes(world.sample(i, case="kept").image_bytes)
-    (root / "sub" / "copy.jpg").write_bytes((root / "p0.jpg").read_bytes())  # same bytes, other name
-    (root / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "sub" / "copy.jpg").write_bytes((root / "p0.jpg").read_bytes())
     (root / "notes.txt").write_text("not an image")
     (root / "captions.jsonl").write_text(json.dumps({"file": "p1.jpg", "caption": "a woman in a red dress"}) + "\n")
     return root
 
 
-def test_folder_source_batches_its_sorted_image_files(folder):
-    src = FolderSource(str(folder))
-    first = list(src.records(0, 3))
-    second = list(src.records(1, 3))
-    assert [r.source_id for r in first] == ["p0.jpg", "p1.jpg", "p2.jpg"]
-    assert [r.source_id for r in second] == ["sub/broken.jpg", "sub/copy.jpg"]
+def test_plain_folder_batches_its_sorted_image_files_and_reads_captions(folder):
+    src, store = FolderSource(str(folder)), _store()
+    first, second = src.plan(0, 3, store), src.plan(1, 3, store)
+    assert [i.source_id for i in first] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert [i.source_id for i in second] == ["sub/copy.jpg"]
     assert first[1].alt_text == "a woman in a red dress" and first[0].url.startswith("file://")
+    (folder / "p3.jpg").write_bytes(b"new file after the first listing")
+    assert len(src.plan(1, 3, store)) == 1  # the listing is kept in the store: batches stay stable
 
 
-def test_missing_folder_is_a_clear_error(tmp_path):
+def test_shhq_layout_takes_no_segment_images_only(tmp_path):
+    root = tmp_path / "SHHQ-1.0"
+    for sub in ("no_segment", "segments"):
+        (root / sub).mkdir(parents=True)
+        for i in range(2):
+            (root / sub / f"{i:06d}.png").write_bytes(b"x")
+    items = FolderSource(str(root), layout="shhq", licence="CC0").plan(0, 10, _store())
+    assert [i.source_id for i in items] == ["no_segment/000000.png", "no_segment/000001.png"]
+    assert {i.licence for i in items} == {"CC0"}
+
+
+def test_deepfashion_multimodal_layout_reads_its_captions(tmp_path):
+    root = tmp_path / "DeepFashion-MultiModal"
+    (root / "images").mkdir(parents=True)
+    (root / "parsing").mkdir()
+    (root / "images" / "MEN-Denim-id_00000080-01_7_additional.jpg").write_bytes(b"x")
+    (root / "parsing" / "MEN-Denim-id_00000080-01_7_additional_segm.png").write_bytes(b"x")
+    (root / "captions.json").write_text(json.dumps(
+        {"MEN-Denim-id_00000080-01_7_additional.jpg": "The man wears a long-sleeve denim shirt."}))
+    [item] = FolderSource(str(root), layout="deepfashion_mm").plan(0, 10, _store())
+    assert item.source_id == "images/MEN-Denim-id_00000080-01_7_additional.jpg"
+    assert item.alt_text == "The man wears a long-sleeve denim shirt."
+
+
+def test_folder_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        list(FolderSource(str(tmp_path / "nope")).records(0, 4))
+        FolderSource(str(tmp_path / "nope")).plan(0, 4, _store())
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(FileNotFoundError, match="not in the shhq layout"):
+        FolderSource(str(tmp_path / "flat"), layout="shhq").plan(0, 4, _store())
+    with pytest.raises(ValueError, match="unknown folder layout"):
+        FolderSource(str(tmp_path), layout="coco")
 
 
-def test_ingest_keeps_undecodable_rows_and_stores_each_byte_string_once(folder):
-    store = Store(f"memory://src-{os.urandom(4).hex()}")
-    result = ingest(FolderSource(str(folder)).records(0, 10), store, "batch-00000", known_sha256=set())
-    assert (result.sourced, result.duplicates, len(result.table)) == (5, 1, 4)
-    broken = result.table.filter(result.table["source_id"] == "sub/broken.jpg").row(0, named=True)
-    assert broken["decode_error"] and broken["width"] == 0 and broken["ext"] == "bin"
-    assert len(store.list("blobs")) == 4 == result.blobs_created
-    again = ingest(FolderSource(str(folder)).records(0, 10), store, "batch-00001",
-                   known_sha256=set(result.table["sha256"]))
-    assert len(again.table) == 0 and again.duplicates == 5 and again.blobs_created == 0
+def _write_laion(path, start, n, upper=False):
+    cols = {"url": [f"http://h/{i}.jpg" for i in range(start, start + n)],
+            "caption": [f"photo {i}" for i in range(start, start + n)],
+            "width": [640 + i for i in range(start, start + n)], "height": [480] * n,
+            "license": [None if i % 2 else "cc-by" for i in range(start, start + n)]}
+    if upper:
+        cols = {{"caption": "TEXT"}.get(k, k).upper(): v for k, v in cols.items()}
+    pq.write_table(pa.table(cols), path, row_group_size=7)
 
 
-def test_synthetic_source_carries_truth_beside_the_bytes():
-    store = Store(f"memory://syn-{os.urandom(4).hex()}")
-    result = ingest(SyntheticSource(seed=3).records(0, 12), store, "batch-00000", known_sha256=set())
-    assert len(result.truth) == len(result.table) == result.sourced - result.duplicates
-    truth_by_sha = {r["sha256"] for r in result.table.iter_rows(named=True)}
-    assert {t.sample_id for t in result.truth} <= {f"synth-3-{i}" for i in range(12)}
-    assert len(truth_by_sha) == len(result.truth)
+def test_parquet_source_slices_rows_across_files_and_row_groups(tmp_path):
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    _write_laion(folder / "part-00000.parquet", 0, 30)
+    _write_laion(folder / "part-00001.parquet", 30, 30, upper=True)  # LAION-400M's upper-case columns
+    src = ParquetSource(str(folder))
+    batch = src.plan(2, 12)  # rows 24..35: the end of one file and the start of the next
+    assert [i.url for i in batch] == [f"http://h/{i}.jpg" for i in range(24, 36)]
+    assert batch[0].source_id == "part-00000.parquet:24" and batch[-1].source_id == "part-00001.parquet:5"
+    assert (batch[0].alt_text, batch[0].width, batch[0].height, batch[0].licence) == ("photo 24", 664, 480, "cc-by")
+    assert batch[1].licence.startswith("unknown")
+    assert len(src.plan(4, 12)) == 12 and len(src.plan(5, 12)) == 0
+    assert [i.url for i in ParquetSource(str(folder / "part-00001.parquet")).plan(0, 2)] == ["http://h/30.jpg",
+                                                                                            "http://h/31.jpg"]
+
+
+def test_parquet_without_url_column_is_a_clear_error(tmp_path):
+    pq.write_table(pa.table({"link": ["http://h/x.jpg"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="no url column"):
+        ParquetSource(str(tmp_path / "bad.parquet")).plan(0, 5)
+
+
+def test_synthetic_items_render_to_the_worlds_samples():
+    src = SyntheticSource(seed=3)
+    items = src.plan(1, 4)
+    assert [i.source_id for i in items] == [f"synth-3-{i}" for i in range(4, 8)]
+    sample = src.render(items[2])
+    world = SyntheticWorld(seed=3)
+    assert sample.image_bytes == world.sample(6, world.case_of(6, 0.3)).image_bytes
+    with pytest.raises(ValueError, match="not an item of synthetic world 4"):
+        SyntheticSource(seed=4).render(items[0])

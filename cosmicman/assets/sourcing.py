@@ -1,10 +1,7 @@
-
-import polars as pl
 import dagster as dg
 
-from cosmicman.assets.common import Progress, content_digest, sourcing_batches, table_key
-from cosmicman.data.sources import ingest
-from cosmicman.data.truth import store_truth
+from cosmicman.assets.common import content_digest, sourcing_batches
+from cosmicman.data.ingest import log_table_key, raw_table_key, source_batch
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
 
@@ -17,37 +14,32 @@ def batch_index(partition_key: str) -> int:
     return int(number)
 
 
-@dg.asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="sourcing",
-          code_version="1")
+@dg.asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="sourcing", code_version="2")
 def raw_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
                sourcing: SourcingResource) -> dg.MaterializeResult:
-    """One sourcing batch: every source's records stored as content-addressed blobs, one row each.
-    Bytes already in the pool from another batch are skipped, so re-runs and overlapping sources
-    add nothing twice."""
+    """One sourcing batch: re-queued failed URLs and every source's items, fetched, decode-checked,
+    de-duplicated against the whole pool (exact and perceptual) and stored as content-addressed blobs.
+    Every item ends as one outcome (stored / duplicate / near_duplicate / failed with a reason) in the
+    batch's sourcing log; a killed run resumes where its last durable chunk ended."""
     store = object_store.store()
     batch = context.partition_key
-    index = batch_index(batch)
-    own_key = table_key("raw_images", batch)
-    known: set[str] = set()
-    for key, df in store.iter_tables("tables/raw_images"):
-        if key != own_key:
-            known.update(df["sha256"].to_list())
-    tables, truth, sourced, dups, created = [], [], 0, 0, 0
-    for source, size in sourcing.sources():
-        result = ingest(source.records(index, size), store, batch, known,
-                        progress=Progress(context.log, f"sourcing {source.name}", size))
-        tables.append(result.table)
-        truth += result.truth
-        known.update(result.table["sha256"].to_list())
-        sourced, dups, created = sourced + result.sourced, dups + result.duplicates, created + result.blobs_created
-    table = pl.concat(tables)
-    if truth:
-        store.write_table(table_key("synthetic_truth", batch), store_truth(truth, store))
-    store.write_table(own_key, table)
-    per_source = table.group_by("source").len().sort("source")
+    last_log = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done - last_log[0] >= max(1, total // 10):
+            last_log[0] = done
+            context.log.info(f"sourcing {batch}: {done}/{total}")
+
+    report = source_batch(store, batch, batch_index(batch), sourcing.sources(store), sourcing.ingest_config(),
+                          progress)
+    if report.resumed_outcomes:
+        context.log.info(f"resumed {batch}: {report.resumed_outcomes} outcomes were already durable")
     return dg.MaterializeResult(metadata={
-        "images": len(table), "sourced": sourced, "duplicates_skipped": dups, "blobs_created": created,
-        "undecodable": table["decode_error"].is_not_null().sum(),
-        "per_source": dg.MetadataValue.json(dict(per_source.iter_rows())),
-        "table": dg.MetadataValue.path(store.uri(own_key)),
-    }, data_version=dg.DataVersion(content_digest(table["sha256"].to_list())))
+        "images": len(report.raw), "requested": report.requested, **report.counts,
+        "failed_by_reason": dg.MetadataValue.json(report.failed_by_reason),
+        "per_source": dg.MetadataValue.json(report.per_source), "requeued_urls": report.requeued,
+        "blobs_created": report.blobs_created, "resumed_outcomes": report.resumed_outcomes,
+        "images_per_s": round(report.requested / max(report.elapsed_s, 1e-9), 1),
+        "table": dg.MetadataValue.path(store.uri(raw_table_key(batch))),
+        "sourcing_log": dg.MetadataValue.path(store.uri(log_table_key(batch))),
+    }, data_version=dg.DataVersion(content_digest(report.raw["sha256"].to_list())))

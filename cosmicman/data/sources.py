@@ -1,31 +1,26 @@
-"""Image sources and the ingest step that turns their records into pool rows.
+"""Image sources: what each one offers to a sourcing batch, before any byte is fetched.
 
-A source yields ``ImageRecord``s for one sourcing batch; ``ingest`` stores each record's bytes as a
-content-addressed blob, decodes it once to read its size and perceptual hash, and drops records whose
-bytes the pool already holds from another batch. Undecodable bytes are kept as rows (the filter
-chain rejects them as ``corrupt``) so every sourced item is accounted for.
+A source plans a batch as a list of :class:`SourceItem` (URL plus the metadata kept on the pool row);
+:mod:`cosmicman.data.ingest` fetches, checks, de-duplicates and stores them. Sources here: the synthetic
+world, folder datasets (plain, SHHQ, DeepFashion-MultiModal), LAION-style parquet url lists; the web
+APIs (Flickr, Unsplash, Pixabay) are in :mod:`cosmicman.data.web_apis`.
 """
 from __future__ import annotations
 
 import json
 import posixpath
+import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import fsspec
-import polars as pl
+import pyarrow.parquet as pq
 
-from cosmicman.data.imageio import ImageDecodeError, image_format_ext, inspect_image, sha256_hex
+from cosmicman.data.imageio import sha256_hex
 from cosmicman.data.store import Store
 from cosmicman.data.synthetic import SyntheticSample, SyntheticWorld
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-RAW_SCHEMA = {
-    "sha256": pl.Utf8, "blob_key": pl.Utf8, "ext": pl.Utf8, "source": pl.Utf8, "source_id": pl.Utf8,
-    "url": pl.Utf8, "licence": pl.Utf8, "alt_text": pl.Utf8, "width": pl.Int32, "height": pl.Int32,
-    "n_bytes": pl.Int64, "phash": pl.Utf8, "decode_error": pl.Utf8, "batch": pl.Utf8,
-}
 
 
 @dataclass(frozen=True)
@@ -47,21 +42,12 @@ class SourceItem:
     height: int | None = None
 
 
-@dataclass
-class ImageRecord:
-    source: str
-    source_id: str
-    data: bytes
-    url: str | None = None
-    licence: str = "unknown"
-    alt_text: str = ""
-    truth: SyntheticSample | None = field(default=None, repr=False)
-
-
 class ImageSource(Protocol):
+    """Offers the items of one sourcing batch. ``plan`` must be deterministic per batch: a batch re-run
+    after a crash reuses its stored plan, and batch ``b + 1`` continues where ``b`` ended."""
     name: str
 
-    def records(self, batch_index: int, batch_size: int) -> Iterator[ImageRecord]: ...
+    def plan(self, batch_index: int, size: int, store: Store) -> list[SourceItem]: ...
 
 
 @dataclass
@@ -74,84 +60,169 @@ class SyntheticSource:
     height: int = 640
     name: str = "synthetic"
 
-    def records(self, batch_index: int, batch_size: int) -> Iterator[ImageRecord]:
-        world = SyntheticWorld(seed=self.seed, width=self.width, height=self.height)
-        for sample in world.batch(batch_index * batch_size, batch_size, self.negative_fraction):
-            yield ImageRecord(self.name, sample.sample_id, sample.image_bytes, licence="CC0 (synthetic)",
-                              truth=sample)
+    def world(self) -> SyntheticWorld:
+        return SyntheticWorld(seed=self.seed, width=self.width, height=self.height)
+
+    def plan(self, batch_index: int, size: int, store: Store | None = None) -> list[SourceItem]:
+        world = self.world()
+        items = []
+        for i in range(batch_index * size, (batch_index + 1) * size):
+            case = world.case_of(i, self.negative_fraction)
+            items.append(SourceItem(self.name, f"synth-{self.seed}-{i}", f"synthetic://{self.seed}/{i}?case={case}",
+                                    licence="CC0 (synthetic)"))
+        return items
+
+    def render(self, item: SourceItem) -> SyntheticSample:
+        parsed = urllib.parse.urlsplit(item.url)
+        if parsed.scheme != "synthetic" or int(parsed.netloc) != self.seed:
+            raise ValueError(f"{item.url!r} is not an item of synthetic world {self.seed}")
+        case = urllib.parse.parse_qs(parsed.query).get("case", [None])[0]
+        return self.world().sample(int(parsed.path.strip("/")), case)
+
+
+LAYOUTS = ("plain", "shhq", "deepfashion_mm")
 
 
 @dataclass
 class FolderSource:
-    """A folder dataset (SHHQ-style: image files, optionally beside a ``captions.jsonl`` of
-    ``{"file": ..., "caption": ...}``). Files are taken in sorted order, ``batch_size`` per batch."""
+    """A dataset on disk or in a bucket (any fsspec URL), in one of three layouts:
+
+    - ``plain``: image files anywhere under the root, optionally beside a ``captions.jsonl`` of
+      ``{"file": <relative path>, "caption": ...}``;
+    - ``shhq``: SHHQ-1.0 (images in ``no_segment/``; ``segments/`` holds parsing maps, not photos);
+    - ``deepfashion_mm``: DeepFashion-MultiModal (images in ``images/``; captions from ``captions.json``
+      or ``textual_descriptions.json``, a ``{file name: text}`` object).
+
+    The file list is taken once per dataset and kept in the store, so each batch is a slice of it rather
+    than a fresh listing of tens of thousands of objects.
+    """
 
     url: str
+    layout: str = "plain"
     licence: str = "see dataset licence"
     name: str = "folder"
 
-    def _files(self) -> list[str]:
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown folder layout {self.layout!r}; expected one of {LAYOUTS}")
+
+    def _fs(self):
         fs, root = fsspec.core.url_to_fs(self.url)
         if not fs.exists(root):
             raise FileNotFoundError(f"folder dataset {self.url!r} does not exist")
-        return sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_SUFFIXES))
+        return fs, root.rstrip("/")
 
-    def _captions(self) -> dict[str, str]:
-        fs, root = fsspec.core.url_to_fs(self.url)
-        path = posixpath.join(root, "captions.jsonl")
-        if not fs.exists(path):
-            return {}
-        with fs.open(path, "rt") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        return {r["file"]: r.get("caption", "") for r in rows}
+    def _image_root(self, root: str) -> str:
+        return {"plain": root, "shhq": f"{root}/no_segment", "deepfashion_mm": f"{root}/images"}[self.layout]
 
-    def records(self, batch_index: int, batch_size: int) -> Iterator[ImageRecord]:
-        fs, root = fsspec.core.url_to_fs(self.url)
-        captions = self._captions()
-        for path in self._files()[batch_index * batch_size:(batch_index + 1) * batch_size]:
-            rel = posixpath.relpath(path, root)
-            yield ImageRecord(self.name, rel, fs.cat_file(path), url=fs.unstrip_protocol(path),
-                              licence=self.licence, alt_text=captions.get(rel, ""))
+    def files(self, store: Store | None = None) -> list[str]:
+        """Image paths relative to the root, sorted; cached in ``store`` after the first listing."""
+        key = f"sourcing/folders/{sha256_hex(f'{self.url}|{self.layout}'.encode())[:16]}.json"
+        if store is not None and store.exists(key):
+            return store.read_json(key)["files"]
+        fs, root = self._fs()
+        image_root = self._image_root(root)
+        if not fs.exists(image_root):
+            raise FileNotFoundError(f"{self.url!r} is not in the {self.layout} layout: {image_root!r} is missing")
+        files = sorted(posixpath.relpath(p, root) for p in fs.find(image_root) if p.lower().endswith(IMAGE_SUFFIXES))
+        if store is not None:
+            store.write_json(key, {"url": self.url, "layout": self.layout, "files": files})
+        return files
+
+    def captions(self) -> dict[str, str]:
+        fs, root = self._fs()
+        if self.layout == "plain":
+            path = f"{root}/captions.jsonl"
+            if not fs.exists(path):
+                return {}
+            with fs.open(path, "rt") as f:
+                return {r["file"]: r.get("caption", "") for r in map(json.loads, filter(str.strip, f))}
+        if self.layout == "deepfashion_mm":
+            for name in ("captions.json", "textual_descriptions.json"):
+                if fs.exists(f"{root}/{name}"):
+                    with fs.open(f"{root}/{name}", "rt") as f:
+                        return {f"images/{k}": v for k, v in json.load(f).items()}
+        return {}
+
+    def plan(self, batch_index: int, size: int, store: Store | None = None) -> list[SourceItem]:
+        fs, root = self._fs()
+        captions = self.captions()
+        return [SourceItem(self.name, rel, fs.unstrip_protocol(f"{root}/{rel}"), licence=self.licence,
+                           alt_text=captions.get(rel, ""))
+                for rel in self.files(store)[batch_index * size:(batch_index + 1) * size]]
+
+
+# Column names of LAION-style parquet files, first match wins (LAION-400M/5B use upper case).
+PARQUET_COLUMNS = {"url": ("url", "URL"), "caption": ("caption", "TEXT", "text", "alt", "alt_text"),
+                   "width": ("width", "WIDTH"), "height": ("height", "HEIGHT"),
+                   "licence": ("license", "LICENSE", "licence")}
 
 
 @dataclass
-class IngestResult:
-    table: pl.DataFrame
-    truth: list[SyntheticSample]
-    sourced: int
-    duplicates: int
-    blobs_created: int
+class ParquetSource:
+    """LAION-style url lists: one parquet file or a folder of them (local, ``file://`` or ``s3://``).
+
+    Batch ``b`` takes rows [b*size, (b+1)*size) of the files in sorted order. Only the row groups that
+    overlap the batch are read, and only the needed columns, so a batch of a billion-row list costs
+    the batch, not the list.
+    """
+
+    url: str
+    name: str = "laion"
+    default_licence: str = "unknown (LAION-style list; check each page)"
+    storage_options: dict = field(default_factory=dict)
+
+    def _files(self) -> tuple[Any, list[str]]:
+        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        if not fs.exists(root):
+            raise FileNotFoundError(f"parquet url list {self.url!r} does not exist")
+        if fs.isdir(root):
+            return fs, sorted(p for p in fs.find(root) if p.endswith(".parquet"))
+        return fs, [root]
+
+    def plan(self, batch_index: int, size: int, store: Store | None = None) -> list[SourceItem]:
+        fs, files = self._files()
+        start, stop = batch_index * size, (batch_index + 1) * size
+        items: list[SourceItem] = []
+        offset = 0  # global row number of the current file's first row
+        for path in files:
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                n = pf.metadata.num_rows
+                if offset + n > start and offset < stop:
+                    items += self._rows(pf, path, offset, max(start, offset), min(stop, offset + n))
+            offset += n
+            if offset >= stop:
+                break
+        return items
+
+    def _rows(self, pf: pq.ParquetFile, path: str, offset: int, start: int, stop: int) -> list[SourceItem]:
+        names = set(pf.schema_arrow.names)
+        cols = {k: next((c for c in cands if c in names), None) for k, cands in PARQUET_COLUMNS.items()}
+        if cols["url"] is None:
+            raise ValueError(f"{path!r} has no url column (looked for {PARQUET_COLUMNS['url']}); columns: {sorted(names)}")
+        groups, first, row0 = [], None, 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if offset + row0 + n > start and offset + row0 < stop:
+                groups.append(g)
+                first = row0 if first is None else first
+            row0 += n
+        table = pf.read_row_groups(groups, columns=[c for c in cols.values() if c])
+        lo = start - offset - first
+        table = table.slice(lo, stop - start)
+        data = {k: table.column(c).to_pylist() if c else [None] * table.num_rows for k, c in cols.items()}
+        base = posixpath.basename(path)
+        return [SourceItem(self.name, f"{base}:{start - offset + i}", url or "", alt_text=data["caption"][i] or "",
+                           licence=data["licence"][i] or self.default_licence,
+                           width=_int_or_none(data["width"][i]), height=_int_or_none(data["height"][i]))
+                for i, url in enumerate(data["url"])]
 
 
-def ingest(records: Iterable[ImageRecord], store: Store, batch: str, known_sha256: set[str],
-           progress: Callable[[int], None] | None = None) -> IngestResult:
-    """Store records as blobs and rows; skip bytes already in the pool (``known_sha256``) or seen
-    earlier in this batch."""
-    rows: list[dict] = []
-    truth: list[SyntheticSample] = []
-    seen = set(known_sha256)
-    sourced = duplicates = created = 0
-    for rec in records:
-        sourced += 1
-        sha = sha256_hex(rec.data)
-        if sha in seen:
-            duplicates += 1
-        else:
-            seen.add(sha)
-            try:
-                info, _ = inspect_image(rec.data)
-                width, height, phash, error, ext = info.width, info.height, info.phash, None, info.ext
-            except ImageDecodeError as exc:
-                width = height = 0
-                phash, error, ext = None, str(exc), image_format_ext(rec.data)
-            put = store.put_blob(rec.data, ext)
-            created += put.created
-            rows.append({"sha256": sha, "blob_key": put.key, "ext": ext, "source": rec.source,
-                         "source_id": rec.source_id, "url": rec.url, "licence": rec.licence,
-                         "alt_text": rec.alt_text, "width": width, "height": height, "n_bytes": len(rec.data),
-                         "phash": phash, "decode_error": error, "batch": batch})
-            if rec.truth is not None:
-                truth.append(rec.truth)
-        if progress:
-            progress(sourced)
-    return IngestResult(pl.DataFrame(rows, schema=RAW_SCHEMA), truth, sourced, duplicates, created)
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+

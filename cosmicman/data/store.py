@@ -89,8 +89,8 @@ class Store:
         df.write_parquet(buf, compression="zstd")
         self.write_bytes(key, buf.getvalue())
 
-    def read_table(self, key: str) -> pl.DataFrame:
-        return pl.read_parquet(io.BytesIO(self.read_bytes(key)))
+    def read_table(self, key: str, columns: list[str] | None = None) -> pl.DataFrame:
+        return pl.read_parquet(io.BytesIO(self.read_bytes(key)), columns=columns)
 
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (recursive, sorted), temporary keys excluded."""

@@ -1,0 +1,197 @@
+"""The pool's duplicate index: exact (sha256) and near-duplicate (64-bit perceptual hash) look-ups.
+
+Each finished sourcing batch writes one small index segment (``pool/index/<batch>.parquet``: the 64-bit
+prefix of every stored image's sha256, its phash and the full sha256). A new batch loads the segments
+(one ``compacted.parquet`` plus the segments written since it was rebuilt), never the batches' tables.
+Segments are never deleted: the compacted file is a cache of them, so a compaction racing a batch can
+lose nothing.
+
+Memory at 6 million pool images: two uint64 arrays (96 MB) plus the near-duplicate bands (~170 MB).
+Exact look-ups compare 64-bit sha256 prefixes: at 6 million images a false "duplicate" has a
+probability of about 2e-6 per batch.
+
+Near-duplicates: phash Hamming distance <= ``max_distance``. Multi-index hashing splits the 64 bits into
+``max_distance + 1`` bands; by pigeonhole two hashes within the distance agree exactly on at least one
+band, so each band is a sorted array searched with ``searchsorted``, and only those candidates are
+compared bit by bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from cosmicman.data.store import Store
+
+INDEX_PREFIX = "pool/index"
+COMPACTED_KEY = f"{INDEX_PREFIX}/compacted.parquet"
+SEGMENT_SCHEMA = {"sha_prefix": pl.UInt64, "phash": pl.UInt64, "sha256": pl.Utf8, "batch": pl.Utf8}
+# recompact once this many segments are outside the compacted file
+COMPACT_EVERY = 32
+
+
+def sha_prefix(sha256: str) -> int:
+    return int(sha256[:16], 16)
+
+
+def phash_int(phash: str) -> int:
+    return int(phash, 16)
+
+
+def segment_key(batch: str) -> str:
+    return f"{INDEX_PREFIX}/segments/{batch}.parquet"
+
+
+def _segment_batch(key: str) -> str:
+    return key.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+class NearDupIndex:
+    """Hamming-radius search over 64-bit hashes: a sorted base plus a small list of recent additions."""
+
+    def __init__(self, hashes: np.ndarray, max_distance: int, rebuild_at: int = 65_536) -> None:
+        if not 0 <= max_distance <= 15:
+            raise ValueError(f"max_distance must be in [0, 15], got {max_distance}")
+        self.max_distance, self.rebuild_at = max_distance, rebuild_at
+        n_bands = max_distance + 1
+        widths = [64 // n_bands + (i < 64 % n_bands) for i in range(n_bands)]
+        self._shifts = np.cumsum([0] + widths[:-1]).astype(np.uint64)
+        self._masks = [np.uint64((1 << w) - 1) for w in widths]
+        self._pending: list[int] = []
+        self._build(np.asarray(hashes, dtype=np.uint64))
+
+    def _build(self, hashes: np.ndarray) -> None:
+        self._hashes = hashes
+        self._bands = []
+        for shift, mask in zip(self._shifts, self._masks):
+            values = (hashes >> shift) & mask
+            order = np.argsort(values, kind="stable").astype(np.int64)
+            self._bands.append((values[order], order))
+
+    def __len__(self) -> int:
+        return len(self._hashes) + len(self._pending)
+
+    def find(self, h: int) -> int | None:
+        """Position (insertion order) of the first hash within the radius of ``h``, or None."""
+        q = np.uint64(h)
+        best: int | None = None
+        for (values, order), shift, mask in zip(self._bands, self._shifts, self._masks):
+            v = (q >> shift) & mask
+            lo, hi = np.searchsorted(values, v, "left"), np.searchsorted(values, v, "right")
+            if lo == hi:
+                continue
+            cand = order[lo:hi]
+            hits = cand[np.bitwise_count(self._hashes[cand] ^ q) <= self.max_distance]
+            if len(hits):
+                first = int(hits.min())
+                best = first if best is None else min(best, first)
+        if best is not None:
+            return best
+        if self._pending:
+            pend = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
+            hits = np.flatnonzero(np.bitwise_count(pend ^ q) <= self.max_distance)
+            if len(hits):
+                return len(self._hashes) + int(hits[0])
+        return None
+
+    def add(self, h: int) -> None:
+        self._pending.append(h)
+        if len(self._pending) >= self.rebuild_at:
+            pend = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
+            self._pending = []
+            self._build(np.concatenate([self._hashes, pend]))
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str  # "duplicate" | "near_duplicate"
+    sha_prefix: int  # of the pool image it duplicates
+    sha256: str | None  # known for images of the running batch; resolve_shas() finds the others
+
+
+class PoolIndex:
+    """Exact and near-duplicate look-ups over the pool, updated as a batch stores images.
+
+    Holds only 64-bit numbers for the pool (never its sha256 strings): a near-duplicate of an older
+    image is reported by sha prefix, and ``resolve_shas`` finds the full hashes once per batch.
+    """
+
+    def __init__(self, table: pl.DataFrame, max_distance: int | None) -> None:
+        prefixes = table["sha_prefix"].to_numpy().astype(np.uint64)
+        self._exact = np.sort(prefixes)
+        self._new: dict[int, str] = {}
+        self._near = (NearDupIndex(table["phash"].to_numpy().astype(np.uint64), max_distance)
+                      if max_distance is not None else None)
+        self._near_prefix = prefixes  # the prefix of the image at each near-index position
+        self._near_new: list[int] = []
+
+    @classmethod
+    def load(cls, store: Store, max_distance: int | None, exclude_batch: str | None = None) -> "PoolIndex":
+        return cls(load_index_table(store, exclude_batch, columns=["sha_prefix", "phash", "batch"]), max_distance)
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._new)
+
+    def match(self, sha256: str, phash: str | None) -> Match | None:
+        """The exact duplicate, else the nearest-added near-duplicate, of an image; None when new."""
+        prefix = sha_prefix(sha256)
+        i = int(np.searchsorted(self._exact, np.uint64(prefix)))
+        if (i < len(self._exact) and int(self._exact[i]) == prefix) or prefix in self._new:
+            return Match("duplicate", prefix, sha256)
+        if self._near is None or phash is None:
+            return None
+        pos = self._near.find(phash_int(phash))
+        if pos is None:
+            return None
+        old = len(self._near_prefix)
+        other = int(self._near_prefix[pos]) if pos < old else self._near_new[pos - old]
+        return Match("near_duplicate", other, self._new.get(other))
+
+    def add(self, sha256: str, phash: str | None) -> None:
+        prefix = sha_prefix(sha256)
+        self._new[prefix] = sha256
+        if self._near is not None and phash is not None:
+            self._near.add(phash_int(phash))
+            self._near_new.append(prefix)
+
+
+def resolve_shas(store: Store, prefixes: set[int]) -> dict[int, str]:
+    """Full sha256 of pool images known by prefix (one pass over the index, only when needed)."""
+    if not prefixes:
+        return {}
+    table = load_index_table(store, columns=["sha_prefix", "sha256", "batch"])
+    hits = table.filter(pl.col("sha_prefix").is_in(list(prefixes)))
+    return dict(zip(hits["sha_prefix"].to_list(), hits["sha256"].to_list()))
+
+
+def load_index_table(store: Store, exclude_batch: str | None = None,
+                     columns: list[str] | None = None) -> pl.DataFrame:
+    """Every stored image's index row: the compacted file plus the segments it does not cover."""
+    columns = list(dict.fromkeys([*(columns or SEGMENT_SCHEMA), "batch"]))
+    frames, covered = [], set()
+    if store.exists(COMPACTED_KEY):
+        compacted = store.read_table(COMPACTED_KEY, columns=columns)
+        frames.append(compacted)
+        covered = set(compacted["batch"].unique().to_list())
+    for key in store.list(f"{INDEX_PREFIX}/segments"):
+        if _segment_batch(key) not in covered:
+            frames.append(store.read_table(key, columns=columns))
+    table = pl.concat(frames) if frames else pl.DataFrame(schema={c: SEGMENT_SCHEMA[c] for c in columns})
+    if exclude_batch is not None:
+        table = table.filter(pl.col("batch") != exclude_batch)
+    return table
+
+
+def write_segment(store: Store, batch: str, stored: pl.DataFrame) -> None:
+    """Index a finished batch's stored images (columns sha256, phash), and recompact when due."""
+    segment = stored.select(
+        pl.col("sha256").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("sha_prefix"),
+        pl.col("phash").str.to_integer(base=16, dtype=pl.UInt64).alias("phash"),
+        pl.col("sha256"), pl.lit(batch).alias("batch"))
+    store.write_table(segment_key(batch), segment)
+    covered = (set(store.read_table(COMPACTED_KEY, columns=["batch"])["batch"].unique().to_list())
+               if store.exists(COMPACTED_KEY) else set())
+    segments = store.list(f"{INDEX_PREFIX}/segments")
+    if sum(_segment_batch(k) not in covered for k in segments) >= COMPACT_EVERY:
+        store.write_table(COMPACTED_KEY, pl.concat([store.read_table(k) for k in segments]))

@@ -1,0 +1,412 @@
+"""One sourcing batch: plan, fetch, check, de-duplicate and store, surviving a kill at any point.
+
+Every planned item ends as exactly one outcome row: ``stored`` (a new pool image), ``duplicate`` (its
+bytes are already in the pool), ``near_duplicate`` (a re-encoded / resized copy of a pool image, by
+perceptual hash) or ``failed`` with a reason (``http_404``, ``timeout``, ``truncated``, ``svg``, ...).
+So ``stored + duplicate + near_duplicate + failed == requested`` for every batch.
+
+Durability (datatrove's pattern: finished work leaves a marker, a re-run skips it):
+
+1. The plan (re-queued failed URLs first, then each source's items) is written once to
+   ``sourcing/staging/<batch>/plan.parquet``; a re-run reuses it, so it fetches the same items.
+2. Outcomes are appended in completion order to numbered chunk files (``done/chunk-NNNNN.parquet``),
+   each written atomically. A re-run loads them, rebuilds the batch's de-duplication state from them
+   and fetches only the items without an outcome. Decisions reference only earlier outcomes, so the
+   chunks on disk are always consistent; a kill loses at most the outcomes of the unwritten chunk,
+   whose blobs are content-addressed and are found again, not duplicated.
+3. Finishing writes the batch's tables (``tables/raw_images``, ``tables/sourcing_log``), its index
+   segment, the failed-URL table, and only then removes the staging folder. Every step is idempotent.
+
+The failed-URL table (``sourcing/failed_urls.parquet``) keeps every failure with its reason; retryable
+ones (timeouts, 5xx, 429, connection errors) are re-queued by later batches until ``max_url_attempts``
+batches have tried them (img2dataset never retries a failed URL later, its issue #333).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import fsspec
+import polars as pl
+
+from cosmicman.data.dedup import PoolIndex, resolve_shas, sha_prefix, write_segment
+from cosmicman.data.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
+from cosmicman.data.imageio import CheckedImage, check_image, sha256_hex
+from cosmicman.data.sources import FolderSource, ImageSource, ParquetSource, SourceItem, SyntheticSource
+from cosmicman.data.store import Store
+from cosmicman.data.truth import TRUTH_SCHEMA, store_truth
+
+ITEM_SCHEMA = {"position": pl.Int64, "source": pl.Utf8, "source_id": pl.Utf8, "url": pl.Utf8, "licence": pl.Utf8,
+               "alt_text": pl.Utf8, "author": pl.Utf8, "page_url": pl.Utf8, "stated_width": pl.Int32,
+               "stated_height": pl.Int32, "url_attempt": pl.Int32}
+OUTCOME_SCHEMA = {**ITEM_SCHEMA, "status": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8, "http_status": pl.Int32,
+                  "fetch_attempts": pl.Int32, "sha256": pl.Utf8, "blob_key": pl.Utf8, "ext": pl.Utf8,
+                  "width": pl.Int32, "height": pl.Int32, "n_bytes": pl.Int64, "phash": pl.Utf8,
+                  "duplicate_of": pl.Utf8, "truth": pl.Utf8, "batch": pl.Utf8}
+RAW_COLUMNS = ["sha256", "blob_key", "ext", "source", "source_id", "url", "licence", "alt_text", "author", "page_url",
+               "width", "height", "n_bytes", "phash", "batch"]
+FAILED_SCHEMA = {"url": pl.Utf8, "source": pl.Utf8, "source_id": pl.Utf8, "licence": pl.Utf8, "alt_text": pl.Utf8,
+                 "author": pl.Utf8, "page_url": pl.Utf8, "stated_width": pl.Int32, "stated_height": pl.Int32,
+                 "reason": pl.Utf8, "http_status": pl.Int32, "attempts": pl.Int32, "first_batch": pl.Utf8,
+                 "last_batch": pl.Utf8, "state": pl.Utf8}
+STATUSES = ("stored", "duplicate", "near_duplicate", "failed")
+FAILED_URLS_KEY = "sourcing/failed_urls.parquet"
+
+
+def staging_prefix(batch: str) -> str:
+    return f"sourcing/staging/{batch}"
+
+
+def raw_table_key(batch: str) -> str:
+    return f"tables/raw_images/{batch}.parquet"
+
+
+def log_table_key(batch: str) -> str:
+    return f"tables/sourcing_log/{batch}.parquet"
+
+
+def truth_table_key(batch: str) -> str:
+    return f"tables/synthetic_truth/{batch}.parquet"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """- ``chunk_size``: outcomes per durable chunk (the most a kill can make us redo).
+    - ``workers``: decode-check processes; None picks 0 (in-process) for batches under 256 items, else
+      one per core.
+    - ``resize_to``: store a re-encoded copy whose smaller side is this many pixels (img2dataset's
+      ``keep_ratio``) instead of the original bytes.
+    - ``near_dup_distance``: phash Hamming radius of a near-duplicate (None: exact duplicates only).
+    - ``max_url_attempts``: batches that may try a URL whose failure is retryable.
+    - ``max_requeue_fraction``: share of a batch's size given to re-queued URLs.
+    """
+    chunk_size: int = 512
+    workers: int | None = None
+    resize_to: int | None = None
+    near_dup_distance: int | None = 4
+    max_url_attempts: int = 3
+    max_requeue_fraction: float = 0.25
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+
+
+@dataclass
+class BatchReport:
+    batch: str
+    requested: int
+    counts: dict[str, int]
+    failed_by_reason: dict[str, int]
+    per_source: dict[str, int]
+    requeued: int
+    blobs_created: int
+    resumed_outcomes: int
+    elapsed_s: float
+    raw: pl.DataFrame = field(repr=False)
+    log: pl.DataFrame = field(repr=False)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("raw", "log")}
+
+
+def _item_row(position: int, item: SourceItem, url_attempt: int) -> dict:
+    return {"position": position, "source": item.source, "source_id": item.source_id, "url": item.url,
+            "licence": item.licence, "alt_text": item.alt_text, "author": item.author, "page_url": item.page_url,
+            "stated_width": item.width, "stated_height": item.height, "url_attempt": url_attempt}
+
+
+def _row_item(row: dict) -> SourceItem:
+    return SourceItem(row["source"], row["source_id"], row["url"], row["licence"], row["alt_text"], row["author"],
+                      row["page_url"], row["stated_width"], row["stated_height"])
+
+
+def plan_batch(store: Store, batch: str, batch_index: int, sources: Sequence[tuple[ImageSource, int]],
+               config: IngestConfig) -> pl.DataFrame:
+    """The batch's items, written once: re-queued failed URLs first, then each source's share."""
+    key = f"{staging_prefix(batch)}/plan.parquet"
+    if store.exists(key):
+        return store.read_table(key)
+    rows: list[dict] = []
+    total = sum(size for _, size in sources)
+    if store.exists(FAILED_URLS_KEY):
+        pending = store.read_table(FAILED_URLS_KEY).filter(
+            (pl.col("state") == "pending") & (pl.col("last_batch") != batch)).sort("last_batch", "url")
+        for r in pending.head(math.floor(total * config.max_requeue_fraction)).iter_rows(named=True):
+            rows.append(_item_row(len(rows), _row_item(r), r["attempts"] + 1))
+    for source, size in sources:
+        for item in source.plan(batch_index, size, store):
+            rows.append(_item_row(len(rows), item, 1))
+    plan = pl.DataFrame(rows, schema=ITEM_SCHEMA)
+    store.write_table(key, plan)
+    return plan
+
+
+@dataclass
+class _Fetched:
+    position: int
+    data: bytes | None
+    reason: str | None = None
+    detail: str = ""
+    http_status: int | None = None
+    attempts: int = 1
+    truth: object = None  # SyntheticSample for synthetic items
+
+
+def _fetch_items(plan_rows: list[dict], sources: Sequence[ImageSource],
+                 fetch_config: FetchConfig) -> Iterator[_Fetched]:
+    """Bytes for each pending item: synthetic renders and dataset files first, then HTTP downloads.
+    Only folder sources read files; any other URL that is not http(s) is a ``bad_url``."""
+    synthetic = {s.name: s for s in sources if isinstance(s, SyntheticSource)}
+    folders = {s.name for s in sources if isinstance(s, FolderSource)}
+    http = []
+    for r in plan_rows:
+        url = r["url"] or ""
+        if url.startswith(("http://", "https://")) or r["source"] not in folders | set(synthetic):
+            http.append(r)  # fetch_all rejects what is not http(s) as bad_url
+        elif url.startswith("synthetic://"):
+            source = synthetic.get(r["source"])
+            if source is None:
+                yield _Fetched(r["position"], None, "source_unavailable", f"no synthetic source {r['source']!r}")
+                continue
+            sample = source.render(_row_item(r))
+            yield _Fetched(r["position"], sample.image_bytes, truth=sample)
+        else:
+            try:
+                with fsspec.open(url, "rb") as f:
+                    yield _Fetched(r["position"], f.read())
+            except FileNotFoundError as exc:
+                yield _Fetched(r["position"], None, "missing_file", str(exc))
+            except (OSError, ValueError) as exc:
+                yield _Fetched(r["position"], None, "read_error", f"{type(exc).__name__}: {exc}")
+    for res in fetch_all(((str(r["position"]), r["url"]) for r in http), fetch_config):
+        yield _Fetched(int(res.key), res.data, res.reason, "" if res.data is not None else res.reason or "",
+                       res.http_status, res.attempts)
+
+
+class _Checker:
+    """``check_image`` in worker processes (models-once lifecycle: the pool starts once per batch), or
+    inline for small batches. Keeps at most ``window`` checks in flight so memory stays bounded."""
+
+    def __init__(self, workers: int, resize_to: int | None) -> None:
+        self.resize_to = resize_to
+        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                     if workers > 0 else None)
+        self.window = max(1, workers * 8)
+        self.in_flight: dict[Future, _Fetched] = {}
+
+    def submit(self, fetched: _Fetched) -> Iterator[tuple[_Fetched, CheckedImage]]:
+        if self.pool is None:
+            yield fetched, check_image(fetched.data, self.resize_to)
+            return
+        self.in_flight[self.pool.submit(check_image, fetched.data, self.resize_to)] = fetched
+        if len(self.in_flight) >= self.window:
+            yield from self._collect(FIRST_COMPLETED)
+
+    def drain(self) -> Iterator[tuple[_Fetched, CheckedImage]]:
+        while self.in_flight:
+            yield from self._collect(FIRST_COMPLETED)
+
+    def _collect(self, how: str) -> Iterator[tuple[_Fetched, CheckedImage]]:
+        done, _ = wait(list(self.in_flight), return_when=how)
+        for fut in done:
+            yield self.in_flight.pop(fut), fut.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _ChunkWriter:
+    """Outcome rows in completion order, flushed atomically every ``size`` rows."""
+
+    def __init__(self, store: Store, batch: str, size: int, first_index: int) -> None:
+        self.store, self.prefix, self.size, self.next_index = store, f"{staging_prefix(batch)}/done", size, first_index
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.store.write_table(f"{self.prefix}/chunk-{self.next_index:05d}.parquet",
+                                   pl.DataFrame(self.rows, schema=OUTCOME_SCHEMA))
+            self.next_index += 1
+            self.rows = []
+
+
+def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[tuple[ImageSource, int]],
+                 config: IngestConfig = IngestConfig(),
+                 progress: Callable[[int, int], None] | None = None) -> BatchReport:
+    """Run (or resume, or re-read) one sourcing batch; see the module docstring."""
+    t0 = time.monotonic()
+    if store.exists(log_table_key(batch)) and not store.exists(f"{staging_prefix(batch)}/plan.parquet"):
+        return _report(store, batch, store.read_table(log_table_key(batch)), 0, 0, t0)
+    plan = plan_batch(store, batch, batch_index, sources, config)
+    done_keys = store.list(f"{staging_prefix(batch)}/done")
+    done = pl.concat([store.read_table(k) for k in done_keys]) if done_keys else pl.DataFrame(schema=OUTCOME_SCHEMA)
+    index = PoolIndex.load(store, config.near_dup_distance, exclude_batch=batch)
+    for sha, phash in done.filter(pl.col("status") == "stored").select("sha256", "phash").iter_rows():
+        index.add(sha, phash)
+    finished = set(done["position"].to_list())
+    pending = [r for r in plan.iter_rows(named=True) if r["position"] not in finished]
+    by_position = {r["position"]: r for r in pending}
+    workers = config.workers if config.workers is not None else (0 if len(pending) < 256 else os.cpu_count() or 1)
+    writer = _ChunkWriter(store, batch, config.chunk_size, len(done_keys))
+    checker = _Checker(workers, config.resize_to)
+    created = 0
+    n_done, total = len(finished), len(plan)
+
+    def outcome(fetched: _Fetched, checked: CheckedImage | None, duplicate_of: str | None = None) -> None:
+        nonlocal created, n_done
+        row = {**by_position.pop(fetched.position), "batch": batch, "http_status": fetched.http_status,
+               "fetch_attempts": fetched.attempts, "detail": fetched.detail}
+        if duplicate_of is not None:
+            row.update(status="duplicate", sha256=duplicate_of, duplicate_of=duplicate_of, n_bytes=len(fetched.data))
+        elif checked is None:
+            row.update(status="failed", reason=fetched.reason)
+        elif checked.reason is not None:
+            row.update(status="failed", reason=checked.reason, detail=checked.detail, sha256=checked.sha256,
+                       n_bytes=len(fetched.data))
+        else:
+            stored = checked.stored_bytes if checked.stored_bytes is not None else fetched.data
+            sha = checked.sha256 if checked.stored_bytes is None else sha256_hex(stored)
+            row.update(sha256=sha, ext=checked.ext, width=checked.width, height=checked.height,
+                       n_bytes=len(stored), phash=checked.phash, detail=checked.detail)
+            match = index.match(sha, checked.phash)
+            if match is not None:
+                row.update(status=match.kind, duplicate_of=match.sha256 or f"{match.sha_prefix:016x}")
+            else:
+                put = store.put_blob(stored, checked.ext)
+                created += put.created
+                index.add(sha, checked.phash)
+                row.update(status="stored", blob_key=put.key)
+                if fetched.truth is not None:
+                    row["truth"] = json.dumps(store_truth([fetched.truth], store).row(0, named=True))
+        writer.add(row)
+        n_done += 1
+        if progress:
+            progress(n_done, total)
+
+    try:
+        for fetched in _fetch_items(pending, [s for s, _ in sources], config.fetch):
+            if fetched.data is None:
+                outcome(fetched, None)
+                continue
+            if config.resize_to is None and (sha := sha256_hex(fetched.data)) and index.match(sha, None):
+                outcome(fetched, None, duplicate_of=sha)  # exact duplicate: no need to decode it
+                continue
+            for f, checked in checker.submit(fetched):
+                outcome(f, checked)
+        for f, checked in checker.drain():
+            outcome(f, checked)
+        writer.flush()
+    finally:
+        checker.close()
+    log = pl.concat([store.read_table(k) for k in store.list(f"{staging_prefix(batch)}/done")]).sort("position")
+    if len(log) != len(plan):
+        raise RuntimeError(f"batch {batch}: {len(log)} outcomes for {len(plan)} planned items")
+    log = _resolve_near_duplicates(store, log)
+    _finish(store, batch, log, config)
+    return _report(store, batch, log, created, len(finished), t0)
+
+
+def _resolve_near_duplicates(store: Store, log: pl.DataFrame) -> pl.DataFrame:
+    """Replace sha prefixes (16 hex digits) in ``duplicate_of`` by the full sha256 from the index."""
+    short = [v for v in log["duplicate_of"].drop_nulls().to_list() if len(v) == 16]
+    if not short:
+        return log
+    full = {f"{k:016x}": v for k, v in resolve_shas(store, {int(v, 16) for v in short}).items()}
+    return log.with_columns(pl.col("duplicate_of").replace(full))
+
+
+def _finish(store: Store, batch: str, log: pl.DataFrame, config: IngestConfig) -> None:
+    stored = log.filter(pl.col("status") == "stored")
+    store.write_table(raw_table_key(batch), stored.select(RAW_COLUMNS))
+    truth = stored.filter(pl.col("truth").is_not_null())
+    if len(truth):
+        store.write_table(truth_table_key(batch), pl.DataFrame([json.loads(t) for t in truth["truth"]],
+                                                               schema=TRUTH_SCHEMA))
+    store.write_table(log_table_key(batch), log.drop("truth"))
+    write_segment(store, batch, stored.select("sha256", "phash"))
+    update_failed_urls(store, batch, log, config.max_url_attempts)
+    store.delete(staging_prefix(batch))
+
+
+def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_attempts: int) -> pl.DataFrame:
+    """Fold one batch's outcomes into the failed-URL table; idempotent (rows already at ``batch`` are kept)."""
+    table = store.read_table(FAILED_URLS_KEY) if store.exists(FAILED_URLS_KEY) else pl.DataFrame(schema=FAILED_SCHEMA)
+    known = {r["url"]: r for r in table.iter_rows(named=True)}
+    changed = False
+    for r in log.filter((pl.col("status") == "failed") | (pl.col("url_attempt") > 1)).iter_rows(named=True):
+        prev = known.get(r["url"])
+        if prev is not None and prev["last_batch"] == batch:
+            continue
+        if r["status"] != "failed":
+            if prev is not None:
+                known[r["url"]] = {**prev, "state": "recovered", "last_batch": batch}
+                changed = True
+            continue
+        attempts = r["url_attempt"]
+        state = ("pending" if r["reason"] in RETRYABLE_REASONS and attempts < max_url_attempts
+                 else "exhausted" if r["reason"] in RETRYABLE_REASONS else "final")
+        known[r["url"]] = {**{k: r[k] for k in FAILED_SCHEMA if k in r}, "attempts": attempts, "state": state,
+                           "first_batch": prev["first_batch"] if prev else batch, "last_batch": batch}
+        changed = True
+    if changed:
+        table = pl.DataFrame(list(known.values()), schema=FAILED_SCHEMA)
+        store.write_table(FAILED_URLS_KEY, table)
+    return table
+
+
+def _report(store: Store, batch: str, log: pl.DataFrame, created: int, resumed: int, t0: float) -> BatchReport:
+    counts = Counter(log["status"].to_list())
+    failed = log.filter(pl.col("status") == "failed")
+    return BatchReport(
+        batch, len(log), {s: counts.get(s, 0) for s in STATUSES}, dict(sorted(Counter(failed["reason"].to_list()).items())),
+        dict(sorted(Counter(log["source"].to_list()).items())), int((log["url_attempt"] > 1).sum()), created, resumed,
+        time.monotonic() - t0, store.read_table(raw_table_key(batch)), log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Source one batch from a LAION-style parquet into a store; the last stdout line is a JSON summary."""
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--parquet", required=True, help="parquet file or folder (local, file://, s3://)")
+    p.add_argument("--store", required=True, help="store root URL")
+    p.add_argument("--batch", default="batch-00000", help="batch key, batch-NNNNN")
+    p.add_argument("--limit", type=int, required=True, help="rows per batch")
+    p.add_argument("--resize-to", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--near-dup-distance", type=int, default=4)
+    p.add_argument("--chunk-size", type=int, default=IngestConfig.chunk_size)
+    p.add_argument("--max-in-flight", type=int, default=FetchConfig.max_in_flight)
+    p.add_argument("--per-host", type=int, default=FetchConfig.per_host)
+    args = p.parse_args(argv)
+    index = int(args.batch.rpartition("-")[2])
+    fetch = dataclasses.replace(FetchConfig(), max_in_flight=args.max_in_flight, per_host=args.per_host)
+    config = IngestConfig(workers=args.workers, resize_to=args.resize_to, near_dup_distance=args.near_dup_distance,
+                          chunk_size=args.chunk_size, fetch=fetch)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 5 or done == total:
+            last[0] = time.monotonic()
+            print(f"sourcing {args.batch}: {done}/{total}", file=sys.stderr, flush=True)
+
+    report = source_batch(Store(args.store), args.batch, index, [(ParquetSource(args.parquet), args.limit)],
+                          config, progress)
+    print(json.dumps(report.summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
