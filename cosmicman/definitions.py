@@ -1,7 +1,8 @@
 """The single Dagster code location: assets, checks, jobs, sensors, and resources per environment.
 
 ``COSMICMAN_ENV`` selects the environment (``local`` by default: the embedded, zero-configuration
-flywheel under ``.cosmicman/``). Assets never branch on it; only the resources below differ.
+flywheel under ``.cosmicman/``). Assets never branch on it; only the resources below differ, and for
+``k8s`` how steps execute (one pod per step, a GPU for each filter shard).
 """
 from __future__ import annotations
 
@@ -45,11 +46,26 @@ def s3_resources() -> dict:
         access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"), secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"))}
 
 
+def production_sourcing() -> SourcingResource:
+    """Real sources: a LAION-style url list and each web API whose key is set. Keys reach the resource
+    only as ``dg.EnvVar`` (read at run time, hidden in the UI, never logged)."""
+    keys = {name: dg.EnvVar(env) for name, env in (("flickr_api_key", "FLICKR_API_KEY"),
+                                                    ("unsplash_access_key", "UNSPLASH_ACCESS_KEY"),
+                                                    ("pixabay_api_key", "PIXABAY_API_KEY")) if env in os.environ}
+    return SourcingResource(
+        synthetic=False, pool_threshold=int(os.environ.get("COSMICMAN_POOL_THRESHOLD", "1000000")),
+        parquet_url=os.environ.get("COSMICMAN_PARQUET_URL"), parquet_batch_size=10_000,
+        flickr_batch_size=500, unsplash_batch_size=300, unsplash_production=True, pixabay_batch_size=1000,
+        workers=int(os.environ.get("COSMICMAN_SOURCING_WORKERS", "8")), **keys)
+
+
 def k8s_resources() -> dict:
     """Production: the S3 store, and training in a GPU pod launched through Dagster Pipes on Kubernetes."""
     from cosmicman.resources.k8s_launchers import K8sJobTrainingLauncher
+    from cosmicman.resources.step_outputs import ObjectStoreStepIOManager
 
-    return {**s3_resources(), "training_launcher": K8sJobTrainingLauncher(
+    s3 = s3_resources()
+    return {**s3, "sourcing": production_sourcing(), "training_launcher": K8sJobTrainingLauncher(
         image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"), namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
         gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8"))),
         # people label in Label Studio; images reach it as presigned S3 URLs
@@ -60,26 +76,43 @@ def k8s_resources() -> dict:
             pretrained=os.environ.get("COSMICMAN_PRETRAINED", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
             resolution=512, hola_map_factor=16, lr=1e-5, steps=int(os.environ.get("COSMICMAN_TRAIN_STEPS", "100000")),
             batch_size=4, grad_accum=4, mixed_precision="bf16", deepspeed="zero2", buckets=True,
-            cache_latents=True, gradient_checkpointing=True, checkpoint_every=1000)}
+            cache_latents=True, gradient_checkpointing=True, checkpoint_every=1000),
+        # one pod per step (k8s_execution): op outputs must outlive the pod that wrote them
+        "io_manager": ObjectStoreStepIOManager(object_store=s3["object_store"])}
+
+
+def k8s_execution() -> dict:
+    """Every step in its own pod (``k8s_job_executor``; image, namespace and the rest come from the
+    K8sRunLauncher), so each filter shard's pod asks for ``COSMICMAN_FILTER_GPUS`` GPUs of its own."""
+    from dagster_k8s import k8s_job_executor
+
+    gpus = os.environ.get("COSMICMAN_FILTER_GPUS", "1")
+    return {"executor": k8s_job_executor,
+            "filter_step_tags": {"dagster-k8s/config": {
+                "container_config": {"resources": {"limits": {"nvidia.com/gpu": gpus}}}}}}
 
 
 ENVIRONMENTS = {"local": local_resources, "s3": s3_resources, "k8s": k8s_resources}
+# how steps execute, where it is not Dagster's default (one process per step on this machine, no step tags)
+EXECUTION = {"k8s": k8s_execution}
 
 
-def build_definitions(resources: dict) -> dg.Definitions:
+def build_definitions(resources: dict, executor: dg.ExecutorDefinition | None = None,
+                      filter_step_tags: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([sourcing, filtering, annotation, datasets, training, evaluation]),
+        assets=[*dg.load_assets_from_modules([sourcing, filtering, annotation, datasets, training, evaluation]),
+                filtering.build_filtered_images(filter_step_tags)],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=resources,
+        executor=executor,
     )
 
 
-def _resources_for_env() -> dict:
-    env = os.environ.get("COSMICMAN_ENV", "local")
+def definitions_for(env: str) -> dg.Definitions:
     if env not in ENVIRONMENTS:
         raise ValueError(f"COSMICMAN_ENV={env!r} is not one of {sorted(ENVIRONMENTS)}")
-    return ENVIRONMENTS[env]()
+    return build_definitions(ENVIRONMENTS[env](), **EXECUTION.get(env, dict)())
 
 
-defs = build_definitions(_resources_for_env())
+defs = definitions_for(os.environ.get("COSMICMAN_ENV", "local"))

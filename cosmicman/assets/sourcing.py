@@ -1,7 +1,11 @@
 import dagster as dg
+import polars as pl
 
 from cosmicman.assets.common import content_digest, sourcing_batches
 from cosmicman.data.ingest import log_table_key, raw_table_key, source_batch
+from cosmicman.data.sources import ImageSource
+from cosmicman.data.store import Store
+from cosmicman.data.web_apis import ApiSource
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
 
@@ -12,6 +16,16 @@ def batch_index(partition_key: str) -> int:
     if prefix != "batch" or not number.isdigit():
         raise ValueError(f"sourcing batch keys look like 'batch-00007', got {partition_key!r}")
     return int(number)
+
+
+def track_api_downloads(store: Store, index: int, sources: list[tuple[ImageSource, int]], raw: pl.DataFrame) -> int:
+    """Report the stored photos of each web API back to it where its terms require (Unsplash)."""
+    tracked = 0
+    for source, _ in sources:
+        if isinstance(source, ApiSource):
+            ids = raw.filter(pl.col("source") == source.name)["source_id"].to_list()
+            tracked += source.track_downloads(index, ids, store).items
+    return tracked
 
 
 @dg.asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="sourcing", code_version="2")
@@ -30,8 +44,9 @@ def raw_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
             last_log[0] = done
             context.log.info(f"sourcing {batch}: {done}/{total}")
 
-    report = source_batch(store, batch, batch_index(batch), sourcing.sources(store), sourcing.ingest_config(),
-                          progress)
+    sources = sourcing.sources(store)
+    report = source_batch(store, batch, batch_index(batch), sources, sourcing.ingest_config(), progress)
+    tracked = track_api_downloads(store, batch_index(batch), sources, report.raw)
     if report.resumed_outcomes:
         context.log.info(f"resumed {batch}: {report.resumed_outcomes} outcomes were already durable")
     return dg.MaterializeResult(metadata={
@@ -39,6 +54,7 @@ def raw_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
         "failed_by_reason": dg.MetadataValue.json(report.failed_by_reason),
         "per_source": dg.MetadataValue.json(report.per_source), "requeued_urls": report.requeued,
         "blobs_created": report.blobs_created, "resumed_outcomes": report.resumed_outcomes,
+        "api_downloads_tracked": tracked,
         "images_per_s": round(report.requested / max(report.elapsed_s, 1e-9), 1),
         "table": dg.MetadataValue.path(store.uri(raw_table_key(batch))),
         "sourcing_log": dg.MetadataValue.path(store.uri(log_table_key(batch))),

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional
 
 import dagster as dg
 
 from cosmicman.data.fetch import FetchConfig
 from cosmicman.data.ingest import IngestConfig
 from cosmicman.data.sources import FolderSource, ImageSource, ParquetSource, SyntheticSource
+from cosmicman.data.rate_limit import UNSPLASH_DEMO_RATE_LIMIT, UNSPLASH_PRODUCTION_RATE_LIMIT
 from cosmicman.data.store import Store
+from cosmicman.data.web_apis import ApiSource, FlickrClient, PixabayClient, UnsplashClient
+
+# Flickr licence ids that allow reuse: CC BY, CC BY-SA, no known copyright restrictions, US Government
+# Work, CC0, Public Domain Mark (flickr.photos.licenses.getInfo).
+FLICKR_REUSABLE_LICENCES = [4, 5, 7, 8, 9, 10]
 
 
 class SourcingResource(dg.ConfigurableResource):
@@ -26,6 +32,19 @@ class SourcingResource(dg.ConfigurableResource):
     folder_batch_size: int = 8
     parquet_url: Optional[str] = None
     parquet_batch_size: int = 10_000
+    api_terms: List[str] = ["full body photo of a person", "person standing full length", "fashion model full body",
+                            "street style outfit"]
+    flickr_api_key: Optional[str] = None
+    flickr_batch_size: int = 0
+    flickr_licences: List[int] = FLICKR_REUSABLE_LICENCES
+    flickr_base_url: Optional[str] = None
+    unsplash_access_key: Optional[str] = None
+    unsplash_batch_size: int = 0
+    unsplash_production: bool = False
+    unsplash_base_url: Optional[str] = None
+    pixabay_api_key: Optional[str] = None
+    pixabay_batch_size: int = 0
+    pixabay_base_url: Optional[str] = None
     workers: Optional[int] = None
     chunk_size: int = 512
     near_dup_distance: Optional[int] = 4
@@ -47,9 +66,25 @@ class SourcingResource(dg.ConfigurableResource):
                         self.folder_batch_size))
         if self.parquet_url:
             out.append((ParquetSource(self.parquet_url), self.parquet_batch_size))
+        out += [(ApiSource(client, self.api_terms), size) for client, size in self._api_clients()]
         if not out:
             raise ValueError("SourcingResource has no source: enable synthetic or set folder_url / parquet_url")
         return out
+
+    def _api_clients(self) -> list[tuple[object, int]]:
+        """A client for each web API with a key and a share of the batch (keys arrive via ``dg.EnvVar``)."""
+        clients: list[tuple[object, int]] = []
+        if self.flickr_api_key and self.flickr_batch_size > 0:
+            clients.append((FlickrClient(self.flickr_api_key, base_url=self.flickr_base_url,
+                                         licences=self.flickr_licences), self.flickr_batch_size))
+        if self.unsplash_access_key and self.unsplash_batch_size > 0:
+            limit = UNSPLASH_PRODUCTION_RATE_LIMIT if self.unsplash_production else UNSPLASH_DEMO_RATE_LIMIT
+            clients.append((UnsplashClient(self.unsplash_access_key, base_url=self.unsplash_base_url,
+                                           rate_limit=limit), self.unsplash_batch_size))
+        if self.pixabay_api_key and self.pixabay_batch_size > 0:
+            clients.append((PixabayClient(self.pixabay_api_key, base_url=self.pixabay_base_url),
+                            self.pixabay_batch_size))
+        return clients
 
     def ingest_config(self) -> IngestConfig:
         fetch = dataclasses.replace(FetchConfig(), max_in_flight=self.max_in_flight, per_host=self.per_host,
