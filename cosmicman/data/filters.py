@@ -11,28 +11,36 @@ min_long_side`` (production 640 / 1280, i.e. at least a 1:2 portrait of 640x1280
 Both numbers are config.
 
 Defaults. :class:`FilterConfig` defaults suit the synthetic world's 320x640 renders (size 256 / 512,
-face 48 px); :meth:`FilterConfig.production` gives the paper's values (640 / 1280, largest face 224 px).
+face 52 px); :meth:`FilterConfig.production` gives the paper's values (640 / 1280, largest face 224 px).
 
-Backends (local ones run offline on CPU; production ones load real weights with ``from_pretrained``
-in ``setup()`` and raise :class:`BackendUnavailable` naming what they need when weights are missing):
+Backends (local ones run offline on CPU with weights shipped in pip wheels; production ones load real
+weights in ``setup()`` and raise :class:`BackendUnavailable` naming what they need when weights or
+packages are missing):
 
-* person count: :class:`HogFacePersonDetector`: OpenCV's default people HOG (shipped in the wheel),
-  plus frontal faces that no HOG box explains (HOG alone misses ~5-10% of rendered people: long
-  dresses, raised arms, bold stripes); :class:`HogPersonDetector` alone; production
-  :class:`TransformersPersonDetector`.
-* face size: :class:`HaarFaceDetector` (OpenCV frontal-face cascade, grey + gamma-brightened passes).
-* fake person: an image embedding + :class:`LogisticHead`. Locally :class:`OfflineImageFeatures`
-  (flatness / noise / outline / colour statistics); production :class:`ClipImageEmbedder`.
-* quality: :class:`OfflineQualityScorer` (sharpness, exposure, noise -> one score in [0, 1]).
+* person count: :class:`HogFacePersonDetector`: faces (below) that look like heads, plus OpenCV's default
+  people HOG for bodies no face explains (HOG alone misses ~5-10% of rendered people: long dresses,
+  raised arms, bold stripes); :class:`HogPersonDetector` alone; production
+  :class:`TransformersPersonDetector` (an object-detection model id, COCO "person").
+* face size: :class:`HaarFaceDetector` (OpenCV frontal cascade on grey and gamma-brightened passes, then
+  the profile cascade both ways round; cascades are config).
+* fake person: an image embedding + :class:`LogisticHead`, trained from a folder in the Human-Art layout
+  (:class:`HumanArtFolder`). Locally :class:`OfflineImageFeatures` (flatness / noise / outline / colour
+  statistics); production :class:`ClipImageEmbedder`.
+* quality: :class:`OfflineQualityScorer` (sharpness, exposure, noise; documented ranges and what the
+  default threshold rejects); production :class:`PyiqaQualityScorer` (LIQE) or :class:`HpsV2Scorer`.
+  Every scorer returns its raw components and ``quality`` in [0, 1]; the chain stores them all.
 """
 from __future__ import annotations
 
 import io
 import math
+import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
 import cv2
+import fsspec
 import numpy as np
 from PIL import Image
 
@@ -196,6 +204,14 @@ def merge_columns(dets: Sequence[tuple[Box, float]], x_frac: float = 0.4) -> lis
     return keep
 
 
+def has_colour(rgb: np.ndarray, min_spread: float = 3.0) -> bool:
+    """Whether an RGB image carries colour: the mean spread between its channels (max - min, on a
+    subsampled grid) reaches ``min_spread`` grey levels. A grey photo stored as RGB (or as JPEG, whose
+    chroma rounding leaves a spread of a level or two) has none, so no skin test can apply to it."""
+    grid = rgb[::4, ::4].astype(np.int16)
+    return float((grid.max(-1) - grid.min(-1)).mean()) >= min_spread
+
+
 def skin_fraction(rgb: np.ndarray, box: Box) -> float:
     """Share of skin-coloured pixels (the classical YCrCb range, which spans light to dark skin) in the
     central half of ``box``: a Haar "face" on a dotted shirt or a picture frame has almost none."""
@@ -214,9 +230,10 @@ class HogFacePersonDetector:
 
     Measured on renders: HOG alone misses ~5-10% of people (long dresses, raised arms, bold stripes) and
     splits or invents bodies beside a person (wall pictures, half bodies); Haar fires on patterns. So a
-    person is a skin-coloured frontal face that is neither directly below another head (a face-like
-    pattern on the same body) nor far larger than the heads already found; a confident HOG body adds a
-    person only when no head lies in its column. With no head at all, the HOG bodies count.
+    person is a skin-coloured face that is neither directly below another head (a face-like pattern on
+    the same body) nor far larger than the heads already found; a confident HOG body adds a person only
+    when no head lies in its column. With no head at all, the HOG bodies count. A grey photo has no skin
+    colour, so there every face counts as a head (scikit-image's camera man: a profile face, no HOG body).
     """
     name = "face+hog"
 
@@ -233,10 +250,11 @@ class HogFacePersonDetector:
         self.faces.setup()
 
     def heads(self, img: Image.Image) -> list[Box]:
-        rgb = np.asarray(img)
+        rgb = np.asarray(img.convert("RGB"))
+        skin_test = has_colour(rgb)  # a grey photo (the camera man) has no skin colour to test
         heads: list[Box] = []
         for f in sorted(self.faces.detect(img), key=lambda b: b[1]):  # top first: heads sit above bodies
-            if skin_fraction(rgb, f) < self.min_skin:
+            if skin_test and skin_fraction(rgb, f) < self.min_skin:
                 continue
             fc, fw = (f[0] + f[2]) / 2, f[2] - f[0]
             if any(abs(fc - (g[0] + g[2]) / 2) < g[2] - g[0] and f[1] > g[3] - 0.25 * (g[3] - g[1]) for g in heads):
@@ -336,26 +354,37 @@ class TransformersPersonDetector:
 
 
 class HaarFaceDetector:
-    """OpenCV frontal-face Haar cascade (``alt2``), on the grey image and a gamma-brightened copy
-    (dark skin in shadow; run only when the plain pass finds nothing), NMS. Faces below ``min_size`` px
-    are not searched (keep it a little under the size rule so the score still says how small a face was)."""
+    """OpenCV Haar cascades (shipped in the wheel), in passes; the first pass that finds a face decides:
+
+    1. the frontal cascade (``alt2``) on the grey image;
+    2. the same on a gamma-brightened copy (dark skin in shadow);
+    3. the profile cascade on the grey image and on its mirror (the cascade is trained on faces turned
+       one way; the mirror finds the other): a face in profile or partly hidden, as in scikit-image's
+       camera-man photo, where no frontal pass fires.
+
+    Later passes run only when the earlier ones found nothing, so frontal faces are never displaced by a
+    profile box, and an image costs one pass when its face is frontal. Boxes from all orientations are
+    NMS'd. Faces below ``min_size`` px are not searched (keep it a little under the size rule so the score
+    still says how small a face was). ``cascade`` / ``profile_cascade`` name a file shipped with OpenCV or
+    a path to any cascade XML; ``profile_cascade=None`` drops pass 3.
+    """
     name = "haar_face"
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", min_size: int = 28,
+    def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml",
+                 profile_cascade: str | None = "haarcascade_profileface.xml", min_size: int = 28,
                  min_neighbors: int = 3, scale_factor: float = 1.1, gamma: float = 0.6,
                  max_side: int = 1280) -> None:
-        self.cascade, self.min_size, self.min_neighbors = cascade, min_size, min_neighbors
-        self.scale_factor, self.gamma, self.max_side = scale_factor, gamma, max_side
-        self._clf: cv2.CascadeClassifier | None = None
+        self.cascade, self.profile_cascade, self.min_size = cascade, profile_cascade, min_size
+        self.min_neighbors, self.scale_factor, self.gamma, self.max_side = min_neighbors, scale_factor, gamma, max_side
+        self._frontal: cv2.CascadeClassifier | None = None
+        self._profile: cv2.CascadeClassifier | None = None
         self._lut = np.array([255 * (i / 255) ** gamma for i in range(256)], np.uint8)
         self._memo: tuple[Image.Image, list[Box]] | None = None
 
     def setup(self) -> None:
-        if self._clf is None:
-            clf = cv2.CascadeClassifier(cv2.data.haarcascades + self.cascade)
-            if clf.empty():
-                raise BackendUnavailable(f"OpenCV cascade {self.cascade!r} not found in {cv2.data.haarcascades}")
-            self._clf = clf
+        if self._frontal is None:
+            self._frontal = load_cascade(self.cascade)
+            self._profile = load_cascade(self.profile_cascade) if self.profile_cascade else None
 
     def detect(self, img: Image.Image) -> list[Box]:
         if self._memo is not None and self._memo[0] is img:  # the person and face steps share one pass
@@ -364,6 +393,15 @@ class HaarFaceDetector:
         self._memo = (img, boxes)
         return list(boxes)
 
+    def _search(self, clf: cv2.CascadeClassifier, g: np.ndarray, ms: int, mirrored: bool = False) -> list[Box]:
+        gg = np.ascontiguousarray(g[:, ::-1]) if mirrored else g
+        found = clf.detectMultiScale(gg, self.scale_factor, self.min_neighbors, minSize=(ms, ms))
+        boxes: list[Box] = []
+        for (x, y, w, h) in found:
+            x0 = g.shape[1] - x - w if mirrored else x
+            boxes.append((float(x0), float(y), float(x0 + w), float(y + h)))
+        return boxes
+
     def _detect(self, img: Image.Image) -> list[Box]:
         self.setup()
         g = _gray(img)
@@ -371,16 +409,24 @@ class HaarFaceDetector:
         if s < 1.0:
             g = cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
         ms = max(12, int(self.min_size * s))
-        boxes: list[Box] = []
-        for gg in (g, None):
-            if gg is None:  # second pass only when the plain grey pass found nothing
-                if boxes:
-                    break
-                gg = cv2.LUT(g, self._lut)
-            for (x, y, w, h) in self._clf.detectMultiScale(gg, self.scale_factor, self.min_neighbors, minSize=(ms, ms)):
-                boxes.append((x / s, y / s, (x + w) / s, (y + h) / s))
+        boxes = self._search(self._frontal, g, ms)
+        if not boxes:
+            boxes = self._search(self._frontal, cv2.LUT(g, self._lut), ms)
+        if not boxes and self._profile is not None:
+            boxes = self._search(self._profile, g, ms) + self._search(self._profile, g, ms, mirrored=True)
+        boxes = [(x0 / s, y0 / s, x1 / s, y1 / s) for (x0, y0, x1, y1) in boxes]
         keep = nms(boxes, [(b[2] - b[0]) for b in boxes], iou=0.3, contain=0.6)
         return [boxes[i] for i in keep]
+
+
+def load_cascade(name_or_path: str) -> cv2.CascadeClassifier:
+    """A cascade shipped with OpenCV (by file name) or any cascade XML (by path)."""
+    path = name_or_path if os.path.isfile(name_or_path) else os.path.join(cv2.data.haarcascades, name_or_path)
+    clf = cv2.CascadeClassifier(path) if os.path.isfile(path) else None
+    if clf is None or clf.empty():
+        raise BackendUnavailable(f"OpenCV cascade {name_or_path!r} is neither a file nor shipped in "
+                                 f"{cv2.data.haarcascades}")
+    return clf
 
 
 # ================================================================================= fake person
@@ -487,8 +533,6 @@ class LogisticHead:
         return cls(d["weight"], float(d["bias"][0]), d["mean"], d["std"], str(d["embedder"]))
 
 
-
-
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 300) -> LogisticHead:
     """L2-regularised logistic regression by Newton steps (small dims) on standardised features."""
     X = np.asarray(X, np.float64)
@@ -509,29 +553,147 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 30
     return LogisticHead(w[:-1].astype(np.float32), float(w[-1]), mean.astype(np.float32), std.astype(np.float32))
 
 
-def train_fake_person_head(images: Sequence[Image.Image], labels: Sequence[int], embedder: Embedder | None = None,
-                           val_fraction: float = 0.25, seed: int = 0) -> tuple[LogisticHead, dict[str, float]]:
-    """Fit the fake-person head (label 1 = fake) on embeddings; metrics on a held-out split.
+def held_out_split(groups: Sequence[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices, stratified by group so every group of two or more images is measured."""
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(groups)
+    train, val = [], []
+    for g in sorted(set(groups.tolist())):
+        idx = rng.permutation(np.flatnonzero(groups == g))
+        n_val = min(len(idx) - 1, max(1, int(round(len(idx) * val_fraction)))) if len(idx) > 1 else 0
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.asarray(train, int), np.asarray(val, int)
 
-    The returned head is refitted on all data after the held-out measurement.
+
+def fit_fake_person_head(X: np.ndarray, labels: Sequence[int], groups: Sequence[str] | None = None,
+                         val_fraction: float = 0.25, seed: int = 0) -> tuple[LogisticHead, dict[str, float]]:
+    """Fit the head (label 1 = fake) on embeddings ``X``; accuracy on a held-out split, then refit on all.
+
+    ``groups`` are '/'-separated names (Human-Art: ``real_human/dance``); the split is stratified by
+    group and held-out accuracy is reported for every prefix: ``val_accuracy/real_human`` (the scenario
+    group) and ``val_accuracy/real_human/dance`` (the scenario), with ``n_val/...`` beside each.
+    """
+    X = np.asarray(X, np.float64)
+    y = np.asarray(labels, int)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("the fake-person head needs both real (0) and fake (1) images")
+    names = list(groups) if groups is not None else [""] * len(y)
+    tr, val = held_out_split(names, val_fraction, seed)
+    head = fit_logistic(X[tr], y[tr])
+    pv = head.prob(X[val])
+    correct = (pv > 0.5).astype(int) == y[val]
+    metrics: dict[str, float] = {
+        "val_accuracy": float(correct.mean()), "n_train": int(len(tr)), "n_val": int(len(val)),
+        "train_accuracy": float(((head.prob(X[tr]) > 0.5).astype(int) == y[tr]).mean()),
+        "val_min_margin": float(np.min(np.where(y[val] == 1, pv - 0.5, 0.5 - pv)))}
+    if groups is not None:
+        per: dict[str, list[bool]] = {}
+        for i, ok in zip(val, correct):
+            parts = names[i].split("/")
+            for k in range(1, len(parts) + 1):
+                per.setdefault("/".join(parts[:k]), []).append(bool(ok))
+        for name in sorted(per):
+            metrics[f"val_accuracy/{name}"] = float(np.mean(per[name]))
+            metrics[f"n_val/{name}"] = len(per[name])
+    return fit_logistic(X, y), metrics
+
+
+def train_fake_person_head(images: Sequence[Image.Image], labels: Sequence[int], embedder: Embedder | None = None,
+                           val_fraction: float = 0.25, seed: int = 0,
+                           groups: Sequence[str] | None = None) -> tuple[LogisticHead, dict[str, float]]:
+    """Embed ``images`` and fit the head (label 1 = fake); see :func:`fit_fake_person_head` for metrics."""
+    embedder = embedder or OfflineImageFeatures()
+    embedder.setup()
+    head, metrics = fit_fake_person_head(np.stack([embedder.embed(im) for im in images]), labels, groups,
+                                         val_fraction, seed)
+    head.embedder = embedder.name
+    return head, metrics
+
+
+# Human-Art (Ju et al., CVPR 2023) keeps natural and artificial people in separate trees:
+# images/real_human/<scenario>/ (acrobatics, cosplay, dance, drama, movie) and
+# images/2D_virtual_human/<scenario>/ (cartoon, oil_painting, sketch, ...) and
+# images/3D_virtual_human/<scenario>/ (garage_kits, relief, sculpture). Label 1 = fake person.
+HUMANART_GROUPS = {"real_human": 0, "2D_virtual_human": 1, "3D_virtual_human": 1}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: str       # as the folder's filesystem names it
+    group: str      # a HUMANART_GROUPS key
+    scenario: str
+    label: int      # 1 = fake person
+
+    @property
+    def stratum(self) -> str:
+        return f"{self.group}/{self.scenario}"
+
+
+class HumanArtFolder:
+    """Labelled real / fake people in the Human-Art layout, at a local path or any fsspec URL.
+
+    ``url`` is the dataset root (holding ``images/``) or the ``images`` folder itself. Every image file
+    under ``<group>/<scenario>/`` (any depth below the scenario) is one example; files directly under a
+    group, hidden files and other suffixes are ignored; a group that is absent is simply empty (the
+    synthetic default has no 3D people). Annotation JSONs are not needed: the tree is the label.
+    """
+
+    def __init__(self, url: str, **storage_options) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        root = root.rstrip("/")
+        self.root = posixpath.join(root, "images") if self.fs.isdir(posixpath.join(root, "images")) else root
+
+    def entries(self) -> list[LabelledImage]:
+        found: list[LabelledImage] = []
+        for group, label in HUMANART_GROUPS.items():
+            base = posixpath.join(self.root, group)
+            if not self.fs.isdir(base):
+                continue
+            for path in sorted(self.fs.find(base)):
+                parts = path[len(base):].strip("/").split("/")
+                if (len(parts) < 2 or any(p.startswith(".") for p in parts)
+                        or not parts[-1].lower().endswith(IMAGE_SUFFIXES)):
+                    continue
+                found.append(LabelledImage(path, group, parts[0], label))
+        if not found:
+            raise FileNotFoundError(
+                f"no images in the Human-Art layout under {self.url!r}: expected images/real_human/<scenario>/*, "
+                f"images/2D_virtual_human/<scenario>/* and/or images/3D_virtual_human/<scenario>/*")
+        return found
+
+    def read_bytes(self, entry: LabelledImage) -> bytes:
+        return self.fs.cat_file(entry.path)
+
+
+def train_fake_person_head_from_folder(folder: HumanArtFolder, embedder: Embedder | None = None,
+                                       val_fraction: float = 0.25,
+                                       seed: int = 0) -> tuple[LogisticHead, dict[str, float]]:
+    """Train the head on a Human-Art-layout folder; held-out accuracy per scenario group and scenario.
+
+    Images are embedded one at a time (memory holds embeddings, not pixels); undecodable files are
+    counted in ``n_unreadable`` and skipped.
     """
     embedder = embedder or OfflineImageFeatures()
     embedder.setup()
-    X = np.stack([embedder.embed(im) for im in images])
-    y = np.asarray(labels, int)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_val = max(1, int(round(len(y) * val_fraction)))
-    val, tr = order[:n_val], order[n_val:]
-    head = fit_logistic(X[tr], y[tr])
-    pv = head.prob(X[val])
-    pred = (pv > 0.5).astype(int)
-    metrics = {"val_accuracy": float((pred == y[val]).mean()), "n_train": int(len(tr)), "n_val": int(n_val),
-               "train_accuracy": float(((head.prob(X[tr]) > 0.5).astype(int) == y[tr]).mean()),
-               "val_min_margin": float(np.min(np.where(y[val] == 1, pv - 0.5, 0.5 - pv)))}
-    final = fit_logistic(X, y)
-    final.embedder = embedder.name
-    return final, metrics
+    X, labels, strata, unreadable = [], [], [], 0
+    for entry in folder.entries():
+        try:
+            img = decode_image(folder.read_bytes(entry))
+        except ImageDecodeError:
+            unreadable += 1
+            continue
+        X.append(embedder.embed(img))
+        labels.append(entry.label)
+        strata.append(entry.stratum)
+    if len(set(labels)) < 2:
+        raise ValueError(f"{folder.url!r} needs both real_human and 2D/3D_virtual_human images")
+    head, metrics = fit_fake_person_head(np.stack(X), labels, strata, val_fraction, seed)
+    head.embedder = embedder.name
+    metrics.update(n_images=len(labels), n_fake=int(sum(labels)), n_unreadable=unreadable)
+    return head, metrics
 
 
 class FakePersonClassifier:
@@ -559,15 +721,25 @@ class FakePersonClassifier:
 
 
 class OfflineQualityScorer:
-    """Offline no-reference quality, components kept in the scores:
+    """Offline no-reference quality from three measurements; each becomes a score in [0, 1] and
+    ``quality`` is the lowest of the three (the weakest aspect decides). All are stored (``q_<name>``).
 
-    - ``sharpness``: variance of the Laplacian of the grey image resized (area) so its short side is
-      ``norm_short`` px (downscaling first averages away sensor noise and makes the figure size-free);
-      mapped to [0, 1] log-linearly between ``sharp_lo`` and ``sharp_hi``.
-    - ``luminance``: mean grey level / 255; ``clipped``: fraction of pixels <= 4 or >= 251.
-      Exposure score = 1 unless the mean leaves [lum_lo, lum_hi] or more than ``max_clipped`` is clipped.
-    - ``noise``: Immerkaer sigma on the full image; score falls from 1 at ``noise_ok`` to 0 at ``noise_bad``.
-    - ``quality`` = min of the three scores (the weakest aspect decides).
+    - ``sharpness``: variance of the Laplacian of the grey image area-resized so its short side is
+      ``norm_short`` px (downscaling first averages sensor noise away and makes the figure independent of
+      image size). Range [0, inf): grey levels squared; scikit-image's astronaut and camera photos give
+      ~3200 and ~2150, the world's sharp renders 150-3200, its blurred ones 2-30. ``sharpness_score`` is
+      log-linear: 0 at ``sharp_lo`` (25), 1 at ``sharp_hi`` (50).
+    - ``luminance``: mean grey level / 255 in [0, 1]; ``clipped``: share of pixels <= 4 or >= 251, in
+      [0, 1]. ``exposure_score`` is 1 for a mean inside [``lum_lo``, ``lum_hi``] (0.22-0.85) and falls
+      linearly to 0 at half of ``lum_lo`` or halfway from ``lum_hi`` to white; it is capped by a clipping
+      score that falls from 1 at ``max_clipped`` (25 %) to 0 at twice that.
+    - ``noise``: Immerkaer's estimate of Gaussian noise sigma of the full-size grey image, grey levels; range
+      [0, ~100); the two photos give 2.4 and 3.6, renders 0.5-1.5. ``noise_score`` falls linearly from 1
+      at ``noise_ok`` (8) to 0 at ``noise_bad`` (20).
+
+    With the default ``min_quality`` 0.5 an image is rejected as ``low_quality`` when any of: sharpness
+    below 35 (25 x sqrt 2, a clearly blurred or upscaled image); mean luminance below 0.165 or above 0.8875;
+    more than 37.5 % of pixels clipped; noise sigma above 14 grey levels.
     """
     name = "offline_quality"
 
@@ -603,6 +775,117 @@ class OfflineQualityScorer:
         return {"sharpness": lapvar, "sharpness_score": q_sharp, "luminance": lum, "clipped": clipped,
                 "exposure_score": q_expo, "noise": noise, "noise_score": q_noise,
                 "quality": min(q_sharp, q_expo, q_noise)}
+
+
+class PyiqaQualityScorer:
+    """Production no-reference quality: LIQE through pyiqa (``pyiqa.create_metric("liqe")``).
+
+    LIQE (Zhang et al., CVPR 2023) scores CLIP ViT-B/32 crops against "a photo with {bad, poor, fair, good,
+    perfect} quality" and returns the expected level, 1 to 5. Components: ``<metric>`` (the raw score,
+    e.g. ``liqe``) and ``quality`` = (score - 1) / 4 clipped to [0, 1]; the default ``min_quality`` 0.5
+    rejects images LIQE rates below "fair" (3.0). Images with a short side under 224 px are upscaled
+    (LIQE's crops are 224 px and pyiqa refuses smaller inputs).
+
+    Install ``pyiqa`` in the production image only: it depends on torchvision, which the local
+    environment never installs. Weights: the LIQE checkpoint (``liqe_koniq.pt``, downloaded by pyiqa on
+    first use, or a local copy passed as ``pretrained_model_path``) and OpenAI CLIP ViT-B/32 (clip's
+    cache, ``~/.cache/clip/ViT-B-32.pt``).
+    """
+    name = "liqe"
+
+    def __init__(self, metric: str = "liqe", device: str = "cpu", pretrained_model_path: str | None = None,
+                 score_range: tuple[float, float] = (1.0, 5.0)) -> None:
+        self.metric, self.device, self.pretrained_model_path = metric, device, pretrained_model_path
+        self.score_range = score_range
+        self._metric = None
+
+    def setup(self) -> None:
+        if self._metric is not None:
+            return
+        try:
+            import pyiqa
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "PyiqaQualityScorer needs the pyiqa package (`pip install pyiqa`; it depends on torchvision, "
+                "so install it in the production image only)") from exc
+        options = {"as_loss": False, "device": self.device}
+        if self.pretrained_model_path:
+            options["pretrained_model_path"] = self.pretrained_model_path
+        try:
+            self._metric = pyiqa.create_metric(self.metric, **options)
+        except Exception as exc:  # noqa: BLE001 - re-raised with what is needed
+            raise BackendUnavailable(
+                f"pyiqa could not build {self.metric!r}: it needs the LIQE checkpoint (liqe_koniq.pt from pyiqa's "
+                f"release downloads, or a local file as pretrained_model_path={self.pretrained_model_path!r}) and "
+                f"OpenAI CLIP ViT-B/32 weights in clip's cache (~/.cache/clip): {type(exc).__name__}: {exc}") from exc
+
+    def score(self, img: Image.Image) -> dict[str, float]:
+        import torch
+        self.setup()
+        a = np.asarray(img.convert("RGB"))
+        short = min(a.shape[:2])
+        if short < 224:
+            f = 224 / short
+            a = cv2.resize(a, (max(224, round(a.shape[1] * f)), max(224, round(a.shape[0] * f))),
+                           interpolation=cv2.INTER_CUBIC)
+        x = torch.from_numpy(np.asarray(a, np.float32) / 255).permute(2, 0, 1)[None].to(self.device)
+        with torch.inference_mode():
+            raw = float(self._metric(x).reshape(-1)[0])
+        lo, hi = self.score_range
+        return {self.metric: raw, "quality": float(np.clip((raw - lo) / (hi - lo), 0, 1))}
+
+
+class HpsV2Scorer:
+    """Production quality as human preference: HPS v2 (the ``hpsv2`` package, an OpenCLIP ViT-H/14
+    fine-tuned on human preference pairs), scoring the image against a fixed prompt.
+
+    Prompt: ``prompt`` ("a photo of a person" by default), not the record's alt text. This step asks how
+    good a photo of a person the image is; web alt text is noisy (file names, SEO strings, other
+    languages) and would fold caption alignment into a quality score, and captions are rebuilt by
+    annotation downstream anyway. It also keeps the scorer's interface image-only, like every other.
+    ``hpsv2.score`` returns the cosine similarity of image and prompt embeddings: HPS v2 benchmark images
+    score about 0.20-0.30. Components: ``hpsv2`` (raw) and ``quality``, mapped linearly from
+    ``score_range`` (0.20 -> 0, 0.30 -> 1, clipped): a calibration, not a property of the model, so set it
+    from the scores of a labelled sample of the pool; with it the default ``min_quality`` 0.5 rejects raw
+    scores below 0.25.
+
+    Install ``hpsv2`` in the production image only (it depends on torchvision). Weights: the HPS v2
+    checkpoint (hub repo ``xswu/HPSv2``, ``HPS_v2.1_compressed.pt`` / ``HPS_v2_compressed.pt``) and OpenCLIP
+    ViT-H-14 ``laion2B-s32B-b79K``, downloaded on first use or read from the Hugging Face cache (set
+    ``HF_HUB_OFFLINE=1`` on workers without network).
+    """
+    name = "hpsv2"
+
+    def __init__(self, prompt: str = "a photo of a person", hps_version: str = "v2.1",
+                 score_range: tuple[float, float] = (0.20, 0.30)) -> None:
+        self.prompt, self.hps_version, self.score_range = prompt, hps_version, score_range
+        self._hpsv2 = None
+
+    def setup(self) -> None:
+        if self._hpsv2 is not None:
+            return
+        try:
+            import hpsv2
+        except ImportError as exc:
+            raise BackendUnavailable(
+                "HpsV2Scorer needs the hpsv2 package (`pip install hpsv2`; it depends on torchvision, so install "
+                "it in the production image only)") from exc
+        # hpsv2 loads its model on the first score() call: score a blank image now, so missing weights fail
+        # here, once per worker, rather than on the first record
+        try:
+            hpsv2.score(Image.new("RGB", (224, 224), (128, 128, 128)), self.prompt, hps_version=self.hps_version)
+        except Exception as exc:  # noqa: BLE001 - re-raised with what is needed
+            raise BackendUnavailable(
+                f"hpsv2 could not score (hps_version={self.hps_version!r}): it needs the HPS v2 checkpoint from the "
+                f"hub repo xswu/HPSv2 and OpenCLIP ViT-H-14 laion2B-s32B-b79K weights, downloaded or in the "
+                f"Hugging Face cache: {type(exc).__name__}: {exc}") from exc
+        self._hpsv2 = hpsv2
+
+    def score(self, img: Image.Image) -> dict[str, float]:
+        self.setup()
+        raw = float(np.ravel(self._hpsv2.score(img.convert("RGB"), self.prompt, hps_version=self.hps_version))[0])
+        lo, hi = self.score_range
+        return {"hpsv2": raw, "quality": float(np.clip((raw - lo) / (hi - lo), 0, 1))}
 
 
 # ======================================================================================= chain
@@ -668,26 +951,36 @@ class FilterChain:
         return FilterResult("kept", scores, "")
 
 
-def local_chain(fake_head: LogisticHead, config: FilterConfig | None = None) -> FilterChain:
-    """The offline chain: HOG + face person count, Haar face size, offline-feature fake head, offline quality."""
-    faces = HaarFaceDetector(min_size=20)
+def local_chain(fake_head: LogisticHead, config: FilterConfig | None = None, *,
+                face_detector: HaarFaceDetector | None = None,
+                quality_scorer: QualityScorer | None = None) -> FilterChain:
+    """The offline chain: HOG + face person count, Haar face size (one detector serves both steps),
+    offline-feature fake head, offline quality unless another scorer is given."""
+    faces = face_detector or HaarFaceDetector(min_size=20)
     return FilterChain(config or FilterConfig(), HogFacePersonDetector(faces=faces), faces,
-                       FakePersonClassifier(fake_head, OfflineImageFeatures()), OfflineQualityScorer())
+                       FakePersonClassifier(fake_head, OfflineImageFeatures()),
+                       quality_scorer or OfflineQualityScorer())
 
 
 def production_chain(fake_head: LogisticHead, *, detector_id: str = "PekingU/rtdetr_r50vd_coco_o365",
-                     clip_id: str = "openai/clip-vit-large-patch14", local_files_only: bool = False) -> FilterChain:
-    """Production wiring: transformers person detector, Haar faces at 224 px, CLIP + head, offline quality."""
-    return FilterChain(FilterConfig.production(), TransformersPersonDetector(detector_id, local_files_only=local_files_only),
-                       HaarFaceDetector(min_size=64), FakePersonClassifier(fake_head, ClipImageEmbedder(clip_id, local_files_only)),
-                       OfflineQualityScorer())
+                     clip_id: str = "openai/clip-vit-large-patch14", local_files_only: bool = False,
+                     device: str = "cpu", face_detector: FaceDetector | None = None,
+                     quality_scorer: QualityScorer | None = None) -> FilterChain:
+    """Production wiring: transformers person detector, Haar faces searched from 64 px (the rule is 224),
+    CLIP + head, and the given quality scorer (LIQE or HPSv2 in production; offline when none is given)."""
+    return FilterChain(FilterConfig.production(),
+                       TransformersPersonDetector(detector_id, local_files_only=local_files_only, device=device),
+                       face_detector or HaarFaceDetector(min_size=64),
+                       FakePersonClassifier(fake_head, ClipImageEmbedder(clip_id, local_files_only, device)),
+                       quality_scorer or OfflineQualityScorer())
 
 
 __all__ = [
     "DECISIONS", "BackendUnavailable", "FilterConfig", "FilterResult", "FilterChain", "PersonDetector",
     "FaceDetector", "Embedder", "QualityScorer", "HogPersonDetector", "HogFacePersonDetector",
-    "TransformersPersonDetector", "HaarFaceDetector", "OfflineImageFeatures", "ClipImageEmbedder",
-    "LogisticHead", "FakePersonClassifier", "OfflineQualityScorer", "merge_columns",
-    "evaluate_person_detector", "train_fake_person_head", "fit_logistic", "nms", "local_chain",
-    "production_chain",
+    "TransformersPersonDetector", "HaarFaceDetector", "load_cascade", "OfflineImageFeatures", "ClipImageEmbedder",
+    "LogisticHead", "FakePersonClassifier", "OfflineQualityScorer", "PyiqaQualityScorer", "HpsV2Scorer",
+    "HUMANART_GROUPS", "HumanArtFolder", "LabelledImage", "merge_columns", "evaluate_person_detector",
+    "train_fake_person_head", "train_fake_person_head_from_folder", "fit_fake_person_head", "held_out_split",
+    "fit_logistic", "nms", "local_chain", "production_chain",
 ]
