@@ -65,7 +65,11 @@ def k8s_resources() -> dict:
     from cosmicman.resources.step_outputs import ObjectStoreStepIOManager
 
     s3 = s3_resources()
-    return {**s3, "sourcing": production_sourcing(), "training_launcher": K8sJobTrainingLauncher(
+    return {**s3, "sourcing": production_sourcing(),
+        # the filter step's pod asks for a GPU (dagster-k8s/config on the filter op): run the models there
+        "filters": FilterResource(backend="production", device="cuda",
+                                  fake_head_train_url=os.environ.get("COSMICMAN_FAKE_HEAD_TRAIN_URL")),
+        "training_launcher": K8sJobTrainingLauncher(
         image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"), namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
         gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8"))),
         # people label in Label Studio; images reach it as presigned S3 URLs

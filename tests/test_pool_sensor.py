@@ -3,7 +3,7 @@ import os
 import dagster as dg
 import pytest
 
-from cosmicman.data.pool import PoolStats, decide_sourcing, read_pool_stats, record_batch
+from cosmicman.data.pool import BATCH_MARKERS_PREFIX, PoolStats, decide_sourcing, read_pool_stats, record_batch
 from cosmicman.data.store import Store
 from cosmicman.jobs import pool_threshold_sensor
 from cosmicman.resources.sourcing import SourcingResource
@@ -28,6 +28,27 @@ def test_pool_stats_sum_batches_and_rewrites_are_idempotent():
     stats = record_batch(store, "batch-00000", raw=40, kept=25)
     assert (stats.raw, stats.kept) == (80, 45)
     assert read_pool_stats(store) == stats
+
+
+def test_re_recording_a_batch_replaces_its_counts_and_leaves_one_marker(tmp_path):
+    store = Store(str(tmp_path))
+    record_batch(store, "batch-00000", raw=40, kept=25)
+    record_batch(store, "batch-00001", raw=40, kept=20)
+    stats = record_batch(store, "batch-00000", raw=44, kept=30)  # re-filtered with another config
+    assert (stats.batches, stats.raw, stats.kept) == (frozenset({"batch-00000", "batch-00001"}), 84, 50)
+    assert len(store.list(BATCH_MARKERS_PREFIX)) == 2
+
+
+def test_pool_stats_are_one_listing_without_reading_any_file(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    for i in range(5):
+        record_batch(store, f"batch-{i:05d}", raw=10, kept=i)
+
+    def no_reads(key):
+        raise AssertionError(f"read {key}")
+
+    monkeypatch.setattr(store, "read_bytes", no_reads)
+    assert read_pool_stats(store) == PoolStats(frozenset(f"batch-{i:05d}" for i in range(5)), 50, 10)
 
 
 @pytest.fixture

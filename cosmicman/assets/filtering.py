@@ -1,11 +1,19 @@
-"""The filter chain over each sourcing batch, the fake-person head it uses, and human parsing."""
+"""The filter chain over each sourcing batch, the fake-person head it uses, and human parsing.
+
+``filtered_images`` is a graph: plan the batch's shards, filter each shard in its own step (in parallel
+under the multiprocess executor; one pod each under the Kubernetes executor), merge. Only shard
+descriptions pass between the steps; images and tables stay in the object store.
+"""
 import json
+from typing import Any, Iterator, Mapping
 
 import dagster as dg
 import polars as pl
-from PIL import Image
 
 from cosmicman.assets.common import Progress, content_digest, image_grid_markdown, sourcing_batches, table_key
+from cosmicman.data.filter_batch import (
+    ImageFilter, Shard, config_fingerprint, merge_shards, pick_examples, plan_shards, thumbnails, write_filtered_shard,
+)
 from cosmicman.data.imageio import decode_image
 from cosmicman.data.parsing import ParserUnavailableError
 from cosmicman.data.pool import record_batch
@@ -13,6 +21,9 @@ from cosmicman.data.truth import mask_png
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource
 from cosmicman.resources.parsing import ParserResource
 from cosmicman.resources.storage import ObjectStoreResource
+
+# also part of every shard's key: a new version re-filters shards written by the old one
+FILTERED_IMAGES_CODE_VERSION = "2"
 
 
 @dg.asset(kinds={"python"}, group_name="filtering", code_version="1")
@@ -27,41 +38,90 @@ def fake_person_classifier(context: dg.AssetExecutionContext, object_store: Obje
                                 data_version=dg.DataVersion(content_digest([head_bytes.hex()])))
 
 
-@dg.asset(partitions_def=sourcing_batches, deps=["raw_images", "fake_person_classifier"], kinds={"python", "parquet"},
-          group_name="filtering", code_version="1")
-def filtered_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-                    filters: FilterResource) -> dg.MaterializeResult:
-    """Every image of the batch through the ordered chain: all scores it reached, one decision."""
+class FilterShardsConfig(dg.Config):
+    """How a batch is cut into filter steps (run config of ``plan_filter_shards``)."""
+
+    shard_rows: int = 10_000
+
+
+def _filter_config(filters: FilterResource) -> str:
+    # recorded with every decision: the lineage of a dataset names the filter config its samples passed
+    return json.dumps(filters.chain_settings(), sort_keys=True)
+
+
+@dg.op(ins={"raw_images": dg.In(dg.Nothing), "fake_person_classifier": dg.In(dg.Nothing)}, out=dg.DynamicOut(Shard))
+def plan_filter_shards(context: dg.OpExecutionContext, config: FilterShardsConfig, object_store: ObjectStoreResource,
+                       filters: FilterResource) -> Iterator[dg.DynamicOutput[Shard]]:
+    """Cut the batch's raw table into shards of ``shard_rows`` rows: one filter step each."""
     store = object_store.store()
     batch = context.partition_key
-    raw = store.read_table(table_key("raw_images", batch))
-    chain = filters.chain(store)
-    chain.setup()
-    # recorded with every decision: the lineage of a dataset names the filter config its samples passed
-    filter_config = json.dumps({"backend": filters.backend, **filters.thresholds()}, sort_keys=True)
-    rows, kept_images, progress = [], [], Progress(context.log, "filtering", len(raw))
-    rejected_images: dict[str, Image.Image] = {}  # one example per rejection reason
-    for i, r in enumerate(raw.iter_rows(named=True)):
-        result = chain.process(store.read_bytes(r["blob_key"]))
-        rows.append({"sha256": r["sha256"], "blob_key": r["blob_key"], "ext": r["ext"], "batch": batch,
-                     "decision": result.decision, "detail": result.detail, "filter_config": filter_config,
-                     **{f"score_{k}": (float(v) if v is not None else None) for k, v in result.scores.items()}})
-        if result.decision == "kept" and len(kept_images) < 12:
-            kept_images.append(decode_image(store.read_bytes(r["blob_key"])))
-        elif result.decision not in ("kept", "corrupt") and result.decision not in rejected_images:
-            rejected_images[result.decision] = decode_image(store.read_bytes(r["blob_key"]))
-        progress(i + 1)
-    df = pl.DataFrame(rows, infer_schema_length=None)
+    raw_key = table_key("raw_images", batch)
+    raw = store.read_table(raw_key, columns=["sha256"])
+    filter_config = _filter_config(filters)
+    # a missing head fails in the filter step, with the chain's own message
+    head = store.read_bytes(FAKE_HEAD_KEY) if store.exists(FAKE_HEAD_KEY) else b""
+    fingerprint = config_fingerprint(filter_config, head, FILTERED_IMAGES_CODE_VERSION)
+    shards = plan_shards(raw, batch, raw_key, config.shard_rows, filter_config, fingerprint)
+    context.log.info(f"{len(raw)} rows in {len(shards)} shard(s) of at most {config.shard_rows}")
+    for shard in shards:
+        yield dg.DynamicOutput(shard, mapping_key=f"shard_{shard.index:05d}")
+
+
+@dg.op
+def filter_shard(context: dg.OpExecutionContext, shard: Shard, object_store: ObjectStoreResource,
+                 filters: FilterResource) -> Shard:
+    """Every image of one shard through the ordered chain: all scores it reached, one decision."""
+    store = object_store.store()
+
+    def chain() -> ImageFilter:
+        loaded = filters.chain(store)
+        loaded.setup()
+        return loaded
+
+    progress = Progress(context.log, f"filtering shard {shard.index}", shard.rows)
+    if not write_filtered_shard(store, shard, chain, progress):
+        context.log.info(f"shard {shard.index} is already filtered with this config: {shard.key}")
+    return shard
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def merge_filter_shards(context: dg.OpExecutionContext, shards: list[Shard], object_store: ObjectStoreResource,
+                        filters: FilterResource) -> dg.MaterializeResult:
+    """The batch table from its shards, the batch's pool counts, and what the UI shows of it."""
+    store = object_store.store()
+    batch = context.partition_key
+    df = merge_shards(store, shards)
     store.write_table(table_key("filtered_images", batch), df)
     counts = dict(df.group_by("decision").len().sort("decision").iter_rows())
     kept = counts.get("kept", 0)
     pool = record_batch(store, batch, raw=len(df), kept=kept)
+    examples = pick_examples(df)
     return dg.MaterializeResult(metadata={
-        "raw": len(df), "kept": kept, "rejected": len(df) - kept,
+        "raw": len(df), "kept": kept, "rejected": len(df) - kept, "shards": len(shards),
         "decisions": dg.MetadataValue.json(counts), "pool_kept_total": pool.kept,
-        "thresholds": dg.MetadataValue.json(filters.thresholds()), "kept_sample": image_grid_markdown(kept_images),
-        "rejected_examples": image_grid_markdown(rejected_images.values(), rejected_images.keys())},
+        "thresholds": dg.MetadataValue.json(filters.thresholds()),
+        "kept_sample": image_grid_markdown(thumbnails(store.read_bytes, examples.kept)),
+        "rejected_examples": image_grid_markdown(thumbnails(store.read_bytes, examples.rejected.values()),
+                                                 examples.rejected.keys())},
         data_version=dg.DataVersion(content_digest(f"{s}|{d}" for s, d in df.select("sha256", "decision").iter_rows())))
+
+
+def build_filtered_images(filter_step_tags: Mapping[str, Any] | None = None) -> dg.AssetsDefinition:
+    """``filtered_images`` for one environment. Op tags are fixed when a job is built, so the environment
+    chooses its filter steps' tags (e.g. a ``dagster-k8s/config`` asking for a GPU) by building the asset."""
+    shard_step = filter_shard.tag(dict(filter_step_tags)) if filter_step_tags else filter_shard
+
+    @dg.graph_asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="filtering",
+                    code_version=FILTERED_IMAGES_CODE_VERSION,
+                    ins={"raw_images": dg.AssetIn(dagster_type=dg.Nothing),
+                         "fake_person_classifier": dg.AssetIn(dagster_type=dg.Nothing)})
+    def filtered_images(raw_images, fake_person_classifier):
+        """Every image of the batch through the ordered chain, one step per shard: all scores it reached,
+        one decision."""
+        return merge_filter_shards(plan_filter_shards(raw_images=raw_images, fake_person_classifier=fake_person_classifier)
+                                   .map(shard_step).collect())
+
+    return filtered_images
 
 
 @dg.asset(partitions_def=sourcing_batches, deps=["filtered_images"], kinds={"python", "parquet"},

@@ -1,15 +1,19 @@
-"""Pool accounting: one small table of per-batch counts, so the sourcing sensor never scans batches."""
+"""Pool accounting: one empty marker per recorded batch, its counts in its name, so the pool is one listing.
+
+The sourcing sensor reads no batch and no file per batch: listing ``pool/recorded/`` gives every batch's
+counts (one LIST request per 1000 batches on S3). Each batch writes only its own marker, so concurrent
+batches never overwrite each other, and nothing is read, changed and written back. Re-recording a
+batch writes a newer marker and removes the older ones; should a removal be missed, the newest wins.
+"""
 from __future__ import annotations
 
+import posixpath
+import time
 from dataclasses import dataclass
-
-import polars as pl
 
 from cosmicman.data.store import Store
 
-POOL_STATS_KEY = "pool/stats.parquet"
-BATCH_STATS_PREFIX = "pool/batches"
-STATS_SCHEMA = {"batch": pl.Utf8, "raw": pl.Int64, "kept": pl.Int64, "rejected": pl.Int64}
+BATCH_MARKERS_PREFIX = "pool/recorded"
 
 
 @dataclass(frozen=True)
@@ -19,29 +23,52 @@ class PoolStats:
     kept: int
 
 
-def record_batch(store: Store, batch: str, raw: int, kept: int) -> PoolStats:
-    """Write this batch's counts, then rebuild the pool table from every batch's counts.
+@dataclass(frozen=True)
+class BatchMarker:
+    """``pool/recorded/<batch>.<recorded_ns>.<raw>.<kept>``"""
+    key: str
+    batch: str
+    recorded_ns: int
+    raw: int
+    kept: int
 
-    Each batch writes only its own row file, so concurrent batches never overwrite each other's
-    counts; the rebuild is idempotent and a later batch's rebuild repairs any race.
-    """
-    store.write_table(f"{BATCH_STATS_PREFIX}/{batch}.parquet",
-                      pl.DataFrame([{"batch": batch, "raw": raw, "kept": kept, "rejected": raw - kept}],
-                                   schema=STATS_SCHEMA))
-    frames = [df for _, df in store.iter_tables(BATCH_STATS_PREFIX)]
-    table = pl.concat(frames).sort("batch")
-    store.write_table(POOL_STATS_KEY, table)
-    return _summary(table)
+    @classmethod
+    def parse(cls, key: str) -> "BatchMarker":
+        batch, recorded_ns, raw, kept = posixpath.basename(key).rsplit(".", 3)
+        return cls(key, batch, int(recorded_ns), int(raw), int(kept))
+
+
+def _markers(store: Store) -> list[BatchMarker]:
+    return [BatchMarker.parse(k) for k in store.list(BATCH_MARKERS_PREFIX)]
+
+
+def _newest(markers: list[BatchMarker]) -> dict[str, BatchMarker]:
+    newest: dict[str, BatchMarker] = {}
+    for m in markers:
+        if m.batch not in newest or m.recorded_ns > newest[m.batch].recorded_ns:
+            newest[m.batch] = m
+    return newest
+
+
+def _summary(newest: dict[str, BatchMarker]) -> PoolStats:
+    return PoolStats(frozenset(newest), sum(m.raw for m in newest.values()), sum(m.kept for m in newest.values()))
+
+
+def record_batch(store: Store, batch: str, raw: int, kept: int) -> PoolStats:
+    """Record this batch's counts (replacing any earlier record of it) and return the pool's."""
+    if "/" in batch:
+        raise ValueError(f"a batch name is one path segment, got {batch!r}")
+    store.write_bytes(f"{BATCH_MARKERS_PREFIX}/{batch}.{time.time_ns()}.{raw}.{kept}", b"")
+    markers = _markers(store)
+    newest = _newest(markers)
+    for m in markers:
+        if m.batch == batch and m is not newest[batch]:
+            store.delete(m.key)
+    return _summary(newest)
 
 
 def read_pool_stats(store: Store) -> PoolStats:
-    if not store.exists(POOL_STATS_KEY):
-        return PoolStats(frozenset(), 0, 0)
-    return _summary(store.read_table(POOL_STATS_KEY))
-
-
-def _summary(table: pl.DataFrame) -> PoolStats:
-    return PoolStats(frozenset(table["batch"].to_list()), int(table["raw"].sum()), int(table["kept"].sum()))
+    return _summary(_newest(_markers(store)))
 
 
 @dataclass(frozen=True)

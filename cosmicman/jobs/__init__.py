@@ -42,7 +42,7 @@ ALL_JOBS = [pool_job, sourcing_job, filtering_job, fake_person_job, hitl_setup_j
 def pool_threshold_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
                           sourcing: SourcingResource) -> dg.SensorResult:
     """Under the pool threshold, add one sourcing batch and run it; otherwise say why not.
-    Reads one small stats table and the partition list, never the batches themselves."""
+    Lists the pool's batch markers (their names carry the counts) and reads the partition list, never a batch."""
     partitions = list(context.instance.get_dynamic_partitions(sourcing_batches.name))
     decision = decide_sourcing(read_pool_stats(object_store.store()), sourcing.pool_threshold, partitions)
     if decision.new_batch is None:
