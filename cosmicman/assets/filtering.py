@@ -31,7 +31,7 @@ def fake_person_classifier(context: dg.AssetExecutionContext, object_store: Obje
                            filters: FilterResource) -> dg.MaterializeResult:
     """The fake-person head (image embedding + linear head), trained on labelled real / fake people."""
     store = object_store.store()
-    head_bytes, metrics = filters.train_fake_person_head()
+    head_bytes, metrics = filters.train_fake_person_head(store)
     store.write_bytes(FAKE_HEAD_KEY, head_bytes)
     return dg.MaterializeResult(metadata={k: float(v) if isinstance(v, (int, float)) else str(v)
                                           for k, v in metrics.items()},
