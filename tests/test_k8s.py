@@ -153,6 +153,9 @@ def test_helm_values_run_launcher_and_postgres():
     assert "postgresqlPassword" not in pg and values["global"]["postgresqlSecretName"]
     dep = values["dagster-user-deployments"]["deployments"][0]
     assert dep["dagsterApiGrpcArgs"] == ["--module-name", "cosmicman.definitions"]
+    assert {"name": "COSMICMAN_ENV", "value": "k8s"} in dep["env"]
+    secrets = {"cosmicman-s3", "cosmicman-source-keys", "cosmicman-label-studio"}
+    assert {s["name"] for s in dep["envSecrets"]} == secrets == {s["name"] for s in k8s["envSecrets"]}
     assert "dagster-k8s/config" in (K8S / "values.yaml").read_text()
 
 
