@@ -16,6 +16,7 @@ from cosmicman.data.annotation import (
     Annotator,
     HitlRoundResult,
     LabelRecord,
+    WORKERS_ENV,
     ProbeAnnotator,
     SimulatedOracle,
     categories_below,
@@ -247,3 +248,14 @@ def test_label_record_and_finetune_needs_images():
         _round0().finetune([lab], images={})
     with pytest.raises(ValueError):
         _round0().finetune([LabelRecord("abc", "gender", "robot")], images={"abc": Image.new("RGB", (16, 32))})
+
+
+def test_heads_do_not_depend_on_the_number_of_worker_processes(monkeypatch):
+    pre, ev, _ = _people()
+    pre = pre[:N_PRETRAIN]
+    annotators = []
+    for workers in ("1", "2"):
+        monkeypatch.setenv(WORKERS_ENV, workers)
+        annotators.append(ProbeAnnotator.pretrained([s.image_bytes for s in pre], [s.attributes for s in pre], seed=5))
+    assert annotators[0].version == annotators[1].version == _round0().version
+    assert per_category_accuracy(annotators[0], ev[:20]) == per_category_accuracy(annotators[1], ev[:20])

@@ -26,12 +26,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
+import os
+import sys
 import zipfile
 from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Protocol as TypingProtocol, Sequence, runtime_checkable
+from typing import (Any, Callable, Iterable, Literal, Mapping, Protocol as TypingProtocol, Sequence, TypeVar,
+                    runtime_checkable)
 
 import numpy as np
 from PIL import Image
@@ -61,9 +66,76 @@ __all__ = [
     "merge_human_answers",
     "implied_labels",
     "load_annotator",
+    "map_in_workers",
+    "materialize",
 ]
 
 DEFAULT_THRESHOLD = 0.85
+WORKERS_ENV = "COSMICMAN_WORKERS"  # how many processes map_in_workers uses; unset: every core this process may use
+
+
+# --------------------------------------------------------------------------------------------------
+# Parallel work
+# --------------------------------------------------------------------------------------------------
+_T = TypeVar("_T")
+# The task forked workers run. Set only while map_in_workers runs, so workers inherit it instead of
+# unpickling it (with the arrays, images or synthetic world it reads); set in a worker, it keeps that
+# worker from forking workers of its own.
+_FORKED_TASK: Callable[[int], Any] | None = None
+
+
+def _worker_count() -> int:
+    configured = os.environ.get(WORKERS_ENV)
+    if configured:
+        return max(int(configured), 1)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _init_worker() -> None:
+    """One torch thread per worker: the workers already share out the cores."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+@contextmanager
+def _opencv_single_threaded():
+    """OpenCV on one thread here while workers fork: a forked worker inherits OpenCV's thread pool
+    without its threads, and waits on them forever (seen in ``cv2.setNumThreads``); with the pool
+    stopped, workers inherit none and run OpenCV in their own thread. The pool restarts afterwards."""
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _run_forked_task(index: int) -> Any:
+    assert _FORKED_TASK is not None
+    return _FORKED_TASK(index)
+
+
+def map_in_workers(task: Callable[[int], _T], n: int, min_per_worker: int = 1) -> list[_T]:
+    """``[task(0), ..., task(n - 1)]``, computed by a pool of forked worker processes (``WORKERS_ENV``).
+
+    ``task`` must be a pure function of its index, so the results do not depend on the number of
+    workers. Workers are forked, so the task and what it reads are inherited, not pickled; only the
+    results travel back. Runs here, in order, with one worker, inside a worker, or with fewer than
+    ``min_per_worker`` tasks per worker (below that, forking costs more than it saves).
+    """
+    global _FORKED_TASK
+    workers = min(_worker_count(), n // max(min_per_worker, 1))
+    if workers <= 1 or _FORKED_TASK is not None:
+        return [task(i) for i in range(n)]
+    _FORKED_TASK = task
+    try:
+        with _opencv_single_threaded(), ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker) as pool:
+            return list(pool.map(_run_forked_task, range(n), chunksize=max(1, n // (8 * workers))))
+    finally:
+        _FORKED_TASK = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,8 +180,10 @@ class AnnotationItem:
 
     def _materialize(self) -> None:
         if self._load is not None:
-            data = self._load()
-            self._sha, self._image, self._load = sha256_hex(data), decode_image(data), None
+            self._set_bytes(self._load())
+
+    def _set_bytes(self, data: bytes) -> None:
+        self._sha, self._image, self._load = sha256_hex(data), decode_image(data), None
 
     @property
     def image_sha256(self) -> str:
@@ -133,6 +207,14 @@ class AnnotationItem:
 
 def items_from_samples(samples: Iterable[Any], with_truth: bool = True) -> list[AnnotationItem]:
     return [AnnotationItem.from_sample(s, with_truth) for s in samples]
+
+
+def materialize(items: Sequence[AnnotationItem]) -> None:
+    """Decode (or render) the :meth:`AnnotationItem.lazy` ones among ``items`` now, loading in parallel."""
+    lazy = [it for it in items if it._load is not None]
+    loaded = map_in_workers(lambda i: lazy[i]._load(), len(lazy), min_per_worker=4)
+    for item, data in zip(lazy, loaded):
+        item._set_bytes(data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -592,24 +674,44 @@ class PersonRegionBackbone:
         feats.append(np.concatenate(bgf))
         return np.concatenate(feats).astype(np.float32)
 
-    def __call__(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
-        """Features of each image; recently seen images (by content) come from a bounded cache, since
-        every round measures the same I_e and refits on the images labelled before."""
-        out = np.empty((len(images), self.dim), dtype=np.float32)
+    def __call__(self, images: Sequence[Image.Image | bytes], keys: Sequence[str] | None = None) -> np.ndarray:
+        """Features of each image. Recently seen images come from a bounded cache, since every round
+        measures the same I_e and refits on the images labelled before; the others are computed in
+        parallel (:func:`map_in_workers`).
+
+        The cache knows an image by ``keys[i]`` where given (a digest of its encoded bytes, such as the
+        sha256 labels name it by: cheaper than hashing its pixels), else by a digest of its pixels.
+        """
         config = json.dumps(self.config, sort_keys=True)
-        for i, img in enumerate(images):
-            if isinstance(img, (bytes, bytearray)):
-                img = decode_image(bytes(img))
-            key = (config, img.size, hashlib.sha1(img.tobytes()).digest())
-            cached = _FEATURE_CACHE.get(key)
-            if cached is None:
-                cached = _FEATURE_CACHE[key] = self._one(img)
-                if len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
-                    _FEATURE_CACHE.popitem(last=False)
+        if keys is None:
+            images = [_as_image(img) for img in images]
+            cache_keys: list[tuple] = [(config, img.size, hashlib.sha1(img.tobytes()).digest()) for img in images]
+        elif len(keys) != len(images):
+            raise ValueError(f"{len(keys)} keys for {len(images)} images")
+        else:
+            cache_keys = [(config, key) for key in keys]
+        first_missing: dict[tuple, int] = {}
+        for i, key in enumerate(cache_keys):
+            if key not in _FEATURE_CACHE:
+                first_missing.setdefault(key, i)
+        rows = list(first_missing.values())
+        computed = map_in_workers(lambda j: self._one(_as_image(images[rows[j]])), len(rows), min_per_worker=16)
+        fresh = dict(zip(first_missing, computed))
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for i, key in enumerate(cache_keys):
+            if key in fresh:
+                out[i] = fresh[key]
             else:
+                out[i] = _FEATURE_CACHE[key]
                 _FEATURE_CACHE.move_to_end(key)
-            out[i] = cached
+        _FEATURE_CACHE.update(fresh)
+        while len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
+            _FEATURE_CACHE.popitem(last=False)
         return out
+
+
+def _as_image(img: Image.Image | bytes) -> Image.Image:
+    return decode_image(bytes(img)) if isinstance(img, (bytes, bytearray)) else img
 
 
 _FEATURE_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
@@ -703,6 +805,44 @@ def _fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cols: np.ndarray, l2
 
         opt.step(closure)
         return Head(cols, *(p.detach().numpy() for p in params))
+
+
+@dataclass(frozen=True)
+class _HeadFit:
+    """One head to fit: its category, the feature rows it learns from, their answers, where it starts."""
+
+    category: str
+    rows: np.ndarray
+    y: np.ndarray
+    n_classes: int
+    cols: np.ndarray
+    prior: Head | None = None
+
+
+def _warm_up_fitting() -> None:
+    """Fit a tiny head here: torch and the modules its optimiser loads on first use (about 3 s of
+    imports) are then loaded once, in this process, and forked workers inherit them instead of each
+    loading them again. Later calls cost about 2 ms."""
+    _fit_head(np.zeros((2, 1), np.float32), np.array([0, 1]), 2, np.array([0]), 0.0, maxiter=1)
+
+
+def _fit_heads(x: np.ndarray, fits: Sequence[_HeadFit], l2: float, prior_l2: float = 0.0) -> dict[str, Head]:
+    """Every head of ``fits`` (by category), fitted on rows of ``x`` in parallel (:func:`map_in_workers`).
+
+    A head's fit reads only its own inputs and starts from its prior or from a seed of its category's
+    name, so the heads do not depend on the number of workers. The costliest fits go first, so the
+    workers finish together.
+    """
+    _warm_up_fitting()
+    by_cost = sorted(fits, key=lambda f: -len(f.rows) * len(f.cols))
+
+    def fit(i: int) -> dict[str, np.ndarray]:
+        f = by_cost[i]
+        return _fit_head(x[f.rows], f.y, f.n_classes, f.cols, l2, prior=f.prior, prior_l2=prior_l2,
+                         seed=_name_seed(f.category)).arrays()
+
+    fitted = dict(zip((f.category for f in by_cost), map_in_workers(fit, len(by_cost))))
+    return {f.category: Head(**fitted[f.category]) for f in fits}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -829,14 +969,13 @@ class ProbeAnnotator:
         mean = feats.mean(0)
         std = feats.std(0) + 1e-3
         x = (feats - mean) / std
-        heads = {}
+        fits = []
         for cat in protocol.categories:
             idx = [i for i, lab in enumerate(labels) if cat.name in lab]
-            if not idx:
-                continue
-            y = np.array([cat.answers.index(labels[i][cat.name]) for i in idx])
-            heads[cat.name] = _fit_head(x[idx], y, len(cat.answers), backbone.columns(cat.name), l2,
-                                        seed=_name_seed(cat.name))
+            if idx:
+                y = np.array([cat.answers.index(labels[i][cat.name]) for i in idx])
+                fits.append(_HeadFit(cat.name, np.array(idx), y, len(cat.answers), backbone.columns(cat.name)))
+        heads = _fit_heads(x, fits, l2)
         return cls(heads, mean, std, backbone.config, lineage=(), round=0, protocol=protocol,
                    l2=l2, prior_l2=prior_l2)
 
@@ -849,8 +988,9 @@ class ProbeAnnotator:
         return cls.train(images, noisy, protocol=protocol, **kwargs)
 
     # -- inference --------------------------------------------------------------------------------
-    def features(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
-        return (self.backbone(list(images)) - self._mean) / self._std
+    def features(self, images: Sequence[Image.Image | bytes], keys: Sequence[str] | None = None) -> np.ndarray:
+        """Standardised backbone features; ``keys`` as for :meth:`PersonRegionBackbone.__call__`."""
+        return (self.backbone(list(images), keys) - self._mean) / self._std
 
     def predict_proba(self, images: Sequence[Image.Image | bytes], category: str) -> np.ndarray:
         return self._proba(self.features(images), category)
@@ -894,7 +1034,7 @@ class ProbeAnnotator:
             return self
         by_name = self.protocol.by_name
         shas, row = labelled_image_rows(labels, images)
-        x = self.features([images[s] for s in shas])
+        x = self.features([images[s] for s in shas], keys=shas)
         new_heads = dict(self._heads)
         by_cat: dict[str, list[LabelRecord]] = {}
         for lab in labels:
@@ -903,13 +1043,11 @@ class ProbeAnnotator:
             if lab.answer not in by_name[lab.category].answers:
                 raise ValueError(f"{lab.category}={lab.answer!r} is not in its vocabulary")
             by_cat.setdefault(lab.category, []).append(lab)
-        for name, labs in sorted(by_cat.items()):
-            cat = by_name[name]
-            idx = np.array([row[lab.image_sha256] for lab in labs])
-            y = np.array([cat.answers.index(lab.answer) for lab in labs])
-            prior = self._heads.get(name)
-            new_heads[name] = _fit_head(x[idx], y, len(cat.answers), self.backbone.columns(name), self.l2,
-                                        prior=prior, prior_l2=self.prior_l2, seed=_name_seed(name))
+        fits = [_HeadFit(name, np.array([row[lab.image_sha256] for lab in labs]),
+                         np.array([by_name[name].answers.index(lab.answer) for lab in labs]),
+                         len(by_name[name].answers), self.backbone.columns(name), self._heads.get(name))
+                for name, labs in sorted(by_cat.items())]
+        new_heads.update(_fit_heads(x, fits, self.l2, self.prior_l2))
         rnd = self.round + 1 if round is None else int(round)
         return ProbeAnnotator(new_heads, self._mean, self._std, self.backbone.config,
                               lineage=self.lineage + (self.version,), round=rnd, protocol=self.protocol,
@@ -1130,12 +1268,18 @@ def full_manual_label_count(pool_items: Sequence[AnnotationItem], protocol: Prot
     (an upper bound).
     """
     protocol = protocol or load_protocol()
+    # which categories apply depends only on the answers to the categories others require
+    parents = sorted({name for cat in protocol.categories for name in cat.requires})
+    applicable_by_parents: dict[tuple, int] = {}
     total = 0
     for item in pool_items:
-        if item.attributes is not None:
-            total += len(protocol.applicable(item.attributes))
-        else:
+        if item.attributes is None:
             total += len(protocol.categories)
+            continue
+        key = tuple(item.attributes.get(name) for name in parents)
+        if key not in applicable_by_parents:
+            applicable_by_parents[key] = len(protocol.applicable(item.attributes))
+        total += applicable_by_parents[key]
     return total
 
 
@@ -1217,6 +1361,7 @@ def run_hitl_round(annotator: Annotator, eval_items: Sequence[AnnotationItem],
     asked = set(already_asked)
     sampled = select_round_sample([p for p in by_id if p not in asked], sample_size, seed=seed + rnd)
     sampled_items = [by_id[s] for s in sampled]
+    materialize(sampled_items)
     labels = oracle.label(sampled_items, sent, round=rnd)
     implied = implied_labels({it.image_sha256: sent for it in sampled_items}, labels, rnd, protocol)
     trained = set(sent) | {lab.category for lab in implied}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from cosmicman.data.annotation import AnnotationItem, items_from_samples, mean_accuracy
+from cosmicman.data.annotation import AnnotationItem, map_in_workers, mean_accuracy
 from cosmicman.data.store import Store
 from cosmicman.data.synthetic import SyntheticWorld
 
@@ -137,18 +137,27 @@ class RoundLedger:
 
 
 def synthetic_people(seed: int, count: int) -> list[AnnotationItem]:
-    """Rendered synthetic people with their ground truth (I_e, or a round-0 pretraining set)."""
+    """Rendered synthetic people with their ground truth (I_e, or a round-0 pretraining set), rendered
+    in parallel (:func:`map_in_workers`)."""
     world = SyntheticWorld(seed=seed)
-    return items_from_samples(world.sample(i, case="kept") for i in range(count))
+    rendered = map_in_workers(partial(_rendered_with_truth, world), count, min_per_worker=4)
+    return [AnnotationItem.from_bytes(data, attributes) for data, attributes in rendered]
 
 
 def synthetic_pool(seed: int, count: int) -> list[AnnotationItem]:
-    """A pool of ``count`` synthetic people whose truth is known at once and whose images are rendered
-    only when a round samples them: a round over a pool of 20 000 renders a few hundred."""
+    """A pool of ``count`` synthetic people whose truth is known at once (drawn in parallel) and whose
+    images are rendered only when a round samples them: a round over a pool of 20 000 renders a few
+    hundred."""
     world = SyntheticWorld(seed=seed)
-    return [AnnotationItem.lazy(f"synth-{seed}-{i}", partial(_rendered, world, i), world.attributes(i))
-            for i in range(count)]
+    truths = map_in_workers(world.attributes, count, min_per_worker=1000)
+    return [AnnotationItem.lazy(f"synth-{seed}-{i}", partial(_rendered, world, i), truth)
+            for i, truth in enumerate(truths)]
 
 
 def _rendered(world: SyntheticWorld, index: int) -> bytes:
     return world.sample(index, case="kept").image_bytes
+
+
+def _rendered_with_truth(world: SyntheticWorld, index: int) -> tuple[bytes, dict[str, str]]:
+    sample = world.sample(index, case="kept")
+    return sample.image_bytes, sample.attributes
