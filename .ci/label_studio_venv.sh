@@ -15,24 +15,10 @@ VENV="${1:-${LABEL_STUDIO_VENV:-$ROOT/.venv-label-studio}}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.installed-label-studio-$LABEL_STUDIO_VERSION"
 
-[ -f "$STAMP" ] && exit 0
-
-mkdir -p "$(dirname "$VENV")"
-# One builder at a time (CI and a developer's pytest may both ask for it).
-exec 9>"$VENV.lock"
-if command -v flock >/dev/null 2>&1; then flock 9; fi
-[ -f "$STAMP" ] && exit 0
-
+source "$ROOT/.ci/pinned_venv.sh"
 start=$(date +%s)
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-rm -f "$VENV"/.installed-label-studio-*
-# (grep drops this machine's notes about absent local package mirrors; pip's real errors still show)
-# uv resolves and installs the server's ~150 packages in seconds (pip takes minutes); pip if uv fails.
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv \
-  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || true
-"$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" "label-studio==$LABEL_STUDIO_VERSION" \
-  || "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "label-studio==$LABEL_STUDIO_VERSION" \
-  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+pinned_venv_open "$VENV" "$STAMP" || exit 0
+pinned_venv_install "$VENV" "label-studio==$LABEL_STUDIO_VERSION"
 "$VENV/bin/python" -c "import label_studio, sys; v = label_studio.__version__; sys.exit(v != '$LABEL_STUDIO_VERSION' and f'label-studio {v} installed, expected $LABEL_STUDIO_VERSION')"
 
 # The template database: the migrations `label-studio start` applies first, nothing else (no user, no

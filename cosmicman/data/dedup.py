@@ -58,7 +58,8 @@ class NearDupIndex:
         widths = [64 // n_bands + (i < 64 % n_bands) for i in range(n_bands)]
         self._shifts = np.cumsum([0] + widths[:-1]).astype(np.uint64)
         self._masks = [np.uint64((1 << w) - 1) for w in widths]
-        self._pending: list[int] = []
+        self._pending = np.zeros(1024, dtype=np.uint64)  # grows by doubling; the first _n_pending are used
+        self._n_pending = 0
         self._build(np.asarray(hashes, dtype=np.uint64))
 
     def _build(self, hashes: np.ndarray) -> None:
@@ -66,19 +67,19 @@ class NearDupIndex:
         self._bands = []
         for shift, mask in zip(self._shifts, self._masks):
             values = (hashes >> shift) & mask
-            order = np.argsort(values, kind="stable").astype(np.int64)
+            order = np.argsort(values)
             self._bands.append((values[order], order))
 
     def __len__(self) -> int:
-        return len(self._hashes) + len(self._pending)
+        return len(self._hashes) + self._n_pending
 
     def find(self, h: int) -> int | None:
         """Position (insertion order) of the first hash within the radius of ``h``, or None."""
         q = np.uint64(h)
         best: int | None = None
-        for (values, order), shift, mask in zip(self._bands, self._shifts, self._masks):
+        for (values, order), shift, mask in zip(self._bands if len(self._hashes) else (), self._shifts, self._masks):
             v = (q >> shift) & mask
-            lo, hi = np.searchsorted(values, v, "left"), np.searchsorted(values, v, "right")
+            lo, hi = values.searchsorted(np.array([v, v + np.uint64(1)], dtype=np.uint64))  # [v, v + 1)
             if lo == hi:
                 continue
             cand = order[lo:hi]
@@ -88,19 +89,20 @@ class NearDupIndex:
                 best = first if best is None else min(best, first)
         if best is not None:
             return best
-        if self._pending:
-            pend = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
-            hits = np.flatnonzero(np.bitwise_count(pend ^ q) <= self.max_distance)
+        if self._n_pending:
+            hits = np.flatnonzero(np.bitwise_count(self._pending[:self._n_pending] ^ q) <= self.max_distance)
             if len(hits):
                 return len(self._hashes) + int(hits[0])
         return None
 
     def add(self, h: int) -> None:
-        self._pending.append(h)
-        if len(self._pending) >= self.rebuild_at:
-            pend = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
-            self._pending = []
-            self._build(np.concatenate([self._hashes, pend]))
+        if self._n_pending == len(self._pending):
+            self._pending = np.concatenate([self._pending, np.zeros_like(self._pending)])
+        self._pending[self._n_pending] = h
+        self._n_pending += 1
+        if self._n_pending >= self.rebuild_at:
+            self._build(np.concatenate([self._hashes, self._pending[:self._n_pending]]))
+            self._n_pending = 0
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class PoolIndex:
     def match(self, sha256: str, phash: str | None) -> Match | None:
         """The exact duplicate, else the nearest-added near-duplicate, of an image; None when new."""
         prefix = sha_prefix(sha256)
-        i = int(np.searchsorted(self._exact, np.uint64(prefix)))
+        i = int(self._exact.searchsorted(np.uint64(prefix))) if len(self._exact) else 0
         if (i < len(self._exact) and int(self._exact[i]) == prefix) or prefix in self._new:
             return Match("duplicate", prefix, sha256)
         if self._near is None or phash is None:

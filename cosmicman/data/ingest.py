@@ -266,13 +266,11 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
     created = 0
     n_done, total = len(finished), len(plan)
 
-    def outcome(fetched: _Fetched, checked: CheckedImage | None, duplicate_of: str | None = None) -> None:
+    def outcome(fetched: _Fetched, checked: CheckedImage | None) -> None:
         nonlocal created, n_done
         row = {**by_position.pop(fetched.position), "batch": batch, "http_status": fetched.http_status,
                "fetch_attempts": fetched.attempts, "detail": fetched.detail}
-        if duplicate_of is not None:
-            row.update(status="duplicate", sha256=duplicate_of, duplicate_of=duplicate_of, n_bytes=len(fetched.data))
-        elif checked is None:
+        if checked is None:
             row.update(status="failed", reason=fetched.reason)
         elif checked.reason is not None:
             row.update(status="failed", reason=checked.reason, detail=checked.detail, sha256=checked.sha256,
@@ -286,7 +284,7 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
             if match is not None:
                 row.update(status=match.kind, duplicate_of=match.sha256 or f"{match.sha_prefix:016x}")
             else:
-                put = store.put_blob(stored, checked.ext)
+                put = store.put_blob(stored, checked.ext, sha256=sha)
                 created += put.created
                 index.add(sha, checked.phash)
                 row.update(status="stored", blob_key=put.key)
@@ -301,9 +299,6 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
         for fetched in _fetch_items(pending, [s for s, _ in sources], config.fetch):
             if fetched.data is None:
                 outcome(fetched, None)
-                continue
-            if config.resize_to is None and (sha := sha256_hex(fetched.data)) and index.match(sha, None):
-                outcome(fetched, None, duplicate_of=sha)  # exact duplicate: no need to decode it
                 continue
             for f, checked in checker.submit(fetched):
                 outcome(f, checked)

@@ -69,9 +69,10 @@ class Store:
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, target)
 
-    def put_blob(self, data: bytes, ext: str) -> PutResult:
-        """Content-addressed: the same bytes are stored once, whatever their source."""
-        sha = sha256_hex(data)
+    def put_blob(self, data: bytes, ext: str, sha256: str | None = None) -> PutResult:
+        """Content-addressed: the same bytes are stored once, whatever their source. ``sha256``: the
+        caller's hash of ``data``, when it has one (hashing is most of the cost of a small blob)."""
+        sha = sha256 or sha256_hex(data)
         key = blob_key(sha, ext)
         if self.exists(key):
             return PutResult(key, sha, False)
