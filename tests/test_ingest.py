@@ -40,6 +40,12 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
@@ -49,6 +55,7 @@ def server(tmp_path_factory):
         if i < 4:  # copies of the first few: re-encoded, and resized to half
             (root / f"p{i:03d}-q60.jpg").write_bytes(jpeg(img, 60))
             (root / f"p{i:03d}-half.jpg").write_bytes(jpeg(img.resize((240, 180), Image.LANCZOS)))
+    (root / "png-named.jpg").write_bytes(_png(photo_like(99)))
     for hostile in hostile_files():
         (root / f"hostile-{hostile.name}").write_bytes(hostile.data)
     with ImageServer(root) as srv:
@@ -126,8 +133,12 @@ def test_near_duplicates_are_caught_across_batches(server, tmp_path):
     run(store, "batch-00000", [server.url(f"img/p{i:03d}.jpg") for i in range(4)], tmp_path)
     copies = [server.url(f"img/p{i:03d}-q60.jpg") for i in range(4)] + [server.url(f"img/p{i:03d}-half.jpg")
                                                                        for i in range(4)]
-    report = run(store, "batch-00001", copies + [server.url("img/p000.jpg"), server.url("img/p040.jpg")], tmp_path)
-    assert report.counts == {"stored": 1, "duplicate": 1, "near_duplicate": 8, "failed": 0}
+    report = run(store, "batch-00001", copies + [server.url("img/p000.jpg"), server.url("img/p040.jpg"),
+                                                 server.url("img/png-named.jpg")], tmp_path)
+    assert report.counts == {"stored": 2, "duplicate": 1, "near_duplicate": 8, "failed": 0}
+    renamed = report.raw.filter(pl.col("url").str.ends_with("png-named.jpg")).row(0, named=True)
+    assert renamed["ext"] == "png" and renamed["blob_key"].endswith(".png")
+    assert "ext:jpg->png" in report.log.filter(pl.col("url") == renamed["url"])["detail"].item()
     first = store.read_table("tables/raw_images/batch-00000.parquet")
     near = report.log.filter(pl.col("status") == "near_duplicate")
     assert set(near["duplicate_of"]) == set(first["sha256"])

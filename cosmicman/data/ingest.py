@@ -29,8 +29,10 @@ import json
 import math
 import multiprocessing
 import os
+import posixpath
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -42,7 +44,7 @@ import polars as pl
 from cosmicman.data.dedup import PoolIndex, resolve_shas, sha_prefix, write_segment
 from cosmicman.data.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
 from cosmicman.data.imageio import CheckedImage, check_image, sha256_hex
-from cosmicman.data.sources import FolderSource, ImageSource, ParquetSource, SourceItem, SyntheticSource
+from cosmicman.data.sources import IMAGE_SUFFIXES, FolderSource, ImageSource, ParquetSource, SourceItem, SyntheticSource
 from cosmicman.data.store import Store
 from cosmicman.data.truth import TRUTH_SCHEMA, store_truth
 
@@ -191,6 +193,12 @@ def _fetch_items(plan_rows: list[dict], sources: Sequence[ImageSource],
                        res.http_status, res.attempts)
 
 
+def claimed_extension(url: str | None) -> str | None:
+    """The image extension a URL's path ends in, if any: a mismatch with the bytes is recorded."""
+    suffix = posixpath.splitext(urllib.parse.urlsplit(url or "").path)[1].lower()
+    return suffix.lstrip(".") if suffix in IMAGE_SUFFIXES else None
+
+
 class _Checker:
     """``check_image`` in worker processes (models-once lifecycle: the pool starts once per batch), or
     inline for small batches. Keeps at most ``window`` checks in flight so memory stays bounded."""
@@ -202,11 +210,11 @@ class _Checker:
         self.window = max(1, workers * 8)
         self.in_flight: dict[Future, _Fetched] = {}
 
-    def submit(self, fetched: _Fetched) -> Iterator[tuple[_Fetched, CheckedImage]]:
+    def submit(self, fetched: _Fetched, claimed_ext: str | None) -> Iterator[tuple[_Fetched, CheckedImage]]:
         if self.pool is None:
-            yield fetched, check_image(fetched.data, self.resize_to)
+            yield fetched, check_image(fetched.data, self.resize_to, claimed_ext)
             return
-        self.in_flight[self.pool.submit(check_image, fetched.data, self.resize_to)] = fetched
+        self.in_flight[self.pool.submit(check_image, fetched.data, self.resize_to, claimed_ext)] = fetched
         if len(self.in_flight) >= self.window:
             yield from self._collect(FIRST_COMPLETED)
 
@@ -300,7 +308,7 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
             if fetched.data is None:
                 outcome(fetched, None)
                 continue
-            for f, checked in checker.submit(fetched):
+            for f, checked in checker.submit(fetched, claimed_extension(by_position[fetched.position]["url"])):
                 outcome(f, checked)
         for f, checked in checker.drain():
             outcome(f, checked)
