@@ -1,11 +1,8 @@
 import dagster as dg
-import polars as pl
 
 from cosmicman.assets.common import content_digest, sourcing_batches
 from cosmicman.data.ingest import log_table_key, raw_table_key, source_batch
-from cosmicman.data.sources import ImageSource
-from cosmicman.data.store import Store
-from cosmicman.data.web_apis import ApiSource
+from cosmicman.data.web_apis import report_downloads
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
 
@@ -16,16 +13,6 @@ def batch_index(partition_key: str) -> int:
     if prefix != "batch" or not number.isdigit():
         raise ValueError(f"sourcing batch keys look like 'batch-00007', got {partition_key!r}")
     return int(number)
-
-
-def track_api_downloads(store: Store, index: int, sources: list[tuple[ImageSource, int]], raw: pl.DataFrame) -> int:
-    """Report the stored photos of each web API back to it where its terms require (Unsplash)."""
-    tracked = 0
-    for source, _ in sources:
-        if isinstance(source, ApiSource):
-            ids = raw.filter(pl.col("source") == source.name)["source_id"].to_list()
-            tracked += source.track_downloads(index, ids, store).items
-    return tracked
 
 
 @dg.asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="sourcing", code_version="2")
@@ -46,7 +33,7 @@ def raw_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
 
     sources = sourcing.sources(store)
     report = source_batch(store, batch, batch_index(batch), sources, sourcing.ingest_config(), progress)
-    tracked = track_api_downloads(store, batch_index(batch), sources, report.raw)
+    tracked = report_downloads(store, batch_index(batch), sources, report.raw)
     if report.resumed_outcomes:
         context.log.info(f"resumed {batch}: {report.resumed_outcomes} outcomes were already durable")
     return dg.MaterializeResult(metadata={

@@ -216,14 +216,14 @@ class _Checker:
             return
         self.in_flight[self.pool.submit(check_image, fetched.data, self.resize_to, claimed_ext)] = fetched
         if len(self.in_flight) >= self.window:
-            yield from self._collect(FIRST_COMPLETED)
+            yield from self._collect()
 
     def drain(self) -> Iterator[tuple[_Fetched, CheckedImage]]:
         while self.in_flight:
-            yield from self._collect(FIRST_COMPLETED)
+            yield from self._collect()
 
-    def _collect(self, how: str) -> Iterator[tuple[_Fetched, CheckedImage]]:
-        done, _ = wait(list(self.in_flight), return_when=how)
+    def _collect(self) -> Iterator[tuple[_Fetched, CheckedImage]]:
+        done, _ = wait(list(self.in_flight), return_when=FIRST_COMPLETED)
         for fut in done:
             yield self.in_flight.pop(fut), fut.result()
 
@@ -345,7 +345,7 @@ def _finish(store: Store, batch: str, log: pl.DataFrame, config: IngestConfig) -
     store.delete(staging_prefix(batch))
 
 
-def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_attempts: int) -> pl.DataFrame:
+def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_attempts: int) -> None:
     """Fold one batch's outcomes into the failed-URL table; idempotent (rows already at ``batch`` are kept)."""
     table = store.read_table(FAILED_URLS_KEY) if store.exists(FAILED_URLS_KEY) else pl.DataFrame(schema=FAILED_SCHEMA)
     known = {r["url"]: r for r in table.iter_rows(named=True)}
@@ -366,9 +366,7 @@ def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_atte
                            "first_batch": prev["first_batch"] if prev else batch, "last_batch": batch}
         changed = True
     if changed:
-        table = pl.DataFrame(list(known.values()), schema=FAILED_SCHEMA)
-        store.write_table(FAILED_URLS_KEY, table)
-    return table
+        store.write_table(FAILED_URLS_KEY, pl.DataFrame(list(known.values()), schema=FAILED_SCHEMA))
 
 
 def _report(store: Store, batch: str, log: pl.DataFrame, created: int, resumed: int, t0: float) -> BatchReport:
@@ -377,7 +375,7 @@ def _report(store: Store, batch: str, log: pl.DataFrame, created: int, resumed: 
     return BatchReport(
         batch, len(log), {s: counts.get(s, 0) for s in STATUSES}, dict(sorted(Counter(failed["reason"].to_list()).items())),
         dict(sorted(Counter(log["source"].to_list()).items())), int((log["url_attempt"] > 1).sum()), created, resumed,
-        time.monotonic() - t0, store.read_table(raw_table_key(batch)), log)
+        time.monotonic() - t0, log.filter(pl.col("status") == "stored").select(RAW_COLUMNS), log)
 
 
 def main(argv: list[str] | None = None) -> int:

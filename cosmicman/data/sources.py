@@ -215,11 +215,12 @@ class ParquetSource:
         base = posixpath.basename(path)
         return [SourceItem(self.name, f"{base}:{start - offset + i}", url or "", alt_text=data["caption"][i] or "",
                            licence=data["licence"][i] or self.default_licence,
-                           width=_int_or_none(data["width"][i]), height=_int_or_none(data["height"][i]))
+                           width=int_or_none(data["width"][i]), height=int_or_none(data["height"][i]))
                 for i, url in enumerate(data["url"])]
 
 
-def _int_or_none(v: Any) -> int | None:
+def int_or_none(v: Any) -> int | None:
+    """A stated size as an int; None when missing or not a number (web data has both)."""
     try:
         return int(v) if v is not None else None
     except (TypeError, ValueError):

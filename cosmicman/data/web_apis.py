@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
+import polars as pl
 
 from cosmicman.data.fetch import RETRYABLE_REASONS, backoff_delay, parse_retry_after
 from cosmicman.data.rate_limit import (
@@ -37,7 +38,7 @@ from cosmicman.data.rate_limit import (
     Sleep,
     SlidingWindowLimiter,
 )
-from cosmicman.data.sources import SourceItem
+from cosmicman.data.sources import ImageSource, SourceItem, int_or_none
 from cosmicman.data.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,6 @@ class SearchPage:
     @property
     def photos_listed(self) -> int:
         return len(self.items) + self.skipped
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -263,7 +257,7 @@ class FlickrClient(WebApiClient):
 
     def _check_body(self, body: Any, what: str) -> None:
         if isinstance(body, dict) and body.get("stat") == "fail":
-            code = _int_or_none(body.get("code"))
+            code = int_or_none(body.get("code"))
             raise ApiError(_FLICKR_ERROR_REASONS.get(code, "api_error"),
                            f"{what}: Flickr error {code}: {body.get('message', '')}")
 
@@ -282,7 +276,7 @@ class FlickrClient(WebApiClient):
                 licence=FLICKR_LICENCES.get(licence_id, f"Flickr licence {licence_id or 'unknown'}"),
                 alt_text=photo.get("title") or "", author=photo.get("ownername") or owner,
                 page_url=f"https://www.flickr.com/photos/{owner}/{photo_id}",
-                width=_int_or_none(photo.get(f"width_{size}")), height=_int_or_none(photo.get(f"height_{size}"))))
+                width=int_or_none(photo.get(f"width_{size}")), height=int_or_none(photo.get(f"height_{size}"))))
         return SearchPage(items, last_page=int(photos["pages"]), page=int(photos["page"]), skipped=skipped)
 
 
@@ -306,7 +300,7 @@ class UnsplashClient(WebApiClient):
 
     def _rate_headers(self, headers: httpx.Headers) -> tuple[int | None, float | None]:
         # Unsplash states what is left of its hourly window but not when it resets.
-        return _int_or_none(headers.get("X-Ratelimit-Remaining")), None
+        return int_or_none(headers.get("X-Ratelimit-Remaining")), None
 
     def _client_error_reason(self, response: httpx.Response) -> str:
         # A spent hourly budget answers 403 "Rate Limit Exceeded", not 429.
@@ -329,8 +323,8 @@ class UnsplashClient(WebApiClient):
                 alt_text=photo.get("alt_description") or photo.get("description") or "",
                 author=user.get("name") or user.get("username") or "unknown Unsplash user",
                 page_url=links.get("html") or f"https://unsplash.com/photos/{photo_id}",
-                width=_int_or_none(photo.get("width")) if full else None,
-                height=_int_or_none(photo.get("height")) if full else None))
+                width=int_or_none(photo.get("width")) if full else None,
+                height=int_or_none(photo.get("height")) if full else None))
             if links.get("download_location"):
                 locations[photo_id] = links["download_location"]
         return SearchPage(items, last_page=int(body["total_pages"]), skipped=skipped, download_locations=locations)
@@ -359,7 +353,7 @@ class PixabayClient(WebApiClient):
         return {"key": self._api_key, **params}, {}
 
     def _rate_headers(self, headers: httpx.Headers) -> tuple[int | None, float | None]:
-        return _int_or_none(headers.get("X-RateLimit-Remaining")), _float_or_none(headers.get("X-RateLimit-Reset"))
+        return int_or_none(headers.get("X-RateLimit-Remaining")), _float_or_none(headers.get("X-RateLimit-Reset"))
 
     def _client_error_reason(self, response: httpx.Response) -> str:
         text = response.text.lower()
@@ -696,3 +690,16 @@ class ApiSource:
                 report.items += 1
         report.stopped_because = "done"
         return report
+
+
+def report_downloads(store: Store, batch_index: int, sources: Sequence[tuple[ImageSource, int]],
+                     stored: pl.DataFrame) -> int:
+    """Tell each web API which of its photos a batch stored, where its terms require it (Unsplash's
+    ``download_location``); ``stored`` has the batch's ``source`` and ``source_id`` columns."""
+    tracked = 0
+    for source, _ in sources:
+        if isinstance(source, ApiSource):
+            ids = stored.filter(pl.col("source") == source.name)["source_id"].to_list()
+            tracked += source.track_downloads(batch_index, ids, store).items
+    return tracked
+
