@@ -42,10 +42,10 @@ from PIL import Image  # noqa: E402
 
 from cosmicman.assets.common import sourcing_batches, table_key  # noqa: E402
 from cosmicman.assets.filtering import build_filtered_images  # noqa: E402
-from cosmicman.data import filters as F  # noqa: E402
-from cosmicman.data.imageio import decode_image  # noqa: E402
-from cosmicman.data.store import Store, blob_key  # noqa: E402
-from cosmicman.data.synthetic import SyntheticWorld  # noqa: E402
+from cosmicman.filtering import filters as F  # noqa: E402
+from cosmicman.core.imageio import decode_image  # noqa: E402
+from cosmicman.core.store import Store, blob_key  # noqa: E402
+from cosmicman.simulation.world import SyntheticWorld  # noqa: E402
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource  # noqa: E402
 from cosmicman.resources.storage import ObjectStoreResource  # noqa: E402
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cosmicman.data.annotation import (ProbeAnnotator, SimulatedOracle, full_manual_label_count,  # noqa: E402
+from cosmicman.annotation.annotation import (ProbeAnnotator, SimulatedOracle, full_manual_label_count,  # noqa: E402
                                        mean_accuracy, per_category_accuracy, run_hitl_loop)
-from cosmicman.data.hitl import synthetic_people, synthetic_pool  # noqa: E402
-from cosmicman.data.protocol import load_protocol  # noqa: E402
+from cosmicman.annotation.ledger import synthetic_people, synthetic_pool  # noqa: E402
+from cosmicman.core.protocol import load_protocol  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

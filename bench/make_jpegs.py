@@ -30,7 +30,7 @@ CACHE_ROOT = REPO_ROOT / ".cache" / "bench-sourcing"
 GENERATOR_VERSION = 2
 DETAIL_SIZE = (1400, 1000)
 JPEG_QUALITY = 85
-# Above the near-duplicate search's largest radius (cosmicman.data.dedup allows up to 15 bits), so no
+# Above the near-duplicate search's largest radius (cosmicman.sourcing.dedup allows up to 15 bits), so no
 # setting of it merges two of these images.
 MIN_PHASH_DISTANCE = 16
 

@@ -48,7 +48,7 @@ sys.path[:0] = [str(REPO_ROOT), str(BENCH)]
 
 from make_jpegs import CACHE_ROOT, JpegSet, jpeg_set
 
-from cosmicman.data.imageio import check_image
+from cosmicman.core.imageio import check_image
 from tests.image_server import ImageServer
 
 IMG2DATASET_VENV = REPO_ROOT / ".venv-img2dataset"
@@ -156,7 +156,7 @@ def run_ours(parquet: Path, count: int, resize: bool, settings: dict) -> Run:
     store = RUNS / "ours-store"
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "cosmicman.data.ingest", "--parquet", str(parquet), "--store", str(store),
+    cmd = [sys.executable, "-m", "cosmicman.sourcing.ingest", "--parquet", str(parquet), "--store", str(store),
            "--batch", "batch-00000", "--limit", str(count), "--workers", str(settings["workers"]),
            "--per-host", str(settings["per_host"]),
            *(["--resize-to", str(RESIZED_SIDE)] if resize else [])]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cosmicman.data.tokenizer import load_clip_tokenizer  # noqa: E402
+from cosmicman.core.tokenizer import load_clip_tokenizer  # noqa: E402
 from cosmicman.model.components import Components  # noqa: E402
 from cosmicman.model.train import DaringTrainer, TrainConfig  # noqa: E402
 

@@ -26,7 +26,7 @@ def _instance(home: Path) -> dg.DagsterInstance:
 
 def seed_folder_dataset(folder: Path, count: int = 6, seed: int = 5_000) -> int:
     """A small folder dataset of image files, so the local flywheel exercises the folder source too."""
-    from cosmicman.data.synthetic import SyntheticWorld
+    from cosmicman.simulation.world import SyntheticWorld
 
     if folder.exists():
         return 0
@@ -128,7 +128,7 @@ def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | No
     started = time.monotonic()
     _run(defs, instance, "fake_person_job")
     batches = source_until_threshold(defs, instance)
-    from cosmicman.data.hitl import RoundLedger
+    from cosmicman.annotation.ledger import RoundLedger
 
     try:
         RoundLedger(defs.resources["object_store"].store()).base()
@@ -169,7 +169,7 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
         for reason, n in (filt.get("decisions") or {}).items():
             if reason != "kept":
                 rejections[reason] = rejections.get(reason, 0) + n
-    from cosmicman.data.hitl import RoundLedger
+    from cosmicman.annotation.ledger import RoundLedger
 
     hq = meta("cosmicman_hq")
     ledger = RoundLedger(defs.resources["object_store"].store())
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     lin_p.add_argument("--store", default=None, help="object store URL (default: the environment's)")
     args = parser.parse_args(argv)
     if args.command == "lineage":
-        from cosmicman.data.lineage import lineage
+        from cosmicman.datasets.lineage import lineage
 
         store = args.store
         options: dict = {}

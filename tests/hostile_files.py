@@ -3,7 +3,7 @@
 Built in memory, deterministic, a few KB each: broken files (rejected with a reason code), valid but
 unusual ones (normalized and kept, with the normalization reported), and decompression bombs that
 declare far more pixels than they carry. ``tests/test_imageio.py`` asserts each outcome through
-``cosmicman.data.imageio.check_image``; the image server tests may serve the same bytes over HTTP.
+``cosmicman.core.imageio.check_image``; the image server tests may serve the same bytes over HTTP.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cosmicman.data import imageio
+from cosmicman.core import imageio
 
 
 @dataclass(frozen=True)

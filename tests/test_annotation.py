@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cosmicman.data.annotation import (
+from cosmicman.annotation.annotation import (
     AnnotationItem,
     Annotator,
     HitlRoundResult,
@@ -28,8 +28,8 @@ from cosmicman.data.annotation import (
     select_round_sample,
     should_stop,
 )
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.synthetic import SyntheticWorld
+from cosmicman.core.protocol import load_protocol
+from cosmicman.simulation.world import SyntheticWorld
 
 PROTO = load_protocol()
 N_PRETRAIN, N_CLEAN, N_EVAL, N_POOL, ROUND_SAMPLE = 120, 300, 80, 150, 48

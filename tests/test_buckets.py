@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tests.test_train import GROUPS, find_span, write_shards
 
-from cosmicman.data.tokenizer import load_clip_tokenizer
+from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.model.buckets import (
     BucketedShardDataset,
     aspect_buckets,

@@ -5,11 +5,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cosmicman.data.captions import (Caption, CaptionGroup, build_caption, caption_masks, check_templates,
+from cosmicman.datasets.captions import (Caption, CaptionGroup, build_caption, caption_masks, check_templates,
                                      find_unique_span, group_mask, load_caption_templates, n_tokens,
                                      phrase_ids, prompt_ids, sample_attributes)
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.tokenizer import load_clip_tokenizer
+from cosmicman.core.protocol import load_protocol
+from cosmicman.core.tokenizer import load_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_trailing_groups_cut_to_fit(protocol, tok):
 
 def test_world_captions_fit_the_budget(protocol, tok):
     """The people the synthetic world draws (one outfit, realistic accessories) fit 77 tokens."""
-    from cosmicman.data.synthetic import SyntheticWorld
+    from cosmicman.simulation.world import SyntheticWorld
     world = SyntheticWorld(seed=0)
     lengths = []
     for i in range(300):
@@ -183,7 +183,7 @@ def test_every_category_reaches_the_caption(protocol, tok):
     implied = {c.name for c in protocol.categories if c.name.endswith("_exists")} - grouped
     assert {c.name for c in protocol.categories} - grouped == implied
     assert all(protocol.by_name[c].tag == "obj" for c in implied)
-    from cosmicman.data.synthetic import SyntheticWorld
+    from cosmicman.simulation.world import SyntheticWorld
     world = SyntheticWorld(seed=1)
     pool = [world.random_attributes(np.random.default_rng([1, i])) for i in range(300)]
     for name in sorted(grouped):

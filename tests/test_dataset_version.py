@@ -10,14 +10,14 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from cosmicman.data.captions import build_caption, sample_attributes
-from cosmicman.data.dataset_version import (DatasetSample, VersionExistsError, VersionNotFoundError, iter_samples,
+from cosmicman.datasets.captions import build_caption, sample_attributes
+from cosmicman.datasets.version import (DatasetSample, VersionExistsError, VersionNotFoundError, iter_samples,
                                             list_versions, next_version_name, read_manifest, read_shards_table,
                                             read_stats, shard_urls, verify_shards, version_exists,
                                             write_dataset_version)
-from cosmicman.data.imageio import sha256_hex
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.tokenizer import load_clip_tokenizer
+from cosmicman.core.imageio import sha256_hex
+from cosmicman.core.protocol import load_protocol
+from cosmicman.core.tokenizer import load_clip_tokenizer
 
 PROV_KEYS = ("source", "source_batch", "filter_decision", "parser_version", "annotator_round")
 
@@ -257,7 +257,7 @@ def test_next_version_name():
 
 
 def test_data_package_stays_dagster_free():
-    code = ("import sys; import cosmicman.data.dataset_version, cosmicman.data.captions, cosmicman.data.tokenizer; "
+    code = ("import sys; import cosmicman.datasets.version, cosmicman.datasets.captions, cosmicman.core.tokenizer; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('dagster', 'open_clip', 'torchvision') "
             "or m.startswith('cosmicman.model')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -266,7 +266,7 @@ def test_data_package_stays_dagster_free():
 def test_diff_between_versions_from_different_pools(root, samples):
     import dataclasses
 
-    from cosmicman.data.dataset_version import diff_versions
+    from cosmicman.datasets.version import diff_versions
 
     write_dataset_version(root, "v0001", samples[:6], samples_per_shard=4)
     relabelled = dataclasses.replace(samples[3], provenance={**samples[3].provenance, "annotator_round": 5})

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from cosmicman.cli import run
-from cosmicman.data.store import Store
+from cosmicman.core.store import Store
 from cosmicman.definitions import build_definitions, local_resources
 from cosmicman.resources.annotation import AnnotatorResource
 from cosmicman.resources.sourcing import SourcingResource
@@ -65,7 +65,7 @@ def test_every_raw_image_is_kept_or_rejected_for_its_true_reason(flywheel):
 
 
 def test_dataset_stats_match_the_manifest(flywheel):
-    from cosmicman.data.dataset_version import read_manifest, read_stats, verify_shards
+    from cosmicman.datasets.version import read_manifest, read_stats, verify_shards
 
     store = flywheel["store"]
     version = flywheel["first"]["dataset"]["version"]
@@ -114,7 +114,7 @@ def test_evaluation_metrics_are_numbers_in_range(flywheel):
 
 
 def test_hitl_rounds_improve_the_annotator_cheaply(flywheel):
-    from cosmicman.data.hitl import RoundLedger
+    from cosmicman.annotation.ledger import RoundLedger
 
     h = flywheel["first"]["hitl"]
     assert 1 <= h["rounds"] <= 2 and len(h["curve"]) == h["rounds"] + 1
@@ -139,8 +139,8 @@ def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
 
 def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsys):
     from cosmicman.cli import main
-    from cosmicman.data.dataset_version import read_manifest
-    from cosmicman.data.store import Store
+    from cosmicman.datasets.version import read_manifest
+    from cosmicman.core.store import Store
 
     store: Store = flywheel["store"]
     model_url = flywheel["first"]["variants"]["hola"]["output_url"]
@@ -155,7 +155,7 @@ def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsy
     assert lin["dataset_version"] == version and lin["samples"] == len(in_dataset)
     assert lin["sourcing_batches"] == sorted(batches) and len(batches) >= 2
     # the label rounds behind the model: those adopted into the annotator that labelled its samples
-    from cosmicman.data.hitl import RoundLedger
+    from cosmicman.annotation.ledger import RoundLedger
 
     adopted = [r["round"] for r in RoundLedger(store).results() if r["adopted"] and r["labels_asked"]]
     assert adopted and lin["label_rounds"] == adopted

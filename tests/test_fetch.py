@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cosmicman.data.fetch import RESULT_BUFFER, FetchConfig, FetchResult, fetch_all
+from cosmicman.sourcing.fetch import RESULT_BUFFER, FetchConfig, FetchResult, fetch_all
 from tests.image_server import ImageServer
 from tests.servers import free_port
 

@@ -11,10 +11,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from cosmicman.data import filters as F
-from cosmicman.data.imageio import decode_image, encode_jpeg
-from cosmicman.data.store import Store
-from cosmicman.data.synthetic import SyntheticWorld
+from cosmicman.filtering import filters as F
+from cosmicman.core.imageio import decode_image, encode_jpeg
+from cosmicman.core.store import Store
+from cosmicman.simulation.world import SyntheticWorld
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource
 
 

@@ -8,13 +8,13 @@ import pytest
 
 from cosmicman.assets.common import sourcing_batches, table_key
 from cosmicman.assets.filtering import build_filtered_images, fake_person_classifier
-from cosmicman.data.filter_batch import (
+from cosmicman.filtering.batch import (
     BASE_SCHEMA, concat_tables, filter_rows, pick_examples, plan_shards, write_filtered_shard,
 )
-from cosmicman.data.filters import FilterResult
-from cosmicman.data.pool import read_pool_stats
-from cosmicman.data.store import Store
-from cosmicman.data.synthetic import SyntheticWorld
+from cosmicman.filtering.filters import FilterResult
+from cosmicman.sourcing.pool import read_pool_stats
+from cosmicman.core.store import Store
+from cosmicman.simulation.world import SyntheticWorld
 from cosmicman.resources.filters import FilterResource
 from cosmicman.resources.step_outputs import ObjectStoreStepIOManager
 from cosmicman.resources.storage import ObjectStoreResource

@@ -7,13 +7,13 @@ import time
 import pytest
 from PIL import Image
 
-from cosmicman.data.filters import (
+from cosmicman.filtering.filters import (
     BackendUnavailable, ClipImageEmbedder, FakePersonClassifier, FilterChain, FilterConfig, HaarFaceDetector,
     HogFacePersonDetector, HogPersonDetector, LogisticHead, OfflineImageFeatures, OfflineQualityScorer,
     TransformersPersonDetector, evaluate_person_detector, local_chain, train_fake_person_head,
 )
-from cosmicman.data.imageio import decode_image
-from cosmicman.data.synthetic import SyntheticWorld
+from cosmicman.core.imageio import decode_image
+from cosmicman.simulation.world import SyntheticWorld
 
 
 def _img(s) -> Image.Image:

@@ -2,9 +2,9 @@
 import dagster as dg
 import pytest
 
-from cosmicman.data.annotation import merge_human_answers
-from cosmicman.data.hitl import BASE_ANNOTATOR_KEY, RoundLedger, round_id, round_number
-from cosmicman.data.store import Store
+from cosmicman.annotation.annotation import merge_human_answers
+from cosmicman.annotation.ledger import BASE_ANNOTATOR_KEY, RoundLedger, round_id, round_number
+from cosmicman.core.store import Store
 
 
 def _result(n, *, gain, stop, reason="continue", adopted=True, asked=100, full=2000):
@@ -91,7 +91,7 @@ def test_merge_human_answers_implies_parents_and_drops_orphans():
 
 
 def test_detail_answers_imply_their_parents_for_free():
-    from cosmicman.data.annotation import LabelRecord, implied_labels
+    from cosmicman.annotation.annotation import LabelRecord, implied_labels
 
     asked = {"a": ["hat_color", "skirt_color"], "b": ["hat_color"], "c": ["hat_color", "hat_exists"]}
     answers = [LabelRecord("a", "hat_color", "red", "human", 3),
@@ -104,8 +104,8 @@ def test_detail_answers_imply_their_parents_for_free():
 
 
 def test_synthetic_pool_knows_its_truth_and_renders_only_what_is_read():
-    from cosmicman.data.hitl import synthetic_pool
-    from cosmicman.data.synthetic import SyntheticWorld
+    from cosmicman.annotation.ledger import synthetic_pool
+    from cosmicman.simulation.world import SyntheticWorld
 
     pool = synthetic_pool(seed=4, count=50)
     world = SyntheticWorld(seed=4)

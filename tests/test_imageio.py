@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cosmicman.data import imageio
-from cosmicman.data.imageio import (
+from cosmicman.core import imageio
+from cosmicman.core.imageio import (
     REJECTION_REASONS,
     CheckedImage,
     ImageDecodeError,
@@ -136,7 +136,7 @@ def test_bombs_are_refused_before_their_pixels_are_allocated():
     milliseconds and the process's peak memory barely moves (the smallest bomb would need 81 MB)."""
     script = textwrap.dedent("""
         import json, resource, sys, time
-        from cosmicman.data.imageio import check_image
+        from cosmicman.core.imageio import check_image
         from tests.hostile_files import hostile_files
         bombs = [h for h in hostile_files() if h.reason == "decompression_bomb"]
         check_image(bombs[0].data)  # imports and first-call setup out of the figures

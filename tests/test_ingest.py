@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cosmicman.data.fetch import FetchConfig
-from cosmicman.data.ingest import FAILED_URLS_KEY, IngestConfig, source_batch, staging_prefix
-from cosmicman.data.sources import ParquetSource
-from cosmicman.data.store import Store
+from cosmicman.sourcing.fetch import FetchConfig
+from cosmicman.sourcing.ingest import FAILED_URLS_KEY, IngestConfig, source_batch, staging_prefix
+from cosmicman.sourcing.sources import ParquetSource
+from cosmicman.core.store import Store
 from tests.hostile_files import hostile_files
 from tests.image_server import ImageServer
 
@@ -162,7 +162,7 @@ def test_sigkill_mid_batch_then_rerun_loses_nothing_and_duplicates_nothing(serve
     urls = [server.url(f"slow/0.15/p{i:03d}.jpg") for i in range(48)] + [server.url("img/p000.jpg")]
     parquet = laion(tmp_path / "list.parquet", urls)
     root = tmp_path / "store"
-    cmd = [sys.executable, "-m", "cosmicman.data.ingest", "--parquet", parquet, "--store", str(root),
+    cmd = [sys.executable, "-m", "cosmicman.sourcing.ingest", "--parquet", parquet, "--store", str(root),
            "--limit", "100", "--chunk-size", "6", "--max-in-flight", "4", "--workers", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     done_dir = root / staging_prefix("batch-00000") / "done"

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosmicman.data.annotation import LabelRecord, ProbeAnnotator
-from cosmicman.data.label_studio import (
+from cosmicman.annotation.annotation import LabelRecord, ProbeAnnotator
+from cosmicman.annotation.label_studio import (
     LabelStudioBackend,
     LabelStudioError,
     choice_result,
@@ -30,9 +30,9 @@ from cosmicman.data.label_studio import (
     round_protocol,
     task_payload,
 )
-from cosmicman.data.labelling import LabelTask
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.store import Store
+from cosmicman.annotation.labelling import LabelTask
+from cosmicman.core.protocol import load_protocol
+from cosmicman.core.store import Store
 from tests.servers import free_port, wait_until_serving
 
 # label-studio-sdk 2.0's own pydantic models still use pydantic-1 style config and validators
@@ -245,7 +245,7 @@ def label_studio(tmp_path_factory):
 
 def _people(parent, child, value, n_apply=3, n_not=3, seed=7):
     """Kept synthetic people, some for whom ``child`` applies (``parent == value``) and some not."""
-    from cosmicman.data.synthetic import SyntheticWorld
+    from cosmicman.simulation.world import SyntheticWorld
 
     world, yes, no = SyntheticWorld(seed=seed), [], []
     for i in range(400):

@@ -1,8 +1,8 @@
 """The Label Studio config generated from the protocol: every category, its vocabulary, its conditions."""
 import xml.etree.ElementTree as ET
 
-from cosmicman.data.label_studio_config import label_studio_config
-from cosmicman.data.protocol import load_protocol
+from cosmicman.annotation.label_studio_config import label_studio_config
+from cosmicman.core.protocol import load_protocol
 
 
 def _conditions(root: ET.Element, target: ET.Element) -> dict[str, str]:

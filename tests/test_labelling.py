@@ -1,9 +1,9 @@
 import json
 import os
 
-from cosmicman.data.annotation import SimulatedOracle
-from cosmicman.data.labelling import FileInbox, LabelTask, SimulatedOracleInbox
-from cosmicman.data.store import Store
+from cosmicman.annotation.annotation import SimulatedOracle
+from cosmicman.annotation.labelling import FileInbox, LabelTask, SimulatedOracleInbox
+from cosmicman.core.store import Store
 
 
 def _store():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy import linalg
 
-from cosmicman.data.protocol import load_protocol
+from cosmicman.core.protocol import load_protocol
 from cosmicman.model.metrics import (
     InceptionFeatures,
     RandomConvFeatures,

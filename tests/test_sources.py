@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cosmicman.data.sources import FolderSource, ParquetSource, SyntheticSource
-from cosmicman.data.store import Store
-from cosmicman.data.synthetic import SyntheticWorld
+from cosmicman.sourcing.sources import FolderSource, ParquetSource, SyntheticSource
+from cosmicman.core.store import Store
+from cosmicman.simulation.world import SyntheticWorld
 
 
 def _store() -> Store:

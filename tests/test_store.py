@@ -3,7 +3,7 @@ import os
 import polars as pl
 import pytest
 
-from cosmicman.data.store import Store, blob_key
+from cosmicman.core.store import Store, blob_key
 
 
 @pytest.fixture(params=["memory", "local"])

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cosmicman.data.imageio import ImageDecodeError, decode_image
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.synthetic import (CASES, COLORS, KEYPOINT_NAMES, NECKLACE, STOCKINGS, SyntheticWorld)
+from cosmicman.core.imageio import ImageDecodeError, decode_image
+from cosmicman.core.protocol import load_protocol
+from cosmicman.simulation.world import (CASES, COLORS, KEYPOINT_NAMES, NECKLACE, STOCKINGS, SyntheticWorld)
 
 GARMENT_LABEL = {"hat": 1, "sunglasses": 3, "top": 4, "skirt": 5, "pants": 6, "dress": 7, "belt": 8, "bag": 16, "scarf": 17}
 ATR_PARTS = ("Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Left-shoe",

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cosmicman.data.tokenizer import (BOS_ID, EOS_ID, MODEL_MAX_LENGTH, VOCAB_SIZE, bpe_vocab_path,
+from cosmicman.core.tokenizer import (BOS_ID, EOS_ID, MODEL_MAX_LENGTH, VOCAB_SIZE, bpe_vocab_path,
                                       clip_vocab_and_merges, load_clip_tokenizer)
 
 
@@ -53,6 +53,6 @@ def test_vocab_file_and_cache(tok):
 
 
 def test_open_clip_never_imported():
-    code = ("import sys; from cosmicman.data.tokenizer import load_clip_tokenizer; load_clip_tokenizer(); "
+    code = ("import sys; from cosmicman.core.tokenizer import load_clip_tokenizer; load_clip_tokenizer(); "
             "assert 'open_clip' not in sys.modules and 'torchvision' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,7 +13,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from cosmicman.data.tokenizer import load_clip_tokenizer
+from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.model.shards import ShardDataset, batches, expand_shard_urls, group_label_masks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosmicman.data.tokenizer import load_clip_tokenizer
+from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.model.shards import ShardDataset
 
 from tests.test_train import write_shards

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from cosmicman.data.annotation import Annotator, LabelRecord
-from cosmicman.data.imageio import decode_image, sha256_hex
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.synthetic import SyntheticWorld
-from cosmicman.data.vlm_annotator import VLMAnnotator, VLMWeightsUnavailableError, build_tiny_vlm
+from cosmicman.annotation.annotation import Annotator, LabelRecord
+from cosmicman.core.imageio import decode_image, sha256_hex
+from cosmicman.core.protocol import load_protocol
+from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.annotation.vlm import VLMAnnotator, VLMWeightsUnavailableError, build_tiny_vlm
 
 STEPS, LR = 12, 1e-2
 TIMINGS: dict[str, float] = {}
@@ -275,7 +275,7 @@ def test_save_load_round_trip(run, people, tmp_path):
 
 def test_the_pipeline_loads_and_fine_tunes_it_like_the_probe(run, people, labels):
     """The assets load annotators through load_annotator and fine-tune through the annotator resource."""
-    from cosmicman.data.annotation import load_annotator
+    from cosmicman.annotation.annotation import load_annotator
     from cosmicman.resources.annotation import AnnotatorResource
 
     new, images = run["new"], people[1]

@@ -5,13 +5,13 @@ import traceback
 
 import pytest
 
-from cosmicman.data.rate_limit import (
+from cosmicman.sourcing.rate_limit import (
     RateLimit,
     RateLimitExhausted,
     SlidingWindowLimiter,
 )
-from cosmicman.data.store import Store
-from cosmicman.data.web_apis import (
+from cosmicman.core.store import Store
+from cosmicman.sourcing.web_apis import (
     ApiError,
     ApiKeyRejected,
     ApiSource,

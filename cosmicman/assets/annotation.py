@@ -5,7 +5,7 @@ annotator in force on I_e and sends the categories under the threshold to humans
 ``human_labels`` collects their answers (the labels_arrived sensor runs it when they are in);
 ``annotator`` fine-tunes, measures again and decides whether the loop goes on (the hitl_round sensor
 opens the next round, or annotates the pool with the final annotator). The work is in
-``cosmicman.data.annotation`` and ``cosmicman.data.hitl``.
+``cosmicman.annotation.annotation`` and ``cosmicman.annotation.ledger``.
 """
 
 import hashlib
@@ -16,18 +16,18 @@ import polars as pl
 
 from cosmicman.assets.common import (Progress, content_digest, image_grid_markdown, line_charts_markdown, table_key,
                                      table_metadata)
-from cosmicman.data.annotation import (AnnotationItem, LabelRecord, categories_below, implied_labels, load_annotator,
+from cosmicman.annotation.annotation import (AnnotationItem, LabelRecord, categories_below, implied_labels, load_annotator,
                                        mean_accuracy, merge_human_answers, per_category_accuracy,
                                        select_round_sample, should_stop, HitlRoundResult)
-from cosmicman.data.captions import build_caption
-from cosmicman.data.hitl import BASE_ANNOTATOR_KEY, RoundLedger, round_id, round_number
-from cosmicman.data.imageio import decode_image
-from cosmicman.data.labelling import LabelTask
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.store import Store
-from cosmicman.data.synthetic import SyntheticWorld
-from cosmicman.data.tokenizer import load_clip_tokenizer
-from cosmicman.data.truth import mask_png, truth_mask_key
+from cosmicman.datasets.captions import build_caption
+from cosmicman.annotation.ledger import BASE_ANNOTATOR_KEY, RoundLedger, round_id, round_number
+from cosmicman.core.imageio import decode_image
+from cosmicman.annotation.labelling import LabelTask
+from cosmicman.core.protocol import load_protocol
+from cosmicman.core.store import Store
+from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.core.tokenizer import load_clip_tokenizer
+from cosmicman.simulation.truth import mask_png, truth_mask_key
 from cosmicman.resources.annotation import AnnotatorResource, LabellingResource, synthetic_truth
 from cosmicman.resources.storage import ObjectStoreResource
 

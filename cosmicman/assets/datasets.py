@@ -7,11 +7,11 @@ import dagster as dg
 import polars as pl
 
 from cosmicman.assets.common import content_digest, table_key
-from cosmicman.data.dataset_version import (DatasetSample, diff_versions, list_versions, next_version_name, read_manifest,
+from cosmicman.datasets.version import (DatasetSample, diff_versions, list_versions, next_version_name, read_manifest,
                                             read_stats, verify_shards, write_dataset_version)
-from cosmicman.data.lineage import dataset_lineage
-from cosmicman.data.store import Store
-from cosmicman.data.truth import read_mask
+from cosmicman.datasets.lineage import dataset_lineage
+from cosmicman.core.store import Store
+from cosmicman.simulation.truth import read_mask
 from cosmicman.resources.storage import ObjectStoreResource
 
 LATEST_KEY = "datasets/cosmicman-hq/latest.json"

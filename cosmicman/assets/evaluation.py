@@ -7,11 +7,11 @@ import numpy as np
 
 from cosmicman.assets.annotation import _eval_items
 from cosmicman.assets.common import image_grid_markdown
-from cosmicman.data.annotation import load_annotator
-from cosmicman.data.hitl import RoundLedger
-from cosmicman.data.captions import build_caption
-from cosmicman.data.synthetic import SyntheticWorld
-from cosmicman.data.tokenizer import load_clip_tokenizer
+from cosmicman.annotation.annotation import load_annotator
+from cosmicman.annotation.ledger import RoundLedger
+from cosmicman.datasets.captions import build_caption
+from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.model.metrics import RandomConvFeatures, frechet_distance, semantic_accuracy
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.assets.training import VARIANTS, training_variants

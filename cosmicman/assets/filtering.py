@@ -11,13 +11,13 @@ import dagster as dg
 import polars as pl
 
 from cosmicman.assets.common import Progress, content_digest, image_grid_markdown, sourcing_batches, table_key
-from cosmicman.data.filter_batch import (
+from cosmicman.filtering.batch import (
     ImageFilter, Shard, config_fingerprint, merge_shards, pick_examples, plan_shards, thumbnails, write_filtered_shard,
 )
-from cosmicman.data.imageio import decode_image
-from cosmicman.data.parsing import ParserUnavailableError
-from cosmicman.data.pool import record_batch
-from cosmicman.data.truth import mask_png
+from cosmicman.core.imageio import decode_image
+from cosmicman.parsing.parsers import ParserUnavailableError
+from cosmicman.sourcing.pool import record_batch
+from cosmicman.simulation.truth import mask_png
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource
 from cosmicman.resources.parsing import ParserResource
 from cosmicman.resources.storage import ObjectStoreResource

@@ -4,8 +4,8 @@ import dagster as dg
 
 from cosmicman.assets.annotation import annotation_rounds
 from cosmicman.assets.common import sourcing_batches
-from cosmicman.data.hitl import RoundLedger, round_id
-from cosmicman.data.pool import decide_sourcing, read_pool_stats
+from cosmicman.annotation.ledger import RoundLedger, round_id
+from cosmicman.sourcing.pool import decide_sourcing, read_pool_stats
 from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource

@@ -27,7 +27,7 @@ import fsspec
 import numpy as np
 import torch
 
-from cosmicman.data.store import is_local
+from cosmicman.core.store import is_local
 from cosmicman.model.distributed import DistEnv, barrier
 
 CKPT_STATE = "state.pt"

@@ -32,7 +32,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from cosmicman.data.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, load_clip_tokenizer
+from cosmicman.core.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, load_clip_tokenizer
 
 SUPPORTED_ACT_FNS = ("silu", "swish", "mish", "gelu", "relu")
 FAMILIES = ("sd", "sdxl")

@@ -29,7 +29,7 @@ from typing import Any
 import fsspec
 import torch
 
-from cosmicman.data.store import is_local
+from cosmicman.core.store import is_local
 from cosmicman.model.shards import ShardDataset, collate, iter_tar_samples
 
 log = logging.getLogger(__name__)

@@ -253,7 +253,7 @@ def semantic_accuracy_details(answers_pred: Sequence[Mapping[str, str]],
     VQA answer to each parent matches the requirement too (a red hat on an image with no hat is wrong).
     """
     if protocol is None:
-        from cosmicman.data.protocol import load_protocol
+        from cosmicman.core.protocol import load_protocol
         protocol = load_protocol()
     if len(answers_pred) != len(answers_true):
         raise ValueError(f"{len(answers_pred)} predictions for {len(answers_true)} prompts")

@@ -17,7 +17,7 @@ from typing import IO, Any
 import fsspec
 from dagster_pipes import PipesBlobStoreMessageWriterChannel, PipesDefaultMessageWriter, PipesMessageWriterChannel
 
-from cosmicman.data.store import is_local
+from cosmicman.core.store import is_local
 
 #: bootstrap-params key holding the message prefix URL (set by the orchestrator's reader)
 MESSAGES_URL_KEY = "cosmicman_messages_url"

@@ -70,7 +70,7 @@ from cosmicman.model.alignment import DEFAULT_TIMESTEPS, AlignmentTally, mask_ma
 from cosmicman.model.attention import HolaContext, cross_attention_query_counts, install_capture, uninstall_capture
 from cosmicman.model.checkpoints import (fs_and_path, list_checkpoints, load_checkpoint,
                                          load_engine_checkpoint, rng_state, save_checkpoint, set_rng_state)
-from cosmicman.data.store import is_local
+from cosmicman.core.store import is_local
 from cosmicman.model.components import FAMILIES, Components
 from cosmicman.model.conditioning import TextConditioner, TextConditioning, sdxl_time_ids
 from cosmicman.model.distributed import DistEnv, barrier, load_deepspeed_config

@@ -4,9 +4,9 @@ import json
 
 import dagster as dg
 
-from cosmicman.data.annotation import Annotator, LabelRecord, ProbeAnnotator, SimulatedOracle
-from cosmicman.data.labelling import FileInbox, LabellingBackend, SimulatedOracleInbox
-from cosmicman.data.store import Store
+from cosmicman.annotation.annotation import Annotator, LabelRecord, ProbeAnnotator, SimulatedOracle
+from cosmicman.annotation.labelling import FileInbox, LabellingBackend, SimulatedOracleInbox
+from cosmicman.core.store import Store
 
 
 def synthetic_truth(store: Store) -> dict[str, dict[str, str]]:
@@ -42,7 +42,7 @@ class AnnotatorResource(dg.ConfigurableResource):
         if self.kind == "vlm":
             if not self.vlm_model:
                 raise ValueError("annotator kind 'vlm' needs vlm_model: a BLIP-2 / InstructBLIP folder or staged hub id")
-            from cosmicman.data.vlm_annotator import VLMAnnotator
+            from cosmicman.annotation.vlm import VLMAnnotator
 
             return VLMAnnotator.from_pretrained(self.vlm_model)
         raise ValueError(f"unknown annotator kind {self.kind!r}; use 'probe' or 'vlm'")
@@ -56,7 +56,7 @@ class AnnotatorResource(dg.ConfigurableResource):
 class LabellingResource(dg.ConfigurableResource):
     """Where questions go to humans: ``oracle`` (simulated human from synthetic truth), ``inbox``
     (JSON-lines files under the object store, answered by people or another tool) or ``label_studio``
-    (one Label Studio project per round; see ``cosmicman.data.label_studio``). Production passes the
+    (one Label Studio project per round; see ``cosmicman.annotation.label_studio``). Production passes the
     Label Studio URL and API key as ``dg.EnvVar``s."""
 
     backend_kind: str = "oracle"
@@ -77,7 +77,7 @@ class LabellingResource(dg.ConfigurableResource):
             return SimulatedOracleInbox(store, synthetic_truth(store),
                                         SimulatedOracle(self.oracle_error_rate, self.oracle_seed))
         if self.backend_kind == "label_studio":
-            from cosmicman.data.label_studio import LabelStudioBackend
+            from cosmicman.annotation.label_studio import LabelStudioBackend
 
             if not self.label_studio_url:
                 raise ValueError("backend_kind='label_studio' needs label_studio_url (and label_studio_api_key)")

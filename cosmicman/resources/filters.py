@@ -6,9 +6,9 @@ from typing import Optional
 
 import dagster as dg
 
-from cosmicman.data import filters as F
-from cosmicman.data.imageio import image_format_ext
-from cosmicman.data.store import Store
+from cosmicman.filtering import filters as F
+from cosmicman.core.imageio import image_format_ext
+from cosmicman.core.store import Store
 
 FAKE_HEAD_KEY = "models/fake_person/head.npz"
 # Real = photographic renders of every kind (the head must not learn "a person is present"),
@@ -37,7 +37,7 @@ class FilterResource(dg.ConfigurableResource):
     (``fake_head_train_size`` images, ``FAKE_HEAD_MIX``) is written into the object store once and the head
     trains from it through the same reader.
 
-    ``quality_backend``: "offline" (:class:`~cosmicman.data.filters.OfflineQualityScorer`), "liqe" (pyiqa)
+    ``quality_backend``: "offline" (:class:`~cosmicman.filtering.filters.OfflineQualityScorer`), "liqe" (pyiqa)
     or "hpsv2"; the last two need packages and weights that only production images have.
     """
 
@@ -95,7 +95,7 @@ class FilterResource(dg.ConfigurableResource):
         Keyed by seed and size, and completed by a manifest written last: a folder with a manifest is
         reused as is, one without (an interrupted write) is rendered again over itself.
         """
-        from cosmicman.data.synthetic import SyntheticWorld
+        from cosmicman.simulation.world import SyntheticWorld
 
         prefix = f"{SYNTHETIC_HUMANART_PREFIX}/seed{self.fake_head_seed}-n{self.fake_head_train_size}"
         manifest = f"{prefix}/manifest.json"

@@ -4,8 +4,8 @@ from typing import Optional
 
 import dagster as dg
 
-from cosmicman.data.parsing import HumanParser, SegmentationModelParser, SyntheticTruthParser
-from cosmicman.data.store import Store
+from cosmicman.parsing.parsers import HumanParser, SegmentationModelParser, SyntheticTruthParser
+from cosmicman.core.store import Store
 
 
 class ParserResource(dg.ConfigurableResource):

@@ -5,12 +5,12 @@ from typing import List, Optional
 
 import dagster as dg
 
-from cosmicman.data.fetch import FetchConfig
-from cosmicman.data.ingest import IngestConfig
-from cosmicman.data.sources import FolderSource, ImageSource, ParquetSource, SyntheticSource
-from cosmicman.data.rate_limit import UNSPLASH_DEMO_RATE_LIMIT, UNSPLASH_PRODUCTION_RATE_LIMIT
-from cosmicman.data.store import Store
-from cosmicman.data.web_apis import ApiSource, FlickrClient, PixabayClient, UnsplashClient
+from cosmicman.sourcing.fetch import FetchConfig
+from cosmicman.sourcing.ingest import IngestConfig
+from cosmicman.sourcing.sources import FolderSource, ImageSource, ParquetSource, SyntheticSource
+from cosmicman.sourcing.rate_limit import UNSPLASH_DEMO_RATE_LIMIT, UNSPLASH_PRODUCTION_RATE_LIMIT
+from cosmicman.core.store import Store
+from cosmicman.sourcing.web_apis import ApiSource, FlickrClient, PixabayClient, UnsplashClient
 
 # Flickr licence ids that allow reuse: CC BY, CC BY-SA, no known copyright restrictions, US Government
 # Work, CC0, Public Domain Mark (flickr.photos.licenses.getInfo).

@@ -4,7 +4,7 @@ from typing import Optional
 
 import dagster as dg
 
-from cosmicman.data.store import Store
+from cosmicman.core.store import Store
 
 
 class ObjectStoreResource(dg.ConfigurableResource):

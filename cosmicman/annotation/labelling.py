@@ -14,8 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Protocol, Sequence
 
-from cosmicman.data.annotation import LabelRecord, SimulatedOracle
-from cosmicman.data.store import Store
+from cosmicman.annotation.annotation import LabelRecord, SimulatedOracle
+from cosmicman.core.store import Store
 
 LABELLING_PREFIX = "labelling"
 

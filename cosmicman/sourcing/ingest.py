@@ -41,12 +41,12 @@ from typing import Callable, Iterator, Sequence
 import fsspec
 import polars as pl
 
-from cosmicman.data.dedup import PoolIndex, resolve_shas, sha_prefix, write_segment
-from cosmicman.data.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
-from cosmicman.data.imageio import CheckedImage, check_image, sha256_hex
-from cosmicman.data.sources import IMAGE_SUFFIXES, FolderSource, ImageSource, ParquetSource, SourceItem, SyntheticSource
-from cosmicman.data.store import Store
-from cosmicman.data.truth import TRUTH_SCHEMA, store_truth
+from cosmicman.sourcing.dedup import PoolIndex, resolve_shas, sha_prefix, write_segment
+from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
+from cosmicman.core.imageio import CheckedImage, check_image, sha256_hex
+from cosmicman.sourcing.sources import IMAGE_SUFFIXES, FolderSource, ImageSource, ParquetSource, SourceItem, SyntheticSource
+from cosmicman.core.store import Store
+from cosmicman.simulation.truth import TRUTH_SCHEMA, store_truth
 
 ITEM_SCHEMA = {"position": pl.Int64, "source": pl.Utf8, "source_id": pl.Utf8, "url": pl.Utf8, "licence": pl.Utf8,
                "alt_text": pl.Utf8, "author": pl.Utf8, "page_url": pl.Utf8, "stated_width": pl.Int32,

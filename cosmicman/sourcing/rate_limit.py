@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cosmicman.data.store import Store
+from cosmicman.core.store import Store
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]

@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 import polars as pl
 from PIL import Image
 
-from cosmicman.data.filters import FilterResult
-from cosmicman.data.imageio import decode_image
-from cosmicman.data.store import Store
+from cosmicman.filtering.filters import FilterResult
+from cosmicman.core.imageio import decode_image
+from cosmicman.core.store import Store
 
 RAW_COLUMNS = ("sha256", "blob_key", "ext")
 # score columns (score_*) follow these, sorted by name: which scores exist depends on how far images got

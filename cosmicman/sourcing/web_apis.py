@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Self, TypeVar
 import httpx
 import polars as pl
 
-from cosmicman.data.fetch import RETRYABLE_REASONS, backoff_delay, parse_retry_after
-from cosmicman.data.rate_limit import (
+from cosmicman.sourcing.fetch import RETRYABLE_REASONS, backoff_delay, parse_retry_after
+from cosmicman.sourcing.rate_limit import (
     FLICKR_RATE_LIMIT,
     PIXABAY_RATE_LIMIT,
     UNSPLASH_DEMO_RATE_LIMIT,
@@ -38,8 +38,8 @@ from cosmicman.data.rate_limit import (
     Sleep,
     SlidingWindowLimiter,
 )
-from cosmicman.data.sources import ImageSource, SourceItem, int_or_none
-from cosmicman.data.store import Store
+from cosmicman.sourcing.sources import ImageSource, SourceItem, int_or_none
+from cosmicman.core.store import Store
 
 log = logging.getLogger(__name__)
 

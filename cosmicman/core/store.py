@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import fsspec
 import polars as pl
 
-from cosmicman.data.imageio import sha256_hex
+from cosmicman.core.imageio import sha256_hex
 
 
 def is_local(fs) -> bool:

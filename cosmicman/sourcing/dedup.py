@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cosmicman.data.store import Store
+from cosmicman.core.store import Store
 
 INDEX_PREFIX = "pool/index"
 COMPACTED_KEY = f"{INDEX_PREFIX}/compacted.parquet"

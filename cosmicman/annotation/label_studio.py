@@ -44,11 +44,11 @@ from urllib.parse import quote, urlsplit
 
 import fsspec
 
-from cosmicman.data.annotation import LabelRecord
-from cosmicman.data.label_studio_config import label_studio_config
-from cosmicman.data.labelling import LABELLING_PREFIX, LabelTask, RoundStatus
-from cosmicman.data.protocol import Category, Protocol, load_protocol
-from cosmicman.data.store import Store
+from cosmicman.annotation.annotation import LabelRecord
+from cosmicman.annotation.label_studio_config import label_studio_config
+from cosmicman.annotation.labelling import LABELLING_PREFIX, LabelTask, RoundStatus
+from cosmicman.core.protocol import Category, Protocol, load_protocol
+from cosmicman.core.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from cosmicman.data.imageio import sha256_hex
-from cosmicman.data.store import Store
-from cosmicman.data.synthetic import SyntheticSample
+from cosmicman.core.imageio import sha256_hex
+from cosmicman.core.store import Store
+from cosmicman.simulation.world import SyntheticSample
 
 TRUTH_SCHEMA = {"sha256": pl.Utf8, "sample_id": pl.Utf8, "case": pl.Utf8, "attributes": pl.Utf8,
                 "n_people": pl.Int32, "bbox": pl.List(pl.Int32), "face_bbox": pl.List(pl.Int32),

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from cosmicman.data.annotation import AnnotationItem, map_in_workers, mean_accuracy
-from cosmicman.data.store import Store
-from cosmicman.data.synthetic import SyntheticWorld
+from cosmicman.annotation.annotation import AnnotationItem, map_in_workers, mean_accuracy
+from cosmicman.core.store import Store
+from cosmicman.simulation.world import SyntheticWorld
 
 HITL_PREFIX = "hitl"
 BASE_ANNOTATOR_KEY = "models/annotator/base.json"

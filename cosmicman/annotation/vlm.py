@@ -1,6 +1,6 @@
 """The production AI annotator: a BLIP-2 / InstructBLIP VLM prompted per question, fine-tuned with LoRA.
 
-It implements :class:`cosmicman.data.annotation.Annotator` (the light :class:`ProbeAnnotator` is the
+It implements :class:`cosmicman.annotation.annotation.Annotator` (the light :class:`ProbeAnnotator` is the
 embedded default; this is the paper's annotator).
 
 * **Loading.** :meth:`VLMAnnotator.from_pretrained` loads a ``Blip2ForConditionalGeneration`` or an
@@ -58,9 +58,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cosmicman.data.annotation import LabelRecord, labelled_image_rows
-from cosmicman.data.imageio import decode_image
-from cosmicman.data.protocol import Category, Protocol, load_protocol
+from cosmicman.annotation.annotation import LabelRecord, labelled_image_rows
+from cosmicman.core.imageio import decode_image
+from cosmicman.core.protocol import Category, Protocol, load_protocol
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -1016,7 +1016,7 @@ class VLMAnnotator:
 # --------------------------------------------------------------------------------------------------
 @cache
 def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    from cosmicman.data.tokenizer import clip_vocab_and_merges
+    from cosmicman.core.tokenizer import clip_vocab_and_merges
 
     return clip_vocab_and_merges()
 

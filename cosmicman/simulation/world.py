@@ -3,7 +3,7 @@
 Every sample is a pure function of ``(seed, index)`` (and the requested case): the image bytes, the
 ATR parsing mask of the main person, the protocol attributes, the person / face boxes and keypoints.
 The world also renders the cases the filter chain must reject, each built so that the chain's pixel
-detectors reject it for exactly that reason (see ``cosmicman.data.filters`` for the chain order):
+detectors reject it for exactly that reason (see ``cosmicman.filtering.filters`` for the chain order):
 
 ========== ===================================================================================
 case       how it is rendered
@@ -44,8 +44,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .imageio import encode_jpeg
-from .protocol import load_protocol
+from cosmicman.core.imageio import encode_jpeg
+from cosmicman.core.protocol import load_protocol
 
 CASES = ("kept", "corrupt", "too_small", "fake_person", "low_quality", "no_person", "many_people", "small_face")
 NEGATIVE_CASES = CASES[1:]

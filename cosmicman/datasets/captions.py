@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from cosmicman.data.protocol import Protocol, load_protocol
+from cosmicman.core.protocol import Protocol, load_protocol
 
 DEFAULT_TEMPLATES_PATH = Path(__file__).with_name("caption_templates.yaml")
 GROUP_SEPARATOR = ", "
@@ -244,7 +244,7 @@ def build_caption(attributes: Mapping[str, str], protocol: Protocol | None = Non
     protocol = protocol or load_protocol()
     templates = templates or load_caption_templates()
     if tokenizer is None:
-        from cosmicman.data.tokenizer import load_clip_tokenizer
+        from cosmicman.core.tokenizer import load_clip_tokenizer
         tokenizer = load_clip_tokenizer()
     gen = _as_rng(rng)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from cosmicman.data.protocol import Protocol, load_protocol
+from cosmicman.core.protocol import Protocol, load_protocol
 
 
 def label_studio_config(protocol: Protocol | None = None) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from cosmicman.data.imageio import sha256_hex
+from cosmicman.core.imageio import sha256_hex
 
 DATASET_NAME = "cosmicman-hq"
 DATASETS_PREFIX = f"datasets/{DATASET_NAME}"
@@ -219,10 +219,10 @@ def write_dataset_version(root: str, version: str, samples: Iterable[DatasetSamp
     if fs.exists(posixpath.join(final, SUCCESS)):
         raise VersionExistsError(f"dataset version {version!r} already exists at {fs.unstrip_protocol(final)}")
     if protocol is None:
-        from cosmicman.data.protocol import load_protocol
+        from cosmicman.core.protocol import load_protocol
         protocol = load_protocol()
     if tokenizer is None:
-        from cosmicman.data.tokenizer import load_clip_tokenizer
+        from cosmicman.core.tokenizer import load_clip_tokenizer
         tokenizer = load_clip_tokenizer()
     created_at = created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
 

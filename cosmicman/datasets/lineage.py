@@ -18,7 +18,7 @@ from typing import Any
 
 import fsspec
 
-from cosmicman.data.dataset_version import DATASETS_PREFIX, read_manifest, read_stats
+from cosmicman.datasets.version import DATASETS_PREFIX, read_manifest, read_stats
 
 RUN_FILE = "training_run.json"
 _SHARD_URL = re.compile(rf"{re.escape(DATASETS_PREFIX)}/(v\d{{4,}})/shard-\d+\.tar$")

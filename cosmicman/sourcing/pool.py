@@ -11,7 +11,7 @@ import posixpath
 import time
 from dataclasses import dataclass
 
-from cosmicman.data.store import Store
+from cosmicman.core.store import Store
 
 BATCH_MARKERS_PREFIX = "pool/recorded"
 

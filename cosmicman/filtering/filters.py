@@ -44,7 +44,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from .imageio import ImageDecodeError, decode_image
+from cosmicman.core.imageio import ImageDecodeError, decode_image
 
 DECISIONS = ("kept", "corrupt", "too_small", "fake_person", "low_quality", "no_person", "many_people", "small_face")
 Box = tuple[float, float, float, float]

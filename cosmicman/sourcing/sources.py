@@ -1,9 +1,9 @@
 """Image sources: what each one offers to a sourcing batch, before any byte is fetched.
 
 A source plans a batch as a list of :class:`SourceItem` (URL plus the metadata kept on the pool row);
-:mod:`cosmicman.data.ingest` fetches, checks, de-duplicates and stores them. Sources here: the synthetic
+:mod:`cosmicman.sourcing.ingest` fetches, checks, de-duplicates and stores them. Sources here: the synthetic
 world, folder datasets (plain, SHHQ, DeepFashion-MultiModal), LAION-style parquet url lists; the web
-APIs (Flickr, Unsplash, Pixabay) are in :mod:`cosmicman.data.web_apis`.
+APIs (Flickr, Unsplash, Pixabay) are in :mod:`cosmicman.sourcing.web_apis`.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import fsspec
 import pyarrow.parquet as pq
 
-from cosmicman.data.imageio import sha256_hex
-from cosmicman.data.store import Store
-from cosmicman.data.synthetic import SyntheticSample, SyntheticWorld
+from cosmicman.core.imageio import sha256_hex
+from cosmicman.core.store import Store
+from cosmicman.simulation.world import SyntheticSample, SyntheticWorld
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 

@@ -11,9 +11,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from cosmicman.data.protocol import load_protocol
-from cosmicman.data.store import Store
-from cosmicman.data.truth import read_mask, truth_mask_key
+from cosmicman.core.protocol import load_protocol
+from cosmicman.core.store import Store
+from cosmicman.simulation.truth import read_mask, truth_mask_key
 
 
 class ParserUnavailableError(RuntimeError):

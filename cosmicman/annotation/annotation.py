@@ -41,8 +41,8 @@ from typing import (Any, Callable, Iterable, Literal, Mapping, Protocol as Typin
 import numpy as np
 from PIL import Image
 
-from cosmicman.data.imageio import decode_image, sha256_hex
-from cosmicman.data.protocol import Category, Protocol, load_protocol
+from cosmicman.core.imageio import decode_image, sha256_hex
+from cosmicman.core.protocol import Category, Protocol, load_protocol
 
 __all__ = [
     "LabelRecord",
@@ -1101,7 +1101,7 @@ def load_annotator(src: str | Path | bytes, protocol: Protocol | None = None) ->
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         kind = json.loads(zf.read("meta.json")).get("kind")
     if kind == "vlm":
-        from cosmicman.data.vlm_annotator import VLMAnnotator  # transformers + peft: heavy, only when needed
+        from cosmicman.annotation.vlm import VLMAnnotator  # transformers + peft: heavy, only when needed
 
         return VLMAnnotator.load(data, protocol=protocol)
     return ProbeAnnotator.load(data, protocol=protocol)
