@@ -42,12 +42,12 @@ from PIL import Image  # noqa: E402
 
 from cosmicman.assets.common import sourcing_batches, table_key  # noqa: E402
 from cosmicman.assets.filtering import build_filtered_images  # noqa: E402
-from cosmicman.filtering import filters as F  # noqa: E402
 from cosmicman.core.imageio import decode_image  # noqa: E402
 from cosmicman.core.store import Store, blob_key  # noqa: E402
-from cosmicman.simulation.world import SyntheticWorld  # noqa: E402
+from cosmicman.filtering import filters as F  # noqa: E402
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource  # noqa: E402
 from cosmicman.resources.storage import ObjectStoreResource  # noqa: E402
+from cosmicman.simulation.world import SyntheticWorld  # noqa: E402
 
 SCALE = 0.4
 RECORDS = 100_000
@@ -199,7 +199,7 @@ class TreeRss:
                 self.peak, self.procs_at_peak = total, n
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> "TreeRss":
+    def __enter__(self) -> TreeRss:
         self._thread.start()
         return self
 
@@ -222,11 +222,10 @@ def run_batch(instance: dg.DagsterInstance, batch: str, shard_rows: int, workers
     config = {"ops": {"filtered_images": {"ops": {"plan_filter_shards": {"config": {"shard_rows": shard_rows}}}}},
               "execution": {"config": {"multiprocess": {"max_concurrent": workers}}}}
     started = time.perf_counter()
-    with TreeRss() as rss:
-        with dg.execute_job(dg.reconstructable(bench_job), instance, run_config=config,
-                            tags={"dagster/partition": batch}) as result:
-            assert result.success, "the bench run failed"
-            run_id = result.run_id
+    with TreeRss() as rss, dg.execute_job(dg.reconstructable(bench_job), instance, run_config=config,
+                        tags={"dagster/partition": batch}) as result:
+        assert result.success, "the bench run failed"
+        run_id = result.run_id
     wall = time.perf_counter() - started
     steps: dict[str, dict[str, float]] = {}
     for record in instance.all_logs(run_id):

@@ -22,8 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cosmicman.annotation.annotation import (ProbeAnnotator, SimulatedOracle, full_manual_label_count,  # noqa: E402
-                                       mean_accuracy, per_category_accuracy, run_hitl_loop)
+from cosmicman.annotation.annotation import (  # noqa: E402
+    ProbeAnnotator,
+    SimulatedOracle,
+    full_manual_label_count,
+    mean_accuracy,
+    per_category_accuracy,
+    run_hitl_loop,
+)
 from cosmicman.annotation.ledger import synthetic_people, synthetic_pool  # noqa: E402
 from cosmicman.core.protocol import load_protocol  # noqa: E402
 

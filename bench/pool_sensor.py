@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dagster as dg  # noqa: E402
 
 from cosmicman.assets.common import sourcing_batches  # noqa: E402
-from cosmicman.sourcing.pool import record_batch  # noqa: E402
 from cosmicman.core.store import Store  # noqa: E402
 from cosmicman.jobs import pool_threshold_sensor  # noqa: E402
 from cosmicman.resources.sourcing import SourcingResource  # noqa: E402
 from cosmicman.resources.storage import ObjectStoreResource  # noqa: E402
+from cosmicman.sourcing.pool import record_batch  # noqa: E402
 
 BATCHES = 600
 ROWS_PER_BATCH = 10_000

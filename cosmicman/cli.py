@@ -16,7 +16,6 @@ from pathlib import Path
 import dagster as dg
 
 
-
 def _instance(home: Path) -> dg.DagsterInstance:
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)

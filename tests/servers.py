@@ -5,7 +5,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 
 def free_port() -> int:

@@ -12,9 +12,15 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.activations import GEGLU
 from torch import nn
 
-from cosmicman.model.activations import (ACTIVATIONS, ActivationConfig, FeedForwardActivation, MPSiLU,
-                                         apply_activation, load_unet_with_activation,
-                                         make_activation)
+from cosmicman.model.activations import (
+    ACTIVATIONS,
+    ActivationConfig,
+    FeedForwardActivation,
+    MPSiLU,
+    apply_activation,
+    load_unet_with_activation,
+    make_activation,
+)
 from cosmicman.model.components import tiny_unet_config
 
 NAMES = sorted(ACTIVATIONS)

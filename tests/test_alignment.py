@@ -8,7 +8,6 @@ from cosmicman.model.alignment import mask_mass_share
 from tests.test_train import write_shards
 
 
-
 def _maps_from(token_maps: torch.Tensor, K: int = 6) -> torch.Tensor:
     """(P,) per-token spatial profile for tokens 1..2 -> (1, 1, P, K) attention probabilities."""
     P = token_maps.shape[-1]

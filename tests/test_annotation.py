@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from cosmicman.annotation.annotation import (
+    WORKERS_ENV,
     AnnotationItem,
     Annotator,
     HitlRoundResult,
     LabelRecord,
-    WORKERS_ENV,
     ProbeAnnotator,
     SimulatedOracle,
     categories_below,

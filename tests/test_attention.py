@@ -5,8 +5,13 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from cosmicman.model.attention import (CaptureAttnProcessor, HolaContext, cross_attention_query_counts,
-                                       install_capture, map_hw_for)
+from cosmicman.model.attention import (
+    CaptureAttnProcessor,
+    HolaContext,
+    cross_attention_query_counts,
+    install_capture,
+    map_hw_for,
+)
 from cosmicman.model.components import build_tiny_components
 from cosmicman.model.hola import hola_loss
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.test_train import GROUPS, find_span, write_shards
 
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.model.buckets import (
@@ -20,6 +19,7 @@ from cosmicman.model.buckets import (
     released_sdxl_buckets,
 )
 from cosmicman.model.shards import ShardDataset
+from tests.test_train import GROUPS, find_span, write_shards
 
 TINY = aspect_buckets(64, step=8)  # [(80, 48), (72, 56), (64, 64), (56, 72), (48, 80)]
 
@@ -79,7 +79,7 @@ def test_bucket_lists():
         assert b in rel
     assert (1024, 1024) not in rel  # the 1024x1280 area budget gives no square bucket
     for h, w in rel:
-        assert 768 <= min(h, w) and max(h, w) <= 1536 and h * w <= 1024 * 1280 and max(h, w) <= 2 * min(h, w)
+        assert min(h, w) >= 768 and max(h, w) <= 1536 and h * w <= 1024 * 1280 and max(h, w) <= 2 * min(h, w)
 
     for kwargs in [{"resolution": 0}, {"resolution": 512, "step": 0}, {"resolution": 512, "max_ratio": 0.5},
                    {"resolution": 512, "max_area": 10}, {"resolution": 512, "min_side": 1024, "max_side": 512},
@@ -116,7 +116,7 @@ def test_bucketed_dataset_shapes(mixed_urls):
     for s, (_, (h, w)) in zip(samples, MIXED):
         assert s["bucket"] == (h, w)
         assert s["pixel_values"].shape == (3, h, w)
-        assert -1.0 <= s["pixel_values"].min() and s["pixel_values"].max() <= 1.0
+        assert s["pixel_values"].min() >= -1.0 and s["pixel_values"].max() <= 1.0
         assert s["group_masks"].shape == (len(GROUPS), h // 8, w // 8)
         assert s["spans"].tolist() == [[1, 3], [4, 7], [8, 12], [13, 15]]
     ds4 = BucketedShardDataset(mixed_urls[:1], load_clip_tokenizer(), TINY, map_factor=4, mask_resize="nearest")

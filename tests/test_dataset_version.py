@@ -10,14 +10,25 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from cosmicman.datasets.captions import build_caption, sample_attributes
-from cosmicman.datasets.version import (DatasetSample, VersionExistsError, VersionNotFoundError, iter_samples,
-                                            list_versions, next_version_name, read_manifest, read_shards_table,
-                                            read_stats, shard_urls, verify_shards, version_exists,
-                                            write_dataset_version)
 from cosmicman.core.imageio import sha256_hex
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.tokenizer import load_clip_tokenizer
+from cosmicman.datasets.captions import build_caption, sample_attributes
+from cosmicman.datasets.version import (
+    DatasetSample,
+    VersionExistsError,
+    VersionNotFoundError,
+    iter_samples,
+    list_versions,
+    next_version_name,
+    read_manifest,
+    read_shards_table,
+    read_stats,
+    shard_urls,
+    verify_shards,
+    version_exists,
+    write_dataset_version,
+)
 
 PROV_KEYS = ("source", "source_batch", "filter_decision", "parser_version", "annotator_round")
 

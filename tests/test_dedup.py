@@ -3,9 +3,16 @@ import os
 import numpy as np
 import polars as pl
 
-from cosmicman.sourcing.dedup import (COMPACT_EVERY, COMPACTED_KEY, NearDupIndex, PoolIndex, load_index_table,
-                                  resolve_shas, write_segment)
 from cosmicman.core.store import Store
+from cosmicman.sourcing.dedup import (
+    COMPACT_EVERY,
+    COMPACTED_KEY,
+    NearDupIndex,
+    PoolIndex,
+    load_index_table,
+    resolve_shas,
+    write_segment,
+)
 
 
 def test_near_dup_index_agrees_with_brute_force():

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import dagster as dg
 
-
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = {"raw_images", "fake_person_classifier", "filtered_images", "human_parsing", "eval_set", "base_annotator",
           "labelling_tasks", "human_labels", "annotator", "annotations", "captions", "cosmicman_hq", "daring_unet",

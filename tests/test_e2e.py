@@ -119,7 +119,7 @@ def test_hitl_rounds_improve_the_annotator_cheaply(flywheel):
     h = flywheel["first"]["hitl"]
     assert 1 <= h["rounds"] <= 2 and len(h["curve"]) == h["rounds"] + 1
     assert h["mean_accuracy_final"] > h["mean_accuracy_round0"]
-    assert 0 < h["labels_asked"] and h["manual_share"] < 0.5
+    assert h["labels_asked"] > 0 and h["manual_share"] < 0.5
     assert h["stop_reason"] in ("all pass", "no gain", "max rounds (2)")
     results = RoundLedger(flywheel["store"]).results()
     # rounds sample images no earlier round asked about; each round starts from the annotator in force
@@ -139,8 +139,8 @@ def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
 
 def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsys):
     from cosmicman.cli import main
-    from cosmicman.datasets.version import read_manifest
     from cosmicman.core.store import Store
+    from cosmicman.datasets.version import read_manifest
 
     store: Store = flywheel["store"]
     model_url = flywheel["first"]["variants"]["hola"]["output_url"]

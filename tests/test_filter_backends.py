@@ -11,11 +11,11 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from cosmicman.filtering import filters as F
 from cosmicman.core.imageio import decode_image, encode_jpeg
 from cosmicman.core.store import Store
-from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.filtering import filters as F
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource
+from cosmicman.simulation.world import SyntheticWorld
 
 
 def _photo(name: str) -> Image.Image:

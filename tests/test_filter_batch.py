@@ -8,16 +8,21 @@ import pytest
 
 from cosmicman.assets.common import sourcing_batches, table_key
 from cosmicman.assets.filtering import build_filtered_images, fake_person_classifier
+from cosmicman.core.store import Store
 from cosmicman.filtering.batch import (
-    BASE_SCHEMA, concat_tables, filter_rows, pick_examples, plan_shards, write_filtered_shard,
+    BASE_SCHEMA,
+    concat_tables,
+    filter_rows,
+    pick_examples,
+    plan_shards,
+    write_filtered_shard,
 )
 from cosmicman.filtering.filters import FilterResult
-from cosmicman.sourcing.pool import read_pool_stats
-from cosmicman.core.store import Store
-from cosmicman.simulation.world import SyntheticWorld
 from cosmicman.resources.filters import FilterResource
 from cosmicman.resources.step_outputs import ObjectStoreStepIOManager
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.sourcing.pool import read_pool_stats
 
 CASES = ["kept", "too_small", "corrupt", "fake_person", "kept", "low_quality", "no_person", "many_people",
          "small_face", "kept"]

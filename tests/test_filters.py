@@ -7,12 +7,24 @@ import time
 import pytest
 from PIL import Image
 
-from cosmicman.filtering.filters import (
-    BackendUnavailable, ClipImageEmbedder, FakePersonClassifier, FilterChain, FilterConfig, HaarFaceDetector,
-    HogFacePersonDetector, HogPersonDetector, LogisticHead, OfflineImageFeatures, OfflineQualityScorer,
-    TransformersPersonDetector, evaluate_person_detector, local_chain, train_fake_person_head,
-)
 from cosmicman.core.imageio import decode_image
+from cosmicman.filtering.filters import (
+    BackendUnavailable,
+    ClipImageEmbedder,
+    FakePersonClassifier,
+    FilterChain,
+    FilterConfig,
+    HaarFaceDetector,
+    HogFacePersonDetector,
+    HogPersonDetector,
+    LogisticHead,
+    OfflineImageFeatures,
+    OfflineQualityScorer,
+    TransformersPersonDetector,
+    evaluate_person_detector,
+    local_chain,
+    train_fake_person_head,
+)
 from cosmicman.simulation.world import SyntheticWorld
 
 

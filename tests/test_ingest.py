@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cosmicman.core.store import Store
 from cosmicman.sourcing.fetch import FetchConfig
 from cosmicman.sourcing.ingest import FAILED_URLS_KEY, IngestConfig, source_batch, staging_prefix
 from cosmicman.sourcing.sources import ParquetSource
-from cosmicman.core.store import Store
 from tests.hostile_files import hostile_files
 from tests.image_server import ImageServer
 

@@ -3,11 +3,11 @@ import os
 import dagster as dg
 import pytest
 
-from cosmicman.sourcing.pool import BATCH_MARKERS_PREFIX, PoolStats, decide_sourcing, read_pool_stats, record_batch
 from cosmicman.core.store import Store
 from cosmicman.jobs import pool_threshold_sensor
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.sourcing.pool import BATCH_MARKERS_PREFIX, PoolStats, decide_sourcing, read_pool_stats, record_batch
 
 
 def test_decision_under_threshold_adds_the_next_batch():

@@ -17,9 +17,9 @@ def shard(tmp_path_factory):
     import numpy as np
     from PIL import Image
 
+    from cosmicman.core.tokenizer import load_clip_tokenizer
     from cosmicman.datasets.captions import build_caption
     from cosmicman.simulation.world import SyntheticWorld
-    from cosmicman.core.tokenizer import load_clip_tokenizer
 
     tok = load_clip_tokenizer()
     path = tmp_path_factory.mktemp("shards") / "shard-000000.tar"

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cosmicman.sourcing.sources import FolderSource, ParquetSource, SyntheticSource
 from cosmicman.core.store import Store
 from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.sourcing.sources import FolderSource, ParquetSource, SyntheticSource
 
 
 def _store() -> Store:

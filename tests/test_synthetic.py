@@ -10,7 +10,7 @@ import pytest
 
 from cosmicman.core.imageio import ImageDecodeError, decode_image
 from cosmicman.core.protocol import load_protocol
-from cosmicman.simulation.world import (CASES, COLORS, KEYPOINT_NAMES, NECKLACE, STOCKINGS, SyntheticWorld)
+from cosmicman.simulation.world import CASES, COLORS, KEYPOINT_NAMES, NECKLACE, STOCKINGS, SyntheticWorld
 
 GARMENT_LABEL = {"hat": 1, "sunglasses": 3, "top": 4, "skirt": 5, "pants": 6, "dress": 7, "belt": 8, "bag": 16, "scarf": 17}
 ATR_PARTS = ("Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Left-shoe",

@@ -4,8 +4,15 @@ import sys
 
 import pytest
 
-from cosmicman.core.tokenizer import (BOS_ID, EOS_ID, MODEL_MAX_LENGTH, VOCAB_SIZE, bpe_vocab_path,
-                                      clip_vocab_and_merges, load_clip_tokenizer)
+from cosmicman.core.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    MODEL_MAX_LENGTH,
+    VOCAB_SIZE,
+    bpe_vocab_path,
+    clip_vocab_and_merges,
+    load_clip_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_shards_to_tensors(tmp_path):
     assert len(samples) == 6 and ds.stats["samples"] == 6 and not ds.stats["span_rejected"]
     s = samples[0]
     assert s["pixel_values"].shape == (3, 32, 32)
-    assert -1.0 <= s["pixel_values"].min() and s["pixel_values"].max() <= 1.0
+    assert s["pixel_values"].min() >= -1.0 and s["pixel_values"].max() <= 1.0
     assert s["input_ids"].shape == (77,) and s["input_ids"][0].item() == 49406
     # "a woman, long black hair, ..." -> a=1 woman=2 ,=3 long=4 black=5 hair=6
     assert s["spans"].tolist() == [[1, 3], [4, 7], [8, 12], [13, 15], [-1, -1]]

@@ -8,7 +8,6 @@ import torch
 
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.model.shards import ShardDataset
-
 from tests.test_train import write_shards
 
 

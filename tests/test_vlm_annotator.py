@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from cosmicman.annotation.annotation import Annotator, LabelRecord
+from cosmicman.annotation.vlm import VLMAnnotator, VLMWeightsUnavailableError, build_tiny_vlm
 from cosmicman.core.imageio import decode_image, sha256_hex
 from cosmicman.core.protocol import load_protocol
 from cosmicman.simulation.world import SyntheticWorld
-from cosmicman.annotation.vlm import VLMAnnotator, VLMWeightsUnavailableError, build_tiny_vlm
 
 STEPS, LR = 12, 1e-2
 TIMINGS: dict[str, float] = {}

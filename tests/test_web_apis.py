@@ -5,12 +5,12 @@ import traceback
 
 import pytest
 
+from cosmicman.core.store import Store
 from cosmicman.sourcing.rate_limit import (
     RateLimit,
     RateLimitExhausted,
     SlidingWindowLimiter,
 )
-from cosmicman.core.store import Store
 from cosmicman.sourcing.web_apis import (
     ApiError,
     ApiKeyRejected,

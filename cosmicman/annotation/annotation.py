@@ -31,12 +31,13 @@ import os
 import sys
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import (Any, Callable, Iterable, Literal, Mapping, Protocol as TypingProtocol, Sequence, TypeVar,
-                    runtime_checkable)
+from typing import Any, Literal, TypeVar, runtime_checkable
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 from PIL import Image
@@ -173,7 +174,7 @@ class AnnotationItem:
 
     @classmethod
     def lazy(cls, pool_id: str, load: Callable[[], bytes], attributes: Mapping[str, str] | None = None
-             ) -> "AnnotationItem":
+             ) -> AnnotationItem:
         item = cls("", None, attributes, pool_id)  # type: ignore[arg-type]
         item._load = load
         return item
@@ -196,11 +197,11 @@ class AnnotationItem:
         return self._image
 
     @classmethod
-    def from_bytes(cls, data: bytes, attributes: Mapping[str, str] | None = None) -> "AnnotationItem":
+    def from_bytes(cls, data: bytes, attributes: Mapping[str, str] | None = None) -> AnnotationItem:
         return cls(sha256_hex(data), decode_image(data), attributes)
 
     @classmethod
-    def from_sample(cls, sample: Any, with_truth: bool = True) -> "AnnotationItem":
+    def from_sample(cls, sample: Any, with_truth: bool = True) -> AnnotationItem:
         """From a ``SyntheticSample`` (anything with ``image_bytes`` and ``attributes``)."""
         return cls.from_bytes(sample.image_bytes, sample.attributes if with_truth else None)
 
@@ -243,7 +244,7 @@ class Annotator(TypingProtocol):
         ...
 
     def finetune(self, labels: Sequence[LabelRecord],
-                 images: Mapping[str, Image.Image | bytes]) -> "Annotator":
+                 images: Mapping[str, Image.Image | bytes]) -> Annotator:
         """A new annotator trained on ``labels``; ``images`` maps each label's sha256 to its image."""
         ...
 
@@ -714,7 +715,7 @@ def _as_image(img: Image.Image | bytes) -> Image.Image:
     return decode_image(bytes(img)) if isinstance(img, (bytes, bytearray)) else img
 
 
-_FEATURE_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_FEATURE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _FEATURE_CACHE_SIZE = 8192  # about 40 MB of features
 
 
@@ -961,7 +962,7 @@ class ProbeAnnotator:
     @classmethod
     def train(cls, images: Sequence[Image.Image | bytes], labels: Sequence[Mapping[str, str]],
               protocol: Protocol | None = None, backbone_config: Mapping[str, Any] | None = None,
-              l2: float = 1e-2, prior_l2: float = 1e-3) -> "ProbeAnnotator":
+              l2: float = 1e-2, prior_l2: float = 1e-3) -> ProbeAnnotator:
         """Round 0 from scratch: features of ``images``; ``labels[i]`` answers some categories of image i."""
         protocol = protocol or load_protocol()
         backbone = PersonRegionBackbone(**(backbone_config or {}))
@@ -982,7 +983,7 @@ class ProbeAnnotator:
     @classmethod
     def pretrained(cls, images: Sequence[Image.Image | bytes], true_attributes: Sequence[Mapping[str, str]],
                    seed: int = 0, profile: Mapping[str, float] | None = None,
-                   protocol: Protocol | None = None, **kwargs: Any) -> "ProbeAnnotator":
+                   protocol: Protocol | None = None, **kwargs: Any) -> ProbeAnnotator:
         """Round 0, simulating a generic pretrained VLM: trained on :func:`simulate_pretraining_labels`."""
         noisy = simulate_pretraining_labels(true_attributes, seed=seed, profile=profile, protocol=protocol)
         return cls.train(images, noisy, protocol=protocol, **kwargs)
@@ -1024,7 +1025,7 @@ class ProbeAnnotator:
 
     # -- fine-tuning ------------------------------------------------------------------------------
     def finetune(self, labels: Sequence[LabelRecord],
-                 images: Mapping[str, Image.Image | bytes], round: int | None = None) -> "ProbeAnnotator":
+                 images: Mapping[str, Image.Image | bytes], round: int | None = None) -> ProbeAnnotator:
         """New annotator whose heads for the labelled categories are retrained on ``labels``.
 
         ``images`` maps every label's ``image_sha256`` to the image (or its bytes). Several labels for
@@ -1073,7 +1074,7 @@ class ProbeAnnotator:
         return data
 
     @classmethod
-    def load(cls, src: str | Path | bytes, protocol: Protocol | None = None) -> "ProbeAnnotator":
+    def load(cls, src: str | Path | bytes, protocol: Protocol | None = None) -> ProbeAnnotator:
         data = bytes(src) if isinstance(src, (bytes, bytearray)) else Path(src).read_bytes()
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             meta = json.loads(zf.read("meta.json"))

@@ -37,9 +37,10 @@ import json
 import logging
 import os
 import posixpath
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import fsspec
@@ -74,8 +75,8 @@ def _when(annotation: Mapping[str, Any]) -> tuple[datetime, int]:
     except ValueError:
         ts = None
     if ts is not None and ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts or datetime.min.replace(tzinfo=timezone.utc), int(annotation.get("id") or 0)
+        ts = ts.replace(tzinfo=UTC)
+    return ts or datetime.min.replace(tzinfo=UTC), int(annotation.get("id") or 0)
 
 
 def latest_answer(annotations: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -381,7 +382,7 @@ class LabelStudioBackend:
             # the pointer first: a retried submit finds this project instead of creating another
             self.store.write_json(self._key(round_id, POINTER), {
                 "url": self.url, "project_id": project_id, "round_id": round_id, "round": int(round_number),
-                "tasks": len(tasks), "created_at": datetime.now(timezone.utc).isoformat()})
+                "tasks": len(tasks), "created_at": datetime.now(UTC).isoformat()})
         if storage_dir is not None:
             self._grant_local_files(int(project_id), storage_dir)
         present = {str((row.get("data") or {}).get("task_id")) for row in self._export(project_id)} if resumed else set()
@@ -399,7 +400,7 @@ class LabelStudioBackend:
         self.store.write_json(self._key(round_id, POINTER), {
             "url": self.url, "project_id": int(project_id), "round_id": round_id, "round": int(round_number),
             "tasks": len(tasks), "created_at": (pointer or {}).get("created_at")
-            or datetime.now(timezone.utc).isoformat()})
+            or datetime.now(UTC).isoformat()})
         log.info("%s: %d tasks in Label Studio project %s (%d imported now)", round_id, len(tasks), project_id, len(todo))
 
     def _grant_local_files(self, project_id: int, folder: str) -> None:
@@ -444,7 +445,7 @@ class LabelStudioBackend:
     def close_round(self, round_id: str) -> None:
         pointer = self._pointer(round_id) or {}
         self.store.write_json(self._key(round_id, COLLECTED), {"round": round_id, "project_id": pointer.get("project_id"),
-                                                               "collected_at": datetime.now(timezone.utc).isoformat()})
+                                                               "collected_at": datetime.now(UTC).isoformat()})
         project_id = pointer.get("project_id")
         if project_id is None:
             return

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 from cosmicman.annotation.annotation import LabelRecord, SimulatedOracle
 from cosmicman.core.store import Store

@@ -48,11 +48,12 @@ import json
 import os
 import threading
 import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -217,7 +218,7 @@ class LoraSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LoraSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> LoraSpec:
         return cls(int(d["r"]), float(d["alpha"]), float(d["dropout"]), tuple(d["projections"]), bool(d["qformer"]))
 
     @property
@@ -244,12 +245,12 @@ class _Adapter:
     blob: bytes  # safetensors serialisation (what is saved and hashed)
 
     @classmethod
-    def from_state(cls, spec: LoraSpec, state: Mapping[str, torch.Tensor]) -> "_Adapter":
+    def from_state(cls, spec: LoraSpec, state: Mapping[str, torch.Tensor]) -> _Adapter:
         frozen = {k: v.detach().to("cpu").clone() for k, v in state.items()}
         return cls(spec, frozen, _state_bytes(frozen))
 
     @classmethod
-    def from_bytes(cls, spec: LoraSpec, blob: bytes) -> "_Adapter":
+    def from_bytes(cls, spec: LoraSpec, blob: bytes) -> _Adapter:
         from safetensors.torch import load
 
         return cls(spec, load(blob), blob)
@@ -343,14 +344,19 @@ class VLMBase:
     def from_pretrained(cls, model_id_or_path: str | os.PathLike, *, dtype: Any = None,
                         device: str | torch.device | None = None, local_files_only: bool = True,
                         revision: str | None = None, max_rows: int = 64, image_batch_size: int = 16,
-                        **model_kwargs: Any) -> "VLMBase":
+                        **model_kwargs: Any) -> VLMBase:
         """Load model + tokenizer(s) + image processor; raises :class:`VLMWeightsUnavailableError`.
 
         ``dtype`` defaults to float32 on CPU and float16 elsewhere; ``device`` to CUDA when available.
         ``model_kwargs`` go to the model's ``from_pretrained`` (e.g. ``attn_implementation``).
         """
-        from transformers import (AutoConfig, AutoImageProcessor, AutoTokenizer,
-                                  Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration)
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoTokenizer,
+            Blip2ForConditionalGeneration,
+            InstructBlipForConditionalGeneration,
+        )
 
         src = os.fspath(model_id_or_path)
         if src.startswith(TINY_SCHEME):
@@ -715,14 +721,14 @@ class VLMAnnotator:
     @classmethod
     def from_pretrained(cls, model_id_or_path: str | os.PathLike, *, protocol: Protocol | None = None,
                         prompt: str = DEFAULT_PROMPT, length_norm: str = "sum", answer_eos: bool = True,
-                        **load_kwargs: Any) -> "VLMAnnotator":
+                        **load_kwargs: Any) -> VLMAnnotator:
         """Round 0 on a BLIP-2 / InstructBLIP checkpoint; ``load_kwargs`` as :meth:`VLMBase.from_pretrained`
         (``dtype``, ``device``, ``local_files_only``, ``revision``, ...)."""
         base = VLMBase.from_pretrained(model_id_or_path, **load_kwargs)
         return cls(base, protocol, prompt=prompt, length_norm=length_norm, answer_eos=answer_eos)
 
     def _derive(self, adapter: _Adapter | None, round: int, lineage: Sequence[str],
-                train_log: Mapping[str, Any] | None = None) -> "VLMAnnotator":
+                train_log: Mapping[str, Any] | None = None) -> VLMAnnotator:
         return VLMAnnotator(self.base, self.protocol, adapter=adapter, round=round, lineage=lineage,
                             prompt=self.prompt, length_norm=self.length_norm, answer_eos=self.answer_eos,
                             train_log=train_log)
@@ -845,7 +851,7 @@ class VLMAnnotator:
                  round: int | None = None, *, steps: int = 20, lr: float = 1e-3, batch_size: int = 8,
                  rank: int | None = None, alpha: float | None = None, dropout: float | None = None,
                  qformer: bool | None = None, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-                 seed: int = 0) -> "VLMAnnotator":
+                 seed: int = 0) -> VLMAnnotator:
         """A new annotator: LoRA trained on the (image, question, answer) triples of ``labels``.
 
         The first round creates the adapter (``rank`` default 8, ``alpha`` default 2 x rank, ``dropout``
@@ -965,8 +971,8 @@ class VLMAnnotator:
 
     @classmethod
     def load(cls, src: str | os.PathLike | bytes, protocol: Protocol | None = None,
-             base_model: "VLMBase | VLMAnnotator | str | os.PathLike | None" = None,
-             **base_kwargs: Any) -> "VLMAnnotator":
+             base_model: VLMBase | VLMAnnotator | str | os.PathLike | None = None,
+             **base_kwargs: Any) -> VLMAnnotator:
         """Load a saved VLM annotator onto its base model.
 
         ``base_model``: a loaded :class:`VLMBase` (or an annotator, whose base is shared), an id / path
@@ -1031,7 +1037,7 @@ def _clip_tokenizer():
                          unk_token="<|endoftext|>")
 
 
-def _tiny_from_id(model_id: str, **kwargs: Any) -> "VLMAnnotator":
+def _tiny_from_id(model_id: str, **kwargs: Any) -> VLMAnnotator:
     try:
         spec = dict(kv.split("=", 1) for kv in model_id[len(TINY_SCHEME):].split(",") if kv)
         seed, family, language = int(spec["seed"]), spec["family"], spec["language"]
@@ -1053,8 +1059,14 @@ def build_tiny_vlm(seed: int = 0, *, family: str = "blip-2", language: str = "op
     Deterministic in ``seed`` (weights drawn under a forked RNG); its ``model_id``
     (``tiny-vlm:family=...,language=...,seed=...``) lets :meth:`VLMAnnotator.load` rebuild it.
     """
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, InstructBlipConfig,
-                              InstructBlipForConditionalGeneration, InstructBlipProcessor)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+    )
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     if family not in SUPPORTED_MODEL_TYPES:

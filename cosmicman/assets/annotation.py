@@ -14,22 +14,38 @@ import json
 import dagster as dg
 import polars as pl
 
-from cosmicman.assets.common import (Progress, content_digest, image_grid_markdown, line_charts_markdown, table_key,
-                                     table_metadata)
-from cosmicman.annotation.annotation import (AnnotationItem, LabelRecord, categories_below, implied_labels, load_annotator,
-                                       mean_accuracy, merge_human_answers, per_category_accuracy,
-                                       select_round_sample, should_stop, HitlRoundResult)
-from cosmicman.datasets.captions import build_caption
-from cosmicman.annotation.ledger import BASE_ANNOTATOR_KEY, RoundLedger, round_id, round_number
-from cosmicman.core.imageio import decode_image
+from cosmicman.annotation.annotation import (
+    AnnotationItem,
+    HitlRoundResult,
+    LabelRecord,
+    categories_below,
+    implied_labels,
+    load_annotator,
+    mean_accuracy,
+    merge_human_answers,
+    per_category_accuracy,
+    select_round_sample,
+    should_stop,
+)
 from cosmicman.annotation.labelling import LabelTask
+from cosmicman.annotation.ledger import BASE_ANNOTATOR_KEY, RoundLedger, round_id, round_number
+from cosmicman.assets.common import (
+    Progress,
+    content_digest,
+    image_grid_markdown,
+    line_charts_markdown,
+    table_key,
+    table_metadata,
+)
+from cosmicman.core.imageio import decode_image
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.store import Store
-from cosmicman.simulation.world import SyntheticWorld
 from cosmicman.core.tokenizer import load_clip_tokenizer
-from cosmicman.simulation.truth import mask_png, truth_mask_key
+from cosmicman.datasets.captions import build_caption
 from cosmicman.resources.annotation import AnnotatorResource, LabellingResource, synthetic_truth
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.simulation.truth import mask_png, truth_mask_key
+from cosmicman.simulation.world import SyntheticWorld
 
 annotation_rounds = dg.DynamicPartitionsDefinition(name="annotation_rounds")
 EVAL_SET_KEY = table_key("eval_set")

@@ -4,7 +4,7 @@ import base64
 import hashlib
 import io
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import dagster as dg
 import polars as pl

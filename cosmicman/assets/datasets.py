@@ -1,18 +1,26 @@
 """CosmicMan-HQ: immutable dataset versions built from the captioned, parsed, annotated pool."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 
 from cosmicman.assets.common import content_digest, table_key
-from cosmicman.datasets.version import (DatasetSample, diff_versions, list_versions, next_version_name, read_manifest,
-                                            read_stats, verify_shards, write_dataset_version)
-from cosmicman.datasets.lineage import dataset_lineage
 from cosmicman.core.store import Store
-from cosmicman.simulation.truth import read_mask
+from cosmicman.datasets.lineage import dataset_lineage
+from cosmicman.datasets.version import (
+    DatasetSample,
+    diff_versions,
+    list_versions,
+    next_version_name,
+    read_manifest,
+    read_stats,
+    verify_shards,
+    write_dataset_version,
+)
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.simulation.truth import read_mask
 
 LATEST_KEY = "datasets/cosmicman-hq/latest.json"
 
@@ -67,7 +75,7 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
                         "licence": r["licence"]})
             for r in pool.iter_rows(named=True))
         write_dataset_version(store.url, version, samples, samples_per_shard=64,
-                              created_at=datetime.now(timezone.utc).isoformat(),
+                              created_at=datetime.now(UTC).isoformat(),
                               storage_options=store.storage_options)
         store.write_json(LATEST_KEY, {"version": version, "fingerprint": fingerprint})
         reused = False

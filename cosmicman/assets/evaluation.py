@@ -5,17 +5,17 @@ import math
 import dagster as dg
 import numpy as np
 
-from cosmicman.assets.annotation import _eval_items
-from cosmicman.assets.common import image_grid_markdown
 from cosmicman.annotation.annotation import load_annotator
 from cosmicman.annotation.ledger import RoundLedger
-from cosmicman.datasets.captions import build_caption
-from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.assets.annotation import _eval_items
+from cosmicman.assets.common import image_grid_markdown
+from cosmicman.assets.training import VARIANTS, training_variants
 from cosmicman.core.tokenizer import load_clip_tokenizer
+from cosmicman.datasets.captions import build_caption
 from cosmicman.model.metrics import RandomConvFeatures, frechet_distance, semantic_accuracy
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.assets.training import VARIANTS, training_variants
 from cosmicman.resources.training import EvaluationResource
+from cosmicman.simulation.world import SyntheticWorld
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:

@@ -5,22 +5,30 @@ under the multiprocess executor; one pod each under the Kubernetes executor), me
 descriptions pass between the steps; images and tables stay in the object store.
 """
 import json
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from cosmicman.assets.common import Progress, content_digest, image_grid_markdown, sourcing_batches, table_key
-from cosmicman.filtering.batch import (
-    ImageFilter, Shard, config_fingerprint, merge_shards, pick_examples, plan_shards, thumbnails, write_filtered_shard,
-)
 from cosmicman.core.imageio import decode_image
+from cosmicman.filtering.batch import (
+    ImageFilter,
+    Shard,
+    config_fingerprint,
+    merge_shards,
+    pick_examples,
+    plan_shards,
+    thumbnails,
+    write_filtered_shard,
+)
 from cosmicman.parsing.parsers import ParserUnavailableError
-from cosmicman.sourcing.pool import record_batch
-from cosmicman.simulation.truth import mask_png
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource
 from cosmicman.resources.parsing import ParserResource
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.simulation.truth import mask_png
+from cosmicman.sourcing.pool import record_batch
 
 # also part of every shard's key: a new version re-filters shards written by the old one
 FILTERED_IMAGES_CODE_VERSION = "2"

@@ -1,10 +1,10 @@
 import dagster as dg
 
 from cosmicman.assets.common import content_digest, sourcing_batches
-from cosmicman.sourcing.ingest import log_table_key, raw_table_key, source_batch
-from cosmicman.sourcing.web_apis import report_downloads
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.sourcing.ingest import log_table_key, raw_table_key, source_batch
+from cosmicman.sourcing.web_apis import report_downloads
 
 
 def batch_index(partition_key: str) -> int:

@@ -6,8 +6,8 @@ import json
 import dagster as dg
 
 from cosmicman.assets.datasets import LATEST_KEY
-from cosmicman.datasets.version import shard_urls
 from cosmicman.datasets.lineage import model_lineage
+from cosmicman.datasets.version import shard_urls
 from cosmicman.model.run_record import summary
 from cosmicman.resources.launchers import TrainingLauncher
 from cosmicman.resources.storage import ObjectStoreResource

@@ -4,10 +4,11 @@ The protocol lives in ``protocol.yaml``; this module only loads and checks it.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Iterable, Literal, Mapping
+from typing import Literal
 
 import yaml
 

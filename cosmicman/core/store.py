@@ -11,8 +11,9 @@ import io
 import json
 import posixpath
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 import polars as pl

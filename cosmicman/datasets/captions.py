@@ -21,10 +21,11 @@ uses every non-background label. A group without labels has an empty mask: its p
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -54,7 +55,7 @@ class CaptionGroup:
                 "foreground": self.foreground, "span": list(self.span) if self.span is not None else None}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "CaptionGroup":
+    def from_json(cls, d: Mapping[str, Any]) -> CaptionGroup:
         span = d.get("span")
         return cls(str(d["name"]), str(d["text"]), tuple(int(x) for x in d.get("labels", ())),
                    bool(d.get("foreground", False)), (int(span[0]), int(span[1])) if span is not None else None)
@@ -72,7 +73,7 @@ class Caption:
                 "dropped": list(self.dropped), "truncated": list(self.truncated)}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Caption":
+    def from_json(cls, d: Mapping[str, Any]) -> Caption:
         return cls(str(d["caption"]), tuple(CaptionGroup.from_json(g) for g in d.get("groups", ())),
                    tuple(d.get("dropped", ())), tuple(d.get("truncated", ())))
 

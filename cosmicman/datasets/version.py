@@ -31,9 +31,10 @@ import re
 import tarfile
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -224,7 +225,7 @@ def write_dataset_version(root: str, version: str, samples: Iterable[DatasetSamp
     if tokenizer is None:
         from cosmicman.core.tokenizer import load_clip_tokenizer
         tokenizer = load_clip_tokenizer()
-    created_at = created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created_at = created_at or datetime.now(UTC).isoformat(timespec="seconds")
 
     tmp = posixpath.join(root_path, DATASETS_PREFIX, ".tmp", f"{version}.{uuid.uuid4().hex}")
     fs.makedirs(tmp, exist_ok=True)

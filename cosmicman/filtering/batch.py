@@ -14,15 +14,16 @@ shard whose key exists is already done.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import polars as pl
 from PIL import Image
 
-from cosmicman.filtering.filters import FilterResult
 from cosmicman.core.imageio import decode_image
 from cosmicman.core.store import Store
+from cosmicman.filtering.filters import FilterResult
 
 RAW_COLUMNS = ("sha256", "blob_key", "ext")
 # score columns (score_*) follow these, sorted by name: which scores exist depends on how far images got

@@ -36,8 +36,9 @@ import io
 import math
 import os
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import cv2
 import fsspec
@@ -71,7 +72,7 @@ class FilterConfig:
     max_people: int = 1
 
     @classmethod
-    def production(cls) -> "FilterConfig":
+    def production(cls) -> FilterConfig:
         return cls(min_short_side=640, min_long_side=1280, min_face_px=224)
 
 
@@ -237,7 +238,7 @@ class HogFacePersonDetector:
     """
     name = "face+hog"
 
-    def __init__(self, hog: HogPersonDetector | None = None, faces: "HaarFaceDetector | None" = None,
+    def __init__(self, hog: HogPersonDetector | None = None, faces: HaarFaceDetector | None = None,
                  x_frac: float = 0.4, min_extra_weight: float = 0.6, min_body_weight: float = 1.0,
                  min_skin: float = 0.4, max_face_ratio: float = 1.6) -> None:
         self.hog = hog or HogPersonDetector(min_weight=0.0)
@@ -528,7 +529,7 @@ class LogisticHead:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "LogisticHead":
+    def from_bytes(cls, data: bytes) -> LogisticHead:
         d = np.load(io.BytesIO(data), allow_pickle=False)
         return cls(d["weight"], float(d["bias"][0]), d["mean"], d["std"], str(d["embedder"]))
 

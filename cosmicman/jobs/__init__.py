@@ -2,13 +2,13 @@
 
 import dagster as dg
 
+from cosmicman.annotation.ledger import RoundLedger, round_id
 from cosmicman.assets.annotation import annotation_rounds
 from cosmicman.assets.common import sourcing_batches
-from cosmicman.annotation.ledger import RoundLedger, round_id
-from cosmicman.sourcing.pool import decide_sourcing, read_pool_stats
 from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.sourcing.pool import decide_sourcing, read_pool_stats
 
 pool_job = dg.define_asset_job(
     "pool_job", selection=dg.AssetSelection.assets("raw_images", "filtered_images", "human_parsing"),

@@ -23,11 +23,11 @@ class TextConditioning:
     hidden: torch.Tensor                 # (B, 77, D): encoder_hidden_states
     pooled: torch.Tensor | None = None   # (B, P): SDXL's text_embeds
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TextConditioning":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextConditioning:
         return TextConditioning(self.hidden.to(device, dtype),
                                 None if self.pooled is None else self.pooled.to(device, dtype))
 
-    def expand(self, batch_size: int) -> "TextConditioning":
+    def expand(self, batch_size: int) -> TextConditioning:
         return TextConditioning(self.hidden.expand(batch_size, -1, -1),
                                 None if self.pooled is None else self.pooled.expand(batch_size, -1))
 

@@ -30,7 +30,7 @@ class DistEnv:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "DistEnv":
+    def from_env(cls) -> DistEnv:
         env = cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                   int(os.environ.get("LOCAL_RANK", 0)))
         if not 0 <= env.rank < env.world_size:

@@ -35,7 +35,7 @@ A group whose span is missing (null / (-1, -1)) gets no loss. A group with a spa
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

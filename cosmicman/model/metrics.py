@@ -21,8 +21,8 @@ Dagster-free (numpy / scipy / torch only).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import linalg

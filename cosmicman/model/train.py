@@ -66,11 +66,18 @@ import fsspec
 import torch
 import torch.nn.functional as F
 
+from cosmicman.core.store import is_local
 from cosmicman.model.alignment import DEFAULT_TIMESTEPS, AlignmentTally, mask_mass_share
 from cosmicman.model.attention import HolaContext, cross_attention_query_counts, install_capture, uninstall_capture
-from cosmicman.model.checkpoints import (fs_and_path, list_checkpoints, load_checkpoint,
-                                         load_engine_checkpoint, rng_state, save_checkpoint, set_rng_state)
-from cosmicman.core.store import is_local
+from cosmicman.model.checkpoints import (
+    fs_and_path,
+    list_checkpoints,
+    load_checkpoint,
+    load_engine_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from cosmicman.model.components import FAMILIES, Components
 from cosmicman.model.conditioning import TextConditioner, TextConditioning, sdxl_time_ids
 from cosmicman.model.distributed import DistEnv, barrier, load_deepspeed_config
@@ -176,7 +183,7 @@ class TrainConfig:
             raise ValueError("prediction_type must be None, 'epsilon' or 'v_prediction'")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -184,7 +191,7 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def load(cls, url: str) -> "TrainConfig":
+    def load(cls, url: str) -> TrainConfig:
         with fsspec.open(url, "rt") as f:
             return cls.from_dict(json.load(f))
 
@@ -314,7 +321,7 @@ class EMA:
             s.copy_(v)
 
 
-def checkpoint_root(cfg: "TrainConfig") -> str:
+def checkpoint_root(cfg: TrainConfig) -> str:
     return (cfg.checkpoint_url or f"{cfg.output_url.rstrip('/')}.checkpoints").rstrip("/")
 
 

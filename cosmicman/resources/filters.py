@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import json
 import tempfile
-from typing import Optional
 
 import dagster as dg
 
-from cosmicman.filtering import filters as F
 from cosmicman.core.imageio import image_format_ext
 from cosmicman.core.store import Store
+from cosmicman.filtering import filters as F
 
 FAKE_HEAD_KEY = "models/fake_person/head.npz"
 # Real = photographic renders of every kind (the head must not learn "a person is present"),
@@ -42,21 +41,21 @@ class FilterResource(dg.ConfigurableResource):
     """
 
     backend: str = "local"
-    min_short_side: Optional[int] = None
-    min_long_side: Optional[int] = None
-    min_face_px: Optional[int] = None
-    max_fake_score: Optional[float] = None
-    min_quality: Optional[float] = None
+    min_short_side: int | None = None
+    min_long_side: int | None = None
+    min_face_px: int | None = None
+    max_fake_score: float | None = None
+    min_quality: float | None = None
     person_detector_id: str = "PekingU/rtdetr_r50vd_coco_o365"
     clip_id: str = "openai/clip-vit-large-patch14"
     device: str = "cpu"
     face_cascade: str = "haarcascade_frontalface_alt2.xml"
-    face_profile_cascade: Optional[str] = "haarcascade_profileface.xml"
-    fake_head_train_url: Optional[str] = None
+    face_profile_cascade: str | None = "haarcascade_profileface.xml"
+    fake_head_train_url: str | None = None
     fake_head_train_size: int = 200
     fake_head_seed: int = 40_000
     quality_backend: str = "offline"
-    liqe_weights: Optional[str] = None
+    liqe_weights: str | None = None
     hpsv2_prompt: str = "a photo of a person"
     hpsv2_version: str = "v2.1"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -33,7 +33,7 @@ TRAINJOB_VERSION = "v1alpha1"
 TRAINJOB_PLURAL = "trainjobs"
 
 
-def _load_kube_config(load_incluster_config: Optional[bool], kubeconfig_file: Optional[str]) -> None:
+def _load_kube_config(load_incluster_config: bool | None, kubeconfig_file: str | None) -> None:
     import os
 
     import kubernetes
@@ -60,14 +60,14 @@ class K8sJobTrainingLauncher(TrainingLauncher):
     image: str = Field(description="Trainer image (with the cosmicman package installed).")
     namespace: str = "cosmicman"
     gpus: int = Field(default=1, description="nvidia.com/gpu limit of the training pod.")
-    nproc_per_node: Optional[int] = Field(default=None, description="torchrun processes; defaults to gpus.")
-    service_account: Optional[str] = "cosmicman-runner"
+    nproc_per_node: int | None = Field(default=None, description="torchrun processes; defaults to gpus.")
+    service_account: str | None = "cosmicman-runner"
     shm_size: str = Field(default="16Gi", description="Size of the in-memory /dev/shm volume (NCCL).")
-    cpu: Optional[str] = None
-    memory: Optional[str] = None
+    cpu: str | None = None
+    memory: str | None = None
     env: dict[str, str] = {}
-    load_incluster_config: Optional[bool] = None
-    kubeconfig_file: Optional[str] = None
+    load_incluster_config: bool | None = None
+    kubeconfig_file: str | None = None
     poll_interval: float = 10.0
 
     def validate(self) -> None:
@@ -131,17 +131,17 @@ class TrainJobLauncher(TrainingLauncher):
     namespace: str = "cosmicman"
     num_nodes: int = 2
     gpus_per_node: int = 1
-    nproc_per_node: Optional[int] = None
+    nproc_per_node: int | None = None
     runtime: str = "torch-distributed"
-    cpu: Optional[str] = None
-    memory: Optional[str] = None
+    cpu: str | None = None
+    memory: str | None = None
     env: dict[str, str] = {}
     poll_interval: float = 15.0
     timeout_s: float = 7 * 24 * 3600.0
     delete_on_completion: bool = False
-    load_incluster_config: Optional[bool] = None
-    kubeconfig_file: Optional[str] = None
-    messages_url: Optional[str] = Field(
+    load_incluster_config: bool | None = None
+    kubeconfig_file: str | None = None
+    messages_url: str | None = Field(
         default=None, description="Object-store URL prefix for Pipes messages (rank 0 uploads chunks there); "
                                   "None: read the rank-0 pod's logs.")
 
@@ -187,7 +187,7 @@ class TrainJobLauncher(TrainingLauncher):
         }
 
     @staticmethod
-    def job_state(obj: dict[str, Any]) -> Optional[str]:
+    def job_state(obj: dict[str, Any]) -> str | None:
         """``"Complete"`` / ``"Failed"`` once a condition of that type is True, else None."""
         for cond in (obj.get("status") or {}).get("conditions") or []:
             if cond.get("type") in ("Complete", "Failed") and str(cond.get("status")) == "True":
@@ -201,7 +201,7 @@ class TrainJobLauncher(TrainingLauncher):
         return kubernetes.client.CustomObjectsApi(), kubernetes.client.CoreV1Api()
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], *,
-               custom_api=None, core_api=None, message_reader: Optional[dg.PipesMessageReader] = None,
+               custom_api=None, core_api=None, message_reader: dg.PipesMessageReader | None = None,
                ) -> dg.MaterializeResult:
         """Create the TrainJob, wait for Complete / Failed, return the trainer's materialization.
         ``custom_api`` / ``core_api`` default to the kubernetes client's (tests pass fakes)."""
@@ -259,7 +259,7 @@ class TrainJobLauncher(TrainingLauncher):
                         context.log.warning(f"could not delete TrainJob {name}: {e}")
         return dg.PipesClientCompletedInvocation(session).get_materialize_result()
 
-    def _rank0_pod(self, core_api, name: str) -> Optional[str]:
+    def _rank0_pod(self, core_api, name: str) -> str | None:
         selector = f"jobset.sigs.k8s.io/jobset-name={name},batch.kubernetes.io/job-completion-index=0"
         pods = core_api.list_namespaced_pod(self.namespace, label_selector=selector).items
         running = [p for p in pods if p.status and p.status.phase in ("Running", "Succeeded", "Failed")]

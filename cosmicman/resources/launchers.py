@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 
@@ -21,7 +21,7 @@ class TrainingLauncher(dg.ConfigurableResource):
 class SubprocessTrainingLauncher(TrainingLauncher):
     """Trains in a local child process (the embedded default); ``python`` may name another interpreter."""
 
-    python: Optional[str] = None
+    python: str | None = None
     env: dict[str, str] = {}
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:

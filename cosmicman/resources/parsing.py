@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-from typing import Optional
-
 import dagster as dg
 
-from cosmicman.parsing.parsers import HumanParser, SegmentationModelParser, SyntheticTruthParser
 from cosmicman.core.store import Store
+from cosmicman.parsing.parsers import HumanParser, SegmentationModelParser, SyntheticTruthParser
 
 
 class ParserResource(dg.ConfigurableResource):
     """Human parsing: the synthetic world's truth locally; a segmentation model id in production."""
 
-    model_id: Optional[str] = None
+    model_id: str | None = None
     device: str = "cpu"
 
     def parser(self, store: Store) -> HumanParser:

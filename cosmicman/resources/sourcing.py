@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
 
 import dagster as dg
 
+from cosmicman.core.store import Store
 from cosmicman.sourcing.fetch import FetchConfig
 from cosmicman.sourcing.ingest import IngestConfig
-from cosmicman.sourcing.sources import FolderSource, ImageSource, ParquetSource, SyntheticSource
 from cosmicman.sourcing.rate_limit import UNSPLASH_DEMO_RATE_LIMIT, UNSPLASH_PRODUCTION_RATE_LIMIT
-from cosmicman.core.store import Store
+from cosmicman.sourcing.sources import FolderSource, ImageSource, ParquetSource, SyntheticSource
 from cosmicman.sourcing.web_apis import ApiSource, FlickrClient, PixabayClient, UnsplashClient
 
 # Flickr licence ids that allow reuse: CC BY, CC BY-SA, no known copyright restrictions, US Government
@@ -26,30 +25,30 @@ class SourcingResource(dg.ConfigurableResource):
     synthetic: bool = True
     synthetic_seed: int = 0
     negative_fraction: float = 0.3
-    folder_url: Optional[str] = None
+    folder_url: str | None = None
     folder_layout: str = "plain"
     folder_licence: str = "see dataset licence"
     folder_batch_size: int = 8
-    parquet_url: Optional[str] = None
+    parquet_url: str | None = None
     parquet_batch_size: int = 10_000
-    api_terms: List[str] = ["full body photo of a person", "person standing full length", "fashion model full body",
+    api_terms: list[str] = ["full body photo of a person", "person standing full length", "fashion model full body",
                             "street style outfit"]
-    flickr_api_key: Optional[str] = None
+    flickr_api_key: str | None = None
     flickr_batch_size: int = 0
-    flickr_licences: List[int] = FLICKR_REUSABLE_LICENCES
-    flickr_base_url: Optional[str] = None
-    unsplash_access_key: Optional[str] = None
+    flickr_licences: list[int] = FLICKR_REUSABLE_LICENCES
+    flickr_base_url: str | None = None
+    unsplash_access_key: str | None = None
     unsplash_batch_size: int = 0
     unsplash_production: bool = False
-    unsplash_base_url: Optional[str] = None
-    pixabay_api_key: Optional[str] = None
+    unsplash_base_url: str | None = None
+    pixabay_api_key: str | None = None
     pixabay_batch_size: int = 0
-    pixabay_base_url: Optional[str] = None
-    workers: Optional[int] = None
+    pixabay_base_url: str | None = None
+    workers: int | None = None
     chunk_size: int = 512
-    near_dup_distance: Optional[int] = 4
+    near_dup_distance: int | None = 4
     max_url_attempts: int = 3
-    resize_to: Optional[int] = None
+    resize_to: int | None = None
     max_in_flight: int = 64
     per_host: int = 16
     read_timeout_s: float = 30.0

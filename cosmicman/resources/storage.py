@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Optional
-
 import dagster as dg
 
 from cosmicman.core.store import Store
@@ -11,9 +9,9 @@ class ObjectStoreResource(dg.ConfigurableResource):
     """Where every blob, table, dataset version and model lives: a local folder, memory:// or s3://."""
 
     url: str = ".cosmicman/store"
-    endpoint_url: Optional[str] = None
-    access_key_id: Optional[str] = None
-    secret_access_key: Optional[str] = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
 
     def store(self) -> Store:
         options: dict = {}

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 
@@ -10,7 +10,7 @@ class TrainingResource(dg.ConfigurableResource):
     steps on CPU); production sets ``pretrained`` to an SD-1.5 id or folder and the released values
     (lr 1e-5, resolution 512+). EMA, noise offset and caption dropout default to the released values."""
 
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     resolution: int = 64
     steps: int = 30
     batch_size: int = 4
@@ -25,7 +25,7 @@ class TrainingResource(dg.ConfigurableResource):
     ema_decay: float = 0.9999
     noise_offset: float = 0.05
     caption_dropout: float = 0.1
-    snr_gamma: Optional[float] = None
+    snr_gamma: float | None = None
     checkpoint_every: int = 0
     mixed_precision: str = "no"
     family: str = "sd"                      # tiny components' family when pretrained is None: sd | sdxl
@@ -33,7 +33,7 @@ class TrainingResource(dg.ConfigurableResource):
     buckets: bool = False                   # aspect-ratio buckets (released: on)
     bucket_step: int = 64
     cache_latents: bool = False             # latents + text embeddings cached under <store>/cache/latents
-    deepspeed: Optional[str] = None         # zero2 | zero2_offload | a JSON URL (GPU launchers)
+    deepspeed: str | None = None         # zero2 | zero2_offload | a JSON URL (GPU launchers)
 
     def train_config(self, shards: list[str], output_url: str, cache_url: str | None = None) -> dict[str, Any]:
         """The trainer's JSON config; ``cache_url`` is where latents are cached when ``cache_latents``."""

@@ -37,8 +37,9 @@ and the evaluation set.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import cv2
 import numpy as np

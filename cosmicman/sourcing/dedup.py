@@ -129,7 +129,7 @@ class PoolIndex:
         self._near_new: list[int] = []
 
     @classmethod
-    def load(cls, store: Store, max_distance: int | None, exclude_batch: str | None = None) -> "PoolIndex":
+    def load(cls, store: Store, max_distance: int | None, exclude_batch: str | None = None) -> PoolIndex:
         return cls(load_index_table(store, exclude_batch, columns=["sha_prefix", "phash", "batch"]), max_distance)
 
     def __len__(self) -> int:

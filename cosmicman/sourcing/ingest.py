@@ -34,19 +34,26 @@ import sys
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import fsspec
 import polars as pl
 
-from cosmicman.sourcing.dedup import PoolIndex, resolve_shas, sha_prefix, write_segment
-from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
 from cosmicman.core.imageio import CheckedImage, check_image, sha256_hex
-from cosmicman.sourcing.sources import IMAGE_SUFFIXES, FolderSource, ImageSource, ParquetSource, SourceItem, SyntheticSource
 from cosmicman.core.store import Store
 from cosmicman.simulation.truth import TRUTH_SCHEMA, store_truth
+from cosmicman.sourcing.dedup import PoolIndex, resolve_shas, write_segment
+from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
+from cosmicman.sourcing.sources import (
+    IMAGE_SUFFIXES,
+    FolderSource,
+    ImageSource,
+    ParquetSource,
+    SourceItem,
+    SyntheticSource,
+)
 
 ITEM_SCHEMA = {"position": pl.Int64, "source": pl.Utf8, "source_id": pl.Utf8, "url": pl.Utf8, "licence": pl.Utf8,
                "alt_text": pl.Utf8, "author": pl.Utf8, "page_url": pl.Utf8, "stated_width": pl.Int32,

@@ -33,7 +33,7 @@ class BatchMarker:
     kept: int
 
     @classmethod
-    def parse(cls, key: str) -> "BatchMarker":
+    def parse(cls, key: str) -> BatchMarker:
         batch, recorded_ns, raw, kept = posixpath.basename(key).rsplit(".", 3)
         return cls(key, batch, int(recorded_ns), int(raw), int(kept))
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import httpx
 import polars as pl
 
+from cosmicman.core.store import Store
 from cosmicman.sourcing.fetch import RETRYABLE_REASONS, backoff_delay, parse_retry_after
 from cosmicman.sourcing.rate_limit import (
     FLICKR_RATE_LIMIT,
@@ -39,7 +40,6 @@ from cosmicman.sourcing.rate_limit import (
     SlidingWindowLimiter,
 )
 from cosmicman.sourcing.sources import ImageSource, SourceItem, int_or_none
-from cosmicman.core.store import Store
 
 log = logging.getLogger(__name__)
 
