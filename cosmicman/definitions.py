@@ -1,108 +1,32 @@
-"""The single Dagster code location: assets, checks, jobs, sensors, and resources per environment.
+"""The single Dagster code location: assets, jobs, sensors, and the resources of one environment.
 
 ``COSMICMAN_ENV`` selects the environment (``local`` by default: the embedded, zero-configuration
-flywheel under ``.cosmicman/``). Assets never branch on it; only the resources below differ, and for
-``k8s`` how steps execute (one pod per step, a GPU for each filter shard).
+flywheel under ``.cosmicman/``); each lives in its own file under ``cosmicman/environments``. Assets
+never branch on it; only the resources differ, and for ``k8s`` how steps execute (one pod per step, a GPU
+for each filter shard).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
 from cosmicman.assets import annotation, datasets, evaluation, filtering, sourcing, training
+from cosmicman.environments.k8s import k8s_execution, k8s_resources
+from cosmicman.environments.local import local_resources
+from cosmicman.environments.s3 import s3_resources
 from cosmicman.jobs import ALL_JOBS, ALL_SENSORS
-from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
-from cosmicman.resources.filters import FilterResource
-from cosmicman.resources.launchers import SubprocessTrainingLauncher
-from cosmicman.resources.parsing import ParserResource
-from cosmicman.resources.sourcing import SourcingResource
-from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.resources.training import EvaluationResource, TrainingResource
 
-HOME = os.path.abspath(os.environ.get("COSMICMAN_HOME", ".cosmicman"))
-
-
-def local_resources(store_url: str | None = None, folder_url: str | None = None) -> dict:
-    """The embedded default: everything on this machine, synthetic world + an optional image folder."""
-    folder = folder_url if folder_url is not None else os.path.join(HOME, "datasets", "folder")
-    return {
-        "object_store": ObjectStoreResource(url=store_url or os.path.join(HOME, "store")),
-        "sourcing": SourcingResource(folder_url=folder if os.path.isdir(folder) else None),
-        "filters": FilterResource(),
-        "parser": ParserResource(),
-        "annotation": AnnotatorResource(),
-        "labelling": LabellingResource(),
-        "training": TrainingResource(),
-        "evaluation_config": EvaluationResource(),
-        "training_launcher": SubprocessTrainingLauncher(),
-    }
-
-
-def s3_resources() -> dict:
-    """The same flywheel on an S3-compatible object store; credentials only through environment variables."""
-    return {**local_resources(), "object_store": ObjectStoreResource(
-        url=dg.EnvVar("COSMICMAN_STORE_URL"), endpoint_url=os.environ.get("COSMICMAN_S3_ENDPOINT"),
-        access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"), secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"))}
-
-
-def production_sourcing() -> SourcingResource:
-    """Real sources: a LAION-style url list and each web API whose key is set. Keys reach the resource
-    only as ``dg.EnvVar`` (read at run time, hidden in the UI, never logged)."""
-    keys = {name: dg.EnvVar(env) for name, env in (("flickr_api_key", "FLICKR_API_KEY"),
-                                                    ("unsplash_access_key", "UNSPLASH_ACCESS_KEY"),
-                                                    ("pixabay_api_key", "PIXABAY_API_KEY")) if env in os.environ}
-    return SourcingResource(
-        synthetic=False, pool_threshold=int(os.environ.get("COSMICMAN_POOL_THRESHOLD", "1000000")),
-        parquet_url=os.environ.get("COSMICMAN_PARQUET_URL"), parquet_batch_size=10_000,
-        flickr_batch_size=500, unsplash_batch_size=300, unsplash_production=True, pixabay_batch_size=1000,
-        workers=int(os.environ.get("COSMICMAN_SOURCING_WORKERS", "8")), **keys)
-
-
-def k8s_resources() -> dict:
-    """Production: the S3 store, and training in a GPU pod launched through Dagster Pipes on Kubernetes."""
-    from cosmicman.resources.k8s_launchers import K8sJobTrainingLauncher
-    from cosmicman.resources.step_outputs import ObjectStoreStepIOManager
-
-    s3 = s3_resources()
-    return {**s3, "sourcing": production_sourcing(),
-        # the filter step's pod asks for a GPU (dagster-k8s/config on the filter op): run the models there
-        "filters": FilterResource(backend="production", device="cuda",
-                                  fake_head_train_url=os.environ.get("COSMICMAN_FAKE_HEAD_TRAIN_URL")),
-        "training_launcher": K8sJobTrainingLauncher(
-        image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"), namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
-        gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8"))),
-        # people label in Label Studio; images reach it as presigned S3 URLs
-        "labelling": LabellingResource(backend_kind="label_studio", label_studio_url=dg.EnvVar("LABEL_STUDIO_URL"),
-                                       label_studio_api_key=dg.EnvVar("LABEL_STUDIO_API_KEY")),
-        # the released recipe (NOTES-training.md) on SD-1.5 at 512: ZeRO-2, bf16, buckets, cached latents
-        "training": TrainingResource(
-            pretrained=os.environ.get("COSMICMAN_PRETRAINED", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
-            resolution=512, hola_map_factor=16, lr=1e-5, steps=int(os.environ.get("COSMICMAN_TRAIN_STEPS", "100000")),
-            batch_size=4, grad_accum=4, mixed_precision="bf16", deepspeed="zero2", buckets=True,
-            cache_latents=True, gradient_checkpointing=True, checkpoint_every=1000),
-        # one pod per step (k8s_execution): op outputs must outlive the pod that wrote them
-        "io_manager": ObjectStoreStepIOManager(object_store=s3["object_store"])}
-
-
-def k8s_execution() -> dict:
-    """Every step in its own pod (``k8s_job_executor``; image, namespace and the rest come from the
-    K8sRunLauncher), so each filter shard's pod asks for ``COSMICMAN_FILTER_GPUS`` GPUs of its own."""
-    from dagster_k8s import k8s_job_executor
-
-    gpus = os.environ.get("COSMICMAN_FILTER_GPUS", "1")
-    return {"executor": k8s_job_executor,
-            "filter_step_tags": {"dagster-k8s/config": {
-                "container_config": {"resources": {"limits": {"nvidia.com/gpu": gpus}}}}}}
-
-
-ENVIRONMENTS = {"local": local_resources, "s3": s3_resources, "k8s": k8s_resources}
+ENVIRONMENTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "local": local_resources, "s3": s3_resources, "k8s": k8s_resources}
 # how steps execute, where it is not Dagster's default (one process per step on this machine, no step tags)
-EXECUTION = {"k8s": k8s_execution}
+EXECUTION: dict[str, Callable[[], dict[str, Any]]] = {"k8s": k8s_execution}
 
 
-def build_definitions(resources: dict, executor: dg.ExecutorDefinition | None = None,
-                      filter_step_tags: dict | None = None) -> dg.Definitions:
+def build_definitions(resources: dict[str, Any], executor: dg.ExecutorDefinition | None = None,
+                      filter_step_tags: dict[str, Any] | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[*dg.load_assets_from_modules([sourcing, filtering, annotation, datasets, training, evaluation]),
                 filtering.build_filtered_images(filter_step_tags)],

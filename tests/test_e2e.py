@@ -7,7 +7,8 @@ import pytest
 
 from cosmicman.cli import run
 from cosmicman.core.store import Store
-from cosmicman.definitions import build_definitions, local_resources
+from cosmicman.definitions import build_definitions
+from cosmicman.environments.local import local_resources
 from cosmicman.resources.annotation import AnnotatorResource
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.training import EvaluationResource, TrainingResource

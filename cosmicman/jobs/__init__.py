@@ -1,93 +1,16 @@
-"""Jobs (one per stage) and the sensors that keep the flywheel turning."""
+"""Jobs (one per stage) and the sensors that keep the flywheel turning, one module per stage."""
 
-import dagster as dg
-
-from cosmicman.annotation.ledger import RoundLedger, round_id
-from cosmicman.assets.annotation import annotation_rounds
-from cosmicman.assets.common import sourcing_batches
-from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
-from cosmicman.resources.sourcing import SourcingResource
-from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.sourcing.pool import decide_sourcing, read_pool_stats
-
-pool_job = dg.define_asset_job(
-    "pool_job", selection=dg.AssetSelection.assets("raw_images", "filtered_images", "human_parsing"),
-    description="Source one batch, filter it and parse the kept people: what the pool sensor runs.")
-sourcing_job = dg.define_asset_job("sourcing_job", selection=dg.AssetSelection.assets("raw_images"))
-filtering_job = dg.define_asset_job(
-    "filtering_job", selection=dg.AssetSelection.assets("filtered_images", "human_parsing"))
-fake_person_job = dg.define_asset_job("fake_person_job", selection=dg.AssetSelection.assets("fake_person_classifier"))
-hitl_setup_job = dg.define_asset_job(
-    "hitl_setup_job", selection=dg.AssetSelection.assets("eval_set", "base_annotator"),
-    description="Render the evaluation set I_e and build the round-0 annotator.")
-annotation_round_job = dg.define_asset_job(
-    "annotation_round_job", selection=dg.AssetSelection.assets("labelling_tasks"),
-    description="Open a labelling round: measure the annotator on I_e, send the failing categories to humans.")
-labels_job = dg.define_asset_job(
-    "labels_job", selection=dg.AssetSelection.assets("human_labels", "annotator"),
-    description="Collect a round's human labels, fine-tune the annotator, measure it, decide whether to go on.")
-annotations_job = dg.define_asset_job(
-    "annotations_job", selection=dg.AssetSelection.assets("annotations", "captions"),
-    description="Annotate and caption the pool with the final annotator (and the humans' answers).")
-dataset_job = dg.define_asset_job("dataset_job", selection=dg.AssetSelection.assets("cosmicman_hq"))
-training_job = dg.define_asset_job("training_job", selection=dg.AssetSelection.assets("daring_unet"))
-evaluation_job = dg.define_asset_job("evaluation_job", selection=dg.AssetSelection.assets("evaluation"))
-ablation_job = dg.define_asset_job("ablation_job", selection=dg.AssetSelection.assets("ablation_table"))
+from cosmicman.jobs.annotation import (
+                                       annotation_round_job,
+                                       annotations_job,
+                                       hitl_round_sensor,
+                                       hitl_setup_job,
+                                       labels_arrived_sensor,
+                                       labels_job,
+)
+from cosmicman.jobs.sourcing import fake_person_job, filtering_job, pool_job, pool_threshold_sensor, sourcing_job
+from cosmicman.jobs.training import ablation_job, dataset_job, evaluation_job, training_job
 
 ALL_JOBS = [pool_job, sourcing_job, filtering_job, fake_person_job, hitl_setup_job, annotation_round_job, labels_job,
             annotations_job, dataset_job, training_job, evaluation_job, ablation_job]
-
-
-@dg.sensor(job=pool_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
-def pool_threshold_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
-                          sourcing: SourcingResource) -> dg.SensorResult:
-    """Under the pool threshold, add one sourcing batch and run it; otherwise say why not.
-    Lists the pool's batch markers (their names carry the counts) and reads the partition list, never a batch."""
-    partitions = list(context.instance.get_dynamic_partitions(sourcing_batches.name))
-    decision = decide_sourcing(read_pool_stats(object_store.store()), sourcing.pool_threshold, partitions)
-    if decision.new_batch is None:
-        return dg.SensorResult(skip_reason=decision.reason)
-    context.log.info(decision.reason)
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=decision.new_batch, partition_key=decision.new_batch)],
-        dynamic_partitions_requests=[sourcing_batches.build_add_request([decision.new_batch])])
-
-
-@dg.sensor(job=labels_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
-def labels_arrived_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
-                          labelling: LabellingResource) -> dg.SensorResult:
-    """When every task of the open labelling round has its human answer, collect them and go on."""
-    status = labelling.backend(object_store.store()).open_round_status()
-    if status is None:
-        return dg.SensorResult(skip_reason="no labelling round is waiting for labels")
-    if status.pending:
-        return dg.SensorResult(skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled")
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"labels-{status.round_id}-{status.fingerprint}",
-                                                       partition_key=status.round_id)])
-
-
-@dg.sensor(jobs=[annotation_round_job, annotations_job], minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.STOPPED)
-def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
-                      annotation: AnnotatorResource) -> dg.SensorResult:
-    """After a round's annotator: open the next round while it still gains; once the loop stops,
-    annotate the pool with the final annotator (once per annotator version)."""
-    ledger = RoundLedger(object_store.store())
-    try:
-        in_force = ledger.in_force()
-    except LookupError as e:
-        return dg.SensorResult(skip_reason=str(e))
-    step = ledger.next_step(annotation.max_rounds)
-    if step.round is not None:
-        rid = round_id(step.round)
-        context.log.info(step.reason)
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=rid, partition_key=rid, job_name=annotation_round_job.name)],
-            dynamic_partitions_requests=[annotation_rounds.build_add_request([rid])])
-    if step.stopped:
-        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"annotate-{in_force.version}",
-                                                           job_name=annotations_job.name)])
-    return dg.SensorResult(skip_reason=step.reason)
-
-
 ALL_SENSORS = [pool_threshold_sensor, labels_arrived_sensor, hitl_round_sensor]

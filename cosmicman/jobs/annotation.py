@@ -1,0 +1,58 @@
+"""The labelling loop's jobs and the sensors that drive its rounds."""
+
+import dagster as dg
+
+from cosmicman.annotation.ledger import RoundLedger, round_id
+from cosmicman.assets.annotation import annotation_rounds
+from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
+from cosmicman.resources.storage import ObjectStoreResource
+
+hitl_setup_job = dg.define_asset_job(
+    "hitl_setup_job", selection=dg.AssetSelection.assets("eval_set", "base_annotator"),
+    description="Render the evaluation set I_e and build the round-0 annotator.")
+annotation_round_job = dg.define_asset_job(
+    "annotation_round_job", selection=dg.AssetSelection.assets("labelling_tasks"),
+    description="Open a labelling round: measure the annotator on I_e, send the failing categories to humans.")
+labels_job = dg.define_asset_job(
+    "labels_job", selection=dg.AssetSelection.assets("human_labels", "annotator"),
+    description="Collect a round's human labels, fine-tune the annotator, measure it, decide whether to go on.")
+annotations_job = dg.define_asset_job(
+    "annotations_job", selection=dg.AssetSelection.assets("annotations", "captions"),
+    description="Annotate and caption the pool with the final annotator (and the humans' answers).")
+
+
+@dg.sensor(job=labels_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+def labels_arrived_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
+                          labelling: LabellingResource) -> dg.SensorResult:
+    """When every task of the open labelling round has its human answer, collect them and go on."""
+    status = labelling.backend(object_store.store()).open_round_status()
+    if status is None:
+        return dg.SensorResult(skip_reason="no labelling round is waiting for labels")
+    if status.pending:
+        return dg.SensorResult(skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled")
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"labels-{status.round_id}-{status.fingerprint}",
+                                                       partition_key=status.round_id)])
+
+
+@dg.sensor(jobs=[annotation_round_job, annotations_job], minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.STOPPED)
+def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
+                      annotation: AnnotatorResource) -> dg.SensorResult:
+    """After a round's annotator: open the next round while it still gains; once the loop stops,
+    annotate the pool with the final annotator (once per annotator version)."""
+    ledger = RoundLedger(object_store.store())
+    try:
+        in_force = ledger.in_force()
+    except LookupError as e:
+        return dg.SensorResult(skip_reason=str(e))
+    step = ledger.next_step(annotation.max_rounds)
+    if step.round is not None:
+        rid = round_id(step.round)
+        context.log.info(step.reason)
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=rid, partition_key=rid, job_name=annotation_round_job.name)],
+            dynamic_partitions_requests=[annotation_rounds.build_add_request([rid])])
+    if step.stopped:
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"annotate-{in_force.version}",
+                                                           job_name=annotations_job.name)])
+    return dg.SensorResult(skip_reason=step.reason)
