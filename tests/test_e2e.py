@@ -11,7 +11,8 @@ from cosmicman.definitions import build_definitions
 from cosmicman.environments.local import local_resources
 from cosmicman.resources.annotation import AnnotatorResource
 from cosmicman.resources.sourcing import SourcingResource
-from cosmicman.resources.training import EvaluationResource, TrainingResource
+from cosmicman.resources.evaluation import EvaluationResource
+from cosmicman.resources.training import TrainingResource
 
 pytestmark = pytest.mark.slow
 VARIANTS = ["baseline", "hola", "hola-mp_silu"]

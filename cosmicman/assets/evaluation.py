@@ -14,7 +14,7 @@ from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import build_caption
 from cosmicman.model.metrics import RandomConvFeatures, frechet_distance, semantic_accuracy
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.resources.training import EvaluationResource
+from cosmicman.resources.evaluation import EvaluationResource
 from cosmicman.simulation.world import SyntheticWorld
 
 

@@ -10,7 +10,8 @@ from cosmicman.resources.launchers import SubprocessTrainingLauncher
 from cosmicman.resources.parsing import ParserResource
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.resources.training import EvaluationResource, TrainingResource
+from cosmicman.resources.evaluation import EvaluationResource
+from cosmicman.resources.training import TrainingResource
 
 HOME = os.path.abspath(os.environ.get("COSMICMAN_HOME", ".cosmicman"))
 

@@ -49,13 +49,3 @@ class TrainingResource(dg.ConfigurableResource):
                 "cache_url": cache_url if self.cache_latents else None,
                 # checkpoints live beside the (config-keyed) output: a relaunch continues where it stopped
                 "resume": True}
-
-
-class EvaluationResource(dg.ConfigurableResource):
-    """Evaluation settings: test prompts come from held-out synthetic people (exact attributes)."""
-
-    n_prompts: int = 16
-    prompt_seed: int = 30_000
-    inference_steps: int = 10
-    guidance_scale: float = 5.0
-    feature_seed: int = 0
