@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cu
 export COSMICMAN_HOME ?= $(CURDIR)/.cosmicman
 export DAGSTER_HOME ?= $(COSMICMAN_HOME)/dagster
 
-.PHONY: install run test ui clean
+.PHONY: install run lint test ui clean
 
 install: $(STAMP)
 
@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(PY) -m cosmicman.cli run
 
-test: install
+# ruff's lint rules only (the code is not ruff-formatted); mypy's files and strictness are in pyproject.toml
+lint: install
+	$(VENV)/bin/ruff check cosmicman tests bench
+	$(VENV)/bin/mypy
+
+# lint is a prerequisite: a finding stops the run before pytest starts
+test: lint
 	$(PY) -m pytest -q
 
 ui: install

@@ -40,11 +40,14 @@ import polars as pl  # noqa: E402
 import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cosmicman.assets.common import sourcing_batches, table_key  # noqa: E402
+from cosmicman.assets.common import sourcing_batches  # noqa: E402
+from cosmicman.core.keys import blob_key, table_key  # noqa: E402
 from cosmicman.assets.filtering import build_filtered_images  # noqa: E402
 from cosmicman.core.imageio import decode_image  # noqa: E402
-from cosmicman.core.store import Store, blob_key  # noqa: E402
-from cosmicman.filtering import filters as F  # noqa: E402
+from cosmicman.core.store import Store  # noqa: E402
+from cosmicman.filtering.chain import FilterChain  # noqa: E402
+from cosmicman.filtering.decisions import FilterConfig  # noqa: E402
+from cosmicman.filtering.fake_person import train_fake_person_head  # noqa: E402
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource  # noqa: E402
 from cosmicman.resources.storage import ObjectStoreResource  # noqa: E402
 from cosmicman.simulation.world import SyntheticWorld  # noqa: E402
@@ -65,7 +68,7 @@ BATCH, BASELINE_BATCH = "batch-00001", "batch-00000"
 
 
 def filter_resource() -> FilterResource:
-    base = F.FilterConfig()
+    base = FilterConfig()
     return FilterResource(min_short_side=int(base.min_short_side * SCALE), min_long_side=int(base.min_long_side * SCALE),
                           min_face_px=int(base.min_face_px * SCALE))
 
@@ -89,7 +92,7 @@ def base_images(seed: int, per_case: int) -> dict[str, list[np.ndarray]]:
                    for i in range(per_case)] for n, case in enumerate(MIX)}
 
 
-def record_bases(chain: F.FilterChain, per_case: int = BASES_PER_CASE) -> dict[str, list[np.ndarray]]:
+def record_bases(chain: FilterChain, per_case: int = BASES_PER_CASE) -> dict[str, list[np.ndarray]]:
     """Scaled renders the chain decides as their case (at 0.4 scale some blurred renders look sharp, and the
     detectors miss a few people), so the mix of decisions, and of the work done, is MIX exactly."""
     world = SyntheticWorld(seed=77)
@@ -157,12 +160,12 @@ def train_head() -> bytes:
     renders = base_images(seed=78, per_case=12)
     real = [Image.fromarray(a) for c in ("kept", "low_quality", "no_person", "many_people", "small_face") for a in renders[c]]
     fake = [Image.fromarray(a) for a in renders["fake_person"]]
-    head, metrics = F.train_fake_person_head(real + fake, [0] * len(real) + [1] * len(fake))
+    head, metrics = train_fake_person_head(real + fake, [0] * len(real) + [1] * len(fake))
     print(f"fake-person head on {len(real) + len(fake)} scaled renders: val accuracy {metrics['val_accuracy']:.3f}")
     return head.to_bytes()
 
 
-def stage_speeds(bases: dict[str, list[np.ndarray]], chain: F.FilterChain) -> None:
+def stage_speeds(bases: dict[str, list[np.ndarray]], chain: FilterChain) -> None:
     """Per-stage throughput of the chain in this process, on records of each kind."""
     groups = {"corrupt": ["corrupt"], "too_small": ["too_small"], "fake_person": ["fake_person"],
               "low_quality": ["low_quality"], "detectors": list(DETECTOR_CASES)}

@@ -2,7 +2,8 @@
 
 Each image is a procedural scene: a smooth random colour field (what a perceptual hash sees, so every
 image hashes differently) plus a crop of a shared texture-and-grain field (what makes the JPEG as large as
-a camera photo's), at one of four strengths. Sizes run 640x480 to 1024x768 and, at quality 85, about 40 to 200 KB (110 KB mean).
+a camera photo's), at one of four strengths. Sizes run 640x480 to 1024x768 and, at quality 85, about 40 to
+200 KB (110 KB mean).
 
 The set is written once under ``.cache/bench-sourcing/jpegs-<count>-v<GENERATOR_VERSION>/`` with a
 manifest; a later run with the same count finds the manifest and reuses the files.

@@ -25,8 +25,8 @@ import dagster as dg  # noqa: E402
 
 from cosmicman.assets.common import sourcing_batches  # noqa: E402
 from cosmicman.core.store import Store  # noqa: E402
+from cosmicman.environments.simulated_data import SimulatedSourcingResource  # noqa: E402
 from cosmicman.jobs import pool_threshold_sensor  # noqa: E402
-from cosmicman.resources.sourcing import SourcingResource  # noqa: E402
 from cosmicman.resources.storage import ObjectStoreResource  # noqa: E402
 from cosmicman.sourcing.pool import record_batch  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
             for name, threshold in (("under the threshold", BATCHES * KEPT_PER_BATCH + 1),
                                     ("at the threshold", BATCHES * KEPT_PER_BATCH)):
                 resources = {"object_store": ObjectStoreResource(url=store_url),
-                             "sourcing": SourcingResource(pool_threshold=threshold)}
+                             "sourcing": SimulatedSourcingResource(pool_threshold=threshold)}
                 times, result = ticks(instance, resources)
                 results[name] = times
                 outcome = (f"sources {result.run_requests[0].partition_key}" if result.run_requests

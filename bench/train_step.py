@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosmicman.core.tokenizer import load_clip_tokenizer  # noqa: E402
 from cosmicman.model.components import Components  # noqa: E402
-from cosmicman.model.train import DaringTrainer, TrainConfig  # noqa: E402
+from cosmicman.model.train.config import TrainConfig  # noqa: E402
+from cosmicman.model.train.step import DaringTrainer  # noqa: E402
 
 CAPTION = "a woman, long black hair, red t-shirt, blue jeans, white sneakers"
 GROUPS = ["a woman", "long black hair", "red t-shirt", "blue jeans", "white sneakers"]
@@ -68,7 +70,10 @@ PRESETS = {"cpu": (4, 256), "sd15": (1, 512), "smoke": (8, 128)}  # smoke: a qui
 
 
 def build(preset: str, seed: int = 0, device: str = "meta") -> Components:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    # not `from diffusers`: there they are typed as dummies
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from transformers import CLIPTextModel
 
     u, v, t = sd15_configs(PRESETS[preset][0])
@@ -140,6 +145,7 @@ class Variant:
 
     def __init__(self, name: str, args, comps: Components, batches: list[dict]) -> None:
         self.name, self.args, self.base, self.batches = name, args, comps, batches
+        self.base_batches = batches  # D swaps in cached batches for its block and restores these
         self.i = 0
 
     def cfg(self, **kw) -> TrainConfig:
@@ -162,9 +168,11 @@ class Variant:
         # C and E: the hand-written loops, on the same device / engine / precision
         self.device = torch.device(a.device if a.device != "auto" else
                                    ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.unet = comps.unet.to(self.device).train()
-        self.vae = comps.vae.to(self.device).eval().requires_grad_(False)
-        self.te = comps.text_encoders[0].to(self.device).eval().requires_grad_(False)
+        for module in (comps.unet, comps.vae, comps.text_encoders[0]):
+            module.to(self.device)
+        self.unet = comps.unet.train()
+        self.vae = comps.vae.eval().requires_grad_(False)
+        self.te = comps.text_encoders[0].eval().requires_grad_(False)
         if a.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.sched = comps.scheduler
@@ -191,7 +199,8 @@ class Variant:
             for b in self.batches:
                 lat, enc = self.encode(b)
                 noise = torch.randn(lat.shape, generator=self.gen, device=self.device)
-                t = torch.randint(0, 1000, (lat.shape[0],), generator=self.gen, device=self.device)
+                t = cast(torch.IntTensor, torch.randint(0, 1000, (lat.shape[0],), generator=self.gen,
+                                                        device=self.device))
                 self.ready.append((self.sched.add_noise(lat, noise, t), t, enc, noise))
 
     @torch.no_grad()
@@ -228,7 +237,7 @@ class Variant:
         elif self.name == "C":  # a diffusers-style train_text_to_image step
             lat, enc = self.encode(b)
             noise = torch.randn(lat.shape, generator=self.gen, device=self.device)
-            t = torch.randint(0, 1000, (lat.shape[0],), generator=self.gen, device=self.device)
+            t = cast(torch.IntTensor, torch.randint(0, 1000, (lat.shape[0],), generator=self.gen, device=self.device))
             self.unet_step(self.sched.add_noise(lat, noise, t), t, enc, noise, clip=True)
         else:
             noisy, t, enc, target = self.ready[self.i % len(self.ready)]
@@ -283,9 +292,9 @@ def main() -> int:
     args = p.parse_args()
     t_start = time.perf_counter()
     if args.deepspeed and "RANK" not in os.environ:
-        from cosmicman.model.train import _ensure_dist_env
+        from cosmicman.model.train.loop import ensure_dist_env
 
-        _ensure_dist_env(TrainConfig(shards=["x"], output_url="x", deepspeed=args.deepspeed))
+        ensure_dist_env(TrainConfig(shards=["x"], output_url="x", deepspeed=args.deepspeed))
 
     fl = flop_proportions(args.preset)
     res = PRESETS[args.preset][1]
@@ -301,8 +310,6 @@ def main() -> int:
           f"torch threads {torch.get_num_threads()}", flush=True)
     batches = make_batches(3, args.batch, res, 16)
     variants = {n: Variant(n, args, comps, batches) for n in "ABCDE"}
-    for v in variants.values():
-        v.base_batches = batches
     results: dict[str, list[float]] = {n: [] for n in variants}
     peaks: dict[str, float] = {}
     for order in ("ABCDE", "EDCBA")[:args.passes]:

@@ -15,31 +15,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from cosmicman.core.store import Store
+
 
 def _instance(home: Path) -> dg.DagsterInstance:
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(dagster_home.resolve())
     return dg.DagsterInstance.get()
-
-
-def seed_folder_dataset(folder: Path, count: int = 6, seed: int = 5_000) -> int:
-    """A small folder dataset of image files, so the local flywheel exercises the folder source too."""
-    from cosmicman.simulation.world import SyntheticWorld
-
-    if folder.exists():
-        return 0
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    world = SyntheticWorld(seed=seed)
-    captions = []
-    for i in range(count):
-        s = world.sample(i, case="kept")
-        (tmp / f"person_{i:03d}.jpg").write_bytes(s.image_bytes)
-        captions.append(json.dumps({"file": f"person_{i:03d}.jpg", "caption": "a person"}))
-    (tmp / "captions.jsonl").write_text("\n".join(captions) + "\n")
-    tmp.rename(folder)
-    return count
 
 
 def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, partition_key: str | None = None,
@@ -54,20 +37,35 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, partition
     print(f"<== {label}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
 
 
+def _evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, sensor: dg.SensorDefinition) -> dg.SensorResult:
+    """One evaluation of a sensor, as the daemon would run it (the flywheel's sensors return a SensorResult)."""
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+        result = sensor(ctx)
+    if not isinstance(result, dg.SensorResult):
+        raise TypeError(f"sensor {sensor.name} returned {type(result).__name__}, not a SensorResult")
+    return result
+
+
+def _object_store(defs: dg.Definitions) -> Store:
+    return (defs.resources or {})["object_store"].store()
+
+
 def source_until_threshold(defs: dg.Definitions, instance: dg.DagsterInstance, max_batches: int = 20) -> list[str]:
     """Evaluate the pool sensor and run what it asks for, until it skips."""
     from cosmicman.jobs import pool_threshold_sensor
 
-    ran = []
+    ran: list[str] = []
     for _ in range(max_batches):
-        with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
-            result = pool_threshold_sensor(ctx)
+        result = _evaluate(defs, instance, pool_threshold_sensor)
         if not result.run_requests:
             print(f"pool sensor: skip — {result.skip_reason.skip_message if result.skip_reason else ''}", flush=True)
             return ran
         for req in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+            if isinstance(req, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
         for rr in result.run_requests:
+            if rr.partition_key is None:
+                raise RuntimeError(f"the pool sensor asked for a run without a sourcing batch: {rr}")
             _run(defs, instance, "pool_job", rr.partition_key)
             ran.append(rr.partition_key)
     raise RuntimeError(f"the pool is still under its threshold after {max_batches} batches: check the filters")
@@ -110,7 +108,7 @@ def annotate_until_stop(defs: dg.Definitions, instance: dg.DagsterInstance, max_
 def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | None = None) -> dict:
     """Turn the flywheel once. ``defs`` defaults to the code location's (environment from COSMICMAN_ENV);
     ``variants`` are the training variants to train and evaluate (default: all)."""
-    from cosmicman.assets.training import VARIANTS
+    from cosmicman.model.train.variants import VARIANTS
 
     variants = list(VARIANTS) if variants is None else variants
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -118,11 +116,15 @@ def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | No
         raise ValueError(f"unknown training variants {unknown}; choose from {list(VARIANTS)}")
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("COSMICMAN_HOME", str(home))
-    seeded = seed_folder_dataset(home / "datasets" / "folder")
+    from cosmicman.environments.local import seed_demo_folder
+
+    seeded = seed_demo_folder(home)
     if seeded:
         print(f"seeded a demo folder dataset with {seeded} images", flush=True)
     if defs is None:
-        from cosmicman.definitions import defs
+        from cosmicman.definitions import defs as code_location
+
+        defs = code_location
     instance = _instance(home)
     started = time.monotonic()
     _run(defs, instance, "fake_person_job")
@@ -180,7 +182,7 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
                  "mean_accuracy_final": curve[-1]["mean_accuracy"] if curve else None,
                  "labels_asked": curve[-1]["labels_asked"] if curve else 0,
                  "manual_share": curve[-1]["manual_share"] if curve else 0.0,
-                 "stop_reason": results[-1]["stop_reason"] if results else None},
+                 "stop_reason": results[-1].stop_reason if results else None},
         "dataset": {"version": hq.get("version"), "samples": hq.get("samples"), "reused": hq.get("reused"),
                     "stats": hq.get("stats")},
         "variants": {v: {**{k: meta("daring_unet", v).get(k) for k in ("loss_first", "loss_last", "steps",
@@ -208,14 +210,15 @@ def print_summary(summary: dict) -> None:
           f"full manual pass), stop: {h['stop_reason']}")
     d = summary["dataset"]
     stats = d["stats"] or {}
-    print(f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{' (unchanged, reused)' if d['reused'] else ''}; "
+    reused = " (unchanged, reused)" if d["reused"] else ""
+    print(f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{reused}; "
           + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400])
     print("  daring_unet variants (same data, seed and steps):")
     print(f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
           f"{'acc_all':>8} {'FD':>7} {'attn in mask':>12}")
     for name, v in summary["variants"].items():
-        print(f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} {v['acc_tex']:>8.3f} "
-              f"{v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
+        print(f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} "
+              f"{v['acc_tex']:>8.3f} {v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
               f"{v['attention_in_mask'] if v['attention_in_mask'] is None else format(v['attention_in_mask'], '12.3f')}"
               f"{'  (reused)' if v['reused'] else ''}")
     print(f"    models under {next(iter(summary['variants'].values()))['output_url'].rsplit('/', 1)[0]}")
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if store is None:
             from cosmicman.definitions import defs
 
-            object_store = defs.resources["object_store"].store()
+            object_store = _object_store(defs)
             store, options = object_store.url, object_store.storage_options
         print(json.dumps(lineage(store, args.target, options), indent=2, default=str))
         return 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from cosmicman.assets import annotation, datasets, evaluation, filtering, sourcing, training
+from cosmicman.assets import annotation, datasets, evaluation, filtering, parsing, sourcing, training
 from cosmicman.environments.k8s import k8s_execution, k8s_resources
 from cosmicman.environments.local import local_resources
 from cosmicman.environments.s3 import s3_resources
@@ -28,7 +28,8 @@ EXECUTION: dict[str, Callable[[], dict[str, Any]]] = {"k8s": k8s_execution}
 def build_definitions(resources: dict[str, Any], executor: dg.ExecutorDefinition | None = None,
                       filter_step_tags: dict[str, Any] | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules([sourcing, filtering, annotation, datasets, training, evaluation]),
+        assets=[*dg.load_assets_from_modules([sourcing, filtering, parsing, annotation, datasets, training,
+                                              evaluation]),
                 filtering.build_filtered_images(filter_step_tags)],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,

@@ -134,7 +134,9 @@ def make_app(files: dict[str, bytes], idle: IdleTimer) -> web.Application:
         return image(request.match_info["name"], content_type="image/jpeg")
 
     async def chunked(request: web.Request) -> web.StreamResponse:
-        body = image(request.match_info["name"]).body
+        body = files.get(request.match_info["name"])
+        if body is None:
+            raise web.HTTPNotFound(text=f"no file {request.match_info['name']}")
         response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -149,7 +151,8 @@ def make_app(files: dict[str, bytes], idle: IdleTimer) -> web.Application:
         raise web.HTTPFound(target)
 
     async def drop(request: web.Request) -> web.Response:
-        request.transport.close()
+        if request.transport is not None:
+            request.transport.close()
         raise asyncio.CancelledError  # aiohttp drops a cancelled handler's response without logging
 
     async def get_stats(request: web.Request) -> web.Response:
@@ -247,8 +250,9 @@ class ImageServer:
         return self.log.read().decode(errors="replace")[-chars:]
 
     def __exit__(self, *exc_info: object) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
 

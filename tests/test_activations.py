@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
 from diffusers.models.activations import GEGLU
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # not `from diffusers`: typed as dummies
 from torch import nn
 
 from cosmicman.model.activations import (
@@ -64,7 +64,7 @@ def base_unets() -> dict[str, UNet2DConditionModel]:
 def run(unet: UNet2DConditionModel) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     kwargs: dict[str, Any] = {}
-    if unet.config.addition_embed_type == "text_time":
+    if unet.config["addition_embed_type"] == "text_time":
         kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, TEXT_DIM, generator=g),
                                        "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
     with torch.no_grad():
@@ -75,7 +75,7 @@ def run(unet: UNet2DConditionModel) -> torch.Tensor:
 def silu_census(unet: UNet2DConditionModel, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """One forward, counting every F.silu call (modules and functional call sites alike), the calls
     of nn.SiLU / MPSiLU modules (both go through F.silu), and which SiLU modules ran."""
-    calls = Counter()
+    calls: Counter[str] = Counter()
     real_silu = F.silu
 
     def counting_silu(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -99,7 +99,7 @@ def silu_census(unet: UNet2DConditionModel, monkeypatch: pytest.MonkeyPatch) -> 
     return {"calls": calls, "ran": ran, "silu_modules": silu_modules, "out": out}
 
 
-def site_types(unet: UNet2DConditionModel) -> list[tuple[str, str]]:
+def site_types(unet: UNet2DConditionModel) -> list[tuple[str, str, str]]:
     sites = (nn.SiLU, nn.GELU, nn.Mish, nn.ReLU, nn.LeakyReLU, MPSiLU, GEGLU, FeedForwardActivation)
     return [(name, type(m).__name__, type(getattr(m, "activation", None)).__name__)
             for name, m in unet.named_modules() if isinstance(m, sites)]

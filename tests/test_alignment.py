@@ -72,7 +72,9 @@ def test_hola_training_raises_attention_mass_in_masks(tmp_path):
     Measured (seed 0; seeds 1, 2 in brackets): mean share baseline 0.120 [0.108, 0.112] vs HOLA 0.198
     [0.239, 0.202], chance 0.112; person 0.26 -> 0.65. At this budget the person group dominates (it
     overlaps the others and the softmax makes groups compete); hair rises above chance, top/bottoms not yet."""
-    from cosmicman.model.train import TrainConfig, summary, train
+    from cosmicman.model.run_record import summary
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
 
     urls = write_shards(tmp_path / "shards", n_shards=2, per_shard=6)
     base = {"shards": urls, "resolution": 64, "steps": 60, "batch_size": 4, "lr": 3e-3,

@@ -11,24 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cosmicman.annotation.annotation import (
-    WORKERS_ENV,
-    AnnotationItem,
-    Annotator,
-    HitlRoundResult,
-    LabelRecord,
-    ProbeAnnotator,
-    SimulatedOracle,
+from cosmicman.annotation.accuracy import (
     categories_below,
     full_manual_label_count,
-    load_annotator,
     mean_accuracy,
     per_category_accuracy,
-    run_hitl_round,
-    select_round_sample,
-    should_stop,
 )
+from cosmicman.annotation.annotator import Annotator, load_annotator
+from cosmicman.annotation.items import AnnotationItem, LabelRecord
+from cosmicman.annotation.loop import LoopState, run_hitl_round
+from cosmicman.annotation.probe_annotator import ProbeAnnotator
+from cosmicman.annotation.rounds import AnnotatorInForce, HitlRules, RoundPlan, close_round, select_round_sample
 from cosmicman.core.protocol import load_protocol
+from cosmicman.core.workers import WORKERS_ENV
+from cosmicman.simulation.oracle import SimulatedOracle
+from cosmicman.simulation.pretraining import pretrained_probe
 from cosmicman.simulation.world import SyntheticWorld
 
 PROTO = load_protocol()
@@ -81,7 +78,8 @@ def test_per_category_accuracy_hand_made():
     assert mean_accuracy(acc) == pytest.approx((0.75 + 0.5 + 0.5) / 3)
     assert categories_below(acc, 0.85) == ["hat_color", "hat_exists", "gender"]
     assert categories_below(acc, 0.5) == []
-    assert full_manual_label_count(items, PROTO) == sum(len(PROTO.applicable(i.attributes)) for i in items)
+    assert full_manual_label_count([i.attributes for i in items], PROTO) == \
+        sum(len(PROTO.applicable(i.attributes)) for i in items)
 
 
 def test_select_round_sample_deterministic_and_order_free():
@@ -115,14 +113,15 @@ def test_oracle_error_rate_matches_configuration():
 
 def test_should_stop_rule():
     def res(before, after):
-        return HitlRoundResult(1, "a", "b", before, after, tuple(categories_below(before)), (), 10, 100)
+        plan = RoundPlan(1, AnnotatorInForce("a", "a.zip"), before, tuple(categories_below(before, 0.85)), (), 100,
+                         0.85)
+        return close_round(plan, AnnotatorInForce("b", "b.zip"), after, 10, HitlRules())
 
-    assert should_stop([]) == (False, "continue")
-    assert should_stop([res({"x": 0.5}, {"x": 0.9})]) == (True, "all pass")
-    assert should_stop([res({"x": 0.5}, {"x": 0.7})]) == (False, "continue")
-    assert should_stop([res({"x": 0.5}, {"x": 0.5})]) == (True, "no gain")
+    assert (lambda r: (r.stop, r.stop_reason))(res({"x": 0.5}, {"x": 0.9})) == (True, "all pass")
+    assert (lambda r: (r.stop, r.stop_reason))(res({"x": 0.5}, {"x": 0.7})) == (False, "continue")
+    assert (lambda r: (r.stop, r.stop_reason))(res({"x": 0.5}, {"x": 0.5})) == (True, "no gain")
     r = res({"x": 0.5, "y": 0.9}, {"x": 0.7, "y": 0.9})
-    assert r.cost_share == 0.1 and r.gain == pytest.approx(0.1) and r.to_dict()["categories_sent"] == ["x"]
+    assert r.cost_share == 0.1 and r.gain == pytest.approx(0.1) and r.to_json()["categories_sent"] == ["x"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,7 +142,7 @@ def _people():
 def _round0():
     pre, _, _ = _people()
     pre = pre[:N_PRETRAIN]
-    return ProbeAnnotator.pretrained([s.image_bytes for s in pre], [s.attributes for s in pre], seed=5)
+    return pretrained_probe([s.image_bytes for s in pre], [s.attributes for s in pre], seed=5)
 
 
 def test_probe_learns_from_clean_labels():
@@ -167,7 +166,9 @@ def _round1():
     _, ev, pool = _people()
     a0 = _round0()
     oracle = SimulatedOracle(error_rate=0.05, seed=7)
-    return run_hitl_round(a0, ev, pool, oracle, threshold=0.85, sample_size=ROUND_SAMPLE, seed=0)
+    # the threshold from round 1 (not the paper's all-categories first round): what this round measures
+    rules = HitlRules(sample_size=ROUND_SAMPLE, seed=0, first_round="below_threshold")
+    return run_hitl_round(LoopState(a0), 1, ev, pool, oracle, rules)
 
 
 def test_round0_probe_has_a_long_tail():
@@ -256,6 +257,6 @@ def test_heads_do_not_depend_on_the_number_of_worker_processes(monkeypatch):
     annotators = []
     for workers in ("1", "2"):
         monkeypatch.setenv(WORKERS_ENV, workers)
-        annotators.append(ProbeAnnotator.pretrained([s.image_bytes for s in pre], [s.attributes for s in pre], seed=5))
+        annotators.append(pretrained_probe([s.image_bytes for s in pre], [s.attributes for s in pre], seed=5))
     assert annotators[0].version == annotators[1].version == _round0().version
     assert per_category_accuracy(annotators[0], ev[:20]) == per_category_accuracy(annotators[1], ev[:20])

@@ -14,21 +14,20 @@ from cosmicman.core.imageio import sha256_hex
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import build_caption, sample_attributes
-from cosmicman.datasets.version import (
-    DatasetSample,
+from cosmicman.datasets.layout import (
     VersionExistsError,
     VersionNotFoundError,
-    iter_samples,
     list_versions,
     next_version_name,
     read_manifest,
     read_shards_table,
     read_stats,
     shard_urls,
-    verify_shards,
     version_exists,
-    write_dataset_version,
 )
+from cosmicman.datasets.samples import DatasetSample
+from cosmicman.datasets.shards import iter_samples, verify_shards
+from cosmicman.datasets.version import write_dataset_version
 
 PROV_KEYS = ("source", "source_batch", "filter_decision", "parser_version", "annotator_round")
 
@@ -216,7 +215,8 @@ def test_stats_match_manifest(root, samples):
     assert st["n_images"] == m.height == 8 and st["version"] == "v0001" and st["n_shards"] == 2
     assert st["mean_width"] == pytest.approx(np.mean(widths), abs=1e-3)
     assert st["mean_height"] == pytest.approx(np.mean(heights), abs=1e-3)
-    assert st["median_width"] == pytest.approx(np.median(widths)) and st["median_height"] == pytest.approx(np.median(heights))
+    assert st["median_width"] == pytest.approx(np.median(widths))
+    assert st["median_height"] == pytest.approx(np.median(heights))
     assert st["mean_resolution"] == f"{np.mean(heights):.0f}x{np.mean(widths):.0f}"
     n_attr = [len(s.attributes) for s in samples]
     assert st["n_attributes"] == sum(n_attr) == m["n_attributes"].sum()
@@ -277,7 +277,7 @@ def test_data_package_stays_dagster_free():
 def test_diff_between_versions_from_different_pools(root, samples):
     import dataclasses
 
-    from cosmicman.datasets.version import diff_versions
+    from cosmicman.datasets.diff import diff_versions
 
     write_dataset_version(root, "v0001", samples[:6], samples_per_shard=4)
     relabelled = dataclasses.replace(samples[3], provenance={**samples[3].provenance, "annotator_round": 5})

@@ -3,10 +3,10 @@ import os
 import numpy as np
 import polars as pl
 
+from cosmicman.core.keys import POOL_INDEX_COMPACTED_KEY
 from cosmicman.core.store import Store
 from cosmicman.sourcing.dedup import (
     COMPACT_EVERY,
-    COMPACTED_KEY,
     NearDupIndex,
     PoolIndex,
     load_index_table,
@@ -62,7 +62,7 @@ def test_segments_are_compacted_and_never_lost():
     tables = [_stored(5, i) for i in range(COMPACT_EVERY + 3)]
     for i, t in enumerate(tables):
         write_segment(store, f"batch-{i:05d}", t)
-    compacted = store.read_table(COMPACTED_KEY)
+    compacted = store.read_table(POOL_INDEX_COMPACTED_KEY)
     assert compacted["batch"].n_unique() == COMPACT_EVERY  # compacted when the 32nd segment arrived
     everything = load_index_table(store)
     assert sorted(everything["sha256"]) == sorted(pl.concat(tables)["sha256"])

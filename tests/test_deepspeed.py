@@ -35,7 +35,8 @@ def _cfg(urls, out, **kw):
 
 def test_zero2_matches_plain_and_resumes(tmp_path, one_rank_process_group):
     from cosmicman.model.checkpoints import list_checkpoints
-    from cosmicman.model.train import TrainConfig, train
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
 
     urls = write_shards(tmp_path / "shards", n_shards=2, per_shard=4)
     plain = train(TrainConfig.from_dict(_cfg(urls, tmp_path / "plain", steps=3, grad_accum=2)),

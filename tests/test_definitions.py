@@ -48,6 +48,6 @@ def test_every_environment_loads(tmp_path):
                "DAGSTER_HOME": str(tmp_path), "COSMICMAN_STORE_URL": "s3://cosmicman-test/flywheel",
                "COSMICMAN_TRAIN_IMAGE": "registry.example/cosmicman:1", "AWS_ACCESS_KEY_ID": "k",
                "AWS_SECRET_ACCESS_KEY": "s"}
-        out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "cosmicman.definitions"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        validate = [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "cosmicman.definitions"]
+        out = subprocess.run(validate, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, (env_name, out.stdout + out.stderr)

@@ -9,9 +9,8 @@ from cosmicman.cli import run
 from cosmicman.core.store import Store
 from cosmicman.definitions import build_definitions
 from cosmicman.environments.local import local_resources
-from cosmicman.resources.annotation import AnnotatorResource
-from cosmicman.resources.sourcing import SourcingResource
-from cosmicman.resources.evaluation import EvaluationResource
+from cosmicman.environments.simulated_annotation import SimulatedAnnotatorResource
+from cosmicman.environments.simulated_data import SimulatedEvaluationResource, SimulatedSourcingResource
 from cosmicman.resources.training import TrainingResource
 
 pytestmark = pytest.mark.slow
@@ -31,10 +30,11 @@ def flywheel(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     os.environ["COSMICMAN_HOME"] = str(home)
     resources = local_resources(store_url=str(home / "store"), folder_url=str(home / "datasets" / "folder"))
-    resources["sourcing"] = SourcingResource(batch_size=40, pool_threshold=50, folder_url=str(home / "datasets" / "folder"))
-    resources["training"] = TrainingResource(steps=12, batch_size=4)
-    resources["evaluation_config"] = EvaluationResource(n_prompts=6, inference_steps=4)
-    resources["annotation"] = AnnotatorResource(max_rounds=2, round_sample_size=16)
+    resources["sourcing"] = SimulatedSourcingResource(batch_size=40, pool_threshold=50,
+                                                      folder_url=str(home / "datasets" / "folder"))
+    resources["training"] = TrainingResource(overrides={"steps": 12, "batch_size": 4})
+    resources["evaluation_config"] = SimulatedEvaluationResource(n_prompts=6, inference_steps=4)
+    resources["annotation"] = SimulatedAnnotatorResource(max_rounds=2, round_sample_size=16)
     defs = build_definitions(resources)
     first = run(home, defs, variants=VARIANTS)
     store = Store(str(home / "store"))
@@ -67,7 +67,8 @@ def test_every_raw_image_is_kept_or_rejected_for_its_true_reason(flywheel):
 
 
 def test_dataset_stats_match_the_manifest(flywheel):
-    from cosmicman.datasets.version import read_manifest, read_stats, verify_shards
+    from cosmicman.datasets.layout import read_manifest, read_stats
+    from cosmicman.datasets.shards import verify_shards
 
     store = flywheel["store"]
     version = flywheel["first"]["dataset"]["version"]
@@ -125,10 +126,10 @@ def test_hitl_rounds_improve_the_annotator_cheaply(flywheel):
     assert h["stop_reason"] in ("all pass", "no gain", "max rounds (2)")
     results = RoundLedger(flywheel["store"]).results()
     # rounds sample images no earlier round asked about; each round starts from the annotator in force
-    sampled = [set(r["sampled_ids"]) for r in results]
+    sampled = [set(r.sampled_ids) for r in results]
     assert all(not (a & b) for i, a in enumerate(sampled) for b in sampled[i + 1:])
     for prev, nxt in zip(results, results[1:]):
-        assert nxt["annotator_before"] == prev["annotator_in_force"]
+        assert nxt.annotator_before == prev.annotator_in_force
     assert flywheel["second"]["hitl"]["rounds"] == h["rounds"]  # a second turn opens no new round
 
 
@@ -142,7 +143,7 @@ def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
 def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsys):
     from cosmicman.cli import main
     from cosmicman.core.store import Store
-    from cosmicman.datasets.version import read_manifest
+    from cosmicman.datasets.layout import read_manifest
 
     store: Store = flywheel["store"]
     model_url = flywheel["first"]["variants"]["hola"]["output_url"]
@@ -159,7 +160,7 @@ def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsy
     # the label rounds behind the model: those adopted into the annotator that labelled its samples
     from cosmicman.annotation.ledger import RoundLedger
 
-    adopted = [r["round"] for r in RoundLedger(store).results() if r["adopted"] and r["labels_asked"]]
+    adopted = [r.round for r in RoundLedger(store).results() if r.adopted and r.labels_asked]
     assert adopted and lin["label_rounds"] == adopted
     assert set(ann["label_rounds"].to_list()) == {json.dumps(adopted)}
     assert lin["code_versions"]["trainer"] and lin["training"]["beta"] == 1.0

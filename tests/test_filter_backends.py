@@ -13,7 +13,15 @@ from PIL import Image
 
 from cosmicman.core.imageio import decode_image, encode_jpeg
 from cosmicman.core.store import Store
-from cosmicman.filtering import filters as F
+from cosmicman.environments.simulated_data import SimulatedFilterResource
+from cosmicman.filtering.backends import BackendUnavailable
+from cosmicman.filtering.boxes import Box
+from cosmicman.filtering.embedders import ClipImageEmbedder, OfflineImageFeatures
+from cosmicman.filtering.face_detector import HaarFaceDetector
+from cosmicman.filtering.fake_person import LogisticHead, train_fake_person_head_from_folder
+from cosmicman.filtering.humanart import HumanArtFolder
+from cosmicman.filtering.person_detectors import HogFacePersonDetector
+from cosmicman.filtering.quality import HpsV2Scorer, OfflineQualityScorer, PyiqaQualityScorer
 from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource
 from cosmicman.simulation.world import SyntheticWorld
 
@@ -23,7 +31,7 @@ def _photo(name: str) -> Image.Image:
     return decode_image(encode_jpeg(Image.fromarray(getattr(skimage.data, name)())))
 
 
-def _side(box: F.Box) -> float:
+def _side(box: Box) -> float:
     return max(box[2] - box[0], box[3] - box[1])
 
 
@@ -34,8 +42,8 @@ FACE_POINT = {"astronaut": (225, 115), "camera": (215, 145)}
 @pytest.mark.parametrize("name, face_px", [("astronaut", 98), ("camera", 124)])
 def test_local_detectors_find_one_person_and_one_face_on_photos(name, face_px):
     img = _photo(name)
-    faces = F.HaarFaceDetector(min_size=20)  # the local chain's detector, shared by both steps
-    people = F.HogFacePersonDetector(faces=faces)
+    faces = HaarFaceDetector(min_size=20)  # the local chain's detector, shared by both steps
+    people = HogFacePersonDetector(faces=faces)
     people.setup()
     found_people, found_faces = people.detect(img), faces.detect(img)
     print(f"{name}: people {found_people}, faces {found_faces}")
@@ -48,19 +56,19 @@ def test_local_detectors_find_one_person_and_one_face_on_photos(name, face_px):
 
 def test_profile_pass_is_what_finds_the_camera_man():
     img = _photo("camera")
-    assert F.HaarFaceDetector(min_size=20, profile_cascade=None).detect(img) == []
-    assert len(F.HaarFaceDetector(min_size=20).detect(img)) == 1
+    assert HaarFaceDetector(min_size=20, profile_cascade=None).detect(img) == []
+    assert len(HaarFaceDetector(min_size=20).detect(img)) == 1
     # the astronaut's frontal face is found first, so the profile pass never runs there
     astronaut = _photo("astronaut")
-    assert F.HaarFaceDetector(min_size=20).detect(astronaut) == \
-        F.HaarFaceDetector(min_size=20, profile_cascade=None).detect(astronaut)
+    assert HaarFaceDetector(min_size=20).detect(astronaut) == \
+        HaarFaceDetector(min_size=20, profile_cascade=None).detect(astronaut)
 
 
 def test_cascades_are_config():
-    with pytest.raises(F.BackendUnavailable, match="no-such-cascade.xml"):
-        F.HaarFaceDetector(cascade="no-such-cascade.xml").setup()
+    with pytest.raises(BackendUnavailable, match="no-such-cascade.xml"):
+        HaarFaceDetector(cascade="no-such-cascade.xml").setup()
     import cv2
-    by_path = F.HaarFaceDetector(cascade=cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml", min_size=20)
+    by_path = HaarFaceDetector(cascade=cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml", min_size=20)
     assert len(by_path.detect(_photo("astronaut"))) == 1
 
 
@@ -90,15 +98,15 @@ def test_humanart_reader_labels_by_tree(tmp_path, scheme):
                 "annotations/training_humanart.json"):
         _write(root, rel, _tiny_jpeg(100))
     for url in (root, root + "/images"):  # the dataset root or its images folder
-        entries = F.HumanArtFolder(url).entries()
+        entries = HumanArtFolder(url).entries()
         got = sorted((e.group, e.scenario, e.label, e.path.rsplit("/", 1)[1]) for e in entries)
         assert got == [("2D_virtual_human", "cartoon", 1, "000000000003.jpg"),
                        ("3D_virtual_human", "sculpture", 1, "000000000004.jpg"),
                        ("real_human", "dance", 0, "000000000001.jpg"),
                        ("real_human", "movie", 0, "000000000002.png")]
-        assert F.HumanArtFolder(url).read_bytes(entries[0]) == _tiny_jpeg(100)
+        assert HumanArtFolder(url).read_bytes(entries[0]) == _tiny_jpeg(100)
     with pytest.raises(FileNotFoundError, match="Human-Art layout"):
-        F.HumanArtFolder(str(tmp_path)).entries()
+        HumanArtFolder(str(tmp_path)).entries()
 
 
 def test_head_trains_from_a_humanart_folder_with_per_group_accuracy(tmp_path):
@@ -111,7 +119,7 @@ def test_head_trains_from_a_humanart_folder_with_per_group_accuracy(tmp_path):
             _write(str(tmp_path), f"images/{group}/{scenario}/{i:012d}.jpg", world.sample(i, case).image_bytes)
             i += 1
     _write(str(tmp_path), "images/real_human/kept/broken.jpg", b"\xff\xd8not a jpeg")
-    head, metrics = F.train_fake_person_head_from_folder(F.HumanArtFolder(str(tmp_path)))
+    head, metrics = train_fake_person_head_from_folder(HumanArtFolder(str(tmp_path)))
     print(f"folder head: {metrics}")
     assert metrics["n_images"] == 32 and metrics["n_fake"] == 16 and metrics["n_unreadable"] == 1
     # stratified: a quarter of every scenario held out (rounded), each reported alone and by group
@@ -131,11 +139,11 @@ def _memory_store() -> Store:
 
 def test_default_head_trains_from_a_synthetic_humanart_folder_written_once(monkeypatch):
     store = _memory_store()
-    filters = FilterResource(fake_head_train_size=40)
+    filters = SimulatedFilterResource(fake_head_train_size=40)
     head_bytes, metrics = filters.train_fake_person_head(store)
     print(f"default head: {metrics}")
     url = metrics["train_url"]
-    folder = F.HumanArtFolder(url)
+    folder = HumanArtFolder(url)
     counts: dict[str, int] = {}
     for e in folder.entries():
         counts[e.stratum] = counts.get(e.stratum, 0) + 1
@@ -159,9 +167,9 @@ def test_production_head_trains_clip_embeddings_from_a_configured_folder():
     with pytest.raises(ValueError, match="fake_head_train_url"):
         FilterResource(backend="production").train_fake_person_head(_memory_store())
     embedder = FilterResource(backend="production", clip_id="/models/eva-clip", device="cuda").embedder()
-    assert isinstance(embedder, F.ClipImageEmbedder)
+    assert isinstance(embedder, ClipImageEmbedder)
     assert (embedder.model_id, embedder.device) == ("/models/eva-clip", "cuda")
-    assert isinstance(FilterResource().embedder(), F.OfflineImageFeatures)
+    assert isinstance(FilterResource().embedder(), OfflineImageFeatures)
 
 
 # ------------------------------------------------------------------------------ quality backends
@@ -170,10 +178,10 @@ def test_production_head_trains_clip_embeddings_from_a_configured_folder():
 def test_quality_packages_missing_say_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyiqa", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "hpsv2", None)
-    with pytest.raises(F.BackendUnavailable, match=r"pip install pyiqa.*torchvision"):
-        F.PyiqaQualityScorer().setup()
-    with pytest.raises(F.BackendUnavailable, match=r"pip install hpsv2.*torchvision"):
-        F.HpsV2Scorer().setup()
+    with pytest.raises(BackendUnavailable, match=r"pip install pyiqa.*torchvision"):
+        PyiqaQualityScorer().setup()
+    with pytest.raises(BackendUnavailable, match=r"pip install hpsv2.*torchvision"):
+        HpsV2Scorer().setup()
 
 
 class FakeLiqe:
@@ -205,7 +213,7 @@ def test_liqe_scorer_calls_pyiqa_and_maps_1_to_5(monkeypatch):
     calls: list = []
     metric = FakeLiqe(3.4)
     _fake_pyiqa(monkeypatch, metric, calls)
-    scorer = F.PyiqaQualityScorer(pretrained_model_path="/weights/liqe_koniq.pt")
+    scorer = PyiqaQualityScorer(pretrained_model_path="/weights/liqe_koniq.pt")
     scorer.setup()
     scorer.setup()  # the metric is built once per worker
     assert calls == [("liqe", False, "cpu", {"pretrained_model_path": "/weights/liqe_koniq.pt"})]
@@ -219,8 +227,8 @@ def test_liqe_scorer_calls_pyiqa_and_maps_1_to_5(monkeypatch):
     for raw, mapped in ((1.0, 0.0), (5.0, 1.0), (5.3, 1.0), (0.7, 0.0)):
         metric.value = raw
         assert scorer.score(img)["quality"] == pytest.approx(mapped)
-    with pytest.raises(F.BackendUnavailable, match=r"liqe_koniq\.pt.*missing\.pt"):
-        F.PyiqaQualityScorer(pretrained_model_path="missing.pt").setup()
+    with pytest.raises(BackendUnavailable, match=r"liqe_koniq\.pt.*missing\.pt"):
+        PyiqaQualityScorer(pretrained_model_path="missing.pt").setup()
 
 
 def test_hpsv2_scorer_calls_hpsv2_with_the_fixed_prompt(monkeypatch):
@@ -233,7 +241,7 @@ def test_hpsv2_scorer_calls_hpsv2_with_the_fixed_prompt(monkeypatch):
 
     module.score = score
     monkeypatch.setitem(sys.modules, "hpsv2", module)
-    scorer = F.HpsV2Scorer()
+    scorer = HpsV2Scorer()
     scorer.setup()
     assert len(calls) == 1  # setup loads the model once by scoring a blank image
     scores = scorer.score(Image.new("L", (64, 128), 90))
@@ -246,20 +254,20 @@ def test_hpsv2_scorer_calls_hpsv2_with_the_fixed_prompt(monkeypatch):
         raise OSError("xswu/HPSv2 not in cache")
 
     module.score = broken
-    with pytest.raises(F.BackendUnavailable, match="HPS v2 checkpoint"):
-        F.HpsV2Scorer().setup()
+    with pytest.raises(BackendUnavailable, match="HPS v2 checkpoint"):
+        HpsV2Scorer().setup()
 
 
 def _store_with_head() -> Store:
     store = _memory_store()
-    head = F.LogisticHead(np.zeros(10, np.float32), -10.0, np.zeros(10, np.float32), np.ones(10, np.float32))
+    head = LogisticHead(np.zeros(10, np.float32), -10.0, np.zeros(10, np.float32), np.ones(10, np.float32))
     store.write_bytes(FAKE_HEAD_KEY, head.to_bytes())
     return store
 
 
 def test_quality_backend_is_config_and_its_scores_are_stored(monkeypatch):
     store = _store_with_head()
-    assert isinstance(FilterResource().chain(store).quality_scorer, F.OfflineQualityScorer)
+    assert isinstance(FilterResource().chain(store).quality_scorer, OfflineQualityScorer)
     hps = FilterResource(quality_backend="hpsv2", hpsv2_prompt="a person", hpsv2_version="v2.0").chain(store)
     assert (hps.quality_scorer.prompt, hps.quality_scorer.hps_version) == ("a person", "v2.0")
     with pytest.raises(ValueError, match="quality_backend"):
@@ -294,7 +302,7 @@ def test_offline_quality_components_mean_what_the_docstring_says():
     """The photos pass with every component in its documented range; each degradation is rejected by
     the component that measures it, at the documented default threshold (min_quality 0.5)."""
     import cv2
-    q = F.OfflineQualityScorer()
+    q = OfflineQualityScorer()
     astronaut = np.asarray(_photo("astronaut"))
     for name in ("astronaut", "camera"):
         s = q.score(_photo(name))

@@ -6,9 +6,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from cosmicman.assets.common import sourcing_batches, table_key
+from cosmicman.assets.common import sourcing_batches
 from cosmicman.assets.filtering import build_filtered_images, fake_person_classifier
+from cosmicman.core.keys import table_key
 from cosmicman.core.store import Store
+from cosmicman.environments.simulated_data import SimulatedFilterResource
 from cosmicman.filtering.batch import (
     BASE_SCHEMA,
     concat_tables,
@@ -17,8 +19,7 @@ from cosmicman.filtering.batch import (
     plan_shards,
     write_filtered_shard,
 )
-from cosmicman.filtering.filters import FilterResult
-from cosmicman.resources.filters import FilterResource
+from cosmicman.filtering.decisions import FilterResult
 from cosmicman.resources.step_outputs import ObjectStoreStepIOManager
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.simulation.world import SyntheticWorld
@@ -73,8 +74,10 @@ def test_shard_keys_follow_rows_and_config_and_a_written_shard_is_skipped(tmp_pa
     store.write_table("raw.parquet", raw)
     shards = plan_shards(raw, "batch-00003", "raw.parquet", 3, "{}", "config-a")
     assert [(s.start, s.rows) for s in shards] == [(0, 3), (3, 3), (6, 1)]
-    assert [s.key for s in shards] == [s.key for s in plan_shards(raw, "batch-00003", "raw.parquet", 3, "{}", "config-a")]
-    assert not {s.key for s in shards} & {s.key for s in plan_shards(raw, "batch-00003", "raw.parquet", 3, "{}", "config-b")}
+    same = plan_shards(raw, "batch-00003", "raw.parquet", 3, "{}", "config-a")
+    other = plan_shards(raw, "batch-00003", "raw.parquet", 3, "{}", "config-b")
+    assert [s.key for s in shards] == [s.key for s in same]
+    assert not {s.key for s in shards} & {s.key for s in other}
 
     assert write_filtered_shard(store, shards[1], ByteChain)
     assert store.read_table(shards[1].key)["sha256"].to_list() == raw["sha256"].to_list()[3:6]
@@ -101,7 +104,7 @@ def batch_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("filter-batch")
     store_url = str(root / "store")
     resources = {"object_store": ObjectStoreResource(url=store_url),
-                 "filters": FilterResource(fake_head_train_size=40)}
+                 "filters": SimulatedFilterResource(fake_head_train_size=40)}
     assert dg.materialize([fake_person_classifier], resources=resources).success
     store = Store(store_url)
     world = SyntheticWorld(seed=11)

@@ -8,23 +8,19 @@ import pytest
 from PIL import Image
 
 from cosmicman.core.imageio import decode_image
-from cosmicman.filtering.filters import (
-    BackendUnavailable,
-    ClipImageEmbedder,
-    FakePersonClassifier,
-    FilterChain,
-    FilterConfig,
-    HaarFaceDetector,
+from cosmicman.filtering.backends import BackendUnavailable
+from cosmicman.filtering.chain import FilterChain, local_chain
+from cosmicman.filtering.decisions import FilterConfig
+from cosmicman.filtering.embedders import ClipImageEmbedder, OfflineImageFeatures
+from cosmicman.filtering.face_detector import HaarFaceDetector
+from cosmicman.filtering.fake_person import FakePersonClassifier, LogisticHead, train_fake_person_head
+from cosmicman.filtering.person_detectors import (
     HogFacePersonDetector,
     HogPersonDetector,
-    LogisticHead,
-    OfflineImageFeatures,
-    OfflineQualityScorer,
     TransformersPersonDetector,
     evaluate_person_detector,
-    local_chain,
-    train_fake_person_head,
 )
+from cosmicman.filtering.quality import OfflineQualityScorer
 from cosmicman.simulation.world import SyntheticWorld
 
 

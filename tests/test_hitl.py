@@ -2,18 +2,20 @@
 import dagster as dg
 import pytest
 
-from cosmicman.annotation.annotation import merge_human_answers
-from cosmicman.annotation.ledger import BASE_ANNOTATOR_KEY, RoundLedger, round_id, round_number
+from cosmicman.annotation.accuracy import merge_human_answers
+from cosmicman.annotation.ledger import RoundLedger, round_id, round_number
+from cosmicman.annotation.rounds import AnnotatorInForce, HitlRules, RoundPlan, RoundResult, close_round
+from cosmicman.core.keys import BASE_ANNOTATOR_KEY
 from cosmicman.core.store import Store
 
 
-def _result(n, *, gain, stop, reason="continue", adopted=True, asked=100, full=2000):
+def _result(ledger, n, *, gain, asked=100, full=2000, max_rounds=3) -> RoundResult:
+    """Round ``n`` planned from the annotator in force and closed by the rules, with ``gain`` on I_e."""
     acc_before = {"a": 0.5, "b": 0.5 + 0.1 * (n - 1)}
-    return {"accuracy_before": acc_before, "accuracy_after": {k: v + gain for k, v in acc_before.items()},
-            "gain": gain, "labels_asked": asked, "full_manual_labels": full, "adopted": adopted,
-            "annotator_in_force": f"probe-r{n}" if adopted else f"probe-r{n - 1}",
-            "annotator_key": f"models/annotator/probe-r{n}.zip", "annotator_round": n,
-            "label_rounds": list(range(1, n + 1)), "stop": stop, "stop_reason": reason}
+    plan = RoundPlan(n, ledger.in_force(before_round=n), acc_before, ("a", "b"), (), full, 0.85)
+    after = AnnotatorInForce(f"probe-r{n}", f"models/annotator/probe-r{n}.zip")
+    accuracy_after = {k: v + gain for k, v in acc_before.items()}
+    return close_round(plan, after, accuracy_after, asked, HitlRules(max_rounds=max_rounds))
 
 
 def test_round_ids_round_trip_and_reject_junk():
@@ -31,16 +33,20 @@ def test_ledger_walks_the_loop(tmp_path):
         ledger.in_force()
     store.write_json(BASE_ANNOTATOR_KEY, {"version": "probe-r0", "key": "models/annotator/probe-r0.zip"})
     assert ledger.in_force().version == "probe-r0" and ledger.in_force().round == 0
-    assert ledger.next_step(max_rounds=3).round == 1
-    ledger.write_plan(1, {"sampled": []})
-    step = ledger.next_step(max_rounds=3)
+    assert ledger.next_step().round == 1
+    first = _result(ledger, 1, gain=0.2)
+    ledger.write_plan(first.plan)
+    step = ledger.next_step()
     assert step.round is None and not step.stopped and "waiting" in step.reason
-    ledger.write_result(1, _result(1, gain=0.2, stop=False))
-    assert ledger.next_step(max_rounds=3).round == 2
+    ledger.write_result(first)
+    assert ledger.result(1) == first and ledger.plan(1) == first.plan  # typed records round-trip
+    assert ledger.next_step().round == 2
     assert ledger.in_force().version == "probe-r1" and ledger.in_force(before_round=1).version == "probe-r0"
-    ledger.write_plan(2, {"sampled": []})
-    ledger.write_result(2, _result(2, gain=-0.01, stop=True, reason="no gain", adopted=False, asked=50))
-    step = ledger.next_step(max_rounds=3)
+    second = _result(ledger, 2, gain=-0.01, asked=50)
+    assert (second.stop, second.stop_reason, second.adopted) == (True, "no gain", False)
+    ledger.write_plan(second.plan)
+    ledger.write_result(second)
+    step = ledger.next_step()
     assert step.round is None and step.stopped and "no gain" in step.reason
     curve = ledger.curve()
     assert [p["round"] for p in curve] == [0, 1, 2]
@@ -52,11 +58,10 @@ def test_ledger_walks_the_loop(tmp_path):
 
 def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
     from cosmicman.jobs import hitl_round_sensor
-    from cosmicman.resources.annotation import AnnotatorResource
     from cosmicman.resources.storage import ObjectStoreResource
 
     store = Store(str(tmp_path / "store"))
-    resources = {"object_store": ObjectStoreResource(url=store.url), "annotation": AnnotatorResource(max_rounds=2)}
+    resources = {"object_store": ObjectStoreResource(url=store.url)}
     ledger = RoundLedger(store)
     with dg.instance_for_test() as instance:
         def tick():
@@ -69,12 +74,15 @@ def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
         (req,) = result.run_requests
         assert (req.partition_key, req.job_name) == ("round-001", "annotation_round_job")
         assert list(result.dynamic_partitions_requests[0].partition_keys) == ["round-001"]
-        ledger.write_plan(1, {})
+        first = _result(ledger, 1, gain=0.1, max_rounds=2)
+        ledger.write_plan(first.plan)
         assert "waiting for its labels" in tick().skip_reason.skip_message
-        ledger.write_result(1, _result(1, gain=0.1, stop=False))
+        ledger.write_result(first)
         assert tick().run_requests[0].partition_key == "round-002"
-        ledger.write_plan(2, {})
-        ledger.write_result(2, _result(2, gain=0.1, stop=False))  # gains, but max_rounds is 2
+        second = _result(ledger, 2, gain=0.1, max_rounds=2)  # gains, but max_rounds is 2
+        assert second.stop_reason == "max rounds (2)"
+        ledger.write_plan(second.plan)
+        ledger.write_result(second)
         (req,) = tick().run_requests
         assert req.job_name == "annotations_job" and req.run_key == "annotate-probe-r2"
 
@@ -91,7 +99,8 @@ def test_merge_human_answers_implies_parents_and_drops_orphans():
 
 
 def test_detail_answers_imply_their_parents_for_free():
-    from cosmicman.annotation.annotation import LabelRecord, implied_labels
+    from cosmicman.annotation.accuracy import implied_labels
+    from cosmicman.annotation.items import LabelRecord
 
     asked = {"a": ["hat_color", "skirt_color"], "b": ["hat_color"], "c": ["hat_color", "hat_exists"]}
     answers = [LabelRecord("a", "hat_color", "red", "human", 3),
@@ -104,7 +113,7 @@ def test_detail_answers_imply_their_parents_for_free():
 
 
 def test_synthetic_pool_knows_its_truth_and_renders_only_what_is_read():
-    from cosmicman.annotation.ledger import synthetic_pool
+    from cosmicman.simulation.people import synthetic_pool
     from cosmicman.simulation.world import SyntheticWorld
 
     pool = synthetic_pool(seed=4, count=50)

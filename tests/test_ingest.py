@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cosmicman.core.keys import FAILED_URLS_KEY, sourcing_staging_prefix
 from cosmicman.core.store import Store
 from cosmicman.sourcing.fetch import FetchConfig
-from cosmicman.sourcing.ingest import FAILED_URLS_KEY, IngestConfig, source_batch, staging_prefix
+from cosmicman.sourcing.ingest import IngestConfig, source_batch
 from cosmicman.sourcing.sources import ParquetSource
 from tests.hostile_files import hostile_files
 from tests.image_server import ImageServer
@@ -29,7 +30,7 @@ FAST_FETCH = FetchConfig(connect_timeout_s=2, read_timeout_s=1.0, retries=1, bac
 def photo_like(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
     """A smooth random scene plus grain: perceptually distinct per seed, photo-like JPEG sizes."""
     rng = np.random.default_rng(seed)
-    low = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    low = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC)
     grain = rng.normal(0, 6, (size[1], size[0], 3))
     return Image.fromarray(np.clip(np.asarray(low, float) + grain, 0, 255).astype(np.uint8))
 
@@ -54,7 +55,7 @@ def server(tmp_path_factory):
         (root / f"p{i:03d}.jpg").write_bytes(jpeg(img))
         if i < 4:  # copies of the first few: re-encoded, and resized to half
             (root / f"p{i:03d}-q60.jpg").write_bytes(jpeg(img, 60))
-            (root / f"p{i:03d}-half.jpg").write_bytes(jpeg(img.resize((240, 180), Image.LANCZOS)))
+            (root / f"p{i:03d}-half.jpg").write_bytes(jpeg(img.resize((240, 180), Image.Resampling.LANCZOS)))
     (root / "png-named.jpg").write_bytes(_png(photo_like(99)))
     for hostile in hostile_files():
         (root / f"hostile-{hostile.name}").write_bytes(hostile.data)
@@ -108,7 +109,7 @@ def test_every_requested_item_is_accounted_for_by_reason(server, tmp_path):
     assert (row["licence"], row["alt_text"], row["width"], row["height"]) == ("cc-by", "alt 5", 480, 360)
     failed = store.read_table(FAILED_URLS_KEY)
     assert dict(Counter(failed["state"].to_list())) == {"pending": 4, "final": 6}  # 5xx / timeout / drop retry
-    assert not store.exists(staging_prefix("batch-00000"))
+    assert not store.exists(sourcing_staging_prefix("batch-00000"))
     again = run(store, "batch-00000", urls, tmp_path)  # a finished batch re-reads its log
     assert again.counts == report.counts and again.blobs_created == 0
 
@@ -165,7 +166,7 @@ def test_sigkill_mid_batch_then_rerun_loses_nothing_and_duplicates_nothing(serve
     cmd = [sys.executable, "-m", "cosmicman.sourcing.ingest", "--parquet", parquet, "--store", str(root),
            "--limit", "100", "--chunk-size", "6", "--max-in-flight", "4", "--workers", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    done_dir = root / staging_prefix("batch-00000") / "done"
+    done_dir = root / sourcing_staging_prefix("batch-00000") / "done"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(done_dir.glob("chunk-*.parquet"))) < 3:
         time.sleep(0.05)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosmicman.annotation.annotation import LabelRecord, ProbeAnnotator
+from cosmicman.annotation.items import LabelRecord
 from cosmicman.annotation.label_studio import (
     LabelStudioBackend,
     LabelStudioError,
@@ -31,6 +31,7 @@ from cosmicman.annotation.label_studio import (
     task_payload,
 )
 from cosmicman.annotation.labelling import LabelTask
+from cosmicman.annotation.probe_annotator import ProbeAnnotator
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.store import Store
 from tests.servers import free_port, wait_until_serving
@@ -96,9 +97,11 @@ def test_export_to_labels_latest_answer_asked_categories_vocabulary_and_hierarch
             ann(15, "2026-01-03T10:00:00Z", cancelled=True)]},
         # t4: answers a category it did not ask (plain) and one no task asked (extra): both ignored
         {"id": 5, "data": {"task_id": "t4"}, "annotations": [ann(16, "2026-01-01T10:00:00Z", (parent, value),
-                                                                 (child, child_a), (plain, plain_a), (extra, by_name[extra].answers[0]))]},
+                                                                 (child, child_a), (plain, plain_a),
+                                                                 (extra, by_name[extra].answers[0]))]},
         # not one of our tasks
-        {"id": 6, "data": {"task_id": "someone-else"}, "annotations": [ann(17, "2026-01-01T10:00:00Z", (parent, value))]},
+        {"id": 6, "data": {"task_id": "someone-else"},
+         "annotations": [ann(17, "2026-01-01T10:00:00Z", (parent, value))]},
         # t5: no annotation at all
         {"id": 7, "data": {"task_id": "t5"}, "annotations": []},
     ]
@@ -119,7 +122,7 @@ def test_export_to_labels_latest_answer_asked_categories_vocabulary_and_hierarch
     # without our task list, the task data says what was asked
     data_export = [{**row, "data": {**row["data"], "image_sha256": "shaX", "categories": [parent]}} for row in export]
     labels, _ = labels_from_export(data_export, 1, None, protocol)
-    assert {(l.category, l.round, l.source) for l in labels} == {(parent, 1, "human")}
+    assert {(lab.category, lab.round, lab.source) for lab in labels} == {(parent, 1, "human")}
 
 
 def test_task_payload_and_round_protocol():
@@ -318,7 +321,8 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
     # the image is a URL the server serves (no base64), byte for byte
     image_url = ls_tasks[tasks[0].task_id].data["image"]
     assert image_url.startswith("/data/local-files/?d=")
-    req = urllib.request.Request(label_studio["url"] + image_url, headers={"Authorization": f"Token {label_studio['token']}"})
+    req = urllib.request.Request(label_studio["url"] + image_url,
+                                 headers={"Authorization": f"Token {label_studio['token']}"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.read() == images[tasks[0].image_sha256]
 
@@ -328,7 +332,8 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
     # --- the annotator, through the SDK: choices results answered from the synthetic truth
     def answer(task: LabelTask, extra=(), overrides=None, cancelled=False):
         attrs = {**truth[task.image_sha256], **(overrides or {})}
-        result = [choice_result(c, attrs[c]) for c in task.categories if c in attrs] + [choice_result(c, a) for c, a in extra]
+        result = [choice_result(c, attrs[c]) for c in task.categories if c in attrs] + \
+            [choice_result(c, a) for c, a in extra]
         return ls.annotations.create(id=ls_tasks[task.task_id].id, result=[] if cancelled else result,
                                      was_cancelled=cancelled, lead_time=3.5)
 
@@ -349,7 +354,7 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
 
         assert "2 of 6 tasks still unlabelled" in sensor().skip_reason.skip_message
         labels, pending = backend.collect("round-001", 1)
-        assert pending == 2 and {l.image_sha256 for l in labels} == {t[i].image_sha256 for i in (1, 2, 3, 4)}
+        assert pending == 2 and {lab.image_sha256 for lab in labels} == {t[i].image_sha256 for i in (1, 2, 3, 4)}
 
         answer(t[5], extra=[(plain, by_name[plain].answers[0])])      # plain was not asked of t[5]: ignored
         answer(t[0])                                                    # the annotator comes back to the skipped one
@@ -367,7 +372,8 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
             if c in attrs:  # the truth has the child only where the parent allows it
                 expected.append(LabelRecord(task.image_sha256, c, attrs[c], "human", 1))
     assert labels == expected
-    assert sum(l.category == child for l in labels) == 3 and all(l.source == "human" and l.round == 1 for l in labels)
+    assert sum(lab.category == child for lab in labels) == 3
+    assert all(lab.source == "human" and lab.round == 1 for lab in labels)
 
     backend.close_round("round-001")
     assert backend.open_round_status() is None

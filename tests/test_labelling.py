@@ -1,9 +1,10 @@
 import json
 import os
 
-from cosmicman.annotation.annotation import SimulatedOracle
-from cosmicman.annotation.labelling import FileInbox, LabelTask, SimulatedOracleInbox
+from cosmicman.annotation.labelling import FileInbox, LabelTask
 from cosmicman.core.store import Store
+from cosmicman.simulation.oracle import SimulatedOracle
+from cosmicman.simulation.oracle_inbox import SimulatedOracleInbox
 
 
 def _store():
@@ -22,7 +23,8 @@ def test_inbox_round_waits_for_human_answers_then_collects_only_asked_categories
         {"task_id": "t1", "image_sha256": "sha1", "answers": {"gender": "woman", "age": "adult"}}) + "\n").encode())
     labels, pending = inbox.collect("round-001", 1)
     assert pending == 1
-    assert [(l.image_sha256, l.category, l.answer, l.source) for l in labels] == [("sha1", "gender", "woman", "human")]
+    got = [(lab.image_sha256, lab.category, lab.answer, lab.source) for lab in labels]
+    assert got == [("sha1", "gender", "woman", "human")]
     store.write_bytes("labelling/round-001/answers/bob.jsonl", (json.dumps(
         {"task_id": "t2", "image_sha256": "sha2", "answers": {"gender": "man"}}) + "\n").encode())
     assert inbox.open_round_status().pending == 0
@@ -38,8 +40,8 @@ def test_oracle_inbox_answers_at_once_with_its_error_rate():
     labels, pending = inbox.collect("round-001", 1)
     assert pending == 0
     # hat_color does not apply (no hat), so only gender is answered
-    assert {l.category for l in labels} == {"gender"} and len(labels) == 400
-    wrong = sum(l.answer != "woman" for l in labels) / len(labels)
+    assert {lab.category for lab in labels} == {"gender"} and len(labels) == 400
+    wrong = sum(lab.answer != "woman" for lab in labels) / len(labels)
     assert 0.06 < wrong < 0.14
 
 

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
+from cosmicman.datasets.layout import shard_urls
 from cosmicman.datasets.lineage import dataset_of_shards, lineage
-from cosmicman.datasets.version import shard_urls, write_dataset_version
+from cosmicman.datasets.version import write_dataset_version
 from tests.test_dataset_version import make_samples
 
 

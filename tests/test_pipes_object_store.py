@@ -32,7 +32,7 @@ def test_trainjob_rank0_reports_through_object_store(tmp_path):
         env = {**_env(), **{e["name"]: e["value"] for e in body["spec"]["trainer"]["env"]}, "OMP_NUM_THREADS": "1"}
         pods.append(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                       "--nproc_per_node=2", "-m", "cosmicman.model.train"], cwd=REPO, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(tmp_path / "pod.log", "w")))
+                                     stdout=subprocess.DEVNULL, stderr=pod_log))
 
     def get(*_args):
         code = pods[0].poll()
@@ -49,12 +49,13 @@ def test_trainjob_rank0_reports_through_object_store(tmp_path):
     def daring_unet(context: dg.AssetExecutionContext, training_launcher: TrainJobLauncher):
         return training_launcher.launch(context, config, custom_api=custom, core_api=core)
 
-    try:
-        result = dg.materialize([daring_unet], resources={"training_launcher": launcher})
-    finally:
-        for p in pods:
-            if p.poll() is None:
-                p.kill()
+    with open(tmp_path / "pod.log", "w") as pod_log:
+        try:
+            result = dg.materialize([daring_unet], resources={"training_launcher": launcher})
+        finally:
+            for p in pods:
+                if p.poll() is None:
+                    p.kill()
     assert result.success, (tmp_path / "pod.log").read_text()[-3000:]
     md = {k: v.value for k, v in result.asset_materializations_for_node("daring_unet")[0].metadata.items()}
     assert md["steps"] == 2 and md["output_url"] == str(out) and 0.0 < md["attention_in_mask"] < 1.0

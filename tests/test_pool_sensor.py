@@ -3,11 +3,12 @@ import os
 import dagster as dg
 import pytest
 
+from cosmicman.core.keys import POOL_MARKERS_PREFIX
 from cosmicman.core.store import Store
+from cosmicman.environments.simulated_data import SimulatedSourcingResource
 from cosmicman.jobs import pool_threshold_sensor
-from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.sourcing.pool import BATCH_MARKERS_PREFIX, PoolStats, decide_sourcing, read_pool_stats, record_batch
+from cosmicman.sourcing.pool import PoolStats, decide_sourcing, read_pool_stats, record_batch
 
 
 def test_decision_under_threshold_adds_the_next_batch():
@@ -36,7 +37,7 @@ def test_re_recording_a_batch_replaces_its_counts_and_leaves_one_marker(tmp_path
     record_batch(store, "batch-00001", raw=40, kept=20)
     stats = record_batch(store, "batch-00000", raw=44, kept=30)  # re-filtered with another config
     assert (stats.batches, stats.raw, stats.kept) == (frozenset({"batch-00000", "batch-00001"}), 84, 50)
-    assert len(store.list(BATCH_MARKERS_PREFIX)) == 2
+    assert len(store.list(POOL_MARKERS_PREFIX)) == 2
 
 
 def test_pool_stats_are_one_listing_without_reading_any_file(tmp_path, monkeypatch):
@@ -55,7 +56,7 @@ def test_pool_stats_are_one_listing_without_reading_any_file(tmp_path, monkeypat
 def sensor_env(tmp_path):
     store_url = str(tmp_path / "store")
     resources = {"object_store": ObjectStoreResource(url=store_url),
-                 "sourcing": SourcingResource(pool_threshold=40)}
+                 "sourcing": SimulatedSourcingResource(pool_threshold=40)}
     with dg.instance_for_test() as instance:
         yield instance, resources, Store(store_url)
 

@@ -7,7 +7,8 @@ from webdataset import TarWriter
 
 from cosmicman.model.activations import MPSiLU
 from cosmicman.model.generate import generate, load_pipeline
-from cosmicman.model.train import TrainConfig, train
+from cosmicman.model.train.config import TrainConfig
+from cosmicman.model.train.loop import train
 
 
 @pytest.fixture(scope="module")

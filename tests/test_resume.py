@@ -16,15 +16,16 @@ PYTHON = sys.executable
 # runs the trainer but stalls right after the step-8 checkpoint is complete, so the kill lands mid-run
 KILL_WRAPPER = """
 import sys, time
-import cosmicman.model.train as T
-orig = T.save_checkpoint
+import cosmicman.model.train.resume as R
+from cosmicman.model.train.__main__ import main
+orig = R.save_checkpoint
 def save(root, step, *args, **kwargs):
     out = orig(root, step, *args, **kwargs)
     if step == 8:
         time.sleep(600)
     return out
-T.save_checkpoint = save
-sys.exit(T.main(["--config", sys.argv[1]]))
+R.save_checkpoint = save
+sys.exit(main(["--config", sys.argv[1]]))
 """
 
 
@@ -41,7 +42,9 @@ def _raw_unet(ckpt_dir: Path):
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from cosmicman.model.train import TrainConfig, list_checkpoints, train
+    from cosmicman.model.checkpoints import list_checkpoints
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
 
     urls = write_shards(tmp_path / "shards", n_shards=2, per_shard=5)  # 10 samples: 12 steps span epochs
     out_a, out_b = tmp_path / "a", tmp_path / "b"

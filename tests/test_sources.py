@@ -1,13 +1,17 @@
 import json
 import os
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cosmicman.core.keys import raw_table_key, synthetic_truth_key, truth_mask_key
 from cosmicman.core.store import Store
+from cosmicman.simulation.source import SyntheticSource
 from cosmicman.simulation.world import SyntheticWorld
-from cosmicman.sourcing.sources import FolderSource, ParquetSource, SyntheticSource
+from cosmicman.sourcing.ingest import IngestConfig, source_batch
+from cosmicman.sourcing.sources import FolderSource, ParquetSource, SourceItem
 
 
 def _store() -> Store:
@@ -112,3 +116,24 @@ def test_synthetic_items_render_to_the_worlds_samples():
     assert sample.image_bytes == world.sample(6, world.case_of(6, 0.3)).image_bytes
     with pytest.raises(ValueError, match="not an item of synthetic world 4"):
         SyntheticSource(seed=4).render(items[0])
+
+
+def test_ingest_keeps_the_synthetic_truth_beside_the_pool_and_none_for_other_sources(folder):
+    store = _store()
+    synthetic = SyntheticSource(seed=3, negative_fraction=0.5)
+    report = source_batch(store, "batch-00000", 0, [(synthetic, 8), (FolderSource(str(folder)), 4)],
+                          IngestConfig(workers=0))
+    stored = report.raw.filter(pl.col("source") == "synthetic")
+    truth = store.read_table(synthetic_truth_key("batch-00000"))
+    assert sorted(truth["sha256"]) == sorted(stored["sha256"]) and len(truth) > 0  # folder images have no truth
+    with_mask = truth.filter(pl.col("mask_key").is_not_null())
+    assert all(store.exists(truth_mask_key(sha)) for sha in with_mask["sha256"])
+    # the hook is idempotent: a batch killed while finishing records the same truth again
+    synthetic.record_stored("batch-00000", [(SourceItem("synthetic", r["source_id"], r["url"]), r["sha256"])
+                                            for r in stored.iter_rows(named=True)], store)
+    assert store.read_table(synthetic_truth_key("batch-00000")).equals(truth)
+
+    real = _store()
+    source_batch(real, "batch-00000", 0, [(FolderSource(str(folder)), 4)], IngestConfig(workers=0))
+    assert not real.exists(synthetic_truth_key("batch-00000")) and real.list("truth") == []
+    assert len(real.read_table(raw_table_key("batch-00000"))) == 3  # sub/copy.jpg is a duplicate of p0.jpg

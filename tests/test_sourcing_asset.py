@@ -50,7 +50,7 @@ def test_raw_images_sources_a_url_list_and_web_apis_with_keys_from_the_environme
         monkeypatch.setenv("FLICKR_API_KEY", apis.flickr_key)
         monkeypatch.setenv("UNSPLASH_ACCESS_KEY", apis.unsplash_key)
         sourcing = SourcingResource(
-            synthetic=False, parquet_url=str(tmp_path / "list.parquet"), parquet_batch_size=3, api_terms=[TERM],
+            parquet_url=str(tmp_path / "list.parquet"), parquet_batch_size=3, api_terms=[TERM],
             flickr_api_key=dg.EnvVar("FLICKR_API_KEY"), flickr_batch_size=4, flickr_licences=[],
             flickr_base_url=apis.flickr.base_url, unsplash_access_key=dg.EnvVar("UNSPLASH_ACCESS_KEY"),
             unsplash_batch_size=4, unsplash_base_url=apis.unsplash.base_url, workers=0)

@@ -3,7 +3,8 @@ import os
 import polars as pl
 import pytest
 
-from cosmicman.core.store import Store, blob_key
+from cosmicman.core.keys import blob_key
+from cosmicman.core.store import Store
 
 
 @pytest.fixture(params=["memory", "local"])

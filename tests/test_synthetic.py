@@ -10,9 +10,13 @@ import pytest
 
 from cosmicman.core.imageio import ImageDecodeError, decode_image
 from cosmicman.core.protocol import load_protocol
-from cosmicman.simulation.world import CASES, COLORS, KEYPOINT_NAMES, NECKLACE, STOCKINGS, SyntheticWorld
+from cosmicman.simulation.cases import CASES
+from cosmicman.simulation.palette import COLORS, NECKLACE, STOCKINGS
+from cosmicman.simulation.person_renderer import KEYPOINT_NAMES
+from cosmicman.simulation.world import SyntheticWorld
 
-GARMENT_LABEL = {"hat": 1, "sunglasses": 3, "top": 4, "skirt": 5, "pants": 6, "dress": 7, "belt": 8, "bag": 16, "scarf": 17}
+GARMENT_LABEL = {"hat": 1, "sunglasses": 3, "top": 4, "skirt": 5, "pants": 6, "dress": 7, "belt": 8, "bag": 16,
+                 "scarf": 17}
 ATR_PARTS = ("Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Left-shoe",
              "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf")
 # The 30 categories added to the first 40, each with the ATR labels its pixels carry.

@@ -22,7 +22,8 @@ def _base(urls, out, **kw):
 
 def test_bucketed_training_resumes_exactly(tmp_path, mixed_urls):
     from cosmicman.model.checkpoints import list_checkpoints
-    from cosmicman.model.train import TrainConfig, train
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
 
     kw = dict(buckets=True, bucket_step=8, checkpoint_url=str(tmp_path / "ckpt"))
     full = train(TrainConfig.from_dict(_base(mixed_urls, tmp_path / "full", steps=10, buckets=True,
@@ -46,7 +47,8 @@ def test_bucketed_training_resumes_exactly(tmp_path, mixed_urls):
 def test_latent_cache_matches_uncached_and_is_reused(tmp_path):
     import fsspec
 
-    from cosmicman.model.train import TrainConfig, train
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
 
     urls = write_shards(tmp_path / "shards", n_shards=2, per_shard=4)
     cache = "memory://cosmicman-cache-test/cache"
@@ -78,7 +80,8 @@ def test_latent_cache_matches_uncached_and_is_reused(tmp_path):
 def test_sdxl_tiny_trains_and_loads_in_the_sdxl_pipeline(tmp_path, mixed_urls):
     from diffusers import StableDiffusionXLPipeline
 
-    from cosmicman.model.train import TrainConfig, train
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
 
     out = tmp_path / "sdxl"
     rec = train(TrainConfig.from_dict(_base(mixed_urls, out, steps=3, family="sdxl", act_fn="mish",

@@ -1,4 +1,5 @@
 """The README's UI command serves the asset graph: headless Chromium finds the asset names on the page."""
+import contextlib
 import os
 import shutil
 import signal
@@ -33,7 +34,8 @@ def test_dagster_ui_shows_the_asset_graph(tmp_path):
             page = subprocess.run(
                 [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1600,4000",  # the catalog renders only visible rows
+                 # the catalog renders only visible rows: a tall window shows them all
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1600,4000",
                  "--virtual-time-budget=20000", "--dump-dom",
                  f"{url}/assets"], capture_output=True, text=True, timeout=120)
             found = page.stdout
@@ -45,12 +47,9 @@ def test_dagster_ui_shows_the_asset_graph(tmp_path):
             assert name in found, f"{name} not on the assets page"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # the webserver, daemon and code servers must not outlive the test
+        # the webserver, daemon and code servers must not outlive the test
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from cosmicman.annotation.annotation import Annotator, LabelRecord
-from cosmicman.annotation.vlm import VLMAnnotator, VLMWeightsUnavailableError, build_tiny_vlm
+from cosmicman.annotation.annotator import Annotator
+from cosmicman.annotation.items import LabelRecord
+from cosmicman.annotation.vlm_annotator import VLMAnnotator, build_tiny_vlm
+from cosmicman.annotation.vlm_lora import VLMWeightsUnavailableError
 from cosmicman.core.imageio import decode_image, sha256_hex
 from cosmicman.core.protocol import load_protocol
 from cosmicman.simulation.world import SyntheticWorld
@@ -275,7 +277,7 @@ def test_save_load_round_trip(run, people, tmp_path):
 
 def test_the_pipeline_loads_and_fine_tunes_it_like_the_probe(run, people, labels):
     """The assets load annotators through load_annotator and fine-tune through the annotator resource."""
-    from cosmicman.annotation.annotation import load_annotator
+    from cosmicman.annotation.annotator import load_annotator
     from cosmicman.resources.annotation import AnnotatorResource
 
     new, images = run["new"], people[1]
@@ -286,7 +288,7 @@ def test_the_pipeline_loads_and_fine_tunes_it_like_the_probe(run, people, labels
     tuned = resource.finetune(new, labels, run["image_map"], round=2)
     assert tuned.round == 2 and tuned.lineage[-1] == new.version
     with pytest.raises(ValueError, match="needs vlm_model"):
-        AnnotatorResource(kind="vlm").base_annotator([], [])
+        AnnotatorResource(kind="vlm").base_annotator()
 
 
 # --------------------------------------------------------------------------------------------------

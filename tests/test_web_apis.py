@@ -6,20 +6,16 @@ import traceback
 import pytest
 
 from cosmicman.core.store import Store
+from cosmicman.sourcing.api_client import ApiError, ApiKeyRejected, WebApiClient
+from cosmicman.sourcing.api_source import ApiSource
+from cosmicman.sourcing.flickr import FlickrClient
+from cosmicman.sourcing.pixabay import PixabayClient
 from cosmicman.sourcing.rate_limit import (
     RateLimit,
     RateLimitExhausted,
     SlidingWindowLimiter,
 )
-from cosmicman.sourcing.web_apis import (
-    ApiError,
-    ApiKeyRejected,
-    ApiSource,
-    FlickrClient,
-    PixabayClient,
-    UnsplashClient,
-    WebApiClient,
-)
+from cosmicman.sourcing.unsplash import UnsplashClient
 from tests.fake_apis import FakeApi, FakeApiServer, FakeClock
 from tests.servers import free_port
 

@@ -40,14 +40,16 @@ import posixpath
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import fsspec
 
-from cosmicman.annotation.annotation import LabelRecord
+from cosmicman.annotation.items import LabelRecord
 from cosmicman.annotation.label_studio_config import label_studio_config
-from cosmicman.annotation.labelling import LABELLING_PREFIX, LabelTask, RoundStatus
+from cosmicman.annotation.labelling import LabelTask, RoundStatus
+from cosmicman.core.keys import LABELLING_PREFIX, labelling_key
 from cosmicman.core.protocol import Category, Protocol, load_protocol
 from cosmicman.core.store import Store
 
@@ -93,7 +95,7 @@ def choices_of(result: Iterable[Mapping[str, Any]], protocol: Protocol) -> dict[
     for item in result or ():
         if item.get("type") != "choices":
             continue
-        cat = by_name.get(item.get("from_name"))
+        cat = by_name.get(str(item.get("from_name")))
         picked = (item.get("value") or {}).get("choices") or []
         if cat is None or len(picked) != 1 or str(picked[0]) not in cat.answers:
             continue
@@ -227,6 +229,13 @@ class LabelStudioBackend:
         self.protocol = protocol or load_protocol()
         self._client = None
 
+    def can_label(self, sha256: str) -> bool:
+        return True
+
+    def applicable_category_count(self, shas: Sequence[str]) -> int:
+        """Every category per image: an upper bound (which ones apply is what people would find out)."""
+        return len(shas) * len(self.protocol.categories)
+
     # -- the server -------------------------------------------------------------------------------
     @property
     def client(self):
@@ -319,7 +328,7 @@ class LabelStudioBackend:
 
     # -- the round record in the store --------------------------------------------------------------
     def _key(self, round_id: str, name: str) -> str:
-        return f"{LABELLING_PREFIX}/{round_id}/{name}"
+        return labelling_key(round_id, name)
 
     def _pointer(self, round_id: str) -> dict[str, Any] | None:
         key = self._key(round_id, POINTER)
@@ -367,7 +376,7 @@ class LabelStudioBackend:
         config = label_studio_config(protocol)
         description = json.dumps({"cosmicman_round": round_id, "round": int(round_number),
                                    "store": self.store.url}, sort_keys=True)
-        project_id = pointer.get("project_id") if pointer else None
+        project_id: Any = pointer.get("project_id") if pointer else None
         resumed = project_id is not None
         if resumed:
             project = self._call(f"get project {project_id}", lambda: self.client.projects.get(int(project_id)))
@@ -385,14 +394,15 @@ class LabelStudioBackend:
                 "tasks": len(tasks), "created_at": datetime.now(UTC).isoformat()})
         if storage_dir is not None:
             self._grant_local_files(int(project_id), storage_dir)
-        present = {str((row.get("data") or {}).get("task_id")) for row in self._export(project_id)} if resumed else set()
+        present = {str((row.get("data") or {}).get("task_id")) for row in self._export(project_id)} \
+            if resumed else set()
         todo = [task_payload(t, u, round_id, round_number, protocol)
                 for t, u in zip(tasks, urls) if t.task_id not in present]
         for start in range(0, len(todo), self.import_chunk_size):
             chunk = todo[start:start + self.import_chunk_size]
             resp = self._call(f"import of tasks {start}..{start + len(chunk) - 1} into project {project_id}",
-                              lambda chunk=chunk: self.client.projects.import_tasks(
-                                  int(project_id), request=chunk, return_task_ids=True))
+                              partial(self.client.projects.import_tasks, int(project_id), request=chunk,
+                                      return_task_ids=True))
             got = getattr(resp, "task_count", None)
             if got is not None and int(got) != len(chunk):
                 raise LabelStudioError(f"Label Studio at {self.url}: project {project_id} took {got} of "
@@ -401,7 +411,8 @@ class LabelStudioBackend:
             "url": self.url, "project_id": int(project_id), "round_id": round_id, "round": int(round_number),
             "tasks": len(tasks), "created_at": (pointer or {}).get("created_at")
             or datetime.now(UTC).isoformat()})
-        log.info("%s: %d tasks in Label Studio project %s (%d imported now)", round_id, len(tasks), project_id, len(todo))
+        log.info("%s: %d tasks in Label Studio project %s (%d imported now)", round_id, len(tasks), project_id,
+                 len(todo))
 
     def _grant_local_files(self, project_id: int, folder: str) -> None:
         storages = self._call(f"list local storages of project {project_id}",
@@ -419,7 +430,8 @@ class LabelStudioBackend:
     def collect(self, round_id: str, round_number: int) -> tuple[list[LabelRecord], int]:
         pointer = self._pointer(round_id)
         if pointer is None:
-            raise LabelStudioError(f"{round_id} was never submitted to Label Studio (no {self._key(round_id, POINTER)})")
+            raise LabelStudioError(
+                f"{round_id} was never submitted to Label Studio (no {self._key(round_id, POINTER)})")
         tasks = self.tasks(round_id)
         labels, answered = labels_from_export(self._export(pointer.get("project_id")), round_number, tasks,
                                               self.protocol)
@@ -444,7 +456,8 @@ class LabelStudioBackend:
 
     def close_round(self, round_id: str) -> None:
         pointer = self._pointer(round_id) or {}
-        self.store.write_json(self._key(round_id, COLLECTED), {"round": round_id, "project_id": pointer.get("project_id"),
+        self.store.write_json(self._key(round_id, COLLECTED), {"round": round_id,
+                                                               "project_id": pointer.get("project_id"),
                                                                "collected_at": datetime.now(UTC).isoformat()})
         project_id = pointer.get("project_id")
         if project_id is None:

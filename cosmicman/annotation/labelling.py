@@ -4,8 +4,8 @@ A round is a set of tasks (one image, the categories humans must answer for it).
 writes ``labelling/<round>/tasks.jsonl``; a human (or a tool) drops answer files into
 ``labelling/<round>/answers/`` with one JSON line per finished task:
 ``{"task_id": ..., "image_sha256": ..., "answers": {"hat_color": "red", ...}}`` (categories that do
-not apply to the image are left out, as the hierarchy says). The simulated oracle is the same inbox
-whose human answers at once from the synthetic ground truth.
+not apply to the image are left out, as the hierarchy says). Every backend honours
+:class:`LabellingBackend` exactly (the simulated labeller of the local environment too).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from cosmicman.annotation.annotation import LabelRecord, SimulatedOracle
+from cosmicman.annotation.items import LabelRecord, LabelSource
+from cosmicman.core.keys import LABELLING_PREFIX, labelling_key
+from cosmicman.core.protocol import load_protocol
 from cosmicman.core.store import Store
-
-LABELLING_PREFIX = "labelling"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,14 @@ class RoundStatus:
 
 
 class LabellingBackend(Protocol):
+    def can_label(self, sha256: str) -> bool:
+        """Whether this backend can get an image labelled (a round samples only those)."""
+        ...
+
+    def applicable_category_count(self, shas: Sequence[str]) -> int:
+        """The questions a full manual pass over these images would ask (the cost a round is compared to)."""
+        ...
+
     def submit(self, round_id: str, round_number: int, tasks: Sequence[LabelTask]) -> None: ...
 
     def collect(self, round_id: str, round_number: int) -> tuple[list[LabelRecord], int]: ...
@@ -53,23 +61,30 @@ class LabellingBackend(Protocol):
     def close_round(self, round_id: str) -> None: ...
 
 
-def _jsonl(rows: Sequence[Mapping]) -> bytes:
+def jsonl_bytes(rows: Sequence[Mapping]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
 
 
 class FileInbox:
     """Tasks and answers as JSON-lines files under the object store (any fsspec filesystem)."""
 
-    source = "human"
+    source: LabelSource = "human"
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def _key(self, round_id: str, name: str) -> str:
-        return f"{LABELLING_PREFIX}/{round_id}/{name}"
+        return labelling_key(round_id, name)
+
+    def can_label(self, sha256: str) -> bool:
+        return True
+
+    def applicable_category_count(self, shas: Sequence[str]) -> int:
+        """Every category per image: an upper bound (which ones apply is what people would find out)."""
+        return len(shas) * len(load_protocol().categories)
 
     def submit(self, round_id: str, round_number: int, tasks: Sequence[LabelTask]) -> None:
-        self.store.write_bytes(self._key(round_id, "tasks.jsonl"), _jsonl([asdict(t) for t in tasks]))
+        self.store.write_bytes(self._key(round_id, "tasks.jsonl"), jsonl_bytes([asdict(t) for t in tasks]))
 
     def tasks(self, round_id: str) -> list[LabelTask]:
         raw = self.store.read_bytes(self._key(round_id, "tasks.jsonl")).decode()
@@ -113,31 +128,3 @@ class FileInbox:
 
     def close_round(self, round_id: str) -> None:
         self.store.write_json(self._key(round_id, "collected.json"), {"round": round_id})
-
-
-class SimulatedOracleInbox(FileInbox):
-    """The file inbox with a simulated human who answers every task at submission, from ground truth."""
-
-    source = "oracle"
-
-    def __init__(self, store: Store, truth: Mapping[str, Mapping[str, str]], oracle: SimulatedOracle) -> None:
-        super().__init__(store)
-        self.truth = truth
-        self.oracle = oracle
-
-    def can_label(self, sha256: str) -> bool:
-        return sha256 in self.truth
-
-    def submit(self, round_id: str, round_number: int, tasks: Sequence[LabelTask]) -> None:
-        missing = [t.image_sha256 for t in tasks if t.image_sha256 not in self.truth]
-        if missing:
-            raise ValueError(f"the simulated oracle has no ground truth for {len(missing)} images, e.g. {missing[0]}")
-        super().submit(round_id, round_number, tasks)
-        rows = []
-        for t in tasks:
-            attrs = self.truth[t.image_sha256]
-            answers = {c: a for c in t.categories
-                       if (a := self.oracle.answer(t.image_sha256, attrs, c, round_number)) is not None}
-            rows.append({"task_id": t.task_id, "image_sha256": t.image_sha256, "answers": answers,
-                         "annotator": "simulated-oracle"})
-        self.store.write_bytes(self._key(round_id, "answers/oracle.jsonl"), _jsonl(rows))

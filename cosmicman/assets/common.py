@@ -1,4 +1,4 @@
-"""Small helpers the assets share: partitions, progress logging, table keys, image-grid metadata."""
+"""Small helpers the assets share: partitions, progress logging, image-grid metadata."""
 
 import base64
 import hashlib
@@ -16,10 +16,6 @@ sourcing_batches = dg.DynamicPartitionsDefinition(name="sourcing_batches")
 def content_digest(items: Iterable[str]) -> str:
     """Order-independent digest of a set of ids: the data version of a table keyed by them."""
     return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
-
-
-def table_key(asset: str, partition: str | None = None) -> str:
-    return f"tables/{asset}/{partition}.parquet" if partition else f"tables/{asset}.parquet"
 
 
 class Progress:

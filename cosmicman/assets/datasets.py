@@ -6,32 +6,27 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from cosmicman.assets.common import content_digest, table_key
+from cosmicman.assets.common import content_digest
+from cosmicman.core.keys import LATEST_DATASET_KEY, dataset_version_prefix, table_key, table_prefix
+from cosmicman.core.masks import read_mask
 from cosmicman.core.store import Store
+from cosmicman.datasets.diff import diff_versions
+from cosmicman.datasets.layout import DATACARD, list_versions, next_version_name, read_manifest, read_stats
 from cosmicman.datasets.lineage import dataset_lineage
-from cosmicman.datasets.version import (
-    DatasetSample,
-    diff_versions,
-    list_versions,
-    next_version_name,
-    read_manifest,
-    read_stats,
-    verify_shards,
-    write_dataset_version,
-)
+from cosmicman.datasets.samples import DatasetSample
+from cosmicman.datasets.shards import verify_shards
+from cosmicman.datasets.version import write_dataset_version
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.simulation.truth import read_mask
-
-LATEST_KEY = "datasets/cosmicman-hq/latest.json"
 
 
 def _joined_pool(store: Store) -> pl.DataFrame:
-    filtered = pl.concat([df.filter(pl.col("decision") == "kept") for _, df in store.iter_tables("tables/filtered_images")],
-                         how="diagonal_relaxed")
+    filtered = pl.concat([df.filter(pl.col("decision") == "kept")
+                          for _, df in store.iter_tables(table_prefix("filtered_images"))], how="diagonal_relaxed")
     if "filter_config" not in filtered.columns:  # batches filtered before the config was recorded
         filtered = filtered.with_columns(pl.lit(None, dtype=pl.String).alias("filter_config"))
-    raw = pl.concat([df for _, df in store.iter_tables("tables/raw_images")]).select("sha256", "source", "source_id", "licence")
-    parsing = pl.concat([df for _, df in store.iter_tables("tables/human_parsing")])
+    raw = (pl.concat([df for _, df in store.iter_tables(table_prefix("raw_images"))])
+           .select("sha256", "source", "source_id", "licence"))
+    parsing = pl.concat([df for _, df in store.iter_tables(table_prefix("human_parsing"))])
     return (filtered.select("sha256", "blob_key", "ext", "batch", "decision", "filter_config")
             .join(raw, on="sha256").join(parsing.select("sha256", "mask_key", "parser_version"), on="sha256")
             .join(store.read_table(table_key("annotations")), on="sha256")
@@ -55,7 +50,7 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
     if pool.is_empty():
         raise dg.Failure("no kept, parsed, captioned image in the pool: nothing to version")
     fingerprint = _fingerprint(pool)
-    latest = store.read_json(LATEST_KEY) if store.exists(LATEST_KEY) else None
+    latest = store.read_json(LATEST_DATASET_KEY) if store.exists(LATEST_DATASET_KEY) else None
     changes = None
     if latest and latest["fingerprint"] == fingerprint:
         version, reused = latest["version"], True
@@ -77,7 +72,7 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
         write_dataset_version(store.url, version, samples, samples_per_shard=64,
                               created_at=datetime.now(UTC).isoformat(),
                               storage_options=store.storage_options)
-        store.write_json(LATEST_KEY, {"version": version, "fingerprint": fingerprint})
+        store.write_json(LATEST_DATASET_KEY, {"version": version, "fingerprint": fingerprint})
         reused = False
         if previous:
             changes = diff_versions(store.url, previous, version, store.storage_options).counts()
@@ -91,8 +86,9 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
                   # added / removed / relabelled samples against the version before it (none for the first)
                   "changes": dg.MetadataValue.json(changes or {}),
                   "lineage": dg.MetadataValue.json(dataset_lineage(store.url, version, store.storage_options)),
-                  "url": dg.MetadataValue.path(store.uri(f"datasets/cosmicman-hq/{version}")),
-                  "datacard": dg.MetadataValue.md(store.read_bytes(f"datasets/cosmicman-hq/{version}/DATACARD.md").decode())},
+                  "url": dg.MetadataValue.path(store.uri(dataset_version_prefix(version))),
+                  "datacard": dg.MetadataValue.md(
+                      store.read_bytes(f"{dataset_version_prefix(version)}/{DATACARD}").decode())},
         data_version=dg.DataVersion(f"{version}-{fingerprint}"),
         check_results=[dg.AssetCheckResult(check_name="shards_match_manifest", passed=not problems,
                                            metadata={"problems": dg.MetadataValue.json(problems)})])

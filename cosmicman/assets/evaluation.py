@@ -3,19 +3,18 @@
 import math
 
 import dagster as dg
-import numpy as np
 
-from cosmicman.annotation.annotation import load_annotator
+from cosmicman.annotation.annotator import load_annotator
+from cosmicman.annotation.eval_set import read_eval_items
 from cosmicman.annotation.ledger import RoundLedger
-from cosmicman.assets.annotation import _eval_items
 from cosmicman.assets.common import image_grid_markdown
-from cosmicman.assets.training import VARIANTS, training_variants
+from cosmicman.assets.training import training_variants
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import build_caption
 from cosmicman.model.metrics import RandomConvFeatures, frechet_distance, semantic_accuracy
-from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.model.train.variants import VARIANTS
 from cosmicman.resources.evaluation import EvaluationResource
-from cosmicman.simulation.world import SyntheticWorld
+from cosmicman.resources.storage import ObjectStoreResource
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
@@ -41,9 +40,7 @@ def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
     model_url = latest_metadata(context.instance, "daring_unet", context.partition_key).get("output_url")
     if not model_url:
         raise dg.Failure(f"daring_unet[{context.partition_key}] has no materialization with an output_url")
-    world = SyntheticWorld(seed=evaluation_config.prompt_seed)
-    rng = np.random.default_rng(evaluation_config.prompt_seed)
-    truths = [world.random_attributes(rng) for _ in range(evaluation_config.n_prompts)]
+    truths = evaluation_config.test_attributes()
     tokenizer = load_clip_tokenizer()
     prompts = [build_caption(t, tokenizer=tokenizer, rng=i, group_dropout=0.0).text for i, t in enumerate(truths)]
     with local_model_dir(model_url) as model_dir:
@@ -53,16 +50,18 @@ def evaluation(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
                           guidance_scale=evaluation_config.guidance_scale, seed=evaluation_config.prompt_seed)
     vqa = load_annotator(store.read_bytes(RoundLedger(store).in_force().key))
     generated = semantic_accuracy(vqa.predict(images), truths)
-    real_items = _eval_items(store)
-    real = semantic_accuracy(vqa.predict([it.image for it in real_items]), [it.attributes for it in real_items])
+    real_items = [(it.image, it.attributes) for it in read_eval_items(store) if it.attributes is not None]
+    real_images = [image for image, _ in real_items]
+    real = semantic_accuracy(vqa.predict(real_images), [attributes for _, attributes in real_items])
     features = RandomConvFeatures(seed=evaluation_config.feature_seed)
-    fd = frechet_distance(features(images), features([it.image for it in real_items]))
+    fd = frechet_distance(features(images), features(real_images))
     metrics = {**generated, "frechet_distance": fd}
     bad = [k for k, v in metrics.items() if not (isinstance(v, float) and math.isfinite(v))]
     if bad:
         raise dg.Failure(f"evaluation produced non-finite metrics: {bad}")
     return dg.MaterializeResult(metadata={
-        **metrics, "variant": context.partition_key, "feature_extractor": features.name, "model_url": model_url, "n_prompts": len(prompts),
+        **metrics, "variant": context.partition_key, "feature_extractor": features.name, "model_url": model_url,
+        "n_prompts": len(prompts),
         "real_images_ceiling": dg.MetadataValue.json(real),
         "samples": image_grid_markdown(images[:12], prompts[:12], thumb=(96, 96))})
 

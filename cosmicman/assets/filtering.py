@@ -1,4 +1,4 @@
-"""The filter chain over each sourcing batch, the fake-person head it uses, and human parsing.
+"""The filter chain over each sourcing batch, and the fake-person head it uses.
 
 ``filtered_images`` is a graph: plan the batch's shards, filter each shard in its own step (in parallel
 under the multiprocess executor; one pod each under the Kubernetes executor), merge. Only shard
@@ -9,10 +9,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
-import polars as pl
 
-from cosmicman.assets.common import Progress, content_digest, image_grid_markdown, sourcing_batches, table_key
-from cosmicman.core.imageio import decode_image
+from cosmicman.assets.common import Progress, content_digest, image_grid_markdown, sourcing_batches
+from cosmicman.core.keys import FAKE_HEAD_KEY, raw_table_key, table_key
 from cosmicman.filtering.batch import (
     ImageFilter,
     Shard,
@@ -23,11 +22,8 @@ from cosmicman.filtering.batch import (
     thumbnails,
     write_filtered_shard,
 )
-from cosmicman.parsing.parsers import ParserUnavailableError
-from cosmicman.resources.filters import FAKE_HEAD_KEY, FilterResource
-from cosmicman.resources.parsing import ParserResource
+from cosmicman.resources.filters import FilterResource
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.simulation.truth import mask_png
 from cosmicman.sourcing.pool import record_batch
 
 # also part of every shard's key: a new version re-filters shards written by the old one
@@ -63,7 +59,7 @@ def plan_filter_shards(context: dg.OpExecutionContext, config: FilterShardsConfi
     """Cut the batch's raw table into shards of ``shard_rows`` rows: one filter step each."""
     store = object_store.store()
     batch = context.partition_key
-    raw_key = table_key("raw_images", batch)
+    raw_key = raw_table_key(batch)
     raw = store.read_table(raw_key, columns=["sha256"])
     filter_config = _filter_config(filters)
     # a missing head fails in the filter step, with the chain's own message
@@ -126,41 +122,7 @@ def build_filtered_images(filter_step_tags: Mapping[str, Any] | None = None) -> 
     def filtered_images(raw_images, fake_person_classifier):
         """Every image of the batch through the ordered chain, one step per shard: all scores it reached,
         one decision."""
-        return merge_filter_shards(plan_filter_shards(raw_images=raw_images, fake_person_classifier=fake_person_classifier)
-                                   .map(shard_step).collect())
+        shards = plan_filter_shards(raw_images=raw_images, fake_person_classifier=fake_person_classifier)
+        return merge_filter_shards(shards.map(shard_step).collect())
 
     return filtered_images
-
-
-@dg.asset(partitions_def=sourcing_batches, deps=["filtered_images"], kinds={"python", "parquet"},
-          group_name="filtering", code_version="1")
-def human_parsing(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-                  parser: ParserResource) -> dg.MaterializeResult:
-    """18-class ATR label maps of the batch's kept people, stored as PNGs keyed by image sha."""
-    store = object_store.store()
-    batch = context.partition_key
-    kept = store.read_table(table_key("filtered_images", batch)).filter(pl.col("decision") == "kept")
-    backend = parser.parser(store)
-    backend.setup()
-    rows, failures, progress = [], {}, Progress(context.log, "parsing", len(kept))
-    for i, (sha, key) in enumerate(kept.select("sha256", "blob_key").iter_rows()):
-        try:
-            mask = backend.parse(sha, decode_image(store.read_bytes(key)))
-        except ParserUnavailableError as exc:
-            failures[sha] = str(exc)
-            continue
-        mkey = f"parsing/{backend.version}/{sha[:2]}/{sha}.png"
-        if not store.exists(mkey):
-            store.write_bytes(mkey, mask_png(mask))
-        rows.append({"sha256": sha, "mask_key": mkey, "parser_version": backend.version,
-                     "foreground_fraction": float((mask != 0).mean())})
-        progress(i + 1)
-    df = pl.DataFrame(rows, schema={"sha256": pl.Utf8, "mask_key": pl.Utf8, "parser_version": pl.Utf8,
-                                    "foreground_fraction": pl.Float64})
-    store.write_table(table_key("human_parsing", batch), df)
-    if failures:
-        context.log.warning(f"{len(failures)} kept images could not be parsed and stay out of datasets")
-    return dg.MaterializeResult(metadata={
-        "parsed": len(df), "unparsed": len(failures), "parser": backend.version,
-        "unparsed_reasons": dg.MetadataValue.json(dict(list(failures.items())[:10]))},
-        data_version=dg.DataVersion(content_digest(df["sha256"].to_list())))

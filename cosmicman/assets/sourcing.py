@@ -1,10 +1,11 @@
 import dagster as dg
 
 from cosmicman.assets.common import content_digest, sourcing_batches
+from cosmicman.core.keys import raw_table_key, sourcing_log_key
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.sourcing.ingest import log_table_key, raw_table_key, source_batch
-from cosmicman.sourcing.web_apis import report_downloads
+from cosmicman.sourcing.api_source import report_downloads
+from cosmicman.sourcing.ingest import source_batch
 
 
 def batch_index(partition_key: str) -> int:
@@ -44,5 +45,5 @@ def raw_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
         "api_downloads_tracked": tracked,
         "images_per_s": round(report.requested / max(report.elapsed_s, 1e-9), 1),
         "table": dg.MetadataValue.path(store.uri(raw_table_key(batch))),
-        "sourcing_log": dg.MetadataValue.path(store.uri(log_table_key(batch))),
+        "sourcing_log": dg.MetadataValue.path(store.uri(sourcing_log_key(batch))),
     }, data_version=dg.DataVersion(content_digest(report.raw["sha256"].to_list())))

@@ -1,41 +1,31 @@
 """Daring training, launched as its own process; it reports back through Dagster Pipes."""
 
+import dataclasses
 import hashlib
 import json
 
 import dagster as dg
 
-from cosmicman.assets.datasets import LATEST_KEY
+from cosmicman.core.keys import LATENT_CACHE_PREFIX, LATEST_DATASET_KEY, model_prefix, training_run_key
+from cosmicman.datasets.layout import shard_urls
 from cosmicman.datasets.lineage import model_lineage
-from cosmicman.datasets.version import shard_urls
 from cosmicman.model.run_record import summary
+from cosmicman.model.train.config import TrainConfig
+from cosmicman.model.train.variants import VARIANTS
 from cosmicman.resources.launchers import TrainingLauncher
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.resources.training import TrainingResource
 
-RUN_FILE = "training_run.json"
-
-# Variants share the dataset version, seed and step budget; each differs from the baseline config only
-# here, so a comparison between partitions is a fair ablation (Daring's HOLA, Prime's activations).
-VARIANTS: dict[str, dict] = {
-    "baseline": {"beta": 0.0},
-    "hola": {},
-    "hola-gelu": {"act_fn": "gelu"},
-    "hola-mish": {"act_fn": "mish"},
-    "hola-relu": {"act_fn": "relu"},
-    "hola-leaky_relu": {"act_fn": "leaky_relu"},
-    "hola-mp_silu": {"act_fn": "mp_silu"},
-}
+# one partition per ablation variant (cosmicman.model.train.variants): same data, seed and step budget
 training_variants = dg.StaticPartitionsDefinition(list(VARIANTS))
 
 
-def model_key(data_version: str, config: dict) -> str:
+def model_name(data_version: str, config: TrainConfig) -> str:
     """Models are keyed by their dataset version and training config: same inputs, same model folder."""
     # locations are not identity: where the output and the latent cache live does not change the model
-    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items()
-                                        if k not in ("shards", "output_url", "cache_url")},
-                                       sort_keys=True).encode()).hexdigest()[:10]
-    return f"models/daring_unet/{data_version}-{digest}"
+    identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("shards", "output_url", "cache_url")}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{data_version}-{digest}"
 
 
 def _lineage(store, key: str) -> dg.MetadataValue:
@@ -51,23 +41,23 @@ def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
     loss only, or + HOLA, with SiLU or another activation), saved in diffusers format. The trainer runs as
     ``python -m cosmicman.model.train`` in its own process."""
     store = object_store.store()
-    if not store.exists(LATEST_KEY):
+    if not store.exists(LATEST_DATASET_KEY):
         raise dg.Failure("no CosmicMan-HQ version yet: materialize cosmicman_hq first")
-    version = store.read_json(LATEST_KEY)["version"]
+    version = store.read_json(LATEST_DATASET_KEY)["version"]
     shards = shard_urls(store.url, version, store.storage_options)
     variant = context.partition_key
-    config = {**training.train_config(shards, output_url="", cache_url=store.uri("cache/latents")),
-              **VARIANTS[variant]}
-    key = model_key(version, config)
-    config["output_url"] = store.uri(key)
-    if store.exists(f"{key}/{RUN_FILE}"):
-        record = store.read_json(f"{key}/{RUN_FILE}")
+    config = training.launch_config(shards, store.uri(LATENT_CACHE_PREFIX), VARIANTS[variant])
+    name = model_name(version, config)
+    key = model_prefix(name)
+    config.output_url = store.uri(key)
+    if store.exists(training_run_key(name)):
+        record = store.read_json(training_run_key(name))
         context.log.info(f"{key} already trained from {version} with this config: reusing it")
         reported = {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in summary(record).items()}
         return dg.MaterializeResult(metadata={**reported, "dataset_version": version, "variant": variant,
                                               "reused": True, "lineage": _lineage(store, key)},
-                                    data_version=dg.DataVersion(key.rsplit("/", 1)[1]))
-    result = training_launcher.launch(context, config)
+                                    data_version=dg.DataVersion(name))
+    result = training_launcher.launch(context, dataclasses.asdict(config))
     return dg.MaterializeResult(metadata={**(result.metadata or {}), "dataset_version": version, "variant": variant,
                                           "reused": False, "lineage": _lineage(store, key)},
-                                data_version=dg.DataVersion(key.rsplit("/", 1)[1]))
+                                data_version=dg.DataVersion(name))

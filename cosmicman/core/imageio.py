@@ -233,8 +233,8 @@ def decode_normalized(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage
             if orientation in range(2, 9):
                 ImageOps.exif_transpose(img, in_place=True)
                 normalizations.append(EXIF_ROTATED)
-            img = _to_8bit_rgb(img, _OPENED_AS.get(fmt, fmt), data, normalizations)
-            return DecodedImage(img, _OPENED_AS.get(fmt, fmt), normalizations)
+            rgb = _to_8bit_rgb(img, _OPENED_AS.get(fmt, fmt), data, normalizations)
+            return DecodedImage(rgb, _OPENED_AS.get(fmt, fmt), normalizations)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

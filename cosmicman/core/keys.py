@@ -46,8 +46,11 @@ def sourcing_log_key(batch: str) -> str:
     return table_key("sourcing_log", batch)
 
 
+POOL_INDEX_SEGMENTS_PREFIX = f"{POOL_INDEX_PREFIX}/segments"
+
+
 def pool_index_segment_key(batch: str) -> str:
-    return f"{POOL_INDEX_PREFIX}/segments/{batch}.parquet"
+    return f"{POOL_INDEX_SEGMENTS_PREFIX}/{batch}.parquet"
 
 
 def folder_listing_key(digest: str) -> str:
@@ -60,9 +63,34 @@ def api_state_prefix(api: str) -> str:
     return f"sourcing/apis/{api}"
 
 
+def api_rate_limit_key(api: str) -> str:
+    """The call log shared by every source using ``api``."""
+    return f"{api_state_prefix(api)}/rate_limit.json"
+
+
+def api_cache_prefix(api: str) -> str:
+    """Cached response bodies of ``api``, one ``<sha256>.json`` per request."""
+    return f"{api_state_prefix(api)}/cache"
+
+
+def api_batches_prefix(source: str) -> str:
+    return f"{api_state_prefix(source)}/batches"
+
+
+def api_batch_key(source: str, batch_index: int) -> str:
+    """A source's batch: its start and end cursor, items and report."""
+    return f"{api_batches_prefix(source)}/{batch_index:06d}.json"
+
+
 # -- filtering ------------------------------------------------------------------------------------------
 FAKE_HEAD_KEY = "models/fake_person/head.npz"
 FAKE_HEAD_TRAINING_PREFIX = "training/fake_person"
+
+# -- parsing --------------------------------------------------------------------------------------------
+def parsing_mask_key(parser_version: str, sha256: str) -> str:
+    """An image's ATR label map from one parser version (a grey PNG)."""
+    return f"parsing/{parser_version}/{sha256[:2]}/{sha256}.png"
+
 
 # -- annotation -----------------------------------------------------------------------------------------
 ANNOTATOR_MODELS_PREFIX = "models/annotator"
@@ -95,13 +123,23 @@ def dataset_version_prefix(version: str) -> str:
     return f"{DATASETS_PREFIX}/{version}"
 
 
+def dataset_staging_prefix(attempt: str) -> str:
+    """Where one write of a version is staged before it is published (hidden from version listings)."""
+    return f"{DATASETS_PREFIX}/.tmp/{attempt}"
+
+
 # -- training -------------------------------------------------------------------------------------------
 MODELS_PREFIX = "models/daring_unet"
 LATENT_CACHE_PREFIX = "cache/latents"
+TRAINING_RUN_FILE = "training_run.json"  # a published model's record, written last: its completion marker
 
 
 def model_prefix(name: str) -> str:
     return f"{MODELS_PREFIX}/{name}"
+
+
+def training_run_key(name: str) -> str:
+    return f"{model_prefix(name)}/{TRAINING_RUN_FILE}"
 
 
 # -- simulation (the synthetic world's ground truth, beside and never inside the pool) ---------------------
@@ -114,3 +152,8 @@ def synthetic_truth_key(batch: str) -> str:
 
 def truth_mask_key(sha256: str) -> str:
     return f"truth/masks/{sha256[:2]}/{sha256}.png"
+
+
+def synthetic_humanart_prefix(seed: int, size: int) -> str:
+    """The local fake-person head's training folder of renders, in the Human-Art layout."""
+    return f"{FAKE_HEAD_TRAINING_PREFIX}/synthetic_humanart/seed{seed}-n{size}"

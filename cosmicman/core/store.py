@@ -19,16 +19,13 @@ import fsspec
 import polars as pl
 
 from cosmicman.core.imageio import sha256_hex
+from cosmicman.core.keys import blob_key
 
 
 def is_local(fs) -> bool:
     """Whether an fsspec filesystem is the local disk (renames are atomic, folders must exist)."""
     protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protos or "local" in protos
-
-
-def blob_key(sha256: str, ext: str) -> str:
-    return f"blobs/{sha256[:2]}/{sha256}.{ext}"
 
 
 @dataclass(frozen=True)

@@ -59,22 +59,24 @@ def clip_vocab_and_merges(path: str | Path | None = None) -> tuple[dict[str, int
     """The CLIP ``vocab`` (token -> id) and ordered ``merges`` from the gzipped BPE file."""
     with gzip.open(path or bpe_vocab_path(), "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1:_N_MERGES + 1]]
-    if len(merges) != _N_MERGES or any(len(m) != 2 for m in merges):
+    pairs = [line.split() for line in lines[1:_N_MERGES + 1]]
+    if len(pairs) != _N_MERGES or any(len(p) != 2 for p in pairs):
         raise ValueError("unexpected BPE merges file layout")
+    merges = [(p[0], p[1]) for p in pairs]
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != VOCAB_SIZE:
         raise ValueError(f"CLIP vocabulary has {len(vocab)} entries, expected {VOCAB_SIZE}")
-    return vocab, merges  # type: ignore[return-value]
+    return vocab, merges
 
 
 @cache
 def load_clip_tokenizer() -> CLIPTokenizer:
     """The CLIP tokenizer of SD-1.5 (vocab 49408, max length 77, BOS 49406, EOS = PAD 49407). Cached."""
     vocab, merges = clip_vocab_and_merges()
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH,
+    # transformers annotates merges as list[str], but its tokenizers.BPE backend takes only (a, b) pairs
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH,  # type: ignore[arg-type]
                         bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=EOS_TOKEN)
     if (len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) != (VOCAB_SIZE, BOS_ID, EOS_ID, PAD_ID):
         raise RuntimeError("CLIPTokenizer did not take the CLIP vocabulary (transformers API change?)")

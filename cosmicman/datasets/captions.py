@@ -192,7 +192,7 @@ def render_group(t: GroupTemplate, attributes: Mapping[str, str], rng: np.random
     An answer worded ``""`` says nothing: an empty adjective or noun is left out, and so is a with-part
     ("face with lipstick", but no "with" for lipstick: no)."""
     adjs = [_word(t, c, attributes[c]) for c in t.adjectives if c in attributes]
-    order = rng.permutation(len(adjs)) if adjs else []
+    order: Sequence[int] = rng.permutation(len(adjs)).tolist() if adjs else []
     words = [adjs[i] for i in order]
     noun = _noun(t, attributes)
     if noun:

@@ -18,7 +18,8 @@ from typing import Any
 
 import fsspec
 
-from cosmicman.datasets.version import DATASETS_PREFIX, read_manifest, read_stats
+from cosmicman.core.keys import DATASETS_PREFIX
+from cosmicman.datasets.layout import read_manifest, read_stats
 
 RUN_FILE = "training_run.json"
 _SHARD_URL = re.compile(rf"{re.escape(DATASETS_PREFIX)}/(v\d{{4,}})/shard-\d+\.tar$")

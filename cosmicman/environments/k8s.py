@@ -15,14 +15,16 @@ from cosmicman.resources.training import TrainingResource
 def production_sourcing() -> SourcingResource:
     """Real sources: a LAION-style url list and each web API whose key is set. Keys reach the resource
     only as ``dg.EnvVar`` (read at run time, hidden in the UI, never logged)."""
-    keys = {name: dg.EnvVar(env) for name, env in (("flickr_api_key", "FLICKR_API_KEY"),
-                                                    ("unsplash_access_key", "UNSPLASH_ACCESS_KEY"),
-                                                    ("pixabay_api_key", "PIXABAY_API_KEY")) if env in os.environ}
+    def key(env: str) -> dg.EnvVar | None:
+        return dg.EnvVar(env) if env in os.environ else None
+
     return SourcingResource(
-        synthetic=False, pool_threshold=int(os.environ.get("COSMICMAN_POOL_THRESHOLD", "1000000")),
+        pool_threshold=int(os.environ.get("COSMICMAN_POOL_THRESHOLD", "1000000")),
         parquet_url=os.environ.get("COSMICMAN_PARQUET_URL"), parquet_batch_size=10_000,
-        flickr_batch_size=500, unsplash_batch_size=300, unsplash_production=True, pixabay_batch_size=1000,
-        workers=int(os.environ.get("COSMICMAN_SOURCING_WORKERS", "8")), **keys)
+        flickr_api_key=key("FLICKR_API_KEY"), unsplash_access_key=key("UNSPLASH_ACCESS_KEY"),
+        pixabay_api_key=key("PIXABAY_API_KEY"), flickr_batch_size=500, unsplash_batch_size=300,
+        unsplash_production=True, pixabay_batch_size=1000,
+        workers=int(os.environ.get("COSMICMAN_SOURCING_WORKERS", "8")))
 
 
 def k8s_resources() -> dict:
@@ -41,12 +43,12 @@ def k8s_resources() -> dict:
         # people label in Label Studio; images reach it as presigned S3 URLs
         "labelling": LabellingResource(backend_kind="label_studio", label_studio_url=dg.EnvVar("LABEL_STUDIO_URL"),
                                        label_studio_api_key=dg.EnvVar("LABEL_STUDIO_API_KEY")),
-        # the released recipe (NOTES-training.md) on SD-1.5 at 512: ZeRO-2, bf16, buckets, cached latents
-        "training": TrainingResource(
-            pretrained=os.environ.get("COSMICMAN_PRETRAINED", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
-            resolution=512, hola_map_factor=16, lr=1e-5, steps=int(os.environ.get("COSMICMAN_TRAIN_STEPS", "100000")),
-            batch_size=4, grad_accum=4, mixed_precision="bf16", deepspeed="zero2", buckets=True,
-            cache_latents=True, gradient_checkpointing=True, checkpoint_every=1000),
+        # the released recipe (NOTES-training.md) on SD-1.5 at 512: ZeRO-2, bf16, buckets, cached latents;
+        # the environment may name another base model and step budget
+        "training": TrainingResource(recipe="released-sd15", overrides={
+            field: kind(os.environ[env]) for field, env, kind in (("pretrained", "COSMICMAN_PRETRAINED", str),
+                                                                 ("steps", "COSMICMAN_TRAIN_STEPS", int))
+            if env in os.environ}),
         # one pod per step (k8s_execution): op outputs must outlive the pod that wrote them
         "io_manager": ObjectStoreStepIOManager(object_store=s3["object_store"])}
 

@@ -3,17 +3,27 @@ synthetic world and an optional image folder as sources, tiny models, no configu
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
-from cosmicman.resources.filters import FilterResource
+from cosmicman.environments.simulated_annotation import SimulatedAnnotatorResource, SimulatedLabellingResource
+from cosmicman.environments.simulated_data import (
+    SimulatedEvaluationResource,
+    SimulatedFilterResource,
+    SimulatedParserResource,
+    SimulatedSourcingResource,
+)
 from cosmicman.resources.launchers import SubprocessTrainingLauncher
-from cosmicman.resources.parsing import ParserResource
-from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.resources.evaluation import EvaluationResource
 from cosmicman.resources.training import TrainingResource
+from cosmicman.simulation.demo_folder import write_demo_folder
 
 HOME = os.path.abspath(os.environ.get("COSMICMAN_HOME", ".cosmicman"))
+
+
+def seed_demo_folder(home: Path) -> int:
+    """Write the demo image folder the local sourcing reads (``<home>/datasets/folder``) unless it exists;
+    the number of images written."""
+    return write_demo_folder(home / "datasets" / "folder")
 
 
 def local_resources(store_url: str | None = None, folder_url: str | None = None) -> dict:
@@ -21,12 +31,12 @@ def local_resources(store_url: str | None = None, folder_url: str | None = None)
     folder = folder_url if folder_url is not None else os.path.join(HOME, "datasets", "folder")
     return {
         "object_store": ObjectStoreResource(url=store_url or os.path.join(HOME, "store")),
-        "sourcing": SourcingResource(folder_url=folder if os.path.isdir(folder) else None),
-        "filters": FilterResource(),
-        "parser": ParserResource(),
-        "annotation": AnnotatorResource(),
-        "labelling": LabellingResource(),
+        "sourcing": SimulatedSourcingResource(folder_url=folder if os.path.isdir(folder) else None),
+        "filters": SimulatedFilterResource(),
+        "parser": SimulatedParserResource(),
+        "annotation": SimulatedAnnotatorResource(),
+        "labelling": SimulatedLabellingResource(),
         "training": TrainingResource(),
-        "evaluation_config": EvaluationResource(),
+        "evaluation_config": SimulatedEvaluationResource(),
         "training_launcher": SubprocessTrainingLauncher(),
     }

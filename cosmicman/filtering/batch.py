@@ -23,7 +23,7 @@ from PIL import Image
 
 from cosmicman.core.imageio import decode_image
 from cosmicman.core.store import Store
-from cosmicman.filtering.filters import FilterResult
+from cosmicman.filtering.decisions import FilterResult
 
 RAW_COLUMNS = ("sha256", "blob_key", "ext")
 # score columns (score_*) follow these, sorted by name: which scores exist depends on how far images got
@@ -83,13 +83,11 @@ def filter_rows(rows: Iterable[Mapping[str, str]], read: Callable[[str], bytes],
     """Every row's image through ``chain``: its decision, the reason, and every score it reached."""
     chunks: list[pl.DataFrame] = []
     pending: list[dict] = []
-    done = 0
-    for r in rows:
+    for done, r in enumerate(rows, start=1):
         result = chain.process(read(r["blob_key"]))
         pending.append({"sha256": r["sha256"], "blob_key": r["blob_key"], "ext": r["ext"], "batch": batch,
                         "decision": result.decision, "detail": result.detail, "filter_config": filter_config,
                         **{f"score_{k}": (float(v) if v is not None else None) for k, v in result.scores.items()}})
-        done += 1
         if len(pending) >= chunk_rows:
             chunks.append(_chunk(pending))
             pending = []
@@ -146,5 +144,6 @@ def pick_examples(table: pl.DataFrame, kept: int = KEPT_EXAMPLES) -> Examples:
     return Examples(kept_keys, dict(firsts.iter_rows()))
 
 
-def thumbnails(read: Callable[[str], bytes], keys: Iterable[str], size: tuple[int, int] = (64, 128)) -> list[Image.Image]:
+def thumbnails(read: Callable[[str], bytes], keys: Iterable[str],
+               size: tuple[int, int] = (64, 128)) -> list[Image.Image]:
     return [decode_image(read(k)).resize(size) for k in keys]

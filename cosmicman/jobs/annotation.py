@@ -4,7 +4,7 @@ import dagster as dg
 
 from cosmicman.annotation.ledger import RoundLedger, round_id
 from cosmicman.assets.annotation import annotation_rounds
-from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
+from cosmicman.resources.annotation import LabellingResource
 from cosmicman.resources.storage import ObjectStoreResource
 
 hitl_setup_job = dg.define_asset_job(
@@ -29,23 +29,24 @@ def labels_arrived_sensor(context: dg.SensorEvaluationContext, object_store: Obj
     if status is None:
         return dg.SensorResult(skip_reason="no labelling round is waiting for labels")
     if status.pending:
-        return dg.SensorResult(skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled")
+        return dg.SensorResult(
+            skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"labels-{status.round_id}-{status.fingerprint}",
                                                        partition_key=status.round_id)])
 
 
 @dg.sensor(jobs=[annotation_round_job, annotations_job], minimum_interval_seconds=60,
            default_status=dg.DefaultSensorStatus.STOPPED)
-def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
-                      annotation: AnnotatorResource) -> dg.SensorResult:
-    """After a round's annotator: open the next round while it still gains; once the loop stops,
-    annotate the pool with the final annotator (once per annotator version)."""
+def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource) -> dg.SensorResult:
+    """After a round's annotator: open the next round unless the round closed with a stop (the rules of
+    ``cosmicman.annotation.rounds``); once the loop stops, annotate the pool with the final annotator
+    (once per annotator version)."""
     ledger = RoundLedger(object_store.store())
     try:
         in_force = ledger.in_force()
     except LookupError as e:
         return dg.SensorResult(skip_reason=str(e))
-    step = ledger.next_step(annotation.max_rounds)
+    step = ledger.next_step()
     if step.round is not None:
         rid = round_id(step.round)
         context.log.info(step.reason)

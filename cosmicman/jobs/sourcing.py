@@ -21,7 +21,7 @@ def pool_threshold_sensor(context: dg.SensorEvaluationContext, object_store: Obj
                           sourcing: SourcingResource) -> dg.SensorResult:
     """Under the pool threshold, add one sourcing batch and run it; otherwise say why not.
     Lists the pool's batch markers (their names carry the counts) and reads the partition list, never a batch."""
-    partitions = list(context.instance.get_dynamic_partitions(sourcing_batches.name))
+    partitions = list(sourcing_batches.get_partition_keys(dynamic_partitions_store=context.instance))
     decision = decide_sourcing(read_pool_stats(object_store.store()), sourcing.pool_threshold, partitions)
     if decision.new_batch is None:
         return dg.SensorResult(skip_reason=decision.reason)

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
 from diffusers.models.activations import GEGLU
 from diffusers.models.activations import GELU as DiffusersGELU
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # not `from diffusers`: typed as dummies
 from torch import nn
 
 # Key in the UNet config (config.json) under which the choice is persisted.

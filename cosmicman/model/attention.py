@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # not `from diffusers`: typed as dummies
 
 
 @dataclass
@@ -156,7 +157,7 @@ def _layer_name(processor_key: str) -> str:
     return processor_key[: -len(".processor")] if processor_key.endswith(".processor") else processor_key
 
 
-def install_capture(unet: torch.nn.Module, layers: list[str] | None = None) -> AttentionMapStore:
+def install_capture(unet: UNet2DConditionModel, layers: list[str] | None = None) -> AttentionMapStore:
     """Give every attention layer of ``unet`` a ``CaptureAttnProcessor`` sharing one store; return it.
 
     ``layers``: optional allow-list of layer names (e.g. ``"mid_block.attentions.0.transformer_blocks.0.attn2"``)
@@ -168,21 +169,22 @@ def install_capture(unet: torch.nn.Module, layers: list[str] | None = None) -> A
     for key in unet.attn_processors:
         name = _layer_name(key)
         procs[key] = CaptureAttnProcessor(name, store, capture=allowed is None or name in allowed)
-    unet.set_attn_processor(procs)
+    # diffusers annotates only its own processor classes; any callable with their signature is accepted
+    unet.set_attn_processor(procs)  # type: ignore[arg-type]
     return store
 
 
-def uninstall_capture(unet: torch.nn.Module) -> None:
+def uninstall_capture(unet: UNet2DConditionModel) -> None:
     """Back to diffusers' stock SDPA processor everywhere."""
     unet.set_attn_processor(AttnProcessor2_0())
 
 
-def cross_attention_query_counts(unet: torch.nn.Module, latent_hw: tuple[int, int]) -> dict[str, int]:
+def cross_attention_query_counts(unet: UNet2DConditionModel, latent_hw: tuple[int, int]) -> dict[str, int]:
     """Query count of each cross-attention layer for a latent of ``latent_hw`` (static, from block order)."""
     h, w = latent_hw
     counts: dict[str, int] = {}
     cfg = unet.config
-    n_down = len(cfg.block_out_channels)
+    n_down = len(cfg["block_out_channels"])
     for key in unet.attn_processors:
         name = _layer_name(key)
         if not name.endswith("attn2"):

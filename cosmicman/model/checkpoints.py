@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cosmicman.core.store import is_local
-from cosmicman.model.distributed import DistEnv, barrier
+from cosmicman.model.distributed import SINGLE_PROCESS, DistEnv, barrier
 
 CKPT_STATE = "state.pt"
 CKPT_MARKER = "COMPLETE"
@@ -73,7 +73,7 @@ def _save_torch(fs, path: str, obj: Any) -> None:
 
 
 def save_checkpoint(root: str, step: int, state: dict[str, Any] | None, rank_state: dict[str, Any],
-                    keep: int, dist: DistEnv = DistEnv(), engine: Any = None) -> str:
+                    keep: int, dist: DistEnv = SINGLE_PROCESS, engine: Any = None) -> str:
     """Write one checkpoint (see module doc); every rank calls it. ``state`` is rank 0's (None elsewhere);
     ``engine`` is the DeepSpeed engine, when there is one. Keeps only the last ``keep`` complete ones."""
     fs, path = fs_and_path(root)
@@ -125,7 +125,7 @@ def _load_torch(fs, path: str) -> Any:
         return torch.load(f, map_location="cpu", weights_only=False)  # our own file: holds RNG tuples
 
 
-def load_checkpoint(path: str, dist: DistEnv = DistEnv()) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_checkpoint(path: str, dist: DistEnv = SINGLE_PROCESS) -> tuple[dict[str, Any], dict[str, Any]]:
     """(shared state, this rank's state) of the checkpoint folder ``path``."""
     fs, p = fs_and_path(path)
     marker = json.loads(fs.cat(posixpath.join(p, CKPT_MARKER)))

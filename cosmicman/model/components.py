@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # not `from diffusers`: typed as dummies
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from cosmicman.core.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, load_clip_tokenizer
@@ -112,7 +114,7 @@ def tiny_vae_config(sample_size: int = 64) -> dict[str, Any]:
 
 
 def tiny_text_config(projection_dim: int | None = None) -> CLIPTextConfig:
-    kw = {"projection_dim": projection_dim} if projection_dim else {}
+    kw: dict[str, Any] = {"projection_dim": projection_dim} if projection_dim else {}
     return CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=TINY_TEXT_HIDDEN,
@@ -161,7 +163,7 @@ class PretrainedUnavailableError(RuntimeError):
     """A pretrained model id / folder could not be loaded (offline, missing files, bad id)."""
 
 
-def detect_family(pretrained: str, revision: str | None = None) -> str:
+def detect_family(pretrained: str, revision: str = "main") -> str:
     """"sdxl" when the pipeline's ``model_index.json`` names a ``text_encoder_2``, else "sd"."""
     from diffusers import DiffusionPipeline
 
@@ -169,7 +171,7 @@ def detect_family(pretrained: str, revision: str | None = None) -> str:
     return "sdxl" if index.get("text_encoder_2") else "sd"
 
 
-def load_components(pretrained: str, act_fn: str | None = None, revision: str | None = None) -> Components:
+def load_components(pretrained: str, act_fn: str | None = None, revision: str = "main") -> Components:
     """SD-1.5- or SDXL-style components from a hub id or a local diffusers folder (family detected from
     ``model_index.json``). ``act_fn`` overrides the UNet's activation (weights unchanged).
 

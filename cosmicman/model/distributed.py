@@ -42,6 +42,10 @@ class DistEnv:
         return self.rank == 0
 
 
+# One process without a launcher: the default topology of functions that take a DistEnv.
+SINGLE_PROCESS = DistEnv()
+
+
 def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()

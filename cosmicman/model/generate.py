@@ -8,7 +8,9 @@ from pathlib import Path
 
 import fsspec
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    StableDiffusionPipeline,  # not `from diffusers`: typed as a dummy
+)
 from PIL import Image
 
 

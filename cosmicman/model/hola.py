@@ -158,7 +158,7 @@ def hola_loss_reference(maps, masks, spans, reduction="released", mask_resize="a
         groups = [(g, int(s), int(e)) for g, (s, e) in enumerate(spans[b].tolist()) if s >= 0 and e > s]
         if not groups:
             continue
-        entries = []
+        entries: list[torch.Tensor | float] = []
         for attn in layers:
             for h in range(attn.shape[1]):
                 a = attn[b, h].float()  # (P, K)

@@ -95,6 +95,19 @@ class LatentCache:
         return data["records"]
 
 
+def _encode_batch(items: list[tuple[int, dict[str, Any]]], encode: EncodeFn, records: list[dict[str, Any]]) -> None:
+    """Encode one bucket's samples as a batch; each record lands at its sample's position in ``records``."""
+    batch = collate([s for _, s in items])
+    out = encode(batch["pixel_values"], batch["input_ids"], batch)
+    for j, (idx, sample) in enumerate(items):
+        rec: dict[str, Any] = {k: v[j].detach().to("cpu", torch.float32).clone() for k, v in out.items()}
+        rec.update(__key__=sample["key"], group_masks=sample["group_masks"], spans=sample["spans"],
+                   group_names=list(sample["group_names"]),
+                   bucket=tuple(sample["bucket"]), original_size=tuple(sample["original_size"]),
+                   crop_top_left=tuple(sample["crop_top_left"]))
+        records[idx] = rec
+
+
 def build_cache(cache: LatentCache, reader: ShardDataset, encode: EncodeFn, batch_size: int,
                 rank: int = 0, world_size: int = 1,
                 say: Callable[[str], None] = log.info) -> dict[str, int]:
@@ -108,20 +121,7 @@ def build_cache(cache: LatentCache, reader: ShardDataset, encode: EncodeFn, batc
             stats["reused_units"] += 1
             continue
         records: list[dict[str, Any]] = []
-        pending: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = {}
-
-        def flush(bucket: tuple[int, int]) -> None:
-            items = pending.pop(bucket)
-            batch = collate([s for _, s in items])
-            out = encode(batch["pixel_values"], batch["input_ids"], batch)
-            for j, (idx, sample) in enumerate(items):
-                rec = {k: v[j].detach().to("cpu", torch.float32).clone() for k, v in out.items()}
-                rec.update(__key__=sample["key"], group_masks=sample["group_masks"], spans=sample["spans"],
-                           group_names=list(sample["group_names"]),
-                           bucket=tuple(sample["bucket"]), original_size=tuple(sample["original_size"]),
-                           crop_top_left=tuple(sample["crop_top_left"]))
-                records[idx] = rec
-
+        pending: dict[tuple[int, ...], list[tuple[int, dict[str, Any]]]] = {}
         for raw in iter_tar_samples(url):
             try:
                 sample = reader.decode(raw)
@@ -133,9 +133,9 @@ def build_cache(cache: LatentCache, reader: ShardDataset, encode: EncodeFn, batc
             bucket = tuple(sample["bucket"])
             pending.setdefault(bucket, []).append((len(records) - 1, sample))
             if len(pending[bucket]) == batch_size:
-                flush(bucket)
-        for bucket in list(pending):
-            flush(bucket)
+                _encode_batch(pending.pop(bucket), encode, records)
+        for items in pending.values():
+            _encode_batch(items, encode, records)
         cache.write(url, records)
         stats["encoded_units"] += 1
         stats["samples"] += len(records)

@@ -104,7 +104,7 @@ def images_to_array(images: Iterable, size: tuple[int, int] | None = None) -> np
         if isinstance(img, Image.Image):
             img = img.convert("RGB")
             if size is not None and img.size != tuple(size):
-                img = img.resize(tuple(size), Image.BILINEAR)
+                img = img.resize((size[0], size[1]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
         else:
             arr = np.asarray(img)
@@ -113,7 +113,7 @@ def images_to_array(images: Iterable, size: tuple[int, int] | None = None) -> np
             if arr.dtype != np.uint8:
                 arr = np.clip(arr, 0, 255).astype(np.uint8)
             if size is not None and (arr.shape[1], arr.shape[0]) != tuple(size):
-                arr = np.asarray(Image.fromarray(arr).resize(tuple(size), Image.BILINEAR))
+                arr = np.asarray(Image.fromarray(arr).resize((size[0], size[1]), Image.Resampling.BILINEAR))
         out.append(arr.transpose(2, 0, 1))
     if not out:
         raise ValueError("no images given")
@@ -147,6 +147,7 @@ class RandomConvFeatures:
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
             conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            assert conv.bias is not None  # Conv2d's default bias=True
             with torch.no_grad():
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / (cin * 9)) ** 0.5)
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * 0.05)

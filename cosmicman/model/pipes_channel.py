@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO
 
 import fsspec
-from dagster_pipes import PipesBlobStoreMessageWriterChannel, PipesDefaultMessageWriter, PipesMessageWriterChannel
+from dagster_pipes import (
+    PipesBlobStoreMessageWriterChannel,
+    PipesDefaultMessageWriter,
+    PipesMessageWriterChannel,
+    PipesParams,
+)
 
 from cosmicman.core.store import is_local
 
@@ -47,7 +52,7 @@ class ObjectStoreMessageWriter(PipesDefaultMessageWriter):
         self.interval = interval
 
     @contextmanager
-    def open(self, params: dict[str, Any]) -> Iterator[PipesMessageWriterChannel]:
+    def open(self, params: PipesParams) -> Iterator[PipesMessageWriterChannel]:
         if MESSAGES_URL_KEY not in params:
             with super().open(params) as channel:
                 yield channel

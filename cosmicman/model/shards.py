@@ -159,7 +159,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.urls = expand_shard_urls(urls)
         self.tokenizer = tokenizer
         self.resolution = int(resolution)
-        self.mask_size = tuple(mask_size) if mask_size is not None else None
+        self.mask_size = (int(mask_size[0]), int(mask_size[1])) if mask_size is not None else None
         self.mask_resize = mask_resize
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
@@ -197,8 +197,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"image {image.size} and mask {labels.size} of {raw['__key__']} differ in size")
         original_hw = (image.size[1], image.size[0])
         target = self.target_hw(*image.size)
-        image, crop_top_left = cover_crop(image, target, Image.BICUBIC)
-        labels, _ = cover_crop(labels, target, Image.NEAREST)
+        image, crop_top_left = cover_crop(image, target, Image.Resampling.BICUBIC)
+        labels, _ = cover_crop(labels, target, Image.Resampling.NEAREST)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
         label_map = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         if int(label_map.max()) >= N_ATR_LABELS:

@@ -1,67 +1,91 @@
+"""The annotation stage's resources: the AI annotator with the loop's rules, and where questions go to people.
+
+Production reads I_e and the round-0 training set from configured folders of labelled images
+(:mod:`cosmicman.annotation.eval_set`); the local environment plugs in subclasses that render them from
+the synthetic world and answer with the simulated oracle (``cosmicman.environments.simulated_annotation``).
+"""
 from __future__ import annotations
 
-import json
+from typing import Literal
 
 import dagster as dg
 
-from cosmicman.annotation.annotation import Annotator, LabelRecord, ProbeAnnotator, SimulatedOracle
-from cosmicman.annotation.labelling import FileInbox, LabellingBackend, SimulatedOracleInbox
+from cosmicman.annotation.annotator import Annotator
+from cosmicman.annotation.eval_set import LabelledImage, read_labelled_folder
+from cosmicman.annotation.items import LabelRecord
+from cosmicman.annotation.labelling import FileInbox, LabellingBackend
+from cosmicman.annotation.probe_annotator import ProbeAnnotator
+from cosmicman.annotation.rounds import DEFAULT_THRESHOLD, HitlRules
 from cosmicman.core.store import Store
 
 
-def synthetic_truth(store: Store) -> dict[str, dict[str, str]]:
-    """sha256 -> ground-truth attributes of every synthetic pool image that shows one person."""
-    truth: dict[str, dict[str, str]] = {}
-    for _, df in store.iter_tables("tables/synthetic_truth"):
-        for sha, attrs in df.select("sha256", "attributes").iter_rows():
-            if attrs:
-                truth[sha] = json.loads(attrs)
-    return truth
-
-
 class AnnotatorResource(dg.ConfigurableResource):
-    """The AI annotator of Annotate Anyone and its round settings (paper: 85 % threshold)."""
+    """The AI annotator of Annotate Anyone and its round settings (paper: 85 % threshold, people answer
+    every category in round 1)."""
 
     kind: str = "probe"
     # kind "vlm": a BLIP-2 / InstructBLIP checkpoint (local folder or staged hub id), fine-tuned with LoRA
     vlm_model: str | None = None
     vlm_finetune_steps: int = 200
-    threshold: float = 0.85
+    # I_e and the probe's round-0 training set: folders of images with labels.jsonl (any fsspec URL)
+    eval_set_url: str | None = None
+    pretrain_set_url: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    first_round: Literal["all", "below_threshold"] = "all"
     round_sample_size: int = 32
-    eval_size: int = 60
-    eval_seed: int = 10_000
-    pretrain_size: int = 120
-    pretrain_seed: int = 20_000
     round_seed: int = 0
     max_rounds: int = 5
+    min_gain: float = 0.0
 
-    def base_annotator(self, pretrain_images: list[bytes], pretrain_attributes: list[dict]) -> Annotator:
-        """Round 0: the probe pretrained on simulated generic labels, or the stock VLM checkpoint."""
+    def rules(self) -> HitlRules:
+        return HitlRules(threshold=self.threshold, sample_size=self.round_sample_size, seed=self.round_seed,
+                         max_rounds=self.max_rounds, min_gain=self.min_gain, first_round=self.first_round)
+
+    def eval_images(self) -> list[LabelledImage]:
+        """I_e: images with exact ground truth."""
+        if not self.eval_set_url:
+            raise ValueError("AnnotatorResource.eval_set_url is not set: point it at a folder of labelled images "
+                             "(images + labels.jsonl) for the evaluation set I_e")
+        return read_labelled_folder(self.eval_set_url)
+
+    def pretrain_images(self) -> list[LabelledImage]:
+        """The probe's round-0 training set (labels as a generic annotator would give them)."""
+        if not self.pretrain_set_url:
+            raise ValueError("AnnotatorResource.pretrain_set_url is not set: point it at a folder of labelled "
+                             "images (images + labels.jsonl) to train the probe's round 0, or use kind 'vlm'")
+        return read_labelled_folder(self.pretrain_set_url)
+
+    def base_annotator(self) -> tuple[Annotator, int]:
+        """Round 0 and how many images trained it: the probe trained on the pretraining set, or the stock
+        VLM checkpoint."""
         if self.kind == "probe":
-            return ProbeAnnotator.pretrained(pretrain_images, pretrain_attributes, seed=self.pretrain_seed)
+            pre = self.pretrain_images()
+            return ProbeAnnotator.train([p.image_bytes for p in pre], [p.attributes for p in pre]), len(pre)
         if self.kind == "vlm":
             if not self.vlm_model:
-                raise ValueError("annotator kind 'vlm' needs vlm_model: a BLIP-2 / InstructBLIP folder or staged hub id")
-            from cosmicman.annotation.vlm import VLMAnnotator
+                raise ValueError("annotator kind 'vlm' needs vlm_model: a BLIP-2 / InstructBLIP folder or "
+                                 "staged hub id")
+            from cosmicman.annotation.vlm_annotator import VLMAnnotator
 
-            return VLMAnnotator.from_pretrained(self.vlm_model)
+            return VLMAnnotator.from_pretrained(self.vlm_model), 0
         raise ValueError(f"unknown annotator kind {self.kind!r}; use 'probe' or 'vlm'")
 
-    def finetune(self, model: Annotator, labels: list[LabelRecord], images: dict[str, bytes], round: int) -> Annotator:
-        if self.kind == "vlm":
+    def finetune(self, model: Annotator, labels: list[LabelRecord], images: dict[str, bytes],
+                 round: int) -> Annotator:
+        from cosmicman.annotation.vlm_annotator import VLMAnnotator
+
+        if self.kind == "vlm" and isinstance(model, VLMAnnotator):
             return model.finetune(labels, images, round=round, steps=self.vlm_finetune_steps)
         return model.finetune(labels, images, round=round)
 
 
 class LabellingResource(dg.ConfigurableResource):
-    """Where questions go to humans: ``oracle`` (simulated human from synthetic truth), ``inbox``
-    (JSON-lines files under the object store, answered by people or another tool) or ``label_studio``
-    (one Label Studio project per round; see ``cosmicman.annotation.label_studio``). Production passes the
-    Label Studio URL and API key as ``dg.EnvVar``s."""
+    """Where questions go to people: ``inbox`` (JSON-lines files under the object store, answered by
+    people or another tool) or ``label_studio`` (one Label Studio project per round; see
+    ``cosmicman.annotation.label_studio``). Production passes the Label Studio URL and API key as
+    ``dg.EnvVar``s."""
 
-    backend_kind: str = "oracle"
-    oracle_error_rate: float = 0.05
-    oracle_seed: int = 0
+    backend_kind: str = "inbox"
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
     label_studio_import_chunk_size: int = 500
@@ -73,9 +97,6 @@ class LabellingResource(dg.ConfigurableResource):
     def backend(self, store: Store) -> LabellingBackend:
         if self.backend_kind == "inbox":
             return FileInbox(store)
-        if self.backend_kind == "oracle":
-            return SimulatedOracleInbox(store, synthetic_truth(store),
-                                        SimulatedOracle(self.oracle_error_rate, self.oracle_seed))
         if self.backend_kind == "label_studio":
             from cosmicman.annotation.label_studio import LabelStudioBackend
 
@@ -86,4 +107,4 @@ class LabellingResource(dg.ConfigurableResource):
                                       local_files_root=self.label_studio_local_files_root,
                                       presign_expiry_s=self.label_studio_presign_expiry_s,
                                       timeout_s=self.label_studio_timeout_s)
-        raise ValueError(f"unknown labelling backend {self.backend_kind!r}; use 'oracle', 'inbox' or 'label_studio'")
+        raise ValueError(f"unknown labelling backend {self.backend_kind!r}; use 'inbox' or 'label_studio'")

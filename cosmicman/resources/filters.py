@@ -1,26 +1,19 @@
 from __future__ import annotations
 
-import json
-import tempfile
-
 import dagster as dg
 
-from cosmicman.core.imageio import image_format_ext
+from cosmicman.core.keys import FAKE_HEAD_KEY
 from cosmicman.core.store import Store
-from cosmicman.filtering import filters as F
+from cosmicman.filtering.backends import Embedder, QualityScorer
+from cosmicman.filtering.chain import FilterChain, local_chain, production_chain
+from cosmicman.filtering.decisions import FilterConfig
+from cosmicman.filtering.embedders import ClipImageEmbedder, OfflineImageFeatures
+from cosmicman.filtering.face_detector import HaarFaceDetector
+from cosmicman.filtering.fake_person import LogisticHead, train_fake_person_head_from_folder
+from cosmicman.filtering.humanart import HumanArtFolder
+from cosmicman.filtering.quality import HpsV2Scorer, OfflineQualityScorer, PyiqaQualityScorer
 
-FAKE_HEAD_KEY = "models/fake_person/head.npz"
-# Real = photographic renders of every kind (the head must not learn "a person is present"),
-# fake = flat cartoon people; counts per 100 training images.
-FAKE_HEAD_MIX = {"kept": 20, "low_quality": 10, "no_person": 7, "many_people": 7, "small_face": 6, "fake_person": 50}
-SYNTHETIC_HUMANART_PREFIX = "training/fake_person/synthetic_humanart"
 QUALITY_BACKENDS = ("offline", "liqe", "hpsv2")
-
-
-def synthetic_humanart_scenario(case: str) -> tuple[str, str]:
-    """Where a render of ``case`` sits in the Human-Art layout: cartoons are 2D virtual humans, every
-    photographic render (people or not) is real_human/<case>."""
-    return ("2D_virtual_human", "cartoon") if case == "fake_person" else ("real_human", case)
 
 
 class FilterResource(dg.ConfigurableResource):
@@ -32,11 +25,10 @@ class FilterResource(dg.ConfigurableResource):
     unless overridden.
 
     The fake-person head trains from ``fake_head_train_url``, a folder in the Human-Art layout (local path
-    or fsspec URL). Without one (local backend only) a small Human-Art-layout folder of synthetic renders
-    (``fake_head_train_size`` images, ``FAKE_HEAD_MIX``) is written into the object store once and the head
-    trains from it through the same reader.
+    or fsspec URL): images/real_human/<scenario>/..., images/2D_virtual_human/<scenario>/...,
+    images/3D_virtual_human/<scenario>/....
 
-    ``quality_backend``: "offline" (:class:`~cosmicman.filtering.filters.OfflineQualityScorer`), "liqe" (pyiqa)
+    ``quality_backend``: "offline" (:class:`~cosmicman.filtering.quality.OfflineQualityScorer`), "liqe" (pyiqa)
     or "hpsv2"; the last two need packages and weights that only production images have.
     """
 
@@ -52,19 +44,17 @@ class FilterResource(dg.ConfigurableResource):
     face_cascade: str = "haarcascade_frontalface_alt2.xml"
     face_profile_cascade: str | None = "haarcascade_profileface.xml"
     fake_head_train_url: str | None = None
-    fake_head_train_size: int = 200
-    fake_head_seed: int = 40_000
     quality_backend: str = "offline"
     liqe_weights: str | None = None
     hpsv2_prompt: str = "a photo of a person"
     hpsv2_version: str = "v2.1"
 
-    def config(self) -> F.FilterConfig:
-        base = F.FilterConfig.production() if self.backend == "production" else F.FilterConfig()
+    def config(self) -> FilterConfig:
+        base = FilterConfig.production() if self.backend == "production" else FilterConfig()
         overrides = {k: v for k, v in self.thresholds(base).items() if getattr(self, k) is not None}
-        return F.FilterConfig(**{**base.__dict__, **overrides})
+        return FilterConfig(**{**base.__dict__, **overrides})
 
-    def thresholds(self, base: F.FilterConfig | None = None) -> dict:
+    def thresholds(self, base: FilterConfig | None = None) -> dict:
         base = base or self.config()
         names = ("min_short_side", "min_long_side", "min_face_px", "max_fake_score", "min_quality")
         return {k: getattr(self, k) if getattr(self, k) is not None else getattr(base, k) for k in names}
@@ -83,79 +73,50 @@ class FilterResource(dg.ConfigurableResource):
             settings.update(hpsv2_prompt=self.hpsv2_prompt, hpsv2_version=self.hpsv2_version)
         return settings
 
-    def embedder(self) -> F.Embedder:
+    def embedder(self) -> Embedder:
         self._check_backend()
-        return F.ClipImageEmbedder(self.clip_id, device=self.device) if self.backend == "production" \
-            else F.OfflineImageFeatures()
-
-    def synthetic_humanart_folder(self, store: Store) -> str:
-        """Write the embedded default training folder into ``store`` once; its URL.
-
-        Keyed by seed and size, and completed by a manifest written last: a folder with a manifest is
-        reused as is, one without (an interrupted write) is rendered again over itself.
-        """
-        from cosmicman.simulation.world import SyntheticWorld
-
-        prefix = f"{SYNTHETIC_HUMANART_PREFIX}/seed{self.fake_head_seed}-n{self.fake_head_train_size}"
-        manifest = f"{prefix}/manifest.json"
-        if not store.exists(manifest):
-            world = SyntheticWorld(seed=self.fake_head_seed)
-            cases = [c for c, n in FAKE_HEAD_MIX.items() for _ in range(n * self.fake_head_train_size // 100)]
-            for i, case in enumerate(cases):
-                group, scenario = synthetic_humanart_scenario(case)
-                data = world.sample(i, case=case).image_bytes
-                store.write_bytes(f"{prefix}/images/{group}/{scenario}/{i:012d}.{image_format_ext(data)}", data)
-            store.write_bytes(manifest, json.dumps({"seed": self.fake_head_seed, "mix": FAKE_HEAD_MIX,
-                                                    "images": len(cases)}, sort_keys=True).encode())
-        return store.uri(prefix)
+        return ClipImageEmbedder(self.clip_id, device=self.device) if self.backend == "production" \
+            else OfflineImageFeatures()
 
     def train_fake_person_head(self, store: Store | None = None) -> tuple[bytes, dict]:
-        """Train the head from ``fake_head_train_url``, else from the synthetic folder in ``store``.
+        """Train the head from ``fake_head_train_url`` (``store``: where a subclass may keep its own folder).
 
-        Without a store the synthetic folder goes to a temporary directory and is rendered on every call.
         Metrics: held-out accuracy overall, per scenario group (``val_accuracy/real_human``, ...) and per
         scenario, and the folder the head trained from (``train_url``).
         """
-        embedder = self.embedder()
-        if self.fake_head_train_url:
-            return self._train_from(self.fake_head_train_url, embedder)
-        if self.backend == "production":
-            raise ValueError("production heads train on labelled real/fake photos: set fake_head_train_url to a "
-                             "folder in the Human-Art layout (images/real_human/<scenario>/..., "
-                             "images/2D_virtual_human/<scenario>/..., images/3D_virtual_human/<scenario>/...)")
-        if store is not None:
-            return self._train_from(self.synthetic_humanart_folder(store), embedder, **store.storage_options)
-        with tempfile.TemporaryDirectory(prefix="fake-head-") as tmp:
-            return self._train_from(self.synthetic_humanart_folder(Store(tmp)), embedder)
+        if not self.fake_head_train_url:
+            raise ValueError("FilterResource.fake_head_train_url is not set: the fake-person head trains on a "
+                             "folder of labelled real/fake people in the Human-Art layout")
+        return self._train_from(self.fake_head_train_url, self.embedder())
 
-    def _train_from(self, url: str, embedder: F.Embedder, **storage_options) -> tuple[bytes, dict]:
-        head, metrics = F.train_fake_person_head_from_folder(F.HumanArtFolder(url, **storage_options), embedder)
+    def _train_from(self, url: str, embedder: Embedder, **storage_options) -> tuple[bytes, dict]:
+        head, metrics = train_fake_person_head_from_folder(HumanArtFolder(url, **storage_options), embedder)
         return head.to_bytes(), {**metrics, "train_url": url, "embedder": embedder.name}
 
-    def face_detector(self, min_size: int) -> F.HaarFaceDetector:
-        return F.HaarFaceDetector(self.face_cascade, self.face_profile_cascade, min_size=min_size)
+    def face_detector(self, min_size: int) -> HaarFaceDetector:
+        return HaarFaceDetector(self.face_cascade, self.face_profile_cascade, min_size=min_size)
 
-    def quality_scorer(self) -> F.QualityScorer:
+    def quality_scorer(self) -> QualityScorer:
         if self.quality_backend == "offline":
-            return F.OfflineQualityScorer()
+            return OfflineQualityScorer()
         if self.quality_backend == "liqe":
-            return F.PyiqaQualityScorer("liqe", device=self.device, pretrained_model_path=self.liqe_weights)
+            return PyiqaQualityScorer("liqe", device=self.device, pretrained_model_path=self.liqe_weights)
         if self.quality_backend == "hpsv2":
-            return F.HpsV2Scorer(self.hpsv2_prompt, self.hpsv2_version)
+            return HpsV2Scorer(self.hpsv2_prompt, self.hpsv2_version)
         raise ValueError(f"unknown quality_backend {self.quality_backend!r}; use one of {QUALITY_BACKENDS}")
 
-    def chain(self, store: Store) -> F.FilterChain:
+    def chain(self, store: Store) -> FilterChain:
         self._check_backend()
         if not store.exists(FAKE_HEAD_KEY):
             raise dg.Failure("the fake-person head is missing: materialize fake_person_classifier first")
-        head = F.LogisticHead.from_bytes(store.read_bytes(FAKE_HEAD_KEY))
+        head = LogisticHead.from_bytes(store.read_bytes(FAKE_HEAD_KEY))
         if self.backend == "production":
-            chain = F.production_chain(head, detector_id=self.person_detector_id, clip_id=self.clip_id,
+            chain = production_chain(head, detector_id=self.person_detector_id, clip_id=self.clip_id,
                                        device=self.device, face_detector=self.face_detector(64),
                                        quality_scorer=self.quality_scorer())
             chain.config = self.config()
             return chain
-        return F.local_chain(head, self.config(), face_detector=self.face_detector(20),
+        return local_chain(head, self.config(), face_detector=self.face_detector(20),
                              quality_scorer=self.quality_scorer())
 
     def _check_backend(self) -> None:

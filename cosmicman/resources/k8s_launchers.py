@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -70,7 +71,7 @@ class K8sJobTrainingLauncher(TrainingLauncher):
     kubeconfig_file: str | None = None
     poll_interval: float = 10.0
 
-    def validate(self) -> None:
+    def check_settings(self) -> None:
         _check_image(self.image)
         _check_positive("gpus", self.gpus)
         if self.nproc_per_node is not None:
@@ -104,11 +105,11 @@ class K8sJobTrainingLauncher(TrainingLauncher):
             spec["service_account_name"] = self.service_account
         return spec
 
-    def pod_body(self, bootstrap_env: dict[str, str], pod_name: str = "daring-unet-train"):
+    def pod_body(self, bootstrap_env: Mapping[str, str], pod_name: str = "daring-unet-train"):
         """The V1Pod ``launch`` submits, given the Pipes session's bootstrap env vars."""
         from dagster_k8s.pipes import build_pod_body
 
-        self.validate()
+        self.check_settings()
         return build_pod_body(pod_name=pod_name, image=self.image, command=self.command(),
                               env_vars={**bootstrap_env, **self.env}, base_pod_meta=None,
                               base_pod_spec=self.base_pod_spec())
@@ -116,7 +117,7 @@ class K8sJobTrainingLauncher(TrainingLauncher):
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
         from dagster_k8s import PipesK8sClient
 
-        self.validate()
+        self.check_settings()
         client = PipesK8sClient(load_incluster_config=self.load_incluster_config,
                                 kubeconfig_file=self.kubeconfig_file, poll_interval=self.poll_interval)
         return client.run(context=context, image=self.image, command=self.command(), namespace=self.namespace,
@@ -145,7 +146,7 @@ class TrainJobLauncher(TrainingLauncher):
         default=None, description="Object-store URL prefix for Pipes messages (rank 0 uploads chunks there); "
                                   "None: read the rank-0 pod's logs.")
 
-    def validate(self) -> None:
+    def check_settings(self) -> None:
         _check_image(self.image)
         _check_positive("num_nodes", self.num_nodes)
         _check_positive("gpus_per_node", self.gpus_per_node)
@@ -156,9 +157,9 @@ class TrainJobLauncher(TrainingLauncher):
                 f"runtime {self.runtime!r} is not supported: the trainer is launched by torchrun, "
                 "use 'torch-distributed'")
 
-    def train_job_body(self, name: str, bootstrap_env: dict[str, str]) -> dict[str, Any]:
+    def train_job_body(self, name: str, bootstrap_env: Mapping[str, str]) -> dict[str, Any]:
         """The TrainJob ``launch`` creates, given the Pipes session's bootstrap env vars."""
-        self.validate()
+        self.check_settings()
         limits: dict[str, str] = {GPU_RESOURCE: str(self.gpus_per_node)}
         requests: dict[str, str] = dict(limits)
         if self.memory:
@@ -207,7 +208,7 @@ class TrainJobLauncher(TrainingLauncher):
         ``custom_api`` / ``core_api`` default to the kubernetes client's (tests pass fakes)."""
         from dagster_k8s.pipes import PipesK8sPodLogsMessageReader
 
-        self.validate()
+        self.check_settings()
         if custom_api is None or core_api is None:
             custom_api, core_api = self._apis()
         if message_reader is None and self.messages_url:

@@ -5,11 +5,15 @@ import dataclasses
 import dagster as dg
 
 from cosmicman.core.store import Store
+from cosmicman.sourcing.api_client import WebApiClient
+from cosmicman.sourcing.api_source import ApiSource
 from cosmicman.sourcing.fetch import FetchConfig
+from cosmicman.sourcing.flickr import FlickrClient
 from cosmicman.sourcing.ingest import IngestConfig
+from cosmicman.sourcing.pixabay import PixabayClient
 from cosmicman.sourcing.rate_limit import UNSPLASH_DEMO_RATE_LIMIT, UNSPLASH_PRODUCTION_RATE_LIMIT
-from cosmicman.sourcing.sources import FolderSource, ImageSource, ParquetSource, SyntheticSource
-from cosmicman.sourcing.web_apis import ApiSource, FlickrClient, PixabayClient, UnsplashClient
+from cosmicman.sourcing.sources import FolderSource, ImageSource, ParquetSource
+from cosmicman.sourcing.unsplash import UnsplashClient
 
 # Flickr licence ids that allow reuse: CC BY, CC BY-SA, no known copyright restrictions, US Government
 # Work, CC0, Public Domain Mark (flickr.photos.licenses.getInfo).
@@ -20,11 +24,7 @@ class SourcingResource(dg.ConfigurableResource):
     """The sources feeding the pool, each with its share of a batch, the pool's lower-bound threshold,
     and how items are fetched and checked. API keys come only through ``dg.EnvVar`` (never logged)."""
 
-    batch_size: int = 48
     pool_threshold: int = 96
-    synthetic: bool = True
-    synthetic_seed: int = 0
-    negative_fraction: float = 0.3
     folder_url: str | None = None
     folder_layout: str = "plain"
     folder_licence: str = "see dataset licence"
@@ -56,23 +56,26 @@ class SourcingResource(dg.ConfigurableResource):
 
     def sources(self, store: Store | None = None) -> list[tuple[ImageSource, int]]:
         """Each source with the number of items it contributes per batch."""
+        out = self.configured_sources()
+        if not out:
+            raise ValueError("SourcingResource has no source: set folder_url, parquet_url or a web API key "
+                             "(flickr_api_key, unsplash_access_key, pixabay_api_key) with its batch size")
+        return out
+
+    def configured_sources(self) -> list[tuple[ImageSource, int]]:
+        """The sources this resource's settings enable, in plan order (possibly none)."""
         out: list[tuple[ImageSource, int]] = []
-        if self.synthetic:
-            out.append((SyntheticSource(seed=self.synthetic_seed, negative_fraction=self.negative_fraction),
-                        self.batch_size))
         if self.folder_url:
             out.append((FolderSource(self.folder_url, layout=self.folder_layout, licence=self.folder_licence),
                         self.folder_batch_size))
         if self.parquet_url:
             out.append((ParquetSource(self.parquet_url), self.parquet_batch_size))
         out += [(ApiSource(client, self.api_terms), size) for client, size in self._api_clients()]
-        if not out:
-            raise ValueError("SourcingResource has no source: enable synthetic or set folder_url / parquet_url")
         return out
 
-    def _api_clients(self) -> list[tuple[object, int]]:
+    def _api_clients(self) -> list[tuple[WebApiClient, int]]:
         """A client for each web API with a key and a share of the batch (keys arrive via ``dg.EnvVar``)."""
-        clients: list[tuple[object, int]] = []
+        clients: list[tuple[WebApiClient, int]] = []
         if self.flickr_api_key and self.flickr_batch_size > 0:
             clients.append((FlickrClient(self.flickr_api_key, base_url=self.flickr_base_url,
                                          licences=self.flickr_licences), self.flickr_batch_size))

@@ -5,40 +5,26 @@ the synthetic parsing backend and the tests.
 """
 from __future__ import annotations
 
-import io
 import json
+from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
-from PIL import Image
 
-from cosmicman.core.imageio import sha256_hex
+from cosmicman.core.keys import synthetic_truth_key, truth_mask_key
+from cosmicman.core.masks import mask_png
 from cosmicman.core.store import Store
 from cosmicman.simulation.world import SyntheticSample
 
-TRUTH_SCHEMA = {"sha256": pl.Utf8, "sample_id": pl.Utf8, "case": pl.Utf8, "attributes": pl.Utf8,
-                "n_people": pl.Int32, "bbox": pl.List(pl.Int32), "face_bbox": pl.List(pl.Int32),
-                "mask_key": pl.Utf8}
+TRUTH_SCHEMA: dict[str, pl.DataType] = {
+    "sha256": pl.Utf8(), "sample_id": pl.Utf8(), "case": pl.Utf8(), "attributes": pl.Utf8(), "n_people": pl.Int32(),
+    "bbox": pl.List(pl.Int32), "face_bbox": pl.List(pl.Int32), "mask_key": pl.Utf8()}
 
 
-def mask_png(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def read_mask(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint8)
-
-
-def truth_mask_key(sha256: str) -> str:
-    return f"truth/masks/{sha256[:2]}/{sha256}.png"
-
-
-def store_truth(samples: list[SyntheticSample], store: Store) -> pl.DataFrame:
+def store_truth(batch: str, samples: Sequence[tuple[SyntheticSample, str]], store: Store) -> pl.DataFrame:
+    """The truth table of the samples a batch stored, each with the sha256 of its pool image, and their
+    label maps (one PNG per image). Idempotent: masks already written stay, the table is rewritten whole."""
     rows = []
-    for s in samples:
-        sha = sha256_hex(s.image_bytes)
+    for s, sha in samples:
         key = None
         if s.mask is not None:
             key = truth_mask_key(sha)
@@ -48,4 +34,7 @@ def store_truth(samples: list[SyntheticSample], store: Store) -> pl.DataFrame:
                      "attributes": json.dumps(s.attributes, sort_keys=True) if s.attributes else None,
                      "n_people": s.n_people, "bbox": list(s.bbox) if s.bbox else None,
                      "face_bbox": list(s.face_bbox) if s.face_bbox else None, "mask_key": key})
-    return pl.DataFrame(rows, schema=TRUTH_SCHEMA)
+    table = pl.DataFrame(rows, schema=TRUTH_SCHEMA)
+    if len(table):
+        store.write_table(synthetic_truth_key(batch), table)
+    return table

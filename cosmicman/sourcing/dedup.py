@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from cosmicman.core.keys import POOL_INDEX_COMPACTED_KEY, POOL_INDEX_SEGMENTS_PREFIX, pool_index_segment_key
 from cosmicman.core.store import Store
 
-INDEX_PREFIX = "pool/index"
-COMPACTED_KEY = f"{INDEX_PREFIX}/compacted.parquet"
 SEGMENT_SCHEMA = {"sha_prefix": pl.UInt64, "phash": pl.UInt64, "sha256": pl.Utf8, "batch": pl.Utf8}
 # recompact once this many segments are outside the compacted file
 COMPACT_EVERY = 32
@@ -37,10 +36,6 @@ def sha_prefix(sha256: str) -> int:
 
 def phash_int(phash: str) -> int:
     return int(phash, 16)
-
-
-def segment_key(batch: str) -> str:
-    return f"{INDEX_PREFIX}/segments/{batch}.parquet"
 
 
 def _segment_batch(key: str) -> str:
@@ -172,11 +167,11 @@ def load_index_table(store: Store, exclude_batch: str | None = None,
     """Every stored image's index row: the compacted file plus the segments it does not cover."""
     columns = list(dict.fromkeys([*(columns or SEGMENT_SCHEMA), "batch"]))
     frames, covered = [], set()
-    if store.exists(COMPACTED_KEY):
-        compacted = store.read_table(COMPACTED_KEY, columns=columns)
+    if store.exists(POOL_INDEX_COMPACTED_KEY):
+        compacted = store.read_table(POOL_INDEX_COMPACTED_KEY, columns=columns)
         frames.append(compacted)
         covered = set(compacted["batch"].unique().to_list())
-    for key in store.list(f"{INDEX_PREFIX}/segments"):
+    for key in store.list(POOL_INDEX_SEGMENTS_PREFIX):
         if _segment_batch(key) not in covered:
             frames.append(store.read_table(key, columns=columns))
     table = pl.concat(frames) if frames else pl.DataFrame(schema={c: SEGMENT_SCHEMA[c] for c in columns})
@@ -191,9 +186,9 @@ def write_segment(store: Store, batch: str, stored: pl.DataFrame) -> None:
         pl.col("sha256").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("sha_prefix"),
         pl.col("phash").str.to_integer(base=16, dtype=pl.UInt64).alias("phash"),
         pl.col("sha256"), pl.lit(batch).alias("batch"))
-    store.write_table(segment_key(batch), segment)
-    covered = (set(store.read_table(COMPACTED_KEY, columns=["batch"])["batch"].unique().to_list())
-               if store.exists(COMPACTED_KEY) else set())
-    segments = store.list(f"{INDEX_PREFIX}/segments")
+    store.write_table(pool_index_segment_key(batch), segment)
+    covered = (set(store.read_table(POOL_INDEX_COMPACTED_KEY, columns=["batch"])["batch"].unique().to_list())
+               if store.exists(POOL_INDEX_COMPACTED_KEY) else set())
+    segments = store.list(POOL_INDEX_SEGMENTS_PREFIX)
     if sum(_segment_batch(k) not in covered for k in segments) >= COMPACT_EVERY:
-        store.write_table(COMPACTED_KEY, pl.concat([store.read_table(k) for k in segments]))
+        store.write_table(POOL_INDEX_COMPACTED_KEY, pl.concat([store.read_table(k) for k in segments]))

@@ -73,7 +73,6 @@ RESULT_BUFFER = 16
 # Error bodies this small are read so the keep-alive connection can be reused instead of closed.
 DRAINED_ERROR_BYTES = 65536
 NOT_IMAGE_SUBTYPES = frozenset({"json", "xml"})
-EXHAUSTED = object()
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ class Fetcher:
         parsed = parse_http_url(url)
         if parsed is None:
             return FetchResult(key, url, None, "bad_url", None, 0, None, time.monotonic() - started)
-        host = (parsed.host, parsed.port)
+        host = (parsed.host or "", parsed.port)  # parse_http_url only accepts URLs with a host
         state = self.hosts.checkout(host)
         try:
             outcome, attempts = await self.fetch_with_retries(parsed, state)
@@ -260,8 +259,8 @@ async def run_fetches(requests: Iterable[tuple[str, str]], config: FetchConfig,
         try:
             while True:
                 await unclaimed.acquire()
-                request = next(pending, EXHAUSTED)
-                if request is EXHAUSTED:
+                request = next(pending, None)
+                if request is None:
                     break
                 task = asyncio.create_task(fetcher.fetch(*request))
                 tasks.add(task)

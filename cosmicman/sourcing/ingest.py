@@ -14,8 +14,9 @@ Durability (datatrove's pattern: finished work leaves a marker, a re-run skips i
    and fetches only the items without an outcome. Decisions reference only earlier outcomes, so the
    chunks on disk are always consistent; a kill loses at most the outcomes of the unwritten chunk,
    whose blobs are content-addressed and are found again, not duplicated.
-3. Finishing writes the batch's tables (``tables/raw_images``, ``tables/sourcing_log``), its index
-   segment, the failed-URL table, and only then removes the staging folder. Every step is idempotent.
+3. Finishing writes the batch's tables (``tables/raw_images``, ``tables/sourcing_log``), lets each
+   source keep its own records of the items it stored (``StoredItemsRecorder``), writes the index
+   segment and the failed-URL table, and only then removes the staging folder. Every step is idempotent.
 
 The failed-URL table (``sourcing/failed_urls.parquet``) keeps every failure with its reason; retryable
 ones (timeouts, 5xx, 429, connection errors) are re-queued by later batches until ``max_url_attempts``
@@ -38,21 +39,20 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
-import fsspec
 import polars as pl
 
 from cosmicman.core.imageio import CheckedImage, check_image, sha256_hex
+from cosmicman.core.keys import FAILED_URLS_KEY, raw_table_key, sourcing_log_key, sourcing_staging_prefix
 from cosmicman.core.store import Store
-from cosmicman.simulation.truth import TRUTH_SCHEMA, store_truth
 from cosmicman.sourcing.dedup import PoolIndex, resolve_shas, write_segment
 from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
 from cosmicman.sourcing.sources import (
     IMAGE_SUFFIXES,
-    FolderSource,
     ImageSource,
+    ItemReader,
     ParquetSource,
     SourceItem,
-    SyntheticSource,
+    StoredItemsRecorder,
 )
 
 ITEM_SCHEMA = {"position": pl.Int64, "source": pl.Utf8, "source_id": pl.Utf8, "url": pl.Utf8, "licence": pl.Utf8,
@@ -61,7 +61,7 @@ ITEM_SCHEMA = {"position": pl.Int64, "source": pl.Utf8, "source_id": pl.Utf8, "u
 OUTCOME_SCHEMA = {**ITEM_SCHEMA, "status": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8, "http_status": pl.Int32,
                   "fetch_attempts": pl.Int32, "sha256": pl.Utf8, "blob_key": pl.Utf8, "ext": pl.Utf8,
                   "width": pl.Int32, "height": pl.Int32, "n_bytes": pl.Int64, "phash": pl.Utf8,
-                  "duplicate_of": pl.Utf8, "truth": pl.Utf8, "batch": pl.Utf8}
+                  "duplicate_of": pl.Utf8, "batch": pl.Utf8}
 RAW_COLUMNS = ["sha256", "blob_key", "ext", "source", "source_id", "url", "licence", "alt_text", "author", "page_url",
                "width", "height", "n_bytes", "phash", "batch"]
 FAILED_SCHEMA = {"url": pl.Utf8, "source": pl.Utf8, "source_id": pl.Utf8, "licence": pl.Utf8, "alt_text": pl.Utf8,
@@ -69,23 +69,6 @@ FAILED_SCHEMA = {"url": pl.Utf8, "source": pl.Utf8, "source_id": pl.Utf8, "licen
                  "reason": pl.Utf8, "http_status": pl.Int32, "attempts": pl.Int32, "first_batch": pl.Utf8,
                  "last_batch": pl.Utf8, "state": pl.Utf8}
 STATUSES = ("stored", "duplicate", "near_duplicate", "failed")
-FAILED_URLS_KEY = "sourcing/failed_urls.parquet"
-
-
-def staging_prefix(batch: str) -> str:
-    return f"sourcing/staging/{batch}"
-
-
-def raw_table_key(batch: str) -> str:
-    return f"tables/raw_images/{batch}.parquet"
-
-
-def log_table_key(batch: str) -> str:
-    return f"tables/sourcing_log/{batch}.parquet"
-
-
-def truth_table_key(batch: str) -> str:
-    return f"tables/synthetic_truth/{batch}.parquet"
 
 
 @dataclass(frozen=True)
@@ -140,7 +123,7 @@ def _row_item(row: dict) -> SourceItem:
 def plan_batch(store: Store, batch: str, batch_index: int, sources: Sequence[tuple[ImageSource, int]],
                config: IngestConfig) -> pl.DataFrame:
     """The batch's items, written once: re-queued failed URLs first, then each source's share."""
-    key = f"{staging_prefix(batch)}/plan.parquet"
+    key = f"{sourcing_staging_prefix(batch)}/plan.parquet"
     if store.exists(key):
         return store.read_table(key)
     rows: list[dict] = []
@@ -166,35 +149,25 @@ class _Fetched:
     detail: str = ""
     http_status: int | None = None
     attempts: int = 1
-    truth: object = None  # SyntheticSample for synthetic items
 
 
 def _fetch_items(plan_rows: list[dict], sources: Sequence[ImageSource],
                  fetch_config: FetchConfig) -> Iterator[_Fetched]:
-    """Bytes for each pending item: synthetic renders and dataset files first, then HTTP downloads.
-    Only folder sources read files; any other URL that is not http(s) is a ``bad_url``."""
-    synthetic = {s.name: s for s in sources if isinstance(s, SyntheticSource)}
-    folders = {s.name for s in sources if isinstance(s, FolderSource)}
+    """Bytes for each pending item: what sources read themselves (dataset files, renders) first, then
+    HTTP downloads. Any other URL that is not http(s) is a ``bad_url``."""
+    readers = {s.name: s for s in sources if isinstance(s, ItemReader)}
     http = []
     for r in plan_rows:
-        url = r["url"] or ""
-        if url.startswith(("http://", "https://")) or r["source"] not in folders | set(synthetic):
+        reader = readers.get(r["source"])
+        if reader is None or (r["url"] or "").startswith(("http://", "https://")):
             http.append(r)  # fetch_all rejects what is not http(s) as bad_url
-        elif url.startswith("synthetic://"):
-            source = synthetic.get(r["source"])
-            if source is None:
-                yield _Fetched(r["position"], None, "source_unavailable", f"no synthetic source {r['source']!r}")
-                continue
-            sample = source.render(_row_item(r))
-            yield _Fetched(r["position"], sample.image_bytes, truth=sample)
-        else:
-            try:
-                with fsspec.open(url, "rb") as f:
-                    yield _Fetched(r["position"], f.read())
-            except FileNotFoundError as exc:
-                yield _Fetched(r["position"], None, "missing_file", str(exc))
-            except (OSError, ValueError) as exc:
-                yield _Fetched(r["position"], None, "read_error", f"{type(exc).__name__}: {exc}")
+            continue
+        try:
+            yield _Fetched(r["position"], reader.read(_row_item(r)))
+        except FileNotFoundError as exc:
+            yield _Fetched(r["position"], None, "missing_file", str(exc))
+        except (OSError, ValueError) as exc:
+            yield _Fetched(r["position"], None, "read_error", f"{type(exc).__name__}: {exc}")
     for res in fetch_all(((str(r["position"]), r["url"]) for r in http), fetch_config):
         yield _Fetched(int(res.key), res.data, res.reason, "" if res.data is not None else res.reason or "",
                        res.http_status, res.attempts)
@@ -206,6 +179,9 @@ def claimed_extension(url: str | None) -> str | None:
     return suffix.lstrip(".") if suffix in IMAGE_SUFFIXES else None
 
 
+_Checked = tuple[_Fetched, bytes, CheckedImage]  # an item, its fetched bytes and what their check found
+
+
 class _Checker:
     """``check_image`` in worker processes (models-once lifecycle: the pool starts once per batch), or
     inline for small batches. Keeps at most ``window`` checks in flight so memory stays bounded."""
@@ -215,24 +191,25 @@ class _Checker:
         self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
                      if workers > 0 else None)
         self.window = max(1, workers * 8)
-        self.in_flight: dict[Future, _Fetched] = {}
+        self.in_flight: dict[Future, tuple[_Fetched, bytes]] = {}
 
-    def submit(self, fetched: _Fetched, claimed_ext: str | None) -> Iterator[tuple[_Fetched, CheckedImage]]:
+    def submit(self, fetched: _Fetched, data: bytes, claimed_ext: str | None) -> Iterator[_Checked]:
         if self.pool is None:
-            yield fetched, check_image(fetched.data, self.resize_to, claimed_ext)
+            yield fetched, data, check_image(data, self.resize_to, claimed_ext)
             return
-        self.in_flight[self.pool.submit(check_image, fetched.data, self.resize_to, claimed_ext)] = fetched
+        self.in_flight[self.pool.submit(check_image, data, self.resize_to, claimed_ext)] = (fetched, data)
         if len(self.in_flight) >= self.window:
             yield from self._collect()
 
-    def drain(self) -> Iterator[tuple[_Fetched, CheckedImage]]:
+    def drain(self) -> Iterator[_Checked]:
         while self.in_flight:
             yield from self._collect()
 
-    def _collect(self) -> Iterator[tuple[_Fetched, CheckedImage]]:
+    def _collect(self) -> Iterator[_Checked]:
         done, _ = wait(list(self.in_flight), return_when=FIRST_COMPLETED)
         for fut in done:
-            yield self.in_flight.pop(fut), fut.result()
+            fetched, data = self.in_flight.pop(fut)
+            yield fetched, data, fut.result()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -243,7 +220,8 @@ class _ChunkWriter:
     """Outcome rows in completion order, flushed atomically every ``size`` rows."""
 
     def __init__(self, store: Store, batch: str, size: int, first_index: int) -> None:
-        self.store, self.prefix, self.size, self.next_index = store, f"{staging_prefix(batch)}/done", size, first_index
+        self.store, self.size, self.next_index = store, size, first_index
+        self.prefix = f"{sourcing_staging_prefix(batch)}/done"
         self.rows: list[dict] = []
 
     def add(self, row: dict) -> None:
@@ -264,10 +242,10 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
                  progress: Callable[[int, int], None] | None = None) -> BatchReport:
     """Run (or resume, or re-read) one sourcing batch; see the module docstring."""
     t0 = time.monotonic()
-    if store.exists(log_table_key(batch)) and not store.exists(f"{staging_prefix(batch)}/plan.parquet"):
-        return _report(store, batch, store.read_table(log_table_key(batch)), 0, 0, t0)
+    if store.exists(sourcing_log_key(batch)) and not store.exists(f"{sourcing_staging_prefix(batch)}/plan.parquet"):
+        return _report(store, batch, store.read_table(sourcing_log_key(batch)), 0, 0, t0)
     plan = plan_batch(store, batch, batch_index, sources, config)
-    done_keys = store.list(f"{staging_prefix(batch)}/done")
+    done_keys = store.list(f"{sourcing_staging_prefix(batch)}/done")
     done = pl.concat([store.read_table(k) for k in done_keys]) if done_keys else pl.DataFrame(schema=OUTCOME_SCHEMA)
     index = PoolIndex.load(store, config.near_dup_distance, exclude_batch=batch)
     for sha, phash in done.filter(pl.col("status") == "stored").select("sha256", "phash").iter_rows():
@@ -281,17 +259,17 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
     created = 0
     n_done, total = len(finished), len(plan)
 
-    def outcome(fetched: _Fetched, checked: CheckedImage | None) -> None:
+    def outcome(fetched: _Fetched, data: bytes | None, checked: CheckedImage | None) -> None:
         nonlocal created, n_done
         row = {**by_position.pop(fetched.position), "batch": batch, "http_status": fetched.http_status,
                "fetch_attempts": fetched.attempts, "detail": fetched.detail}
-        if checked is None:
+        if data is None or checked is None:
             row.update(status="failed", reason=fetched.reason)
         elif checked.reason is not None:
             row.update(status="failed", reason=checked.reason, detail=checked.detail, sha256=checked.sha256,
-                       n_bytes=len(fetched.data))
+                       n_bytes=len(data))
         else:
-            stored = checked.stored_bytes if checked.stored_bytes is not None else fetched.data
+            stored = checked.stored_bytes if checked.stored_bytes is not None else data
             sha = checked.sha256 if checked.stored_bytes is None else sha256_hex(stored)
             row.update(sha256=sha, ext=checked.ext, width=checked.width, height=checked.height,
                        n_bytes=len(stored), phash=checked.phash, detail=checked.detail)
@@ -303,8 +281,6 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
                 created += put.created
                 index.add(sha, checked.phash)
                 row.update(status="stored", blob_key=put.key)
-                if fetched.truth is not None:
-                    row["truth"] = json.dumps(store_truth([fetched.truth], store).row(0, named=True))
         writer.add(row)
         n_done += 1
         if progress:
@@ -313,20 +289,22 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
     try:
         for fetched in _fetch_items(pending, [s for s, _ in sources], config.fetch):
             if fetched.data is None:
-                outcome(fetched, None)
+                outcome(fetched, None, None)
                 continue
-            for f, checked in checker.submit(fetched, claimed_extension(by_position[fetched.position]["url"])):
-                outcome(f, checked)
-        for f, checked in checker.drain():
-            outcome(f, checked)
+            claimed = claimed_extension(by_position[fetched.position]["url"])
+            for item in checker.submit(fetched, fetched.data, claimed):
+                outcome(*item)
+        for item in checker.drain():
+            outcome(*item)
         writer.flush()
     finally:
         checker.close()
-    log = pl.concat([store.read_table(k) for k in store.list(f"{staging_prefix(batch)}/done")]).sort("position")
+    log = pl.concat([store.read_table(k) for k in store.list(f"{sourcing_staging_prefix(batch)}/done")]
+                    ).sort("position")
     if len(log) != len(plan):
         raise RuntimeError(f"batch {batch}: {len(log)} outcomes for {len(plan)} planned items")
     log = _resolve_near_duplicates(store, log)
-    _finish(store, batch, log, config)
+    _finish(store, batch, log, sources, config)
     return _report(store, batch, log, created, len(finished), t0)
 
 
@@ -339,17 +317,18 @@ def _resolve_near_duplicates(store: Store, log: pl.DataFrame) -> pl.DataFrame:
     return log.with_columns(pl.col("duplicate_of").replace(full))
 
 
-def _finish(store: Store, batch: str, log: pl.DataFrame, config: IngestConfig) -> None:
+def _finish(store: Store, batch: str, log: pl.DataFrame, sources: Sequence[tuple[ImageSource, int]],
+            config: IngestConfig) -> None:
     stored = log.filter(pl.col("status") == "stored")
     store.write_table(raw_table_key(batch), stored.select(RAW_COLUMNS))
-    truth = stored.filter(pl.col("truth").is_not_null())
-    if len(truth):
-        store.write_table(truth_table_key(batch), pl.DataFrame([json.loads(t) for t in truth["truth"]],
-                                                               schema=TRUTH_SCHEMA))
-    store.write_table(log_table_key(batch), log.drop("truth"))
+    for source, _ in sources:
+        if isinstance(source, StoredItemsRecorder):
+            mine = stored.filter(pl.col("source") == source.name).iter_rows(named=True)
+            source.record_stored(batch, [(_row_item(r), r["sha256"]) for r in mine], store)
+    store.write_table(sourcing_log_key(batch), log)
     write_segment(store, batch, stored.select("sha256", "phash"))
     update_failed_urls(store, batch, log, config.max_url_attempts)
-    store.delete(staging_prefix(batch))
+    store.delete(sourcing_staging_prefix(batch))
 
 
 def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_attempts: int) -> None:
@@ -380,9 +359,10 @@ def _report(store: Store, batch: str, log: pl.DataFrame, created: int, resumed: 
     counts = Counter(log["status"].to_list())
     failed = log.filter(pl.col("status") == "failed")
     return BatchReport(
-        batch, len(log), {s: counts.get(s, 0) for s in STATUSES}, dict(sorted(Counter(failed["reason"].to_list()).items())),
-        dict(sorted(Counter(log["source"].to_list()).items())), int((log["url_attempt"] > 1).sum()), created, resumed,
-        time.monotonic() - t0, log.filter(pl.col("status") == "stored").select(RAW_COLUMNS), log)
+        batch, len(log), {s: counts.get(s, 0) for s in STATUSES},
+        dict(sorted(Counter(failed["reason"].to_list()).items())),
+        dict(sorted(Counter(log["source"].to_list()).items())), int((log["url_attempt"] > 1).sum()), created,
+        resumed, time.monotonic() - t0, log.filter(pl.col("status") == "stored").select(RAW_COLUMNS), log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,8 @@ import posixpath
 import time
 from dataclasses import dataclass
 
+from cosmicman.core.keys import POOL_MARKERS_PREFIX
 from cosmicman.core.store import Store
-
-BATCH_MARKERS_PREFIX = "pool/recorded"
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class BatchMarker:
 
 
 def _markers(store: Store) -> list[BatchMarker]:
-    return [BatchMarker.parse(k) for k in store.list(BATCH_MARKERS_PREFIX)]
+    return [BatchMarker.parse(k) for k in store.list(POOL_MARKERS_PREFIX)]
 
 
 def _newest(markers: list[BatchMarker]) -> dict[str, BatchMarker]:
@@ -58,7 +57,7 @@ def record_batch(store: Store, batch: str, raw: int, kept: int) -> PoolStats:
     """Record this batch's counts (replacing any earlier record of it) and return the pool's."""
     if "/" in batch:
         raise ValueError(f"a batch name is one path segment, got {batch!r}")
-    store.write_bytes(f"{BATCH_MARKERS_PREFIX}/{batch}.{time.time_ns()}.{raw}.{kept}", b"")
+    store.write_bytes(f"{POOL_MARKERS_PREFIX}/{batch}.{time.time_ns()}.{raw}.{kept}", b"")
     markers = _markers(store)
     newest = _newest(markers)
     for m in markers:
@@ -86,4 +85,5 @@ def decide_sourcing(stats: PoolStats, threshold: int, partitions: list[str]) -> 
         return SourcingDecision(None, f"pool holds {stats.kept} kept images, at or above the threshold {threshold}")
     numbers = [int(p.rpartition("-")[2]) for p in partitions if p.rpartition("-")[2].isdigit()]
     new = f"batch-{(max(numbers) + 1) if numbers else 0:05d}"
-    return SourcingDecision(new, f"pool holds {stats.kept} kept images, under the threshold {threshold}: sourcing {new}")
+    return SourcingDecision(new, f"pool holds {stats.kept} kept images, under the threshold {threshold}: "
+                                 f"sourcing {new}")

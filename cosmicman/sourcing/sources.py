@@ -1,24 +1,23 @@
 """Image sources: what each one offers to a sourcing batch, before any byte is fetched.
 
 A source plans a batch as a list of :class:`SourceItem` (URL plus the metadata kept on the pool row);
-:mod:`cosmicman.sourcing.ingest` fetches, checks, de-duplicates and stores them. Sources here: the synthetic
-world, folder datasets (plain, SHHQ, DeepFashion-MultiModal), LAION-style parquet url lists; the web
-APIs (Flickr, Unsplash, Pixabay) are in :mod:`cosmicman.sourcing.web_apis`.
+:mod:`cosmicman.sourcing.ingest` fetches, checks, de-duplicates and stores them. Sources here: folder
+datasets (plain, SHHQ, DeepFashion-MultiModal) and LAION-style parquet url lists; the web APIs (Flickr,
+Unsplash, Pixabay) are in :mod:`cosmicman.sourcing.web_apis`.
 """
 from __future__ import annotations
 
 import json
 import posixpath
-import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import fsspec
 import pyarrow.parquet as pq
 
 from cosmicman.core.imageio import sha256_hex
+from cosmicman.core.keys import folder_listing_key
 from cosmicman.core.store import Store
-from cosmicman.simulation.world import SyntheticSample, SyntheticWorld
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -27,9 +26,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 class SourceItem:
     """One image a source offers to a batch, before its bytes are fetched.
 
-    ``url`` is an http(s) URL for web sources, an fsspec URL for datasets on disk, or
-    ``synthetic://<seed>/<index>`` for the synthetic world. Every field but the bytes is kept on the
-    image's pool row, so licence, author and page URL survive to the dataset's manifest.
+    ``url`` is an http(s) URL for web sources, or whatever a source that reads its own items
+    (:class:`ItemReader`) understands: an fsspec URL for datasets on disk, for instance. Every field but
+    the bytes is kept on the image's pool row, so licence, author and page URL survive to the dataset's
+    manifest.
     """
     source: str
     source_id: str
@@ -50,34 +50,25 @@ class ImageSource(Protocol):
     def plan(self, batch_index: int, size: int, store: Store) -> list[SourceItem]: ...
 
 
-@dataclass
-class SyntheticSource:
-    """The synthetic human world: batch ``b`` renders world indices [b*size, (b+1)*size)."""
+@runtime_checkable
+class ItemReader(Protocol):
+    """A source that produces its items' bytes itself (files, renders) instead of having them downloaded.
 
-    seed: int = 0
-    negative_fraction: float = 0.3
-    width: int = 320
-    height: int = 640
-    name: str = "synthetic"
+    Items with an http(s) URL are downloaded all the same (the fetcher's retries and per-host limits).
+    ``read`` raises ``FileNotFoundError`` for a missing item and ``OSError`` / ``ValueError`` for an
+    unreadable one; ingest records them as failures."""
 
-    def world(self) -> SyntheticWorld:
-        return SyntheticWorld(seed=self.seed, width=self.width, height=self.height)
+    def read(self, item: SourceItem) -> bytes: ...
 
-    def plan(self, batch_index: int, size: int, store: Store | None = None) -> list[SourceItem]:
-        world = self.world()
-        items = []
-        for i in range(batch_index * size, (batch_index + 1) * size):
-            case = world.case_of(i, self.negative_fraction)
-            items.append(SourceItem(self.name, f"synth-{self.seed}-{i}", f"synthetic://{self.seed}/{i}?case={case}",
-                                    licence="CC0 (synthetic)"))
-        return items
 
-    def render(self, item: SourceItem) -> SyntheticSample:
-        parsed = urllib.parse.urlsplit(item.url)
-        if parsed.scheme != "synthetic" or int(parsed.netloc) != self.seed:
-            raise ValueError(f"{item.url!r} is not an item of synthetic world {self.seed}")
-        case = urllib.parse.parse_qs(parsed.query).get("case", [None])[0]
-        return self.world().sample(int(parsed.path.strip("/")), case)
+@runtime_checkable
+class StoredItemsRecorder(Protocol):
+    """A source that keeps records of its own beside the pool for the items a batch stored.
+
+    Ingest calls ``record_stored`` once as the batch finishes, with each stored item and the sha256 of
+    its pool image; a batch killed while finishing calls it again, so it must be idempotent."""
+
+    def record_stored(self, batch: str, stored: list[tuple[SourceItem, str]], store: Store) -> None: ...
 
 
 LAYOUTS = ("plain", "shhq", "deepfashion_mm")
@@ -117,7 +108,7 @@ class FolderSource:
 
     def files(self, store: Store | None = None) -> list[str]:
         """Image paths relative to the root, sorted; cached in ``store`` after the first listing."""
-        key = f"sourcing/folders/{sha256_hex(f'{self.url}|{self.layout}'.encode())[:16]}.json"
+        key = folder_listing_key(sha256_hex(f"{self.url}|{self.layout}".encode())[:16])
         if store is not None and store.exists(key):
             return store.read_json(key)["files"]
         fs, root = self._fs()
@@ -143,6 +134,10 @@ class FolderSource:
                     with fs.open(f"{root}/{name}", "rt") as f:
                         return {f"images/{k}": v for k, v in json.load(f).items()}
         return {}
+
+    def read(self, item: SourceItem) -> bytes:
+        with fsspec.open(item.url, "rb") as f:
+            return f.read()
 
     def plan(self, batch_index: int, size: int, store: Store | None = None) -> list[SourceItem]:
         fs, root = self._fs()
@@ -200,13 +195,16 @@ class ParquetSource:
         names = set(pf.schema_arrow.names)
         cols = {k: next((c for c in cands if c in names), None) for k, cands in PARQUET_COLUMNS.items()}
         if cols["url"] is None:
-            raise ValueError(f"{path!r} has no url column (looked for {PARQUET_COLUMNS['url']}); columns: {sorted(names)}")
-        groups, first, row0 = [], None, 0
+            raise ValueError(f"{path!r} has no url column (looked for {PARQUET_COLUMNS['url']}); "
+                             f"columns: {sorted(names)}")
+        groups: list[int] = []
+        first, row0 = 0, 0
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             if offset + row0 + n > start and offset + row0 < stop:
+                if not groups:
+                    first = row0
                 groups.append(g)
-                first = row0 if first is None else first
             row0 += n
         table = pf.read_row_groups(groups, columns=[c for c in cols.values() if c])
         lo = start - offset - first

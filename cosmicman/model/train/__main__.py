@@ -1,0 +1,80 @@
+"""Daring trainer: train and publish one model from a JSON config (path or fsspec URL).
+
+The package doc says how it works. Under Dagster Pipes rank 0 reports the run as one asset materialization."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from typing import Any
+
+from cosmicman.model.distributed import DistEnv
+from cosmicman.model.run_record import summary
+from cosmicman.model.train.config import TrainConfig
+from cosmicman.model.train.loop import train
+from cosmicman.model.train.step import NonFiniteLossError
+
+
+def _config_from(arg: str | None, extras: dict[str, Any] | None) -> TrainConfig:
+    if arg:
+        return TrainConfig.load(arg)
+    raw = (extras or {}).get("config")
+    if raw is None:
+        raise SystemExit("no config: pass --config <json path or URL> (or pipes extras['config'])")
+    if isinstance(raw, str):
+        return TrainConfig.load(raw)
+    return TrainConfig.from_dict(dict(raw))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cosmicman.model.train",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="JSON config: local path or fsspec URL")
+    # the `deepspeed` launcher passes --local_rank; the rank comes from the environment it also sets
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    # Pipes only on rank 0: every rank inherits the launcher's environment, one reports.
+    # (dagster_pipes 1.13 has no module-level is_dagster_pipes_process(); the env-var loader's check is it)
+    if DistEnv.from_env().is_main and PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        from cosmicman.model.pipes_channel import ObjectStoreMessageWriter
+
+        with open_dagster_pipes(message_writer=ObjectStoreMessageWriter()) as context:
+            cfg = _config_from(args.config, dict(context.extras or {}))
+
+            def say(msg: str) -> None:
+                context.log.info(msg)
+                print(msg, file=sys.stderr, flush=True)
+
+            record = train(cfg, log_fn=say)
+            context.report_asset_materialization(metadata={
+                k: {"raw_value": v, "type": "json"} if isinstance(v, dict) else v for k, v in summary(record).items()})
+        return 0
+    if not args.config and PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        # a non-zero rank under Pipes: the config comes from the extras rank 0 reads; read them too
+        from dagster_pipes import PipesDefaultContextLoader
+
+        params = PipesEnvVarParamsLoader().load_context_params()
+        with PipesDefaultContextLoader().load_context(params) as data:
+            cfg = _config_from(None, dict(data.get("extras") or {}))
+    else:
+        cfg = _config_from(args.config, None)
+    try:
+        # stdout carries only the summary: libraries that log to stdout (DeepSpeed) go to stderr meanwhile
+        with contextlib.redirect_stdout(sys.stderr):
+            record = train(cfg)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if DistEnv.from_env().is_main:
+        print(json.dumps(summary(record), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
