@@ -41,9 +41,9 @@ import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cosmicman.assets.common import sourcing_batches  # noqa: E402
-from cosmicman.core.keys import blob_key, table_key  # noqa: E402
 from cosmicman.assets.filtering import build_filtered_images  # noqa: E402
 from cosmicman.core.imageio import decode_image  # noqa: E402
+from cosmicman.core.keys import blob_key, table_key  # noqa: E402
 from cosmicman.core.store import Store  # noqa: E402
 from cosmicman.filtering.chain import FilterChain  # noqa: E402
 from cosmicman.filtering.decisions import FilterConfig  # noqa: E402

@@ -24,6 +24,7 @@ ours does. The last line is ``ratio_vs_img2dataset: <x>``, ours over img2dataset
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import io
 import json
@@ -100,19 +101,15 @@ def measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tu
             rss = 0
             try:
                 for p in [root, *root.children(recursive=True)]:
-                    try:
+                    with contextlib.suppress(psutil.NoSuchProcess):  # a child that exited meanwhile
                         rss += p.memory_info().rss
-                    except psutil.NoSuchProcess:
-                        pass  # a child that exited between the listing and the read
             except psutil.NoSuchProcess:
                 pass  # the root exited after poll()
             peak = max(peak, rss)
             if time.perf_counter() - start > RUN_TIMEOUT_S:
                 for p in [*root.children(recursive=True), root]:  # img2dataset's workers too
-                    try:
+                    with contextlib.suppress(psutil.NoSuchProcess):
                         p.kill()
-                    except psutil.NoSuchProcess:
-                        pass
             time.sleep(SAMPLE_EVERY_S)
         wall = time.perf_counter() - start
     if proc.returncode != 0:

@@ -132,7 +132,7 @@ def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | No
     from cosmicman.annotation.ledger import RoundLedger
 
     try:
-        RoundLedger(defs.resources["object_store"].store()).base()
+        RoundLedger(_object_store(defs)).base()
     except LookupError:  # round 0 is built once; later turns go on from the rounds already run
         _run(defs, instance, "hitl_setup_job")
     annotate_until_stop(defs, instance)
@@ -173,7 +173,7 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
     from cosmicman.annotation.ledger import RoundLedger
 
     hq = meta("cosmicman_hq")
-    ledger = RoundLedger(defs.resources["object_store"].store())
+    ledger = RoundLedger(_object_store(defs))
     results, curve = ledger.results(), ledger.curve()
     return {
         "batches": stages, "rejections": rejections,

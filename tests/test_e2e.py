@@ -99,9 +99,11 @@ def test_trained_unet_loads_in_diffusers(flywheel):
         with open(os.path.join(path, "training_run.json")) as f:
             run_record = json.load(f)
     assert run_record["config"]["beta"] == 1.0 and run_record["config"]["act_fn"] == "silu"
-    with local_model_dir(variants["baseline"]["output_url"]) as path, open(os.path.join(path, "training_run.json")) as f:
+    with local_model_dir(variants["baseline"]["output_url"]) as path, \
+            open(os.path.join(path, "training_run.json")) as f:
         assert json.load(f)["config"]["beta"] == 0.0  # the baseline trains on the noise loss alone
-    with local_model_dir(variants["hola-mp_silu"]["output_url"]) as path, open(os.path.join(path, "training_run.json")) as f:
+    with local_model_dir(variants["hola-mp_silu"]["output_url"]) as path, \
+            open(os.path.join(path, "training_run.json")) as f:
         assert json.load(f)["config"]["act_fn"] == "mp_silu"
     assert flywheel["first"]["ablation_rows"] == len(VARIANTS)
     # every variant reports the share of group attention inside the masks (HOLA's aim), also when reused
