@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(PY) -m cosmicman.cli run
 
-# ruff's lint rules only (the code is not ruff-formatted); mypy's files and strictness are in pyproject.toml
+# ruff's formatter and lint rules, then mypy; their settings are in pyproject.toml
 lint: install
+	$(VENV)/bin/ruff format --check cosmicman tests bench
 	$(VENV)/bin/ruff check cosmicman tests bench
 	$(VENV)/bin/mypy
 

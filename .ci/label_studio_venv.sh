@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A separate virtualenv with the Label Studio *server*, for tests/test_label_studio.py.
+# A separate virtualenv with the Label Studio *server*, for tests/annotation/test_label_studio.py.
 #
 # The server pins Django and many other packages of its own, so it never goes into the project's
 # dependencies (the project only needs the client, label-studio-sdk). Also builds a migrated, empty

@@ -16,6 +16,7 @@ shards in parallel. Images/s per core are the shard steps' rows over their step 
 of the whole process tree (psutil, sampled every 0.1 s, RSS summed over the bench process and all its
 descendants: shared pages count once per process, so the sum over-counts) plus ru_maxrss.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,20 +58,36 @@ RECORDS = 100_000
 BASELINE_RECORDS = 5_000
 BASES_PER_CASE = 8
 # records per 2000 by the synthetic world's case; the last four reach the person / face detectors (0.3 %)
-MIX = {"corrupt": 60, "too_small": 1100, "fake_person": 300, "low_quality": 534,
-       "kept": 3, "no_person": 1, "many_people": 1, "small_face": 1}
+MIX = {
+    "corrupt": 60,
+    "too_small": 1100,
+    "fake_person": 300,
+    "low_quality": 534,
+    "kept": 3,
+    "no_person": 1,
+    "many_people": 1,
+    "small_face": 1,
+}
 DETECTOR_CASES = ("kept", "no_person", "many_people", "small_face")
 # the chain's order: a record reached a stage unless an earlier stage rejected it
-STAGES = [("decode", ()), ("size rule", ("corrupt",)), ("fake-person head", ("too_small",)),
-          ("quality", ("fake_person",)), ("person detector", ("low_quality",)),
-          ("face detector", ("no_person", "many_people"))]
+STAGES = [
+    ("decode", ()),
+    ("size rule", ("corrupt",)),
+    ("fake-person head", ("too_small",)),
+    ("quality", ("fake_person",)),
+    ("person detector", ("low_quality",)),
+    ("face detector", ("no_person", "many_people")),
+]
 BATCH, BASELINE_BATCH = "batch-00001", "batch-00000"
 
 
 def filter_resource() -> FilterResource:
     base = FilterConfig()
-    return FilterResource(min_short_side=int(base.min_short_side * SCALE), min_long_side=int(base.min_long_side * SCALE),
-                          min_face_px=int(base.min_face_px * SCALE))
+    return FilterResource(
+        min_short_side=int(base.min_short_side * SCALE),
+        min_long_side=int(base.min_long_side * SCALE),
+        min_face_px=int(base.min_face_px * SCALE),
+    )
 
 
 def case_schedule() -> list[str]:
@@ -88,8 +105,13 @@ def _scaled(data: bytes) -> np.ndarray:
 def base_images(seed: int, per_case: int) -> dict[str, list[np.ndarray]]:
     """Scaled renders per case; corrupt records start from a kept render and are cut short."""
     world = SyntheticWorld(seed=seed)
-    return {case: [_scaled(world.sample(1000 * n + i, "kept" if case == "corrupt" else case).image_bytes)
-                   for i in range(per_case)] for n, case in enumerate(MIX)}
+    return {
+        case: [
+            _scaled(world.sample(1000 * n + i, "kept" if case == "corrupt" else case).image_bytes)
+            for i in range(per_case)
+        ]
+        for n, case in enumerate(MIX)
+    }
 
 
 def record_bases(chain: FilterChain, per_case: int = BASES_PER_CASE) -> dict[str, list[np.ndarray]]:
@@ -158,7 +180,11 @@ def write_batch(store: Store, bases: dict, batch: str, first: int, count: int, w
 def train_head() -> bytes:
     """The fake-person head on scaled renders (not the records' own): cartoons against every photographic case."""
     renders = base_images(seed=78, per_case=12)
-    real = [Image.fromarray(a) for c in ("kept", "low_quality", "no_person", "many_people", "small_face") for a in renders[c]]
+    real = [
+        Image.fromarray(a)
+        for c in ("kept", "low_quality", "no_person", "many_people", "small_face")
+        for a in renders[c]
+    ]
     fake = [Image.fromarray(a) for a in renders["fake_person"]]
     head, metrics = train_fake_person_head(real + fake, [0] * len(real) + [1] * len(fake))
     print(f"fake-person head on {len(real) + len(fake)} scaled renders: val accuracy {metrics['val_accuracy']:.3f}")
@@ -167,8 +193,13 @@ def train_head() -> bytes:
 
 def stage_speeds(bases: dict[str, list[np.ndarray]], chain: FilterChain) -> None:
     """Per-stage throughput of the chain in this process, on records of each kind."""
-    groups = {"corrupt": ["corrupt"], "too_small": ["too_small"], "fake_person": ["fake_person"],
-              "low_quality": ["low_quality"], "detectors": list(DETECTOR_CASES)}
+    groups = {
+        "corrupt": ["corrupt"],
+        "too_small": ["too_small"],
+        "fake_person": ["fake_person"],
+        "low_quality": ["low_quality"],
+        "detectors": list(DETECTOR_CASES),
+    }
     print("chain throughput by how far a record gets (one core, this process):")
     for name, cases in groups.items():
         n = 8 if name == "detectors" else 200
@@ -214,19 +245,29 @@ class TreeRss:
 def bench_job() -> dg.JobDefinition:
     """Rebuilt in every step process (the multiprocess executor reconstructs the job by this function)."""
     defs = dg.Definitions(
-        assets=[dg.AssetSpec("raw_images", partitions_def=sourcing_batches), dg.AssetSpec("fake_person_classifier"),
-                build_filtered_images()],
+        assets=[
+            dg.AssetSpec("raw_images", partitions_def=sourcing_batches),
+            dg.AssetSpec("fake_person_classifier"),
+            build_filtered_images(),
+        ],
         jobs=[dg.define_asset_job("bench_filtered_images", selection=["filtered_images"])],
-        resources={"object_store": ObjectStoreResource(url=os.environ["BENCH_STORE"]), "filters": filter_resource()})
+        resources={"object_store": ObjectStoreResource(url=os.environ["BENCH_STORE"]), "filters": filter_resource()},
+    )
     return defs.resolve_job_def("bench_filtered_images")
 
 
 def run_batch(instance: dg.DagsterInstance, batch: str, shard_rows: int, workers: int) -> dict:
-    config = {"ops": {"filtered_images": {"ops": {"plan_filter_shards": {"config": {"shard_rows": shard_rows}}}}},
-              "execution": {"config": {"multiprocess": {"max_concurrent": workers}}}}
+    config = {
+        "ops": {"filtered_images": {"ops": {"plan_filter_shards": {"config": {"shard_rows": shard_rows}}}}},
+        "execution": {"config": {"multiprocess": {"max_concurrent": workers}}},
+    }
     started = time.perf_counter()
-    with TreeRss() as rss, dg.execute_job(dg.reconstructable(bench_job), instance, run_config=config,
-                        tags={"dagster/partition": batch}) as result:
+    with (
+        TreeRss() as rss,
+        dg.execute_job(
+            dg.reconstructable(bench_job), instance, run_config=config, tags={"dagster/partition": batch}
+        ) as result,
+    ):
         assert result.success, "the bench run failed"
         run_id = result.run_id
     wall = time.perf_counter() - started
@@ -236,10 +277,16 @@ def run_batch(instance: dg.DagsterInstance, batch: str, shard_rows: int, workers
         if ev is not None and ev.step_key and ev.event_type_value in ("STEP_START", "STEP_SUCCESS"):
             steps.setdefault(ev.step_key, {})[ev.event_type_value] = record.timestamp
     shard_steps = {k: v["STEP_SUCCESS"] - v["STEP_START"] for k, v in steps.items() if ".filter_shard[" in k}
-    filter_span = (max(v["STEP_SUCCESS"] for k, v in steps.items() if k in shard_steps)
-                   - min(v["STEP_START"] for k, v in steps.items() if k in shard_steps))
-    return {"wall": wall, "shard_steps": shard_steps, "filter_span": filter_span, "rss_peak": rss.peak,
-            "rss_procs": rss.procs_at_peak}
+    filter_span = max(v["STEP_SUCCESS"] for k, v in steps.items() if k in shard_steps) - min(
+        v["STEP_START"] for k, v in steps.items() if k in shard_steps
+    )
+    return {
+        "wall": wall,
+        "shard_steps": shard_steps,
+        "filter_span": filter_span,
+        "rss_peak": rss.peak,
+        "rss_procs": rss.procs_at_peak,
+    }
 
 
 def stage_shares(table: pl.DataFrame) -> list[tuple[str, float]]:
@@ -266,11 +313,15 @@ def main() -> None:
         t = time.perf_counter()
         write_batch(store, bases, BASELINE_BATCH, 0, BASELINE_RECORDS)
         write_batch(store, bases, BATCH, BASELINE_RECORDS, RECORDS)
-        print(f"setup: {BASELINE_RECORDS} + {RECORDS} distinct records written in {time.perf_counter() - t:.0f} s "
-              f"({sum(f.stat().st_size for f in (work / 'store' / 'blobs').rglob('*.jpg')) / 2 ** 20:.0f} MiB)")
+        print(
+            f"setup: {BASELINE_RECORDS} + {RECORDS} distinct records written in {time.perf_counter() - t:.0f} s "
+            f"({sum(f.stat().st_size for f in (work / 'store' / 'blobs').rglob('*.jpg')) / 2**20:.0f} MiB)"
+        )
 
         (work / "dagster").mkdir()
-        with dg.DagsterInstance.local_temp(str(work / "dagster"), overrides={"telemetry": {"enabled": False}}) as instance:
+        with dg.DagsterInstance.local_temp(
+            str(work / "dagster"), overrides={"telemetry": {"enabled": False}}
+        ) as instance:
             instance.add_dynamic_partitions(sourcing_batches.name, [BASELINE_BATCH, BATCH])
             one = run_batch(instance, BASELINE_BATCH, shard_rows=BASELINE_RECORDS, workers=1)
             two = run_batch(instance, BATCH, shard_rows=RECORDS // 2, workers=2)
@@ -287,21 +338,31 @@ def main() -> None:
         one_rate = BASELINE_RECORDS / one_step
         two_rates = [RECORDS / 2 / s for s in two["shard_steps"].values()]
         two_rate = RECORDS / two["filter_span"]
-        print(f"\nbaseline, {BASELINE_RECORDS} records in one shard: {one_step:.1f} s filter step, "
-              f"{one_rate:.1f} images/s per core; whole run {one['wall']:.1f} s, peak tree RSS "
-              f"{one['rss_peak'] / 2 ** 30:.3f} GiB")
-        print(f"{RECORDS} records in two parallel shards: steps {', '.join(f'{s:.1f} s' for s in two['shard_steps'].values())}"
-              f" -> {', '.join(f'{r:.1f}' for r in two_rates)} images/s per core; both shards {two_rate:.1f} images/s "
-              f"({two_rate / 2:.1f} per core); whole run {two['wall']:.1f} s")
-        print(f"  two parallel shards vs one shard: x{two_rate / one_rate:.2f} images/s (2.00 = perfect on two free cores), "
-              f"per core x{two_rate / 2 / one_rate:.2f}")
-        self_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-        child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
-        print(f"  peak RSS, 100k run: process tree {two['rss_peak'] / 2 ** 30:.3f} GiB over {two['rss_procs']} processes "
-              f"(sampled); ru_maxrss bench process {self_max:.3f} GiB (includes setup), largest child {child_max:.3f} GiB")
-        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end "
-              f"(shared with other work: figures are lower bounds); bench took {time.perf_counter() - started:.0f} s")
-        print(f"peak_rss_gib_100k: {two['rss_peak'] / 2 ** 30:.3f}")
+        print(
+            f"\nbaseline, {BASELINE_RECORDS} records in one shard: {one_step:.1f} s filter step, "
+            f"{one_rate:.1f} images/s per core; whole run {one['wall']:.1f} s, peak tree RSS "
+            f"{one['rss_peak'] / 2**30:.3f} GiB"
+        )
+        print(
+            f"{RECORDS} records in two parallel shards: steps {', '.join(f'{s:.1f} s' for s in two['shard_steps'].values())}"
+            f" -> {', '.join(f'{r:.1f}' for r in two_rates)} images/s per core; both shards {two_rate:.1f} images/s "
+            f"({two_rate / 2:.1f} per core); whole run {two['wall']:.1f} s"
+        )
+        print(
+            f"  two parallel shards vs one shard: x{two_rate / one_rate:.2f} images/s (2.00 = perfect on two free cores), "
+            f"per core x{two_rate / 2 / one_rate:.2f}"
+        )
+        self_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        print(
+            f"  peak RSS, 100k run: process tree {two['rss_peak'] / 2**30:.3f} GiB over {two['rss_procs']} processes "
+            f"(sampled); ru_maxrss bench process {self_max:.3f} GiB (includes setup), largest child {child_max:.3f} GiB"
+        )
+        print(
+            f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end "
+            f"(shared with other work: figures are lower bounds); bench took {time.perf_counter() - started:.0f} s"
+        )
+        print(f"peak_rss_gib_100k: {two['rss_peak'] / 2**30:.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,6 +14,7 @@ manual pass costs exactly the applicable questions of each; only the sampled one
 Ends with  hitl_gain_points: <last round minus round 0, mean accuracy in points>
            hitl_manual_share: <labels asked of humans / labels of a full manual pass>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sample", type=int, default=400, help="I_r: pool images sent to humans per round")
     p.add_argument("--max-rounds", type=int, default=8)
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    p.add_argument("--first-round", choices=sorted(FIRST_ROUND_RULES), default="all",
-                   help="who answers in round 1: all categories (the paper) or those below the threshold")
+    p.add_argument(
+        "--first-round",
+        choices=sorted(FIRST_ROUND_RULES),
+        default="all",
+        help="who answers in round 1: all categories (the paper) or those below the threshold",
+    )
     p.add_argument("--error-rate", type=float, default=0.05, help="the simulated human's wrong-answer rate")
     p.add_argument("--json", type=Path, help="also write the per-round records here")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
     protocol = load_protocol()
-    rules = HitlRules(threshold=args.threshold, sample_size=args.sample, max_rounds=args.max_rounds,
-                      first_round=args.first_round)
+    rules = HitlRules(
+        threshold=args.threshold, sample_size=args.sample, max_rounds=args.max_rounds, first_round=args.first_round
+    )
     eval_items = synthetic_people(10_000, args.eval)
     pre = synthetic_people(20_000, args.pretrain)
     pool = synthetic_pool(1, args.pool)
@@ -65,24 +71,39 @@ def main(argv: list[str] | None = None) -> dict:
     acc0 = per_category_accuracy(base, eval_items, protocol=protocol)
     acc_final = per_category_accuracy(final, eval_items, protocol=protocol)
     asked = sum(h.labels_asked for h in history)
-    print(f"protocol v{protocol.version}: {len(protocol.categories)} categories; I_e {args.eval} people; pool "
-          f"{args.pool} people, a full manual pass = {full} labels; I_r {args.sample} per round")
+    print(
+        f"protocol v{protocol.version}: {len(protocol.categories)} categories; I_e {args.eval} people; pool "
+        f"{args.pool} people, a full manual pass = {full} labels; I_r {args.sample} per round"
+    )
     print(f"round-1 rule: {FIRST_ROUND_RULES[rules.first_round]}")
-    print(f"{'round':>5} {'sent':>5} {'acc before':>10} {'acc after':>9} {'gain pts':>8} {'labels':>7} "
-          f"{'round share':>11} {'adopted':>7}")
+    print(
+        f"{'round':>5} {'sent':>5} {'acc before':>10} {'acc after':>9} {'gain pts':>8} {'labels':>7} "
+        f"{'round share':>11} {'adopted':>7}"
+    )
     for h in history:
-        print(f"{h.round:>5} {len(h.categories_sent):>5} {h.mean_accuracy_before:>10.3f} {h.mean_accuracy_after:>9.3f} "
-              f"{100 * h.gain:>8.1f} {h.labels_asked:>7} {h.cost_share:>11.4f} {'yes' if h.adopted else 'no':>7}")
+        print(
+            f"{h.round:>5} {len(h.categories_sent):>5} {h.mean_accuracy_before:>10.3f} {h.mean_accuracy_after:>9.3f} "
+            f"{100 * h.gain:>8.1f} {h.labels_asked:>7} {h.cost_share:>11.4f} {'yes' if h.adopted else 'no':>7}"
+        )
     tags: dict[str, list[tuple[float, float]]] = {}
     for name, a in acc_final.items():
         tags.setdefault(protocol.by_name[name].tag, []).append((acc0[name], a))
-    print("by tag (round 0 -> final): " + ", ".join(
-        f"{t} {sum(x for x, _ in v) / len(v):.3f} -> {sum(y for _, y in v) / len(v):.3f}"
-        for t, v in sorted(tags.items())))
+    print(
+        "by tag (round 0 -> final): "
+        + ", ".join(
+            f"{t} {sum(x for x, _ in v) / len(v):.3f} -> {sum(y for _, y in v) / len(v):.3f}"
+            for t, v in sorted(tags.items())
+        )
+    )
     print(f"stop: {reason}; setup {t_setup:.0f}s, loop {t_loop:.0f}s")
-    out = {"gain_points": 100 * (mean_accuracy(acc_final) - mean_accuracy(acc0)), "manual_share": asked / full,
-           "first_round": rules.first_round, "rounds": [h.to_json() for h in history], "stop": reason,
-           "full_manual_labels": full}
+    out = {
+        "gain_points": 100 * (mean_accuracy(acc_final) - mean_accuracy(acc0)),
+        "manual_share": asked / full,
+        "first_round": rules.first_round,
+        "rounds": [h.to_json() for h in history],
+        "stop": reason,
+        "full_manual_labels": full,
+    }
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     print(f"hitl_gain_points: {out['gain_points']:.1f}")

@@ -10,6 +10,7 @@ manifest; a later run with the same count finds the manifest and reuses the file
 
     .venv/bin/python bench/make_jpegs.py [--count 5000]     (prints the manifest's summary)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,9 @@ def photo_like_jpeg(index: int, variant: int = 0) -> tuple[bytes, int, int]:
     width, height = int(rng.integers(640, 1025)), int(rng.integers(480, 769))
     grid_w, grid_h = int(rng.integers(4, 9)), int(rng.integers(3, 7))
     scene = Image.fromarray(rng.integers(0, 256, (grid_h, grid_w, 3), dtype=np.uint8))
-    scene = scene.resize((width // 8, height // 8), Image.Resampling.BICUBIC).resize((width, height),
-                                                                                      Image.Resampling.BILINEAR)
+    scene = scene.resize((width // 8, height // 8), Image.Resampling.BICUBIC).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     fields = _detail_fields()
     detail = fields[int(rng.integers(0, len(fields)))]
     x, y = int(rng.integers(0, DETAIL_SIZE[0] - width + 1)), int(rng.integers(0, DETAIL_SIZE[1] - height + 1))
@@ -133,8 +135,19 @@ def jpeg_set(count: int = 5000, workers: int = 2) -> JpegSet:
     result = JpegSet(folder, names, widths, heights, sum(sizes), closest)
     # The manifest goes last: a generation cut short leaves none, and the next run starts over.
     tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"names": names, "widths": widths, "heights": heights, "total_bytes": result.total_bytes,
-                               "min_phash_distance": closest, "sizes": sizes, "variants": variants}))
+    tmp.write_text(
+        json.dumps(
+            {
+                "names": names,
+                "widths": widths,
+                "heights": heights,
+                "total_bytes": result.total_bytes,
+                "min_phash_distance": closest,
+                "sizes": sizes,
+                "variants": variants,
+            }
+        )
+    )
     os.replace(tmp, manifest)
     return result
 
@@ -147,10 +160,12 @@ def main() -> None:
     started = time.perf_counter()
     jpegs = jpeg_set(args.count, args.workers)
     sizes = json.loads((jpegs.folder / "manifest.json").read_text())["sizes"]
-    print(f"{jpegs.count} JPEGs in {jpegs.folder} ({time.perf_counter() - started:.1f} s): "
-          f"{jpegs.total_bytes / jpegs.count / 1000:.0f} KB mean, {min(sizes) / 1000:.0f}..{max(sizes) / 1000:.0f} KB, "
-          f"{min(jpegs.widths)}..{max(jpegs.widths)} x {min(jpegs.heights)}..{max(jpegs.heights)} px, "
-          f"closest pair's phash distance {jpegs.min_phash_distance} bits")
+    print(
+        f"{jpegs.count} JPEGs in {jpegs.folder} ({time.perf_counter() - started:.1f} s): "
+        f"{jpegs.total_bytes / jpegs.count / 1000:.0f} KB mean, {min(sizes) / 1000:.0f}..{max(sizes) / 1000:.0f} KB, "
+        f"{min(jpegs.widths)}..{max(jpegs.widths)} x {min(jpegs.heights)}..{max(jpegs.heights)} px, "
+        f"closest pair's phash distance {jpegs.min_phash_distance} bits"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ code location's resources). Printed: the cost of recording a batch into a pool t
 filtering run pays) and the median / worst of several ticks, in both of the sensor's outcomes (pool under
 the threshold: source a batch; at or above it: skip).
 """
+
 from __future__ import annotations
 
 import os
@@ -53,7 +54,9 @@ def main() -> None:
         store = Store(store_url)
         batches = [f"batch-{i:05d}" for i in range(BATCHES)]
         (work / "dagster").mkdir()
-        with dg.DagsterInstance.local_temp(str(work / "dagster"), overrides={"telemetry": {"enabled": False}}) as instance:
+        with dg.DagsterInstance.local_temp(
+            str(work / "dagster"), overrides={"telemetry": {"enabled": False}}
+        ) as instance:
             started = time.perf_counter()
             instance.add_dynamic_partitions(sourcing_batches.name, batches)
             record_s = []
@@ -61,22 +64,33 @@ def main() -> None:
                 t = time.perf_counter()
                 record_batch(store, batch, raw=ROWS_PER_BATCH, kept=KEPT_PER_BATCH)
                 record_s.append(time.perf_counter() - t)
-            print(f"setup: {BATCHES} partitions and {BATCHES} recorded batches ({BATCHES * ROWS_PER_BATCH:,} rows, "
-                  f"{BATCHES * KEPT_PER_BATCH:,} kept) in {time.perf_counter() - started:.1f} s; recording a batch "
-                  f"costs {1000 * record_s[0]:.1f} ms into an empty pool, {1000 * statistics.median(record_s[-50:]):.1f} ms "
-                  f"into a pool of {BATCHES - 50}-{BATCHES} batches")
+            print(
+                f"setup: {BATCHES} partitions and {BATCHES} recorded batches ({BATCHES * ROWS_PER_BATCH:,} rows, "
+                f"{BATCHES * KEPT_PER_BATCH:,} kept) in {time.perf_counter() - started:.1f} s; recording a batch "
+                f"costs {1000 * record_s[0]:.1f} ms into an empty pool, {1000 * statistics.median(record_s[-50:]):.1f} ms "
+                f"into a pool of {BATCHES - 50}-{BATCHES} batches"
+            )
 
             results = {}
-            for name, threshold in (("under the threshold", BATCHES * KEPT_PER_BATCH + 1),
-                                    ("at the threshold", BATCHES * KEPT_PER_BATCH)):
-                resources = {"object_store": ObjectStoreResource(url=store_url),
-                             "sourcing": SimulatedSourcingResource(pool_threshold=threshold)}
+            for name, threshold in (
+                ("under the threshold", BATCHES * KEPT_PER_BATCH + 1),
+                ("at the threshold", BATCHES * KEPT_PER_BATCH),
+            ):
+                resources = {
+                    "object_store": ObjectStoreResource(url=store_url),
+                    "sourcing": SimulatedSourcingResource(pool_threshold=threshold),
+                }
                 times, result = ticks(instance, resources)
                 results[name] = times
-                outcome = (f"sources {result.run_requests[0].partition_key}" if result.run_requests
-                           else f"skips: {result.skip_reason.skip_message}")
-                print(f"tick {name}: median {1000 * statistics.median(times):.1f} ms, worst {1000 * max(times):.1f} ms "
-                      f"over {TICKS} ticks; {outcome}")
+                outcome = (
+                    f"sources {result.run_requests[0].partition_key}"
+                    if result.run_requests
+                    else f"skips: {result.skip_reason.skip_message}"
+                )
+                print(
+                    f"tick {name}: median {1000 * statistics.median(times):.1f} ms, worst {1000 * max(times):.1f} ms "
+                    f"over {TICKS} ticks; {outcome}"
+                )
         worst = max(max(t) for t in results.values())
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared with other work)")
         print(f"sensor_tick_s_6m: {worst:.3f}")

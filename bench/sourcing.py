@@ -5,7 +5,7 @@
 Set-up (cached, so a second run starts at once): img2dataset 1.47.0 in its own venv
 (bench/img2dataset_venv.sh), ``--count`` distinct photo-like JPEGs (bench/make_jpegs.py) under
 .cache/bench-sourcing/, and a parquet with LAION's columns (url, caption, width, height, license) whose
-urls point at tests/image_server.py on 127.0.0.1, which serves the files from memory.
+urls point at tests/support/image_server.py on 127.0.0.1, which serves the files from memory.
 
 Each contender runs as a subprocess with its wall time and the peak RSS of its whole process tree (the
 sum over the process and all its descendants, sampled every 50 ms). First each contender's candidate
@@ -21,6 +21,7 @@ and store a quality-95 JPEG; ours also computes the perceptual hash. img2dataset
 extraction (ours extracts none), retries, wandb or header-directive checks, so it does only the work
 ours does. The last line is ``ratio_vs_img2dataset: <x>``, ours over img2dataset in images/s, resize off.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ sys.path[:0] = [str(REPO_ROOT), str(BENCH)]
 from make_jpegs import CACHE_ROOT, JpegSet, jpeg_set
 
 from cosmicman.core.imageio import check_image
-from tests.image_server import ImageServer
+from tests.support.image_server import ImageServer
 
 IMG2DATASET_VENV = REPO_ROOT / ".venv-img2dataset"
 RUNS = CACHE_ROOT / "runs"
@@ -75,13 +76,13 @@ OURS_CANDIDATES = ({"workers": 3, "per_host": 64},)
 @dataclass(frozen=True)
 class Run:
     contender: str
-    mode: str           # "resize off", "resize 512"
+    mode: str  # "resize off", "resize 512"
     settings: dict
     requested: int
-    images: int         # stored successfully
+    images: int  # stored successfully
     wall_s: float
     peak_rss_mb: float
-    own_rate: float     # images/s by the contender's own clock, which starts after its start-up
+    own_rate: float  # images/s by the contender's own clock, which starts after its start-up
     note: str = ""
 
     @property
@@ -94,8 +95,9 @@ def measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tu
     peak = 0
     with log.open("wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, **(env or {})}
+        )
         root = psutil.Process(proc.pid)
         while proc.poll() is None:
             rss = 0
@@ -120,50 +122,120 @@ def measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tu
 def write_parquet(jpegs: JpegSet, server: ImageServer, count: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = jpegs.names[:count]
-    pq.write_table(pa.table({
-        "url": [server.url(f"img/{n}") for n in names],
-        "caption": [f"a procedural photo-like scene number {i}" for i in range(count)],
-        "width": jpegs.widths[:count], "height": jpegs.heights[:count],
-        "license": ["?"] * count,
-    }), path, row_group_size=1000)
+    pq.write_table(
+        pa.table(
+            {
+                "url": [server.url(f"img/{n}") for n in names],
+                "caption": [f"a procedural photo-like scene number {i}" for i in range(count)],
+                "width": jpegs.widths[:count],
+                "height": jpegs.heights[:count],
+                "license": ["?"] * count,
+            }
+        ),
+        path,
+        row_group_size=1000,
+    )
 
 
 def run_img2dataset(parquet: Path, count: int, resize: bool, settings: dict, skip_reencode: bool = False) -> Run:
     out = RUNS / "img2dataset"
     shutil.rmtree(out, ignore_errors=True)
-    resize_args = (["--resize_mode", "keep_ratio", "--image_size", str(RESIZED_SIDE), "--resize_only_if_bigger", "True"]
-                   if resize else ["--resize_mode", "no"])
-    cmd = [str(IMG2DATASET_VENV / "bin" / "img2dataset"), "--url_list", str(parquet), "--input_format", "parquet",
-           "--url_col", "url", "--caption_col", "caption", "--output_format", "files", "--output_folder", str(out),
-           "--processes_count", str(settings["processes_count"]), "--thread_count", str(settings["thread_count"]),
-           "--number_sample_per_shard", str(IMG2DATASET_SHARD), "--extract_exif", "False", "--retries", "0",
-           "--timeout", "30", "--enable_wandb", "False", "--disallowed_header_directives", "[]",
-           "--skip_reencode", str(skip_reencode), *resize_args]
+    resize_args = (
+        ["--resize_mode", "keep_ratio", "--image_size", str(RESIZED_SIDE), "--resize_only_if_bigger", "True"]
+        if resize
+        else ["--resize_mode", "no"]
+    )
+    cmd = [
+        str(IMG2DATASET_VENV / "bin" / "img2dataset"),
+        "--url_list",
+        str(parquet),
+        "--input_format",
+        "parquet",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "caption",
+        "--output_format",
+        "files",
+        "--output_folder",
+        str(out),
+        "--processes_count",
+        str(settings["processes_count"]),
+        "--thread_count",
+        str(settings["thread_count"]),
+        "--number_sample_per_shard",
+        str(IMG2DATASET_SHARD),
+        "--extract_exif",
+        "False",
+        "--retries",
+        "0",
+        "--timeout",
+        "30",
+        "--enable_wandb",
+        "False",
+        "--disallowed_header_directives",
+        "[]",
+        "--skip_reencode",
+        str(skip_reencode),
+        *resize_args,
+    ]
     wall, peak = measured(cmd, RUNS / "img2dataset.log", IMG2DATASET_ENV)
     stats = [json.loads(Path(p).read_text()) for p in glob.glob(str(out / "*_stats.json"))]
     successes = sum(s["successes"] for s in stats)
     shutil.rmtree(out, ignore_errors=True)
     # Its logger's last "total - ... images per sec: N" line: counted from the start of its downloading.
     own_rates = re.findall(r"^total .* images per sec: ([0-9.]+)", (RUNS / "img2dataset.log").read_text(), re.MULTILINE)
-    return Run("img2dataset", "resize 512" if resize else "resize off", settings, count, successes, wall, peak,
-               float(own_rates[-1]) if own_rates else float("nan"), "skip_reencode" if skip_reencode else "")
+    return Run(
+        "img2dataset",
+        "resize 512" if resize else "resize off",
+        settings,
+        count,
+        successes,
+        wall,
+        peak,
+        float(own_rates[-1]) if own_rates else float("nan"),
+        "skip_reencode" if skip_reencode else "",
+    )
 
 
 def run_ours(parquet: Path, count: int, resize: bool, settings: dict) -> Run:
     store = RUNS / "ours-store"
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "cosmicman.sourcing.ingest", "--parquet", str(parquet), "--store", str(store),
-           "--batch", "batch-00000", "--limit", str(count), "--workers", str(settings["workers"]),
-           "--per-host", str(settings["per_host"]),
-           *(["--resize-to", str(RESIZED_SIDE)] if resize else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cosmicman.sourcing.ingest",
+        "--parquet",
+        str(parquet),
+        "--store",
+        str(store),
+        "--batch",
+        "batch-00000",
+        "--limit",
+        str(count),
+        "--workers",
+        str(settings["workers"]),
+        "--per-host",
+        str(settings["per_host"]),
+        *(["--resize-to", str(RESIZED_SIDE)] if resize else []),
+    ]
     log = RUNS / "ours.log"
     wall, peak = measured(cmd, log)
     summary = json.loads(log.read_text().strip().splitlines()[-1])
     shutil.rmtree(store, ignore_errors=True)
     stored = summary["counts"].get("stored", 0)
-    return Run("ours", "resize 512" if resize else "resize off", settings, count, stored, wall, peak,
-               stored / summary["elapsed_s"], json.dumps(summary["counts"], sort_keys=True))
+    return Run(
+        "ours",
+        "resize 512" if resize else "resize off",
+        settings,
+        count,
+        stored,
+        wall,
+        peak,
+        stored / summary["elapsed_s"],
+        json.dumps(summary["counts"], sort_keys=True),
+    )
 
 
 def check_image_ms(jpegs: JpegSet, count: int = 200) -> dict[str, float]:
@@ -179,9 +251,11 @@ def check_image_ms(jpegs: JpegSet, count: int = 200) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1000
 
-    return {"decode only": median_ms(lambda d: Image.open(io.BytesIO(d)).load()),
-            "check_image": median_ms(check_image),
-            f"check_image resize {RESIZED_SIDE}": median_ms(lambda d: check_image(d, RESIZED_SIDE))}
+    return {
+        "decode only": median_ms(lambda d: Image.open(io.BytesIO(d)).load()),
+        "check_image": median_ms(check_image),
+        f"check_image resize {RESIZED_SIDE}": median_ms(lambda d: check_image(d, RESIZED_SIDE)),
+    }
 
 
 def best(runs: list[Run]) -> Run:
@@ -204,10 +278,12 @@ def main() -> None:
     print(f"img2dataset venv ready in {time.perf_counter() - step:.1f} s ({IMG2DATASET_VENV})")
     step = time.perf_counter()
     jpegs = jpeg_set(args.count)
-    print(f"{jpegs.count} distinct JPEGs ready in {time.perf_counter() - step:.1f} s: "
-          f"{jpegs.total_bytes / jpegs.count / 1000:.0f} KB and {statistics.mean(jpegs.widths):.0f}x"
-          f"{statistics.mean(jpegs.heights):.0f} px on average, 640x480..1024x768; closest pair's phash distance "
-          f"{jpegs.min_phash_distance} bits (no near-duplicate radius up to 15 merges two)")
+    print(
+        f"{jpegs.count} distinct JPEGs ready in {time.perf_counter() - step:.1f} s: "
+        f"{jpegs.total_bytes / jpegs.count / 1000:.0f} KB and {statistics.mean(jpegs.widths):.0f}x"
+        f"{statistics.mean(jpegs.heights):.0f} px on average, 640x480..1024x768; closest pair's phash distance "
+        f"{jpegs.min_phash_distance} bits (no near-duplicate radius up to 15 merges two)"
+    )
     ms = check_image_ms(jpegs)
     print("single core, median per image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
 
@@ -231,15 +307,21 @@ def main() -> None:
         requests = server.stats()["requests"]
     runs = [*off, i2d_resized, ours_resized, i2d_skip]
 
-    print(f"\n{jpegs.count} images a run, same server, same machine, one run after another "
-          f"(* the contender's best setting, resize off):")
-    print(f"  {'contender':<12} {'mode':<28} {'settings':<34} {'stored':>6} {'wall s':>7} {'img/s':>7} "
-          f"{'own img/s':>9} {'peak RSS MB':>11}")
+    print(
+        f"\n{jpegs.count} images a run, same server, same machine, one run after another "
+        f"(* the contender's best setting, resize off):"
+    )
+    print(
+        f"  {'contender':<12} {'mode':<28} {'settings':<34} {'stored':>6} {'wall s':>7} {'img/s':>7} "
+        f"{'own img/s':>9} {'peak RSS MB':>11}"
+    )
     for r in runs:
         mode = r.mode + (" (skip_reencode)" if r.note == "skip_reencode" else "")
         star = "*" if r in (i2d_off, ours_off) else " "
-        print(f" {star}{r.contender:<12} {mode:<28} {settings_text(r.settings):<34} {r.images:>6} {r.wall_s:>7.1f} "
-              f"{r.images_per_s:>7.1f} {r.own_rate:>9.1f} {r.peak_rss_mb:>11.0f}")
+        print(
+            f" {star}{r.contender:<12} {mode:<28} {settings_text(r.settings):<34} {r.images:>6} {r.wall_s:>7.1f} "
+            f"{r.images_per_s:>7.1f} {r.own_rate:>9.1f} {r.peak_rss_mb:>11.0f}"
+        )
     for r in (ours_off, ours_resized):
         print(f"  ours {r.mode} outcomes: {r.note}")
     short = [r for r in runs if r.images < r.requested]

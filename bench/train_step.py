@@ -20,6 +20,7 @@ SD-1.5's layout with a quarter of the channels at 256 px, whose VAE-encode : UNe
 (0.435) is close to SD-1.5's at 512 (0.458). The script prints the proportions it measured
 (torch.utils.flop_counter on meta tensors) before timing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,19 +51,40 @@ def sd15_configs(div: int):
     from transformers import CLIPTextConfig
 
     groups = 32 // div if div <= 8 else 4
-    unet = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                block_out_channels=tuple(c // div for c in (320, 640, 1280, 1280)),
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                cross_attention_dim=768 // div, attention_head_dim=8, norm_num_groups=groups)
-    vae = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=512, layers_per_block=2,
-               block_out_channels=tuple(c // div for c in (128, 256, 512, 512)),
-               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-               norm_num_groups=groups)
-    text = CLIPTextConfig(vocab_size=49408, hidden_size=768 // div, intermediate_size=3072 // div,
-                          num_hidden_layers=12, num_attention_heads=12 // min(div, 4) if div > 1 else 12,
-                          max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                          pad_token_id=49407)
+    unet = dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=tuple(c // div for c in (320, 640, 1280, 1280)),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768 // div,
+        attention_head_dim=8,
+        norm_num_groups=groups,
+    )
+    vae = dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=512,
+        layers_per_block=2,
+        block_out_channels=tuple(c // div for c in (128, 256, 512, 512)),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=groups,
+    )
+    text = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768 // div,
+        intermediate_size=3072 // div,
+        num_hidden_layers=12,
+        num_attention_heads=12 // min(div, 4) if div > 1 else 12,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     return unet, vae, text
 
 
@@ -80,8 +102,14 @@ def build(preset: str, seed: int = 0, device: str = "meta") -> Components:
     torch.manual_seed(seed)
     with torch.device(device):
         unet, vae, te = UNet2DConditionModel(**u), AutoencoderKL(**v), CLIPTextModel(t)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012, clip_sample=False, steps_offset=1)
+    sched = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
+    )
     return Components(unet, vae, [te], [load_clip_tokenizer()], sched, "sd")
 
 
@@ -100,8 +128,9 @@ def flop_proportions(preset: str) -> dict[str, float]:
         h = c.text_encoders[0](ids)[0]
     out["text_encode"] = f.get_total_flops()
     with FlopCounterMode(display=False) as f:
-        c.unet(torch.empty(1, 4, res // 8, res // 8, device="meta"), torch.zeros(1, dtype=torch.long,
-               device="meta"), h).sample.sum().backward()
+        c.unet(
+            torch.empty(1, 4, res // 8, res // 8, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"), h
+        ).sample.sum().backward()
     out["unet_fwd_bwd"] = f.get_total_flops()
     return out
 
@@ -112,7 +141,7 @@ def make_batches(n: int, batch: int, res: int, map_factor: int, seed: int = 0) -
     spans = []
     for text in GROUPS:
         sub = tok(text, add_special_tokens=False).input_ids
-        s = next(i for i in range(77) if ids[i:i + len(sub)].tolist() == sub)
+        s = next(i for i in range(77) if ids[i : i + len(sub)].tolist() == sub)
         spans.append([s, s + len(sub)])
     g = torch.Generator().manual_seed(seed)
     m = res // map_factor
@@ -122,11 +151,16 @@ def make_batches(n: int, batch: int, res: int, map_factor: int, seed: int = 0) -
         for b in range(batch):
             for k in range(len(GROUPS)):
                 y0, x0 = torch.randint(0, m // 2, (2,), generator=g).tolist()
-                masks[b, k, y0:y0 + m // 2, x0:x0 + m // 3] = 1
-        out.append({"keys": [f"s{i}" for i in range(batch)],
-                    "pixel_values": torch.rand(batch, 3, res, res, generator=g) * 2 - 1,
-                    "input_ids": ids.expand(batch, -1).clone(), "group_masks": masks,
-                    "spans": torch.tensor(spans).expand(batch, -1, -1).clone()})
+                masks[b, k, y0 : y0 + m // 2, x0 : x0 + m // 3] = 1
+        out.append(
+            {
+                "keys": [f"s{i}" for i in range(batch)],
+                "pixel_values": torch.rand(batch, 3, res, res, generator=g) * 2 - 1,
+                "input_ids": ids.expand(batch, -1).clone(),
+                "group_masks": masks,
+                "spans": torch.tensor(spans).expand(batch, -1, -1).clone(),
+            }
+        )
     return out
 
 
@@ -150,11 +184,21 @@ class Variant:
 
     def cfg(self, **kw) -> TrainConfig:
         a = self.args
-        return TrainConfig(shards=["unused"], output_url="unused", resolution=PRESETS[a.preset][1],
-                           batch_size=a.batch, lr=1e-5, hola_map_factor=16, ema_decay=0.0, max_grad_norm=1.0,
-                           gradient_checkpointing=a.gradient_checkpointing,
-                           mixed_precision="bf16" if a.bf16 else "no", deepspeed=a.deepspeed, device=a.device,
-                           **kw)
+        return TrainConfig(
+            shards=["unused"],
+            output_url="unused",
+            resolution=PRESETS[a.preset][1],
+            batch_size=a.batch,
+            lr=1e-5,
+            hola_map_factor=16,
+            ema_decay=0.0,
+            max_grad_norm=1.0,
+            gradient_checkpointing=a.gradient_checkpointing,
+            mixed_precision="bf16" if a.bf16 else "no",
+            deepspeed=a.deepspeed,
+            device=a.device,
+            **kw,
+        )
 
     def setup(self) -> None:
         a = self.args
@@ -166,8 +210,7 @@ class Variant:
                 self.batches = [self.cached(b) for b in self.batches]
             return
         # C and E: the hand-written loops, on the same device / engine / precision
-        self.device = torch.device(a.device if a.device != "auto" else
-                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         for module in (comps.unet, comps.vae, comps.text_encoders[0]):
             module.to(self.device)
         self.unet = comps.unet.train()
@@ -176,21 +219,21 @@ class Variant:
         if a.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.sched = comps.scheduler
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=1e-5, weight_decay=1e-2,
-                                     fused=self.device.type == "cuda")
+        self.opt = torch.optim.AdamW(
+            self.unet.parameters(), lr=1e-5, weight_decay=1e-2, fused=self.device.type == "cuda"
+        )
         self.model, self.engine, self.dtype = self.unet, None, None
         if a.deepspeed:
             import deepspeed
 
             from cosmicman.model.distributed import load_deepspeed_config
 
-            ds = load_deepspeed_config(a.deepspeed, micro_batch=a.batch, grad_accum=1, grad_clip=1.0,
-                                       bf16=a.bf16)
+            ds = load_deepspeed_config(a.deepspeed, micro_batch=a.batch, grad_accum=1, grad_clip=1.0, bf16=a.bf16)
             if self.name == "E":
                 ds["gradient_clipping"] = 0.0
-            self.engine, self.opt, _, _ = deepspeed.initialize(model=self.unet, optimizer=self.opt,
-                                                               model_parameters=list(self.unet.parameters()),
-                                                               config=ds)
+            self.engine, self.opt, _, _ = deepspeed.initialize(
+                model=self.unet, optimizer=self.opt, model_parameters=list(self.unet.parameters()), config=ds
+            )
             self.model = self.engine
             self.dtype = torch.bfloat16 if a.bf16 else None
         self.gen = torch.Generator(device=self.device).manual_seed(0)
@@ -199,8 +242,9 @@ class Variant:
             for b in self.batches:
                 lat, enc = self.encode(b)
                 noise = torch.randn(lat.shape, generator=self.gen, device=self.device)
-                t = cast(torch.IntTensor, torch.randint(0, 1000, (lat.shape[0],), generator=self.gen,
-                                                        device=self.device))
+                t = cast(
+                    torch.IntTensor, torch.randint(0, 1000, (lat.shape[0],), generator=self.gen, device=self.device)
+                )
                 self.ready.append((self.sched.add_noise(lat, noise, t), t, enc, noise))
 
     @torch.no_grad()
@@ -255,8 +299,7 @@ class Variant:
             self.step()
             sync(self.device)
             times.append(time.perf_counter() - t0)
-        peak = (torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda"
-                else rss_gb())
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else rss_gb()
         return statistics.median(times), peak
 
     def teardown(self) -> None:
@@ -273,8 +316,13 @@ class Variant:
             torch.cuda.empty_cache()
 
 
-DESCRIPTIONS = {"A": "trainer, HOLA off", "B": "trainer, HOLA on", "C": "hand-written loop",
-                "D": "trainer, cached latents+text", "E": "bare UNet step"}
+DESCRIPTIONS = {
+    "A": "trainer, HOLA off",
+    "B": "trainer, HOLA on",
+    "C": "hand-written loop",
+    "D": "trainer, cached latents+text",
+    "E": "bare UNet step",
+}
 
 
 def main() -> int:
@@ -287,8 +335,9 @@ def main() -> int:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--deepspeed", default=None, help="zero2 | zero2_offload | JSON path")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--passes", type=int, default=2, choices=(1, 2),
-                   help="2: blocks A..E then E..A (cancels drift); 1: A..E only")
+    p.add_argument(
+        "--passes", type=int, default=2, choices=(1, 2), help="2: blocks A..E then E..A (cancels drift); 1: A..E only"
+    )
     args = p.parse_args()
     t_start = time.perf_counter()
     if args.deepspeed and "RANK" not in os.environ:
@@ -298,21 +347,26 @@ def main() -> int:
 
     fl = flop_proportions(args.preset)
     res = PRESETS[args.preset][1]
-    print(f"preset {args.preset}: {res}px, per image: VAE encode {fl['vae_encode'] / 1e9:.1f} GFLOP, text "
-          f"encoder {fl['text_encode'] / 1e9:.1f}, UNet fwd+bwd {fl['unet_fwd_bwd'] / 1e9:.1f}; VAE/UNet "
-          f"{fl['vae_encode'] / fl['unet_fwd_bwd']:.3f} (SD-1.5 at 512: 0.458), text/UNet "
-          f"{fl['text_encode'] / fl['unet_fwd_bwd']:.4f}")
+    print(
+        f"preset {args.preset}: {res}px, per image: VAE encode {fl['vae_encode'] / 1e9:.1f} GFLOP, text "
+        f"encoder {fl['text_encode'] / 1e9:.1f}, UNet fwd+bwd {fl['unet_fwd_bwd'] / 1e9:.1f}; VAE/UNet "
+        f"{fl['vae_encode'] / fl['unet_fwd_bwd']:.3f} (SD-1.5 at 512: 0.458), text/UNet "
+        f"{fl['text_encode'] / fl['unet_fwd_bwd']:.4f}"
+    )
     device = "cpu" if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()) else "cuda"
     comps = build(args.preset, device="cpu")
-    print(f"UNet {sum(p.numel() for p in comps.unet.parameters()) / 1e6:.1f}M params, batch {args.batch}, "
-          f"device {device}{' ' + torch.cuda.get_device_name() if device == 'cuda' else ''}, bf16={args.bf16}, "
-          f"deepspeed={args.deepspeed}, gradient checkpointing={args.gradient_checkpointing}, "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"UNet {sum(p.numel() for p in comps.unet.parameters()) / 1e6:.1f}M params, batch {args.batch}, "
+        f"device {device}{' ' + torch.cuda.get_device_name() if device == 'cuda' else ''}, bf16={args.bf16}, "
+        f"deepspeed={args.deepspeed}, gradient checkpointing={args.gradient_checkpointing}, "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
     batches = make_batches(3, args.batch, res, 16)
     variants = {n: Variant(n, args, comps, batches) for n in "ABCDE"}
     results: dict[str, list[float]] = {n: [] for n in variants}
     peaks: dict[str, float] = {}
-    for order in ("ABCDE", "EDCBA")[:args.passes]:
+    for order in ("ABCDE", "EDCBA")[: args.passes]:
         for n in order:
             v = variants[n]
             v.setup()
@@ -320,8 +374,11 @@ def main() -> int:
             v.teardown()
             results[n].append(med)
             peaks[n] = max(peaks.get(n, 0.0), peak)
-            print(f"  {n} {DESCRIPTIONS[n]:<30} median {med * 1000:8.1f} ms/step   "
-                  f"{'peak GPU' if device == 'cuda' else 'RSS'} {peak:.2f} GiB", flush=True)
+            print(
+                f"  {n} {DESCRIPTIONS[n]:<30} median {med * 1000:8.1f} ms/step   "
+                f"{'peak GPU' if device == 'cuda' else 'RSS'} {peak:.2f} GiB",
+                flush=True,
+            )
     t = {n: statistics.mean(r) for n, r in results.items()}
     print("mean of the block medians (ms/step): " + ", ".join(f"{n} {t[n] * 1000:.1f}" for n in t))
     print(f"total {time.perf_counter() - t_start:.0f} s")

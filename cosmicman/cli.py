@@ -4,6 +4,7 @@ The pool-threshold sensor decides each sourcing batch (exactly as it would under
 stage then runs as its Dagster job against the persistent instance under ``.cosmicman/dagster``, so the
 UI shows the same runs and materializations afterwards. ``lineage`` and ``summary`` read what is there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,23 @@ def _instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, partition_key: str | None = None,
-         run_key: str | None = None) -> None:
+def _run(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job: str,
+    partition_key: str | None = None,
+    run_key: str | None = None,
+) -> None:
     started = time.monotonic()
     label = f"{job}[{partition_key}]" if partition_key else job
     print(f"==> {label}", flush=True)
     result = defs.resolve_job_def(job).execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=True,
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=True,
         tags={"dagster/run_key": run_key} if run_key else None,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
     print(f"<== {label}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
 
 
@@ -176,21 +185,36 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
     ledger = RoundLedger(_object_store(defs))
     results, curve = ledger.results(), ledger.curve()
     return {
-        "batches": stages, "rejections": rejections,
-        "hitl": {"rounds": len(results), "curve": curve,
-                 "mean_accuracy_round0": curve[0]["mean_accuracy"] if curve else None,
-                 "mean_accuracy_final": curve[-1]["mean_accuracy"] if curve else None,
-                 "labels_asked": curve[-1]["labels_asked"] if curve else 0,
-                 "manual_share": curve[-1]["manual_share"] if curve else 0.0,
-                 "stop_reason": results[-1].stop_reason if results else None},
-        "dataset": {"version": hq.get("version"), "samples": hq.get("samples"), "reused": hq.get("reused"),
-                    "stats": hq.get("stats")},
-        "variants": {v: {**{k: meta("daring_unet", v).get(k) for k in ("loss_first", "loss_last", "steps",
-                                                                        "output_url", "reused",
-                                                                        "attention_in_mask")},
-                         **{k: meta("evaluation", v).get(k) for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all",
-                                                                      "frechet_distance")}}
-                     for v in variants},
+        "batches": stages,
+        "rejections": rejections,
+        "hitl": {
+            "rounds": len(results),
+            "curve": curve,
+            "mean_accuracy_round0": curve[0]["mean_accuracy"] if curve else None,
+            "mean_accuracy_final": curve[-1]["mean_accuracy"] if curve else None,
+            "labels_asked": curve[-1]["labels_asked"] if curve else 0,
+            "manual_share": curve[-1]["manual_share"] if curve else 0.0,
+            "stop_reason": results[-1].stop_reason if results else None,
+        },
+        "dataset": {
+            "version": hq.get("version"),
+            "samples": hq.get("samples"),
+            "reused": hq.get("reused"),
+            "stats": hq.get("stats"),
+        },
+        "variants": {
+            v: {
+                **{
+                    k: meta("daring_unet", v).get(k)
+                    for k in ("loss_first", "loss_last", "steps", "output_url", "reused", "attention_in_mask")
+                },
+                **{
+                    k: meta("evaluation", v).get(k)
+                    for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")
+                },
+            }
+            for v in variants
+        },
         "ablation_rows": meta("ablation_table").get("variants"),
     }
 
@@ -205,22 +229,30 @@ def print_summary(summary: dict) -> None:
     print(f"  images: raw {total_raw} -> kept {total_kept}")
     print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["rejections"].items())))
     h = summary["hitl"]
-    print(f"  annotation: {h['rounds']} rounds, mean accuracy {h['mean_accuracy_round0']:.3f} -> "
-          f"{h['mean_accuracy_final']:.3f}, {h['labels_asked']} human labels ({100 * h['manual_share']:.1f}% of a "
-          f"full manual pass), stop: {h['stop_reason']}")
+    print(
+        f"  annotation: {h['rounds']} rounds, mean accuracy {h['mean_accuracy_round0']:.3f} -> "
+        f"{h['mean_accuracy_final']:.3f}, {h['labels_asked']} human labels ({100 * h['manual_share']:.1f}% of a "
+        f"full manual pass), stop: {h['stop_reason']}"
+    )
     d = summary["dataset"]
     stats = d["stats"] or {}
     reused = " (unchanged, reused)" if d["reused"] else ""
-    print(f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{reused}; "
-          + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400])
+    print(
+        f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{reused}; "
+        + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400]
+    )
     print("  daring_unet variants (same data, seed and steps):")
-    print(f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
-          f"{'acc_all':>8} {'FD':>7} {'attn in mask':>12}")
+    print(
+        f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
+        f"{'acc_all':>8} {'FD':>7} {'attn in mask':>12}"
+    )
     for name, v in summary["variants"].items():
-        print(f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} "
-              f"{v['acc_tex']:>8.3f} {v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
-              f"{v['attention_in_mask'] if v['attention_in_mask'] is None else format(v['attention_in_mask'], '12.3f')}"
-              f"{'  (reused)' if v['reused'] else ''}")
+        print(
+            f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} "
+            f"{v['acc_tex']:>8.3f} {v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
+            f"{v['attention_in_mask'] if v['attention_in_mask'] is None else format(v['attention_in_mask'], '12.3f')}"
+            f"{'  (reused)' if v['reused'] else ''}"
+        )
     print(f"    models under {next(iter(summary['variants'].values()))['output_url'].rsplit('/', 1)[0]}")
     print(f"  took {summary['seconds']}s\n")
     print("Open the UI:  make ui   (then http://127.0.0.1:3000)")

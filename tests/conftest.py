@@ -1,12 +1,13 @@
 """Fixtures shared by test modules."""
+
 import pytest
 import webdataset as wds
 
 
 @pytest.fixture(scope="module")
 def mixed_urls(tmp_path_factory):
-    """Two shards of people in mixed aspect ratios (tests/test_buckets.MIXED), for bucketed reading."""
-    from tests.test_buckets import MIXED, make_rect_sample
+    """Two shards of people in mixed aspect ratios (tests/model/test_buckets.MIXED), for bucketed reading."""
+    from tests.model.test_buckets import MIXED, make_rect_sample
 
     folder = tmp_path_factory.mktemp("mixed")
     urls = []

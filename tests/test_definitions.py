@@ -7,9 +7,23 @@ from pathlib import Path
 import dagster as dg
 
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = {"raw_images", "fake_person_classifier", "filtered_images", "human_parsing", "eval_set", "base_annotator",
-          "labelling_tasks", "human_labels", "annotator", "annotations", "captions", "cosmicman_hq", "daring_unet",
-          "evaluation", "ablation_table"}
+ASSETS = {
+    "raw_images",
+    "fake_person_classifier",
+    "filtered_images",
+    "human_parsing",
+    "eval_set",
+    "base_annotator",
+    "labelling_tasks",
+    "human_labels",
+    "annotator",
+    "annotations",
+    "captions",
+    "cosmicman_hq",
+    "daring_unet",
+    "evaluation",
+    "ablation_table",
+}
 
 
 def test_every_definition_loads_without_deprecation_warnings():
@@ -29,25 +43,43 @@ def test_every_definition_loads_without_deprecation_warnings():
 
 def test_dagster_cli_validates_the_workspace(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "COSMICMAN_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "deprecat" not in (out.stdout + out.stderr).lower()
 
 
 def test_the_environment_switch_rejects_unknown_names(tmp_path):
     env = {**os.environ, "COSMICMAN_ENV": "moon", "COSMICMAN_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", "import cosmicman.definitions"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", "import cosmicman.definitions"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0 and "COSMICMAN_ENV='moon'" in out.stderr
 
 
 def test_every_environment_loads(tmp_path):
     for env_name in ("local", "s3", "k8s"):
-        env = {**os.environ, "COSMICMAN_ENV": env_name, "COSMICMAN_HOME": str(tmp_path / env_name),
-               "DAGSTER_HOME": str(tmp_path), "COSMICMAN_STORE_URL": "s3://cosmicman-test/flywheel",
-               "COSMICMAN_TRAIN_IMAGE": "registry.example/cosmicman:1", "AWS_ACCESS_KEY_ID": "k",
-               "AWS_SECRET_ACCESS_KEY": "s"}
+        env = {
+            **os.environ,
+            "COSMICMAN_ENV": env_name,
+            "COSMICMAN_HOME": str(tmp_path / env_name),
+            "DAGSTER_HOME": str(tmp_path),
+            "COSMICMAN_STORE_URL": "s3://cosmicman-test/flywheel",
+            "COSMICMAN_TRAIN_IMAGE": "registry.example/cosmicman:1",
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+        }
         validate = [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "cosmicman.definitions"]
         out = subprocess.run(validate, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, (env_name, out.stdout + out.stderr)

@@ -1,4 +1,5 @@
 """The flywheel turns: the whole asset graph on a small synthetic pool, twice."""
+
 import json
 import os
 
@@ -20,9 +21,12 @@ VARIANTS = ["baseline", "hola", "hola-mp_silu"]
 def _census(store: Store) -> dict:
     """Blob count and row count of every table: what a second run must not grow."""
     rows = {k: len(df) for k, df in store.iter_tables("tables")}
-    return {"blobs": len(store.list("blobs")), "rows": rows,
-            "datasets": sorted({k.split("/")[2] for k in store.list("datasets/cosmicman-hq") if k.count("/") > 2}),
-            "models": sorted({k.split("/")[2] for k in store.list("models/daring_unet")})}
+    return {
+        "blobs": len(store.list("blobs")),
+        "rows": rows,
+        "datasets": sorted({k.split("/")[2] for k in store.list("datasets/cosmicman-hq") if k.count("/") > 2}),
+        "models": sorted({k.split("/")[2] for k in store.list("models/daring_unet")}),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,9 @@ def flywheel(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     os.environ["COSMICMAN_HOME"] = str(home)
     resources = local_resources(store_url=str(home / "store"), folder_url=str(home / "datasets" / "folder"))
-    resources["sourcing"] = SimulatedSourcingResource(batch_size=40, pool_threshold=50,
-                                                      folder_url=str(home / "datasets" / "folder"))
+    resources["sourcing"] = SimulatedSourcingResource(
+        batch_size=40, pool_threshold=50, folder_url=str(home / "datasets" / "folder")
+    )
     resources["training"] = TrainingResource(overrides={"steps": 12, "batch_size": 4})
     resources["evaluation_config"] = SimulatedEvaluationResource(n_prompts=6, inference_steps=4)
     resources["annotation"] = SimulatedAnnotatorResource(max_rounds=2, round_sample_size=16)
@@ -40,8 +45,14 @@ def flywheel(tmp_path_factory):
     store = Store(str(home / "store"))
     census_first = _census(store)
     second = run(home, defs, variants=VARIANTS)
-    return {"home": home, "store": store, "first": first, "second": second,
-            "census_first": census_first, "census_second": _census(store)}
+    return {
+        "home": home,
+        "store": store,
+        "first": first,
+        "second": second,
+        "census_first": census_first,
+        "census_second": _census(store),
+    }
 
 
 def test_every_raw_image_is_kept_or_rejected_for_its_true_reason(flywheel):
@@ -78,7 +89,8 @@ def test_dataset_stats_match_the_manifest(flywheel):
     assert stats["n_images"] == len(manifest)
     assert verify_shards(store.url, version) == []
     synthetic_kept = pl.concat([df for _, df in store.iter_tables("tables/filtered_images")]).filter(
-        pl.col("decision") == "kept")
+        pl.col("decision") == "kept"
+    )
     parsed = pl.concat([df for _, df in store.iter_tables("tables/human_parsing")])
     assert set(manifest["sha256"]) == set(parsed["sha256"]) <= set(synthetic_kept["sha256"])
 
@@ -99,11 +111,15 @@ def test_trained_unet_loads_in_diffusers(flywheel):
         with open(os.path.join(path, "training_run.json")) as f:
             run_record = json.load(f)
     assert run_record["config"]["beta"] == 1.0 and run_record["config"]["act_fn"] == "silu"
-    with local_model_dir(variants["baseline"]["output_url"]) as path, \
-            open(os.path.join(path, "training_run.json")) as f:
+    with (
+        local_model_dir(variants["baseline"]["output_url"]) as path,
+        open(os.path.join(path, "training_run.json")) as f,
+    ):
         assert json.load(f)["config"]["beta"] == 0.0  # the baseline trains on the noise loss alone
-    with local_model_dir(variants["hola-mp_silu"]["output_url"]) as path, \
-            open(os.path.join(path, "training_run.json")) as f:
+    with (
+        local_model_dir(variants["hola-mp_silu"]["output_url"]) as path,
+        open(os.path.join(path, "training_run.json")) as f,
+    ):
         assert json.load(f)["config"]["act_fn"] == "mp_silu"
     assert flywheel["first"]["ablation_rows"] == len(VARIANTS)
     # every variant reports the share of group attention inside the masks (HOLA's aim), also when reused
@@ -129,7 +145,7 @@ def test_hitl_rounds_improve_the_annotator_cheaply(flywheel):
     results = RoundLedger(flywheel["store"]).results()
     # rounds sample images no earlier round asked about; each round starts from the annotator in force
     sampled = [set(r.sampled_ids) for r in results]
-    assert all(not (a & b) for i, a in enumerate(sampled) for b in sampled[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(sampled) for b in sampled[i + 1 :])
     for prev, nxt in zip(results, results[1:]):
         assert nxt.annotator_before == prev.annotator_in_force
     assert flywheel["second"]["hitl"]["rounds"] == h["rounds"]  # a second turn opens no new round
@@ -154,8 +170,11 @@ def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsy
     version = flywheel["first"]["dataset"]["version"]
     in_dataset = set(read_manifest(store.url, version)["sha256"].to_list())
     # expected independently of the manifest's provenance: the raw tables' partitions, the annotations
-    batches = {key.rsplit("/", 1)[-1].removesuffix(".parquet") for key, df in store.iter_tables("tables/raw_images")
-               if set(df["sha256"].to_list()) & in_dataset}
+    batches = {
+        key.rsplit("/", 1)[-1].removesuffix(".parquet")
+        for key, df in store.iter_tables("tables/raw_images")
+        if set(df["sha256"].to_list()) & in_dataset
+    }
     ann = store.read_table("tables/annotations.parquet").filter(pl.col("sha256").is_in(list(in_dataset)))
     assert lin["dataset_version"] == version and lin["samples"] == len(in_dataset)
     assert lin["sourcing_batches"] == sorted(batches) and len(batches) >= 2

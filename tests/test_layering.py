@@ -168,23 +168,38 @@ def check_imports(imports: Iterable[Import]) -> list[Violation]:
         if top.startswith("dagster"):
             allowed = importer_area in SHELL or (top == "dagster_pipes" and importer_area in DAGSTER_PIPES_IMPORTERS)
             if not allowed:
-                violations.append(Violation(imp.path, imp.line, "dagster-only-in-shell",
-                                            f"{imp.importer} imports {imp.target}; only the shell "
-                                            f"({', '.join(sorted(SHELL))}) may import dagster"
-                                            + (" (model may import dagster_pipes)" if top != "dagster_pipes" else "")))
+                violations.append(
+                    Violation(
+                        imp.path,
+                        imp.line,
+                        "dagster-only-in-shell",
+                        f"{imp.importer} imports {imp.target}; only the shell "
+                        f"({', '.join(sorted(SHELL))}) may import dagster"
+                        + (" (model may import dagster_pipes)" if top != "dagster_pipes" else ""),
+                    )
+                )
             continue
         if top != PACKAGE:
             continue
         target_area = _area(imp.target)
         if target_area == SIMULATION:
             if not (importer_area == SIMULATION or imp.importer.startswith(SIMULATION_IMPORTERS)):
-                violations.append(Violation(imp.path, imp.line, "simulation-not-in-production",
-                                            f"{imp.importer} imports {imp.target}; only cosmicman.simulation, "
-                                            "cosmicman.environments.local and environments/simulated_*.py may"))
+                violations.append(
+                    Violation(
+                        imp.path,
+                        imp.line,
+                        "simulation-not-in-production",
+                        f"{imp.importer} imports {imp.target}; only cosmicman.simulation, "
+                        "cosmicman.environments.local and environments/simulated_*.py may",
+                    )
+                )
             continue
         if importer_area == "" and target_area != "":
-            violations.append(Violation(imp.path, imp.line, "stage-order",
-                                        f"the root package imports {imp.target}; it must stay empty"))
+            violations.append(
+                Violation(
+                    imp.path, imp.line, "stage-order", f"the root package imports {imp.target}; it must stay empty"
+                )
+            )
             continue
         if not _may_import(importer_area, target_area):
             if target_area in SHELL:
@@ -193,16 +208,20 @@ def check_imports(imports: Iterable[Import]) -> list[Violation]:
                 why = "cosmicman.model imports only core and model"
             else:
                 why = "a stage imports only earlier stages, itself and core (" + " < ".join(STAGE_ORDER) + ")"
-            violations.append(Violation(imp.path, imp.line, "stage-order",
-                                        f"{imp.importer} imports {imp.target}; {why}"))
+            violations.append(
+                Violation(imp.path, imp.line, "stage-order", f"{imp.importer} imports {imp.target}; {why}")
+            )
     return violations
 
 
 def check_areas(modules: Mapping[str, tuple[str, str]]) -> list[Violation]:
     """Every module lies in a stage, the model, the simulation or the shell: the layer rules must see it."""
     known = SHELL | set(STAGE_ORDER) | {"model", SIMULATION, ""}
-    return [Violation(path, 1, "stage-order", f"{module} is in no known layer; place it in a stage or the shell")
-            for module, (path, _) in modules.items() if _area(module) not in known]
+    return [
+        Violation(path, 1, "stage-order", f"{module} is in no known layer; place it in a stage or the shell")
+        for module, (path, _) in modules.items()
+        if _area(module) not in known
+    ]
 
 
 def _strongly_connected(graph: Mapping[str, set[str]]) -> list[list[str]]:
@@ -287,11 +306,15 @@ def check_cycles(imports: Iterable[Import], modules: Iterable[str]) -> list[Viol
             continue
         cycle = _cycle_through(component[0], graph, set(component))
         first = where[(cycle[0], cycle[1])]
-        steps = ", ".join(
-            f"{where[(a, b)].path}:{where[(a, b)].line} {a} -> {b}" for a, b in zip(cycle, cycle[1:])
+        steps = ", ".join(f"{where[(a, b)].path}:{where[(a, b)].line} {a} -> {b}" for a, b in zip(cycle, cycle[1:]))
+        violations.append(
+            Violation(
+                first.path,
+                first.line,
+                "no-import-cycle",
+                f"import circle among {len(component)} module(s) {component}: {steps}",
+            )
         )
-        violations.append(Violation(first.path, first.line, "no-import-cycle",
-                                    f"import circle among {len(component)} module(s) {component}: {steps}"))
     return violations
 
 
@@ -300,8 +323,14 @@ def check_lengths(modules: Mapping[str, tuple[str, str]], max_lines: int = MAX_L
     for path, source in modules.values():
         lines = len(source.splitlines())
         if lines > max_lines:
-            violations.append(Violation(path, max_lines + 1, "max-file-length",
-                                        f"{lines} lines; no Python file under {PACKAGE}/ over {max_lines}"))
+            violations.append(
+                Violation(
+                    path,
+                    max_lines + 1,
+                    "max-file-length",
+                    f"{lines} lines; no Python file under {PACKAGE}/ over {max_lines}",
+                )
+            )
     return violations
 
 
@@ -311,6 +340,7 @@ def _fail_on(violations: list[Violation]) -> None:
 
 
 # --- the rules, over the real package ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def package() -> dict[str, tuple[str, str]]:
@@ -343,6 +373,7 @@ def test_no_file_too_long(package: dict[str, tuple[str, str]]) -> None:
 
 
 # --- the checker itself, on tiny synthetic packages --------------------------------------------------------------
+
 
 def _package(files: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """Synthetic modules from {"cosmicman/x/y.py": source}."""
@@ -396,20 +427,24 @@ def test_checker_allows_earlier_stages_and_core() -> None:
 
 
 def test_checker_finds_model_importing_a_stage_and_a_stage_importing_the_shell() -> None:
-    assert _rules({
-        "cosmicman/model/m.py": "from cosmicman.annotation import vlm\n",
-        "cosmicman/core/k.py": "import cosmicman.resources.storage\n",
-    }) == [("cosmicman/model/m.py", 1, "stage-order"), ("cosmicman/core/k.py", 1, "stage-order")]
+    assert _rules(
+        {
+            "cosmicman/model/m.py": "from cosmicman.annotation import vlm\n",
+            "cosmicman/core/k.py": "import cosmicman.resources.storage\n",
+        }
+    ) == [("cosmicman/model/m.py", 1, "stage-order"), ("cosmicman/core/k.py", 1, "stage-order")]
 
 
 def test_checker_finds_dagster_below_the_shell_but_allows_pipes_in_model() -> None:
-    assert _rules({
-        "cosmicman/annotation/a.py": "def f():\n    import dagster as dg\n",
-        "cosmicman/model/train.py": "from dagster_pipes import open_dagster_pipes\n",
-        "cosmicman/model/bad.py": "from dagster import asset\n",
-        "cosmicman/core/c.py": "from dagster_pipes import PipesContext\n",
-        "cosmicman/assets/x.py": "import dagster\nfrom dagster_k8s import PipesK8sClient\n",
-    }) == [
+    assert _rules(
+        {
+            "cosmicman/annotation/a.py": "def f():\n    import dagster as dg\n",
+            "cosmicman/model/train.py": "from dagster_pipes import open_dagster_pipes\n",
+            "cosmicman/model/bad.py": "from dagster import asset\n",
+            "cosmicman/core/c.py": "from dagster_pipes import PipesContext\n",
+            "cosmicman/assets/x.py": "import dagster\nfrom dagster_k8s import PipesK8sClient\n",
+        }
+    ) == [
         ("cosmicman/annotation/a.py", 2, "dagster-only-in-shell"),
         ("cosmicman/model/bad.py", 1, "dagster-only-in-shell"),
         ("cosmicman/core/c.py", 1, "dagster-only-in-shell"),
@@ -417,22 +452,32 @@ def test_checker_finds_dagster_below_the_shell_but_allows_pipes_in_model() -> No
 
 
 def test_checker_finds_production_importing_the_simulation() -> None:
-    assert _rules({
-        "cosmicman/simulation/world.py": "from cosmicman.core.imageio import encode_jpeg\n",
-        "cosmicman/simulation/truth.py": "from cosmicman.simulation.world import W\n",
-        "cosmicman/environments/local.py": "from cosmicman.simulation import world\n",
-        "cosmicman/environments/simulated_vlm.py": "from cosmicman.simulation.truth import T\n",
-        "cosmicman/environments/s3.py": "from cosmicman.simulation.world import W\n",
-        "cosmicman/annotation/vlm.py": "import importlib\nw = importlib.import_module('cosmicman.simulation.world')\n",
-    }) == [
+    assert _rules(
+        {
+            "cosmicman/simulation/world.py": "from cosmicman.core.imageio import encode_jpeg\n",
+            "cosmicman/simulation/truth.py": "from cosmicman.simulation.world import W\n",
+            "cosmicman/environments/local.py": "from cosmicman.simulation import world\n",
+            "cosmicman/environments/simulated_vlm.py": "from cosmicman.simulation.truth import T\n",
+            "cosmicman/environments/s3.py": "from cosmicman.simulation.world import W\n",
+            "cosmicman/annotation/vlm.py": (
+                "import importlib\nw = importlib.import_module('cosmicman.simulation.world')\n"
+            ),
+        }
+    ) == [
         ("cosmicman/environments/s3.py", 1, "simulation-not-in-production"),
         ("cosmicman/annotation/vlm.py", 2, "simulation-not-in-production"),
     ]
 
 
 def test_checker_finds_a_module_outside_every_layer() -> None:
-    package = _package({"cosmicman/__init__.py": "", "cosmicman/util/helpers.py": "", "cosmicman/cli.py": "",
-                        "cosmicman/core/keys.py": ""})
+    package = _package(
+        {
+            "cosmicman/__init__.py": "",
+            "cosmicman/util/helpers.py": "",
+            "cosmicman/cli.py": "",
+            "cosmicman/core/keys.py": "",
+        }
+    )
     assert [(v.path, v.rule) for v in check_areas(package)] == [("cosmicman/util/helpers.py", "stage-order")]
 
 

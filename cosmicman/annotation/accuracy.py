@@ -1,4 +1,5 @@
 """Measuring an annotator on I_e and reasoning over the protocol's hierarchy of answers."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -10,8 +11,9 @@ from cosmicman.annotation.items import AnnotationItem, LabelRecord
 from cosmicman.core.protocol import Protocol, load_protocol
 
 
-def implied_labels(asked: Mapping[str, Sequence[str]], labels: Sequence[LabelRecord], round: int,
-                   protocol: Protocol | None = None) -> list[LabelRecord]:
+def implied_labels(
+    asked: Mapping[str, Sequence[str]], labels: Sequence[LabelRecord], round: int, protocol: Protocol | None = None
+) -> list[LabelRecord]:
     """Labels of parent categories that the humans' answers to detail questions imply, at no cost.
 
     ``asked`` maps each image to the categories asked about it. A detail answered means its parents
@@ -33,15 +35,16 @@ def implied_labels(asked: Mapping[str, Sequence[str]], labels: Sequence[LabelRec
             if name in got:
                 implied.update(requires)
             elif len(requires) == 1:
-                (parent, value), = requires.items()
+                ((parent, value),) = requires.items()
                 if by_name[parent].answers == ("yes", "no") and value == "yes":
                     implied.setdefault(parent, "no")
         out += [LabelRecord(sha, k, v, "implied", round) for k, v in sorted(implied.items()) if k not in got]
     return out
 
 
-def merge_human_answers(predicted: Mapping[str, str], human: Mapping[str, str],
-                        protocol: Protocol | None = None) -> dict[str, str]:
+def merge_human_answers(
+    predicted: Mapping[str, str], human: Mapping[str, str], protocol: Protocol | None = None
+) -> dict[str, str]:
     """An image's final answers: the humans' answers over the annotator's, kept consistent.
 
     A human who answered a detail (a hat's colour) saw its parent hold (the labelling UI shows the detail
@@ -63,9 +66,13 @@ def merge_human_answers(predicted: Mapping[str, str], human: Mapping[str, str],
     return out
 
 
-def per_category_accuracy(annotator: Annotator, eval_items: Sequence[AnnotationItem],
-                          categories: Sequence[str] | None = None, protocol: Protocol | None = None,
-                          predictions: Sequence[Mapping[str, str]] | None = None) -> dict[str, float]:
+def per_category_accuracy(
+    annotator: Annotator,
+    eval_items: Sequence[AnnotationItem],
+    categories: Sequence[str] | None = None,
+    protocol: Protocol | None = None,
+    predictions: Sequence[Mapping[str, str]] | None = None,
+) -> dict[str, float]:
     """Accuracy per category on I_e, over the items where the category applies *by ground truth*.
 
     A missing prediction (the annotator's own hierarchy skipped the question) counts as wrong.

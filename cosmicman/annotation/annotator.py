@@ -1,5 +1,6 @@
 """The interface every AI annotator honours (the light probe, the production VLM with LoRA) and the loader
 that opens any saved one."""
+
 from __future__ import annotations
 
 import io
@@ -23,14 +24,16 @@ class Annotator(Protocol):
     @property
     def version(self) -> str: ...
 
-    def predict(self, images: Sequence[Image.Image | bytes], categories: Sequence[str] | None = None
-                ) -> list[dict[str, str]]:
+    def predict(
+        self, images: Sequence[Image.Image | bytes], categories: Sequence[str] | None = None
+    ) -> list[dict[str, str]]:
         """One dict per image: answers to those of ``categories`` (default: all) that apply per the
         *predicted* hierarchy (a hat colour only when the annotator itself says there is a hat)."""
         ...
 
-    def finetune(self, labels: Sequence[LabelRecord], images: Mapping[str, Image.Image | bytes],
-                 round: int | None = None) -> Annotator:
+    def finetune(
+        self, labels: Sequence[LabelRecord], images: Mapping[str, Image.Image | bytes], round: int | None = None
+    ) -> Annotator:
         """A new annotator trained on ``labels``; ``images`` maps each label's sha256 to its image;
         ``round`` is the labelling round it comes from (default: the parent's plus one)."""
         ...

@@ -1,4 +1,5 @@
 """What the annotation stage works on: label records and the images (with or without truth) they are about."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,16 +38,22 @@ class AnnotationItem:
     pool touches only the images it samples.
     """
 
-    def __init__(self, image_sha256: str, image: Image.Image, attributes: Mapping[str, str] | None = None,
-                 pool_id: str | None = None) -> None:
+    def __init__(
+        self,
+        image_sha256: str,
+        image: Image.Image,
+        attributes: Mapping[str, str] | None = None,
+        pool_id: str | None = None,
+    ) -> None:
         self._sha, self._image = image_sha256, image
         self._load: Callable[[], bytes] | None = None
         self.attributes = dict(attributes) if attributes is not None else None
         self.pool_id = pool_id or image_sha256
 
     @classmethod
-    def lazy(cls, pool_id: str, load: Callable[[], bytes], attributes: Mapping[str, str] | None = None
-             ) -> AnnotationItem:
+    def lazy(
+        cls, pool_id: str, load: Callable[[], bytes], attributes: Mapping[str, str] | None = None
+    ) -> AnnotationItem:
         item = cls("", None, attributes, pool_id)  # type: ignore[arg-type]
         item._load = load
         return item
@@ -90,12 +97,10 @@ def materialize(items: Sequence[AnnotationItem]) -> None:
         item._set_bytes(data)
 
 
-def labelled_image_rows(labels: Sequence[LabelRecord], images: Mapping[str, Any]
-                        ) -> tuple[list[str], dict[str, int]]:
+def labelled_image_rows(labels: Sequence[LabelRecord], images: Mapping[str, Any]) -> tuple[list[str], dict[str, int]]:
     """The labelled images' sha256s (sorted) and each one's row; every one must be in ``images``."""
     shas = sorted({lab.image_sha256 for lab in labels})
     missing = [s for s in shas if s not in images]
     if missing:
         raise KeyError(f"finetune needs the labelled images; {len(missing)} missing, e.g. {missing[0]}")
     return shas, {s: i for i, s in enumerate(shas)}
-

@@ -30,6 +30,7 @@ with an answer in the category's vocabulary, and not contradicted by the answer 
 requires (a hat colour given with ``hat_exists = no`` is dropped). Training stays in the orchestrator:
 Label Studio only collects answers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,8 +104,7 @@ def choices_of(result: Iterable[Mapping[str, Any]], protocol: Protocol) -> dict[
     return out
 
 
-def _consistent(cat: Category, answers: Mapping[str, str], by_name: Mapping[str, Category],
-                depth: int = 0) -> bool:
+def _consistent(cat: Category, answers: Mapping[str, str], by_name: Mapping[str, Category], depth: int = 0) -> bool:
     """False when an answer to a category ``cat`` requires (directly or through its own requirements)
     says ``cat`` does not apply. A requirement left unanswered does not drop the answer."""
     if depth > len(by_name):
@@ -118,9 +118,12 @@ def _consistent(cat: Category, answers: Mapping[str, str], by_name: Mapping[str,
     return True
 
 
-def labels_from_export(export: Sequence[Mapping[str, Any]], round_number: int,
-                       tasks: Sequence[LabelTask] | None = None, protocol: Protocol | None = None,
-                       ) -> tuple[list[LabelRecord], dict[str, Mapping[str, Any]]]:
+def labels_from_export(
+    export: Sequence[Mapping[str, Any]],
+    round_number: int,
+    tasks: Sequence[LabelTask] | None = None,
+    protocol: Protocol | None = None,
+) -> tuple[list[LabelRecord], dict[str, Mapping[str, Any]]]:
     """Canonical human labels from a Label Studio JSON export.
 
     ``tasks``: what we asked (``task_id`` -> image and categories); exported tasks that are not among
@@ -131,9 +134,16 @@ def labels_from_export(export: Sequence[Mapping[str, Any]], round_number: int,
     protocol = protocol or load_protocol()
     by_name = protocol.by_name
     if tasks is None:
-        tasks = [LabelTask(str(d.get("task_id")), str(d.get("image_sha256", "")), str(d.get(IMAGE_FIELD, "")),
-                           tuple(d.get("categories") or ()))
-                 for d in (t.get("data") or {} for t in export) if d.get("task_id") is not None]
+        tasks = [
+            LabelTask(
+                str(d.get("task_id")),
+                str(d.get("image_sha256", "")),
+                str(d.get(IMAGE_FIELD, "")),
+                tuple(d.get("categories") or ()),
+            )
+            for d in (t.get("data") or {} for t in export)
+            if d.get("task_id") is not None
+        ]
     exported: dict[str, Mapping[str, Any]] = {}
     for row in export:
         tid = (row.get("data") or {}).get("task_id")
@@ -191,15 +201,25 @@ def choice_result(category: str, answer: str) -> dict[str, Any]:
     return {"from_name": category, "to_name": IMAGE_FIELD, "type": "choices", "value": {"choices": [answer]}}
 
 
-def task_payload(task: LabelTask, image_url: str, round_id: str, round_number: int,
-                 protocol: Protocol) -> dict[str, Any]:
+def task_payload(
+    task: LabelTask, image_url: str, round_id: str, round_number: int, protocol: Protocol
+) -> dict[str, Any]:
     """The Label Studio task JSON for one :class:`LabelTask` (``protocol``: the round's protocol)."""
-    data = {IMAGE_FIELD: image_url, "task_id": task.task_id, "image_sha256": task.image_sha256,
-            "categories": list(task.categories), "round_id": round_id, "round": int(round_number)}
+    data = {
+        IMAGE_FIELD: image_url,
+        "task_id": task.task_id,
+        "image_sha256": task.image_sha256,
+        "categories": list(task.categories),
+        "round_id": round_id,
+        "round": int(round_number),
+    }
     out: dict[str, Any] = {"data": data}
     by_name = protocol.by_name
-    result = [choice_result(name, str(ans)) for name, ans in sorted(task.predicted.items())
-              if name in by_name and str(ans) in by_name[name].answers]
+    result = [
+        choice_result(name, str(ans))
+        for name, ans in sorted(task.predicted.items())
+        if name in by_name and str(ans) in by_name[name].answers
+    ]
     if result:
         out["predictions"] = [{"model_version": task.model_version or "unknown", "result": result}]
     return out
@@ -210,9 +230,18 @@ class LabelStudioBackend:
 
     source = "human"
 
-    def __init__(self, store: Store, url: str, api_key: str | None, *, import_chunk_size: int = 500,
-                 local_files_root: str | None = None, presign_expiry_s: int = MAX_PRESIGN_S,
-                 timeout_s: float = 60.0, protocol: Protocol | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        api_key: str | None,
+        *,
+        import_chunk_size: int = 500,
+        local_files_root: str | None = None,
+        presign_expiry_s: int = MAX_PRESIGN_S,
+        timeout_s: float = 60.0,
+        protocol: Protocol | None = None,
+    ) -> None:
         if not url:
             raise ValueError("the Label Studio backend needs the server URL (label_studio_url)")
         if import_chunk_size < 1:
@@ -246,8 +275,9 @@ class LabelStudioBackend:
                 LabelStudio,  # the SDK imports pandas: load it only when used
             )
 
-            self._client = self._call("connect", lambda: LabelStudio(base_url=self.url, api_key=self.api_key,
-                                                                     timeout=self.timeout_s))
+            self._client = self._call(
+                "connect", lambda: LabelStudio(base_url=self.url, api_key=self.api_key, timeout=self.timeout_s)
+            )
         return self._client
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -258,16 +288,20 @@ class LabelStudioBackend:
         try:
             return fn()
         except httpx.TransportError as e:
-            raise LabelStudioError(f"Label Studio at {self.url} is unreachable ({what}): "
-                                   f"{type(e).__name__}: {e}") from None
+            raise LabelStudioError(
+                f"Label Studio at {self.url} is unreachable ({what}): {type(e).__name__}: {e}"
+            ) from None
         except ApiError as e:
             if e.status_code in (401, 403):
-                raise LabelStudioError(f"Label Studio at {self.url} refused the API key ({what}: HTTP "
-                                       f"{e.status_code}); check label_studio_api_key (a legacy token needs "
-                                       "legacy tokens enabled for the organization)") from None
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} refused the API key ({what}: HTTP "
+                    f"{e.status_code}); check label_studio_api_key (a legacy token needs "
+                    "legacy tokens enabled for the organization)"
+                ) from None
             body = e.body if isinstance(e.body, str) else json.dumps(e.body, default=str)
-            raise LabelStudioError(f"Label Studio at {self.url}: {what} failed (HTTP {e.status_code}): "
-                                   f"{' '.join(str(body).split())[:300]}") from None
+            raise LabelStudioError(
+                f"Label Studio at {self.url}: {what} failed (HTTP {e.status_code}): {' '.join(str(body).split())[:300]}"
+            ) from None
 
     def check(self) -> str:
         """The email of the API key's user; raises LabelStudioError if the server or the key is wrong."""
@@ -291,8 +325,10 @@ class LabelStudioBackend:
         local = self._local_path(uri)
         if local is not None:
             if self.local_files_root is None:
-                raise ValueError(f"image {uri} is a local file: set the Label Studio backend's local_files_root "
-                                 "to the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, or use an s3:// store")
+                raise ValueError(
+                    f"image {uri} is a local file: set the Label Studio backend's local_files_root "
+                    "to the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, or use an s3:// store"
+                )
             rel = os.path.relpath(local, self.local_files_root)
             if rel == "." or rel.startswith(".." + os.sep) or rel == "..":
                 raise ValueError(f"image {local} is outside the Label Studio local files root {self.local_files_root}")
@@ -301,8 +337,10 @@ class LabelStudioBackend:
         try:
             url = fs.sign(fs._strip_protocol(uri), expiration=self.presign_expiry_s)
         except NotImplementedError:
-            raise ValueError(f"image {uri}: a {scheme}:// file cannot be shown by Label Studio (no presigned "
-                             "URLs); use an s3:// or local store") from None
+            raise ValueError(
+                f"image {uri}: a {scheme}:// file cannot be shown by Label Studio (no presigned "
+                "URLs); use an s3:// or local store"
+            ) from None
         return str(url)
 
     def _signing_fs(self, scheme: str) -> fsspec.AbstractFileSystem:
@@ -322,8 +360,10 @@ class LabelStudioBackend:
             return None
         common = os.path.commonpath(sorted(dirs))
         if self.local_files_root is not None and os.path.abspath(common) == self.local_files_root:
-            raise ValueError(f"the images lie directly in the Label Studio local files root {common}; Label Studio "
-                             "only serves subfolders of it: put the store in a subfolder")
+            raise ValueError(
+                f"the images lie directly in the Label Studio local files root {common}; Label Studio "
+                "only serves subfolders of it: put the store in a subfolder"
+            )
         return common
 
     # -- the round record in the store --------------------------------------------------------------
@@ -349,8 +389,11 @@ class LabelStudioBackend:
             return []
 
         def run() -> bytes:
-            return b"".join(self.client.projects.exports.download_sync(
-                int(project_id), export_type="JSON", download_all_tasks=True, download_resources=False))
+            return b"".join(
+                self.client.projects.exports.download_sync(
+                    int(project_id), export_type="JSON", download_all_tasks=True, download_resources=False
+                )
+            )
 
         raw = self._call(f"export of project {project_id}", run)
         return json.loads(raw) if raw.strip() else []
@@ -366,80 +409,121 @@ class LabelStudioBackend:
         pointer = self._pointer(round_id)
         if pointer and pointer.get("url") != self.url:
             raise LabelStudioError(f"{round_id} was submitted to Label Studio at {pointer.get('url')}, not {self.url}")
-        self.store.write_bytes(self._key(round_id, TASKS),
-                               "".join(json.dumps(asdict(t), sort_keys=True) + "\n" for t in tasks).encode())
+        self.store.write_bytes(
+            self._key(round_id, TASKS), "".join(json.dumps(asdict(t), sort_keys=True) + "\n" for t in tasks).encode()
+        )
         if not tasks:  # nothing to ask: no project (a config without questions is not valid)
-            self.store.write_json(self._key(round_id, POINTER), {"url": self.url, "project_id": None,
-                                                                 "round_id": round_id, "round": int(round_number),
-                                                                 "tasks": 0})
+            self.store.write_json(
+                self._key(round_id, POINTER),
+                {"url": self.url, "project_id": None, "round_id": round_id, "round": int(round_number), "tasks": 0},
+            )
             return
         config = label_studio_config(protocol)
-        description = json.dumps({"cosmicman_round": round_id, "round": int(round_number),
-                                   "store": self.store.url}, sort_keys=True)
+        description = json.dumps(
+            {"cosmicman_round": round_id, "round": int(round_number), "store": self.store.url}, sort_keys=True
+        )
         project_id: Any = pointer.get("project_id") if pointer else None
         resumed = project_id is not None
         if resumed:
             project = self._call(f"get project {project_id}", lambda: self.client.projects.get(int(project_id)))
             if project.label_config != config:
-                self._call(f"update the config of project {project_id}",
-                           lambda: self.client.projects.update(int(project_id), label_config=config))
+                self._call(
+                    f"update the config of project {project_id}",
+                    lambda: self.client.projects.update(int(project_id), label_config=config),
+                )
         else:
             title = f"{round_id} · round {int(round_number)}"[:TITLE_MAX]
-            project = self._call("create project", lambda: self.client.projects.create(
-                title=title, description=description, label_config=config, show_skip_button=True))
+            project = self._call(
+                "create project",
+                lambda: self.client.projects.create(
+                    title=title, description=description, label_config=config, show_skip_button=True
+                ),
+            )
             project_id = int(project.id)
             # the pointer first: a retried submit finds this project instead of creating another
-            self.store.write_json(self._key(round_id, POINTER), {
-                "url": self.url, "project_id": project_id, "round_id": round_id, "round": int(round_number),
-                "tasks": len(tasks), "created_at": datetime.now(UTC).isoformat()})
+            self.store.write_json(
+                self._key(round_id, POINTER),
+                {
+                    "url": self.url,
+                    "project_id": project_id,
+                    "round_id": round_id,
+                    "round": int(round_number),
+                    "tasks": len(tasks),
+                    "created_at": datetime.now(UTC).isoformat(),
+                },
+            )
         if storage_dir is not None:
             self._grant_local_files(int(project_id), storage_dir)
-        present = {str((row.get("data") or {}).get("task_id")) for row in self._export(project_id)} \
-            if resumed else set()
-        todo = [task_payload(t, u, round_id, round_number, protocol)
-                for t, u in zip(tasks, urls) if t.task_id not in present]
+        present = (
+            {str((row.get("data") or {}).get("task_id")) for row in self._export(project_id)} if resumed else set()
+        )
+        todo = [
+            task_payload(t, u, round_id, round_number, protocol)
+            for t, u in zip(tasks, urls)
+            if t.task_id not in present
+        ]
         for start in range(0, len(todo), self.import_chunk_size):
-            chunk = todo[start:start + self.import_chunk_size]
-            resp = self._call(f"import of tasks {start}..{start + len(chunk) - 1} into project {project_id}",
-                              partial(self.client.projects.import_tasks, int(project_id), request=chunk,
-                                      return_task_ids=True))
+            chunk = todo[start : start + self.import_chunk_size]
+            resp = self._call(
+                f"import of tasks {start}..{start + len(chunk) - 1} into project {project_id}",
+                partial(self.client.projects.import_tasks, int(project_id), request=chunk, return_task_ids=True),
+            )
             got = getattr(resp, "task_count", None)
             if got is not None and int(got) != len(chunk):
-                raise LabelStudioError(f"Label Studio at {self.url}: project {project_id} took {got} of "
-                                       f"{len(chunk)} tasks")
-        self.store.write_json(self._key(round_id, POINTER), {
-            "url": self.url, "project_id": int(project_id), "round_id": round_id, "round": int(round_number),
-            "tasks": len(tasks), "created_at": (pointer or {}).get("created_at")
-            or datetime.now(UTC).isoformat()})
-        log.info("%s: %d tasks in Label Studio project %s (%d imported now)", round_id, len(tasks), project_id,
-                 len(todo))
+                raise LabelStudioError(
+                    f"Label Studio at {self.url}: project {project_id} took {got} of {len(chunk)} tasks"
+                )
+        self.store.write_json(
+            self._key(round_id, POINTER),
+            {
+                "url": self.url,
+                "project_id": int(project_id),
+                "round_id": round_id,
+                "round": int(round_number),
+                "tasks": len(tasks),
+                "created_at": (pointer or {}).get("created_at") or datetime.now(UTC).isoformat(),
+            },
+        )
+        log.info(
+            "%s: %d tasks in Label Studio project %s (%d imported now)", round_id, len(tasks), project_id, len(todo)
+        )
 
     def _grant_local_files(self, project_id: int, folder: str) -> None:
-        storages = self._call(f"list local storages of project {project_id}",
-                              lambda: self.client.import_storage.local.list(project=project_id))
+        storages = self._call(
+            f"list local storages of project {project_id}",
+            lambda: self.client.import_storage.local.list(project=project_id),
+        )
         for s in storages or ():
             path = getattr(s, "path", None)
             if path and (folder == path or folder.startswith(path.rstrip("/") + "/")):
                 return
-        self._call(f"grant project {project_id} the local folder {folder}",
-                   lambda: self.client.import_storage.local.create(
-                       project=project_id, path=folder, title="cosmicman images (never synced)",
-                       description="lets this project's users see the round's images; do not sync",
-                       use_blob_urls=True))
+        self._call(
+            f"grant project {project_id} the local folder {folder}",
+            lambda: self.client.import_storage.local.create(
+                project=project_id,
+                path=folder,
+                title="cosmicman images (never synced)",
+                description="lets this project's users see the round's images; do not sync",
+                use_blob_urls=True,
+            ),
+        )
 
     def collect(self, round_id: str, round_number: int) -> tuple[list[LabelRecord], int]:
         pointer = self._pointer(round_id)
         if pointer is None:
             raise LabelStudioError(
-                f"{round_id} was never submitted to Label Studio (no {self._key(round_id, POINTER)})")
+                f"{round_id} was never submitted to Label Studio (no {self._key(round_id, POINTER)})"
+            )
         tasks = self.tasks(round_id)
-        labels, answered = labels_from_export(self._export(pointer.get("project_id")), round_number, tasks,
-                                              self.protocol)
+        labels, answered = labels_from_export(
+            self._export(pointer.get("project_id")), round_number, tasks, self.protocol
+        )
         return labels, len(tasks) - len(answered)
 
     def open_round_status(self) -> RoundStatus | None:
-        pointers = [k for k in self.store.list(LABELLING_PREFIX)
-                    if posixpath.basename(k) == POINTER and k.count("/") == 2]
+        pointers = [
+            k for k in self.store.list(LABELLING_PREFIX) if posixpath.basename(k) == POINTER and k.count("/") == 2
+        ]
         open_rounds = []
         for key in pointers:
             rid = key.split("/")[1]
@@ -450,21 +534,24 @@ class LabelStudioBackend:
             return None
         _, rid, pointer = max(open_rounds, key=lambda r: (r[0], r[1]))
         tasks = self.tasks(rid)
-        _, answered = labels_from_export(self._export(pointer.get("project_id")), int(pointer.get("round", 0)),
-                                         tasks, self.protocol)
+        _, answered = labels_from_export(
+            self._export(pointer.get("project_id")), int(pointer.get("round", 0)), tasks, self.protocol
+        )
         return RoundStatus(rid, len(tasks), len(tasks) - len(answered), _fingerprint(answered))
 
     def close_round(self, round_id: str) -> None:
         pointer = self._pointer(round_id) or {}
-        self.store.write_json(self._key(round_id, COLLECTED), {"round": round_id,
-                                                               "project_id": pointer.get("project_id"),
-                                                               "collected_at": datetime.now(UTC).isoformat()})
+        self.store.write_json(
+            self._key(round_id, COLLECTED),
+            {"round": round_id, "project_id": pointer.get("project_id"), "collected_at": datetime.now(UTC).isoformat()},
+        )
         project_id = pointer.get("project_id")
         if project_id is None:
             return
         title = f"{round_id} · round {pointer.get('round')} · collected"[:TITLE_MAX]
         try:  # only a hint for people in Label Studio: the store already says the round is closed
-            self._call(f"rename project {project_id}",
-                       lambda: self.client.projects.update(int(project_id), title=title))
+            self._call(
+                f"rename project {project_id}", lambda: self.client.projects.update(int(project_id), title=title)
+            )
         except LabelStudioError as e:
             log.warning("%s is collected, but its project title was not updated: %s", round_id, e)

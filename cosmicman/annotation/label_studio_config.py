@@ -7,6 +7,7 @@ whenChoiceValue="value">``, nested once per requirement, so an annotator is aske
 only after saying the garment exists -- the same questions ``Protocol.applicable`` asks the models.
 Task data: ``$image`` (an image URL, never base64).
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -30,11 +31,13 @@ def label_studio_config(protocol: Protocol | None = None) -> str:
             for req, value in sorted(cat.requires.items()):
                 if req not in names:
                     raise ValueError(f"category {cat.name!r} requires unknown category {req!r}")
-                parent = ET.SubElement(parent, "View", visibleWhen="choice-selected", whenTagName=req,
-                                       whenChoiceValue=str(value))
+                parent = ET.SubElement(
+                    parent, "View", visibleWhen="choice-selected", whenTagName=req, whenChoiceValue=str(value)
+                )
             ET.SubElement(parent, "Header", value=cat.question, size="6")
-            choices = ET.SubElement(parent, "Choices", name=cat.name, toName="image", choice="single",
-                                    showInline="true")
+            choices = ET.SubElement(
+                parent, "Choices", name=cat.name, toName="image", choice="single", showInline="true"
+            )
             for answer in cat.answers:
                 ET.SubElement(choices, "Choice", value=str(answer))
     ET.indent(root)

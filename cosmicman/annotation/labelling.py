@@ -7,6 +7,7 @@ writes ``labelling/<round>/tasks.jsonl``; a human (or a tool) drops answer files
 not apply to the image are left out, as the hierarchy says). Every backend honours
 :class:`LabellingBackend` exactly (the simulated labeller of the local environment too).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,8 +112,9 @@ class FileInbox:
                 continue
             for cat in task.categories:
                 if cat in row["answers"]:
-                    labels.append(LabelRecord(task.image_sha256, cat, str(row["answers"][cat]), self.source,
-                                              round_number))
+                    labels.append(
+                        LabelRecord(task.image_sha256, cat, str(row["answers"][cat]), self.source, round_number)
+                    )
         return labels, sum(t.task_id not in answers for t in tasks)
 
     def open_round_status(self) -> RoundStatus | None:

@@ -6,6 +6,7 @@ the round closed (:mod:`cosmicman.annotation.rounds` decides both). The ledger a
 and the next round need: which annotator is in force, which round comes next, and the accuracy / cost
 curve across rounds.
 """
+
 from __future__ import annotations
 
 import re
@@ -105,20 +106,28 @@ class RoundLedger:
             return NextStep(None, False, f"{round_id(last)} is waiting for its labels")
         if result.stop:
             return NextStep(None, True, f"the loop stopped after {round_id(last)}: {result.stop_reason}")
-        return NextStep(last + 1, False, f"{round_id(last)} gained {100 * result.gain:.1f} points: "
-                                         f"{round_id(last + 1)} starts")
+        return NextStep(
+            last + 1, False, f"{round_id(last)} gained {100 * result.gain:.1f} points: {round_id(last + 1)} starts"
+        )
 
     def curve(self) -> list[dict[str, float]]:
         """Mean accuracy and cumulative manual cost after each round (round 0: the base annotator)."""
         results = self.results()
         if not results:
             return []
-        points = [{"round": 0, "mean_accuracy": results[0].mean_accuracy_before, "labels_asked": 0,
-                   "manual_share": 0.0}]
+        points = [
+            {"round": 0, "mean_accuracy": results[0].mean_accuracy_before, "labels_asked": 0, "manual_share": 0.0}
+        ]
         asked = 0
         for r in results:
             asked += r.labels_asked
             acc = r.accuracy_after if r.adopted else r.accuracy_before
-            points.append({"round": r.round, "mean_accuracy": mean_accuracy(acc), "labels_asked": asked,
-                           "manual_share": asked / r.full_manual_labels if r.full_manual_labels else 0.0})
+            points.append(
+                {
+                    "round": r.round,
+                    "mean_accuracy": mean_accuracy(acc),
+                    "labels_asked": asked,
+                    "manual_share": asked / r.full_manual_labels if r.full_manual_labels else 0.0,
+                }
+            )
         return points

@@ -3,6 +3,7 @@
 head per category (:mod:`cosmicman.annotation.probe_heads`). :meth:`ProbeAnnotator.train` builds round 0
 from labelled images; :meth:`ProbeAnnotator.finetune` retrains only the heads of the labelled categories
 and returns a new, separately versioned annotator; annotators are immutable."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,10 +33,18 @@ class ProbeAnnotator:
 
     kind = "probe"
 
-    def __init__(self, heads: Mapping[str, Head], mean: np.ndarray, std: np.ndarray,
-                 backbone_config: Mapping[str, Any] | None = None, lineage: Sequence[str] = (),
-                 round: int = 0, protocol: Protocol | None = None, l2: float = 1e-2,
-                 prior_l2: float = 1e-3):
+    def __init__(
+        self,
+        heads: Mapping[str, Head],
+        mean: np.ndarray,
+        std: np.ndarray,
+        backbone_config: Mapping[str, Any] | None = None,
+        lineage: Sequence[str] = (),
+        round: int = 0,
+        protocol: Protocol | None = None,
+        l2: float = 1e-2,
+        prior_l2: float = 1e-3,
+    ):
         self.protocol = protocol or load_protocol()
         self.backbone = PersonRegionBackbone(**(backbone_config or {}))
         self._heads = dict(heads)
@@ -69,9 +78,15 @@ class ProbeAnnotator:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def train(cls, images: Sequence[Image.Image | bytes], labels: Sequence[Mapping[str, str]],
-              protocol: Protocol | None = None, backbone_config: Mapping[str, Any] | None = None,
-              l2: float = 1e-2, prior_l2: float = 1e-3) -> ProbeAnnotator:
+    def train(
+        cls,
+        images: Sequence[Image.Image | bytes],
+        labels: Sequence[Mapping[str, str]],
+        protocol: Protocol | None = None,
+        backbone_config: Mapping[str, Any] | None = None,
+        l2: float = 1e-2,
+        prior_l2: float = 1e-3,
+    ) -> ProbeAnnotator:
         """Round 0 from scratch: features of ``images``; ``labels[i]`` answers some categories of image i."""
         protocol = protocol or load_protocol()
         backbone = PersonRegionBackbone(**(backbone_config or {}))
@@ -86,9 +101,7 @@ class ProbeAnnotator:
                 y = np.array([cat.answers.index(labels[i][cat.name]) for i in idx])
                 fits.append(HeadFit(cat.name, np.array(idx), y, len(cat.answers), backbone.columns(cat.name)))
         heads = fit_heads(x, fits, l2)
-        return cls(heads, mean, std, backbone.config, lineage=(), round=0, protocol=protocol,
-                   l2=l2, prior_l2=prior_l2)
-
+        return cls(heads, mean, std, backbone.config, lineage=(), round=0, protocol=protocol, l2=l2, prior_l2=prior_l2)
 
     # -- inference --------------------------------------------------------------------------------
     def features(self, images: Sequence[Image.Image | bytes], keys: Sequence[str] | None = None) -> np.ndarray:
@@ -104,8 +117,9 @@ class ProbeAnnotator:
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
 
-    def predict(self, images: Sequence[Image.Image | bytes], categories: Sequence[str] | None = None
-                ) -> list[dict[str, str]]:
+    def predict(
+        self, images: Sequence[Image.Image | bytes], categories: Sequence[str] | None = None
+    ) -> list[dict[str, str]]:
         categories = [c.name for c in self.protocol.categories] if categories is None else list(categories)
         if not len(images):
             return []
@@ -126,8 +140,9 @@ class ProbeAnnotator:
         return out
 
     # -- fine-tuning ------------------------------------------------------------------------------
-    def finetune(self, labels: Sequence[LabelRecord],
-                 images: Mapping[str, Image.Image | bytes], round: int | None = None) -> ProbeAnnotator:
+    def finetune(
+        self, labels: Sequence[LabelRecord], images: Mapping[str, Image.Image | bytes], round: int | None = None
+    ) -> ProbeAnnotator:
         """New annotator whose heads for the labelled categories are retrained on ``labels``.
 
         ``images`` maps every label's ``image_sha256`` to the image (or its bytes). Several labels for
@@ -146,22 +161,45 @@ class ProbeAnnotator:
             if lab.answer not in by_name[lab.category].answers:
                 raise ValueError(f"{lab.category}={lab.answer!r} is not in its vocabulary")
             by_cat.setdefault(lab.category, []).append(lab)
-        fits = [HeadFit(name, np.array([row[lab.image_sha256] for lab in labs]),
-                         np.array([by_name[name].answers.index(lab.answer) for lab in labs]),
-                         len(by_name[name].answers), self.backbone.columns(name), self._heads.get(name))
-                for name, labs in sorted(by_cat.items())]
+        fits = [
+            HeadFit(
+                name,
+                np.array([row[lab.image_sha256] for lab in labs]),
+                np.array([by_name[name].answers.index(lab.answer) for lab in labs]),
+                len(by_name[name].answers),
+                self.backbone.columns(name),
+                self._heads.get(name),
+            )
+            for name, labs in sorted(by_cat.items())
+        ]
         new_heads.update(fit_heads(x, fits, self.l2, self.prior_l2))
         rnd = self.round + 1 if round is None else int(round)
-        return ProbeAnnotator(new_heads, self._mean, self._std, self.backbone.config,
-                              lineage=self.lineage + (self.version,), round=rnd, protocol=self.protocol,
-                              l2=self.l2, prior_l2=self.prior_l2)
+        return ProbeAnnotator(
+            new_heads,
+            self._mean,
+            self._std,
+            self.backbone.config,
+            lineage=self.lineage + (self.version,),
+            round=rnd,
+            protocol=self.protocol,
+            l2=self.l2,
+            prior_l2=self.prior_l2,
+        )
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path | None = None) -> bytes:
         """A zip of ``meta.json`` + ``arrays.npz`` (no pickle). Written to ``path`` if given."""
-        meta = {"kind": self.kind, "version": self.version, "round": self.round, "lineage": list(self.lineage),
-                "backbone": self.backbone.config, "l2": self.l2, "prior_l2": self.prior_l2,
-                "protocol_version": self.protocol.version, "heads": sorted(self._heads)}
+        meta = {
+            "kind": self.kind,
+            "version": self.version,
+            "round": self.round,
+            "lineage": list(self.lineage),
+            "backbone": self.backbone.config,
+            "l2": self.l2,
+            "prior_l2": self.prior_l2,
+            "protocol_version": self.protocol.version,
+            "heads": sorted(self._heads),
+        }
         arrays: dict[str, Any] = {"mean": self._mean, "std": self._std}
         arrays.update({f"head/{k}/{part}": a for k, h in self._heads.items() for part, a in h.arrays().items()})
         npz = io.BytesIO()
@@ -190,9 +228,17 @@ class ProbeAnnotator:
                 _, name, part = k.split("/")
                 parts.setdefault(name, {})[part] = v
         heads = {name: Head(**p) for name, p in parts.items()}
-        ann = cls(heads, arrays["mean"], arrays["std"], meta["backbone"], lineage=meta["lineage"],
-                  round=meta["round"], protocol=protocol, l2=meta["l2"], prior_l2=meta["prior_l2"])
+        ann = cls(
+            heads,
+            arrays["mean"],
+            arrays["std"],
+            meta["backbone"],
+            lineage=meta["lineage"],
+            round=meta["round"],
+            protocol=protocol,
+            l2=meta["l2"],
+            prior_l2=meta["prior_l2"],
+        )
         if ann.version != meta["version"]:
             raise ValueError(f"corrupt annotator: version {ann.version} != recorded {meta['version']}")
         return ann
-

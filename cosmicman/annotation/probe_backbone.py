@@ -1,6 +1,7 @@
 """The probe annotator's fixed, weight-free vision backbone (:class:`PersonRegionBackbone`): the person and
 its anatomical landmarks located from pixels, part regions with colour-name histograms, Lab, pattern /
 gradient, skin and garment statistics, vertical silhouette profiles, background statistics."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,11 +19,25 @@ from cosmicman.core.workers import map_in_workers
 # Colour-name prototypes (sRGB): the protocol's 12 garment colours, three skin tones, the hair colours
 # that are not already garment colours (blonde, auburn, hair brown, silver).
 _PROTOTYPES = {
-    "black": (25, 25, 28), "white": (242, 242, 240), "gray": (128, 128, 128), "red": (200, 30, 35),
-    "orange": (240, 140, 30), "yellow": (240, 215, 40), "green": (45, 150, 60), "blue": (40, 75, 200),
-    "purple": (125, 50, 160), "pink": (240, 150, 190), "brown": (115, 70, 35), "beige": (220, 200, 160),
-    "skin_light": (240, 205, 180), "skin_medium": (198, 146, 106), "skin_dark": (134, 90, 62),
-    "blonde": (225, 195, 115), "auburn": (168, 58, 24), "hair_brown": (92, 56, 30), "silver": (168, 168, 166),
+    "black": (25, 25, 28),
+    "white": (242, 242, 240),
+    "gray": (128, 128, 128),
+    "red": (200, 30, 35),
+    "orange": (240, 140, 30),
+    "yellow": (240, 215, 40),
+    "green": (45, 150, 60),
+    "blue": (40, 75, 200),
+    "purple": (125, 50, 160),
+    "pink": (240, 150, 190),
+    "brown": (115, 70, 35),
+    "beige": (220, 200, 160),
+    "skin_light": (240, 205, 180),
+    "skin_medium": (198, 146, 106),
+    "skin_dark": (134, 90, 62),
+    "blonde": (225, 195, 115),
+    "auburn": (168, 58, 24),
+    "hair_brown": (92, 56, 30),
+    "silver": (168, 168, 166),
 }
 _SKIN = slice(12, 15)
 
@@ -87,50 +102,113 @@ _REGION_DIM = 1 + _N_PROTO + 3 + 8  # fg share, colour names, mean Lab, 4 gradie
 # Which backbone features each category's head reads (part-aware heads): a group name from
 # ``PersonRegionBackbone.groups``; ``region:hist`` is only the region's 12 garment-colour names and
 # ``region:colour`` its colour names and mean Lab. Categories not listed read every feature.
-_HEAD=["crown","brim","hair_top","hair_side","hair_low","hair_back","eyes","cheeks","mouth","forehead","profile_head"]
-_TORSO=["neck","torso_r","torso_c","torso_l","torso_ll"]
-_ARMS=["arm_up_r","arm_up_l","side_r","side_l","raised_r","raised_l"]
-_LOW=["waist","belt_hi","belt_lo","buckle","hip","thigh","shin","feet","profile_body"]
+_HEAD = [
+    "crown",
+    "brim",
+    "hair_top",
+    "hair_side",
+    "hair_low",
+    "hair_back",
+    "eyes",
+    "cheeks",
+    "mouth",
+    "forehead",
+    "profile_head",
+]
+_TORSO = ["neck", "torso_r", "torso_c", "torso_l", "torso_ll"]
+_ARMS = ["arm_up_r", "arm_up_l", "side_r", "side_l", "raised_r", "raised_l"]
+_LOW = ["waist", "belt_hi", "belt_lo", "buckle", "hip", "thigh", "shin", "feet", "profile_body"]
 _HEAD_INPUTS: dict[str, list[str]] = {
- "gender":["mouth","eyes","forehead","hair_side","hair_low","hair_back","profile_head","profile_body","frame","hip","torso_r"],
- "age":["frame","forehead","cheeks","eyes","hair_top","hair_side","profile_head","profile_body"],
- "body_shape":["frame","profile_body","profile_head","waist","hip","thigh","torso_r","torso_ll"],
- "skin_tone":["cheeks","eyes","neck","mouth"],
- "pose":_ARMS+["profile_head","profile_body","frame"],
- "background":["background","frame"],
- "hair_exists":_HEAD+["frame"],"hair_color":["crown:colour","hair_top:colour","hair_side:colour","hair_low:colour","hair_back:colour"],
- "hair_length":_HEAD+["neck","frame"],
- "hat_exists":_HEAD[:5]+["profile_head","frame"],"hat_color":["crown:colour","brim:colour"],"hat_type":["crown","brim","hair_top","profile_head","frame"],
- "sunglasses_exists":["eyes","cheeks","forehead","frame"],
- "top_exists":_TORSO+_LOW+["frame"],"top_color":["torso_r:hist","torso_c:hist","torso_ll:hist"],
- "top_pattern":["torso_r","torso_c","torso_ll"],"sleeve_length":_TORSO+_ARMS+["profile_body","frame"],
- "dress_exists":_TORSO+_LOW+["frame"],"dress_color":["torso_r:hist","torso_ll:hist","hip:hist"],
- "dress_pattern":["torso_r","torso_ll","hip"],"dress_length":_LOW+["frame"],
- "skirt_exists":_LOW+["torso_r","frame"],"skirt_color":["hip:hist","thigh:hist"],"skirt_pattern":["hip","thigh"],"skirt_length":_LOW+["frame"],
- "pants_exists":_LOW+["torso_r","frame"],"pants_color":["hip:hist","thigh:hist"],"pants_pattern":["hip","thigh"],"pants_length":_LOW+["frame"],
- "belt_exists":["waist","belt_hi","belt_lo","buckle","hip","torso_r","torso_ll","frame"],
- "belt_color":["belt_hi:colour","belt_lo:colour","waist:colour","hip:colour","torso_r:colour"],
- "shoes_exists":["shin","feet","profile_body","frame"],"shoes_color":["feet:colour","shin:colour"],"shoes_type":["shin","feet","profile_body","frame"],
- "bag_exists":_ARMS+["scarf_end","scarf_mirror","torso_r","torso_ll","hip","frame"],
- "bag_color":["side_r:hist","arm_up_r:hist","raised_r:hist","side_l:hist","arm_up_l:hist","torso_r:hist","hip:hist"],
- "bag_type":_ARMS+["torso_r","torso_ll","hip","frame"],
- "scarf_exists":["neck","scarf_end","scarf_mirror","torso_r","torso_c","torso_l","torso_ll","frame"],
- "scarf_color":["neck:colour","scarf_end:colour","scarf_mirror:colour","torso_l:colour"],
- "scarf_pattern":["neck","scarf_end","scarf_mirror"],
- "background_color":["background"],"lighting":["frame","background"],"person_position":["frame"],
- "hat_pattern":["crown","brim"],"hair_bangs":["forehead","eyes","hair_top","crown","profile_head"],
- "hair_style":_HEAD+["neck"],"sunglasses_color":["eyes:colour","cheeks:colour"],
- "sunglasses_shape":["eyes","cheeks","forehead"],"expression":["mouth","cheeks"],"lipstick":["mouth"],
- "facial_hair":["mouth","cheeks","neck","profile_head"],"top_fit":_TORSO+["waist","profile_body","frame"],
- "top_length":["waist","belt_hi","belt_lo","torso_r","torso_c","hip","profile_body"],
- "dress_sleeve":_TORSO+_ARMS+["profile_body","frame"],"dress_fit":_LOW+["frame"],"skirt_shape":_LOW+["frame"],
- "pants_fit":_LOW+["frame"],"belt_width":["waist","belt_hi","belt_lo","buckle","hip"],"shoes_sole":["feet","shin"],
- "legs_exposed":["thigh","shin","hip","profile_body"],"stockings_exists":["thigh","shin","profile_body"],
- "stockings_color":["thigh:colour","shin:colour"],"arms_exposed":_ARMS+_TORSO+["profile_body"],
- "gloves_exists":_ARMS,"gloves_color":[f"{a}:colour" for a in _ARMS],
- "bag_pattern":_ARMS+["torso_r","torso_ll","hip"],"bag_size":_ARMS+["torso_r","torso_ll","hip","frame"],
- "scarf_length":["neck","scarf_end","scarf_mirror","torso_c","torso_l"],"neckline":["neck","torso_c","torso_l","torso_r"],
- "necklace_exists":["neck","torso_c","torso_l"],
+    "gender": [
+        "mouth",
+        "eyes",
+        "forehead",
+        "hair_side",
+        "hair_low",
+        "hair_back",
+        "profile_head",
+        "profile_body",
+        "frame",
+        "hip",
+        "torso_r",
+    ],
+    "age": ["frame", "forehead", "cheeks", "eyes", "hair_top", "hair_side", "profile_head", "profile_body"],
+    "body_shape": ["frame", "profile_body", "profile_head", "waist", "hip", "thigh", "torso_r", "torso_ll"],
+    "skin_tone": ["cheeks", "eyes", "neck", "mouth"],
+    "pose": _ARMS + ["profile_head", "profile_body", "frame"],
+    "background": ["background", "frame"],
+    "hair_exists": _HEAD + ["frame"],
+    "hair_color": ["crown:colour", "hair_top:colour", "hair_side:colour", "hair_low:colour", "hair_back:colour"],
+    "hair_length": _HEAD + ["neck", "frame"],
+    "hat_exists": _HEAD[:5] + ["profile_head", "frame"],
+    "hat_color": ["crown:colour", "brim:colour"],
+    "hat_type": ["crown", "brim", "hair_top", "profile_head", "frame"],
+    "sunglasses_exists": ["eyes", "cheeks", "forehead", "frame"],
+    "top_exists": _TORSO + _LOW + ["frame"],
+    "top_color": ["torso_r:hist", "torso_c:hist", "torso_ll:hist"],
+    "top_pattern": ["torso_r", "torso_c", "torso_ll"],
+    "sleeve_length": _TORSO + _ARMS + ["profile_body", "frame"],
+    "dress_exists": _TORSO + _LOW + ["frame"],
+    "dress_color": ["torso_r:hist", "torso_ll:hist", "hip:hist"],
+    "dress_pattern": ["torso_r", "torso_ll", "hip"],
+    "dress_length": _LOW + ["frame"],
+    "skirt_exists": _LOW + ["torso_r", "frame"],
+    "skirt_color": ["hip:hist", "thigh:hist"],
+    "skirt_pattern": ["hip", "thigh"],
+    "skirt_length": _LOW + ["frame"],
+    "pants_exists": _LOW + ["torso_r", "frame"],
+    "pants_color": ["hip:hist", "thigh:hist"],
+    "pants_pattern": ["hip", "thigh"],
+    "pants_length": _LOW + ["frame"],
+    "belt_exists": ["waist", "belt_hi", "belt_lo", "buckle", "hip", "torso_r", "torso_ll", "frame"],
+    "belt_color": ["belt_hi:colour", "belt_lo:colour", "waist:colour", "hip:colour", "torso_r:colour"],
+    "shoes_exists": ["shin", "feet", "profile_body", "frame"],
+    "shoes_color": ["feet:colour", "shin:colour"],
+    "shoes_type": ["shin", "feet", "profile_body", "frame"],
+    "bag_exists": _ARMS + ["scarf_end", "scarf_mirror", "torso_r", "torso_ll", "hip", "frame"],
+    "bag_color": [
+        "side_r:hist",
+        "arm_up_r:hist",
+        "raised_r:hist",
+        "side_l:hist",
+        "arm_up_l:hist",
+        "torso_r:hist",
+        "hip:hist",
+    ],
+    "bag_type": _ARMS + ["torso_r", "torso_ll", "hip", "frame"],
+    "scarf_exists": ["neck", "scarf_end", "scarf_mirror", "torso_r", "torso_c", "torso_l", "torso_ll", "frame"],
+    "scarf_color": ["neck:colour", "scarf_end:colour", "scarf_mirror:colour", "torso_l:colour"],
+    "scarf_pattern": ["neck", "scarf_end", "scarf_mirror"],
+    "background_color": ["background"],
+    "lighting": ["frame", "background"],
+    "person_position": ["frame"],
+    "hat_pattern": ["crown", "brim"],
+    "hair_bangs": ["forehead", "eyes", "hair_top", "crown", "profile_head"],
+    "hair_style": _HEAD + ["neck"],
+    "sunglasses_color": ["eyes:colour", "cheeks:colour"],
+    "sunglasses_shape": ["eyes", "cheeks", "forehead"],
+    "expression": ["mouth", "cheeks"],
+    "lipstick": ["mouth"],
+    "facial_hair": ["mouth", "cheeks", "neck", "profile_head"],
+    "top_fit": _TORSO + ["waist", "profile_body", "frame"],
+    "top_length": ["waist", "belt_hi", "belt_lo", "torso_r", "torso_c", "hip", "profile_body"],
+    "dress_sleeve": _TORSO + _ARMS + ["profile_body", "frame"],
+    "dress_fit": _LOW + ["frame"],
+    "skirt_shape": _LOW + ["frame"],
+    "pants_fit": _LOW + ["frame"],
+    "belt_width": ["waist", "belt_hi", "belt_lo", "buckle", "hip"],
+    "shoes_sole": ["feet", "shin"],
+    "legs_exposed": ["thigh", "shin", "hip", "profile_body"],
+    "stockings_exists": ["thigh", "shin", "profile_body"],
+    "stockings_color": ["thigh:colour", "shin:colour"],
+    "arms_exposed": _ARMS + _TORSO + ["profile_body"],
+    "gloves_exists": _ARMS,
+    "gloves_color": [f"{a}:colour" for a in _ARMS],
+    "bag_pattern": _ARMS + ["torso_r", "torso_ll", "hip"],
+    "bag_size": _ARMS + ["torso_r", "torso_ll", "hip", "frame"],
+    "scarf_length": ["neck", "scarf_end", "scarf_mirror", "torso_c", "torso_l"],
+    "neckline": ["neck", "torso_c", "torso_l", "torso_r"],
+    "necklace_exists": ["neck", "torso_c", "torso_l"],
 }
 
 
@@ -165,8 +243,15 @@ class PersonRegionBackbone:
 
     kind = "person-parts"
 
-    def __init__(self, width: int = 128, height: int = 256, sigma: float = 10.0, edge: float = 0.06,
-                 fg_threshold: float = 16.0, kind: str = "person-parts"):
+    def __init__(
+        self,
+        width: int = 128,
+        height: int = 256,
+        sigma: float = 10.0,
+        edge: float = 0.06,
+        fg_threshold: float = 16.0,
+        kind: str = "person-parts",
+    ):
         if kind != self.kind:
             raise ValueError(f"unknown backbone kind {kind!r}")
         self.width, self.height, self.sigma = int(width), int(height), float(sigma)
@@ -175,8 +260,14 @@ class PersonRegionBackbone:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "width": self.width, "height": self.height, "sigma": self.sigma,
-                "edge": self.edge, "fg_threshold": self.fg_threshold}
+        return {
+            "kind": self.kind,
+            "width": self.width,
+            "height": self.height,
+            "sigma": self.sigma,
+            "edge": self.edge,
+            "fg_threshold": self.fg_threshold,
+        }
 
     @property
     def groups(self) -> dict[str, slice]:
@@ -208,7 +299,7 @@ class PersonRegionBackbone:
         for g in spec:
             name, _, sub = g.partition(":")
             cols = idx[groups[name]]
-            out.append(cols[1:13] if sub == "hist" else cols[1:1 + self.k + 3] if sub == "colour" else cols)
+            out.append(cols[1:13] if sub == "hist" else cols[1 : 1 + self.k + 3] if sub == "colour" else cols)
         return np.unique(np.concatenate(out))
 
     def _soft_hist(self, lab: np.ndarray) -> np.ndarray:
@@ -217,9 +308,9 @@ class PersonRegionBackbone:
         # lightness counts a quarter (shading near part borders darkens a colour, it does not change it)
         q = _PROTO_LAB * np.array([0.5, 1.0, 1.0], np.float32)
         lab = lab * np.array([0.5, 1.0, 1.0], np.float32)
-        d2 = (q ** 2).sum(-1) - 2.0 * (lab[..., :1] * q[:, 0] + lab[..., 1:2] * q[:, 1] + lab[..., 2:3] * q[:, 2])
+        d2 = (q**2).sum(-1) - 2.0 * (lab[..., :1] * q[:, 0] + lab[..., 1:2] * q[:, 1] + lab[..., 2:3] * q[:, 2])
         d2 -= d2.min(-1, keepdims=True)
-        w = np.exp(d2 * np.float32(-0.5 / self.sigma ** 2))
+        w = np.exp(d2 * np.float32(-0.5 / self.sigma**2))
         return w / w.sum(-1, keepdims=True)
 
     def _rgb(self, img: Image.Image) -> tuple[np.ndarray, float]:
@@ -236,9 +327,10 @@ class PersonRegionBackbone:
 
     def _fg(self, lab: np.ndarray) -> np.ndarray:
         e = max(2, int(round(self.edge * self.width)))
-        left, right = (((lab - np.median(side, axis=1, keepdims=True)) ** 2).sum(-1)
-                       for side in (lab[:, :e], lab[:, -e:]))
-        return np.asarray(np.minimum(left, right) > self.fg_threshold ** 2)
+        left, right = (
+            ((lab - np.median(side, axis=1, keepdims=True)) ** 2).sum(-1) for side in (lab[:, :e], lab[:, -e:])
+        )
+        return np.asarray(np.minimum(left, right) > self.fg_threshold**2)
 
     def foreground(self, img: Image.Image) -> np.ndarray:
         """Boolean ``[height, width]`` foreground estimate (see the class docstring)."""
@@ -248,17 +340,17 @@ class PersonRegionBackbone:
         H, W = fg.shape
         # the legs' columns, over the whole width (people do not always stand in the middle)
         x0 = int(0.08 * W)
-        legs = fg[int(0.72 * H):int(0.97 * H), x0:W - x0]
+        legs = fg[int(0.72 * H) : int(0.97 * H), x0 : W - x0]
         cols = np.nonzero(legs)[1]
         cx = float(np.median(cols)) + x0 if len(cols) else W / 2
         ci = int(round(cx))
-        wide = fg[:, max(0, ci - int(0.15 * W)):ci + int(0.15 * W) + 1].sum(1)
+        wide = fg[:, max(0, ci - int(0.15 * W)) : ci + int(0.15 * W) + 1].sum(1)
         rows = np.flatnonzero(wide >= 2)
         if len(rows) < 8:
             b, first = H - 1, 0
         else:
             b, first = int(rows[-1]), int(rows[0])
-        band = fg[:, max(0, ci - int(0.05 * W)):ci + int(0.05 * W) + 1].sum(1) >= 2
+        band = fg[:, max(0, ci - int(0.05 * W)) : ci + int(0.05 * W) + 1].sum(1) >= 2
         y = first + (b - first) // 2
         top, gap = y, 0
         while y > 0:
@@ -275,9 +367,20 @@ class PersonRegionBackbone:
         h = ph / (1.23 + 0.955 * (heads - 1.0))
         body = (heads - 1.0) * h
         hip = top + h + 0.42 * body
-        return {"cx": cx, "t": float(top), "b": float(b), "h": h, "r": r, "heads": heads,
-                "hy": top + 0.5 * h, "sy": top + (1.2 if heads > 5.5 else 1.15) * h, "hip": hip,
-                "waist": hip - 0.45 * h, "knee": top + h + 0.71 * body, "ankle": top + h + 0.955 * body}
+        return {
+            "cx": cx,
+            "t": float(top),
+            "b": float(b),
+            "h": h,
+            "r": r,
+            "heads": heads,
+            "hy": top + 0.5 * h,
+            "sy": top + (1.2 if heads > 5.5 else 1.15) * h,
+            "hip": hip,
+            "waist": hip - 0.45 * h,
+            "knee": top + h + 0.71 * body,
+            "ankle": top + h + 0.955 * body,
+        }
 
     def _one(self, img: Image.Image) -> np.ndarray:
         rgb, gain = self._rgb(img)
@@ -343,13 +446,13 @@ class PersonRegionBackbone:
         innf = grads[..., 4]
         stack = np.empty((H, W, _N_CH), np.float32)
         stack[..., _CH_FG] = fgf
-        stack[..., _CH_HIST:_CH_HIST + self.k] = hist * fgf[..., None]
-        stack[..., _CH_LAB:_CH_LAB + 3] = lab * fgf[..., None]
-        stack[..., _CH_GX:_CH_GY2 + 1] = grads[..., :4]
+        stack[..., _CH_HIST : _CH_HIST + self.k] = hist * fgf[..., None]
+        stack[..., _CH_LAB : _CH_LAB + 3] = lab * fgf[..., None]
+        stack[..., _CH_GX : _CH_GY2 + 1] = grads[..., :4]
         Lh = lab[..., 0] / 10.0
         stack[..., _CH_L2] = Lh * Lh * fgf
-        stack[..., _CH_SKIN] = (dsk < 15.0 ** 2) * fgf
-        stack[..., _CH_GAR] = (dga < 14.0 ** 2) * fgf
+        stack[..., _CH_SKIN] = (dsk < 15.0**2) * fgf
+        stack[..., _CH_GAR] = (dga < 14.0**2) * fgf
         integ = np.zeros((H + 1, W + 1, _N_CH), np.float32)
         integ[1:, 1:] = stack.cumsum(0).cumsum(1)
         inner_integ = np.zeros((H + 1, W + 1), np.float32)
@@ -369,12 +472,12 @@ class PersonRegionBackbone:
             if n < 1:
                 return out
             ni = max(inner_integ[yb, xb] - inner_integ[ya, xb] - inner_integ[yb, xa] + inner_integ[ya, xa], 1.0)
-            hh = s[_CH_HIST:_CH_HIST + self.k] / n
-            out[1:1 + self.k] = hh
-            mean_lab = s[_CH_LAB:_CH_LAB + 3] / n
+            hh = s[_CH_HIST : _CH_HIST + self.k] / n
+            out[1 : 1 + self.k] = hh
+            mean_lab = s[_CH_LAB : _CH_LAB + 3] / n
             o = 1 + self.k
-            out[o:o + 3] = mean_lab / np.array([100.0, 50.0, 50.0])
-            out[o + 3:o + 7] = s[[_CH_GX, _CH_GY, _CH_GX2, _CH_GY2]] / ni
+            out[o : o + 3] = mean_lab / np.array([100.0, 50.0, 50.0])
+            out[o + 3 : o + 7] = s[[_CH_GX, _CH_GY, _CH_GX2, _CH_GY2]] / ni
             out[o + 7] = np.sqrt(max(s[_CH_L2] / n - (mean_lab[0] / 10.0) ** 2, 0.0))
             out[o + 8] = s[_CH_SKIN] / n
             out[o + 9] = s[_CH_GAR] / n
@@ -413,8 +516,12 @@ class PersonRegionBackbone:
                 prof[j, 3] = s[_CH_SKIN] / nn
                 prof[j, 4] = s[_CH_GAR] / nn
             feats.append(prof.ravel())
-        feats.append(np.array([fr["r"], fr["heads"] / 7.0, h / H * 5.0, (cx - W / 2) / W, fr["t"] / H,
-                               fg.mean(), gain - 1.0], np.float32))
+        feats.append(
+            np.array(
+                [fr["r"], fr["heads"] / 7.0, h / H * 5.0, (cx - W / 2) / W, fr["t"] / H, fg.mean(), gain - 1.0],
+                np.float32,
+            )
+        )
         # background: border columns per third
         e = max(2, int(round(self.edge * W)))
         bgf = []
@@ -423,8 +530,9 @@ class PersonRegionBackbone:
             border = np.concatenate([lab[sl, :e], lab[sl, -e:]], axis=1)
             bgf.append(self._soft_hist(border).reshape(-1, self.k).mean(0))
             bl = border[..., 0] / 10.0
-            bgf.append(np.array([np.abs(np.diff(bl, axis=1)).mean(), np.abs(np.diff(bl, axis=0)).mean(),
-                                 bl.std()], np.float32))
+            bgf.append(
+                np.array([np.abs(np.diff(bl, axis=1)).mean(), np.abs(np.diff(bl, axis=0)).mean(), bl.std()], np.float32)
+            )
         rowmean = np.concatenate([lab[:, :e], lab[:, -e:]], axis=1).mean(1)
         step = np.sqrt((np.diff(rowmean, axis=0) ** 2).sum(-1))
         bgf.append(np.array([step.max() / 10.0, float(np.argmax(step)) / H], np.float32))
@@ -474,4 +582,3 @@ def _as_image(img: Image.Image | bytes) -> Image.Image:
 
 _FEATURE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _FEATURE_CACHE_SIZE = 8192  # about 40 MB of features
-

@@ -1,5 +1,6 @@
 """The probe annotator's heads: one part-aware, class-balanced one-hidden-layer MLP per category, fitted
 in parallel worker processes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,17 @@ def _name_seed(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
-def _fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cols: np.ndarray, l2: float,
-              prior: Head | None = None, prior_l2: float = 0.0, seed: int = 0, maxiter: int = 60) -> Head:
+def _fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    cols: np.ndarray,
+    l2: float,
+    prior: Head | None = None,
+    prior_l2: float = 0.0,
+    seed: int = 0,
+    maxiter: int = 60,
+) -> Head:
     """Fit a :class:`Head` on rows ``x`` (standardised features) by full-batch L-BFGS (torch).
 
     Loss: class-balanced cross-entropy (a rare "yes" must not be drowned by "no": its children depend
@@ -76,9 +86,12 @@ def _fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cols: np.ndarray, l2
             start = [torch.from_numpy(np.array(a, dtype=np.float32)) for a in (prior.w1, prior.b1, prior.w2, prior.b2)]
         else:
             g = torch.Generator().manual_seed(seed)
-            start = [torch.randn(len(cols), HEAD_HIDDEN, generator=g) / np.sqrt(len(cols)),
-                     torch.zeros(HEAD_HIDDEN), torch.randn(HEAD_HIDDEN, n_classes, generator=g) / np.sqrt(HEAD_HIDDEN),
-                     torch.zeros(n_classes)]
+            start = [
+                torch.randn(len(cols), HEAD_HIDDEN, generator=g) / np.sqrt(len(cols)),
+                torch.zeros(HEAD_HIDDEN),
+                torch.randn(HEAD_HIDDEN, n_classes, generator=g) / np.sqrt(HEAD_HIDDEN),
+                torch.zeros(n_classes),
+            ]
         anchor = [t.clone() for t in start]
         params = [t.clone().requires_grad_(True) for t in start]
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=maxiter, history_size=10, line_search_fn="strong_wolfe")
@@ -88,7 +101,7 @@ def _fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cols: np.ndarray, l2
             w1, b1, w2, b2 = params
             logits = torch.nn.functional.gelu(xs @ w1 + b1) @ w2 + b2
             loss = (torch.nn.functional.cross_entropy(logits, ys, reduction="none") * weights).sum()
-            loss = loss + l2 * ((w1 ** 2).sum() + (w2 ** 2).sum())
+            loss = loss + l2 * ((w1**2).sum() + (w2**2).sum())
             if prior is not None and prior_l2 > 0:
                 loss = loss + prior_l2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
             loss.backward()
@@ -129,9 +142,9 @@ def fit_heads(x: np.ndarray, fits: Sequence[HeadFit], l2: float, prior_l2: float
 
     def fit(i: int) -> dict[str, np.ndarray]:
         f = by_cost[i]
-        return _fit_head(x[f.rows], f.y, f.n_classes, f.cols, l2, prior=f.prior, prior_l2=prior_l2,
-                         seed=_name_seed(f.category)).arrays()
+        return _fit_head(
+            x[f.rows], f.y, f.n_classes, f.cols, l2, prior=f.prior, prior_l2=prior_l2, seed=_name_seed(f.category)
+        ).arrays()
 
     fitted = dict(zip((f.category for f in by_cost), map_in_workers(fit, len(by_cost))))
     return {f.category: Head(**fitted[f.category]) for f in fits}
-

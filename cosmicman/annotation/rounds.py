@@ -29,6 +29,7 @@ A round that asked no label is never adopted. Training labels (:func:`training_l
 labels of this round plus the parent labels their answers imply (:func:`implied_labels`), and the
 labels of the earlier rounds behind the annotator in force for the categories trained now.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,18 +87,36 @@ class RoundPlan:
     threshold: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"round": self.round, "annotator_before": self.before.version, "annotator_before_key": self.before.key,
-                "annotator_before_round": self.before.round, "label_rounds_before": list(self.before.label_rounds),
-                "accuracy_before": dict(self.accuracy_before), "categories_sent": list(self.categories_sent),
-                "sampled": list(self.sampled), "full_manual_labels": self.full_manual_labels,
-                "threshold": self.threshold}
+        return {
+            "round": self.round,
+            "annotator_before": self.before.version,
+            "annotator_before_key": self.before.key,
+            "annotator_before_round": self.before.round,
+            "label_rounds_before": list(self.before.label_rounds),
+            "accuracy_before": dict(self.accuracy_before),
+            "categories_sent": list(self.categories_sent),
+            "sampled": list(self.sampled),
+            "full_manual_labels": self.full_manual_labels,
+            "threshold": self.threshold,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RoundPlan:
-        before = AnnotatorInForce(d["annotator_before"], d["annotator_before_key"], int(d["annotator_before_round"]),
-                                  tuple(d["label_rounds_before"]))
-        return cls(int(d["round"]), before, dict(d["accuracy_before"]), tuple(d["categories_sent"]),
-                   tuple(d["sampled"]), int(d["full_manual_labels"]), float(d["threshold"]))
+        before = AnnotatorInForce(
+            d["annotator_before"],
+            d["annotator_before_key"],
+            int(d["annotator_before_round"]),
+            tuple(d["label_rounds_before"]),
+        )
+        return cls(
+            int(d["round"]),
+            before,
+            dict(d["accuracy_before"]),
+            tuple(d["categories_sent"]),
+            tuple(d["sampled"]),
+            int(d["full_manual_labels"]),
+            float(d["threshold"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -160,21 +179,41 @@ class RoundResult:
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan.to_json()
-        return {**plan, "sampled_ids": plan.pop("sampled"), "annotator_after": self.annotator_after,
-                "accuracy_after": dict(self.accuracy_after), "labels_asked": self.labels_asked,
-                "adopted": self.adopted, "annotator_in_force": self.in_force.version,
-                "annotator_key": self.in_force.key, "annotator_round": self.in_force.round,
-                "label_rounds": list(self.in_force.label_rounds), "stop": self.stop, "stop_reason": self.stop_reason,
-                "gain": self.gain, "cost_share": self.cost_share, "mean_accuracy_before": self.mean_accuracy_before,
-                "mean_accuracy_after": self.mean_accuracy_after}
+        return {
+            **plan,
+            "sampled_ids": plan.pop("sampled"),
+            "annotator_after": self.annotator_after,
+            "accuracy_after": dict(self.accuracy_after),
+            "labels_asked": self.labels_asked,
+            "adopted": self.adopted,
+            "annotator_in_force": self.in_force.version,
+            "annotator_key": self.in_force.key,
+            "annotator_round": self.in_force.round,
+            "label_rounds": list(self.in_force.label_rounds),
+            "stop": self.stop,
+            "stop_reason": self.stop_reason,
+            "gain": self.gain,
+            "cost_share": self.cost_share,
+            "mean_accuracy_before": self.mean_accuracy_before,
+            "mean_accuracy_after": self.mean_accuracy_after,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RoundResult:
         plan = RoundPlan.from_json({**d, "sampled": d["sampled_ids"]})
-        in_force = AnnotatorInForce(d["annotator_in_force"], d["annotator_key"], int(d["annotator_round"]),
-                                    tuple(d["label_rounds"]))
-        return cls(plan, d["annotator_after"], dict(d["accuracy_after"]), int(d["labels_asked"]), bool(d["adopted"]),
-                   in_force, bool(d["stop"]), d["stop_reason"])
+        in_force = AnnotatorInForce(
+            d["annotator_in_force"], d["annotator_key"], int(d["annotator_round"]), tuple(d["label_rounds"])
+        )
+        return cls(
+            plan,
+            d["annotator_after"],
+            dict(d["accuracy_after"]),
+            int(d["labels_asked"]),
+            bool(d["adopted"]),
+            in_force,
+            bool(d["stop"]),
+            d["stop_reason"],
+        )
 
 
 def categories_to_ask(accuracy: Mapping[str, float], round: int, rules: HitlRules) -> tuple[str, ...]:
@@ -190,12 +229,19 @@ def select_round_sample(pool_ids: Iterable[str], n: int, seed: int = 0) -> list[
     ``sha256(seed:id)``, the first ``n`` (all of them if the pool is smaller)."""
     ids = sorted(set(pool_ids))
     ranked = sorted(ids, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-    return ranked[:max(int(n), 0)]
+    return ranked[: max(int(n), 0)]
 
 
-def plan_round(round: int, before: AnnotatorInForce, accuracy_before: Mapping[str, float],
-               pool_ids: Iterable[str], asked_before: Iterable[str], can_label: Callable[[str], bool],
-               full_manual_labels: int, rules: HitlRules) -> RoundPlan:
+def plan_round(
+    round: int,
+    before: AnnotatorInForce,
+    accuracy_before: Mapping[str, float],
+    pool_ids: Iterable[str],
+    asked_before: Iterable[str],
+    can_label: Callable[[str], bool],
+    full_manual_labels: int,
+    rules: HitlRules,
+) -> RoundPlan:
     """Decide ``round``: the categories sent and the sample I_r (see the module docstring)."""
     if round < 1:
         raise ValueError(f"rounds are numbered from 1, got {round}")
@@ -208,8 +254,9 @@ def plan_round(round: int, before: AnnotatorInForce, accuracy_before: Mapping[st
     return RoundPlan(round, before, dict(accuracy_before), sent, sampled, int(full_manual_labels), rules.threshold)
 
 
-def close_round(plan: RoundPlan, after: AnnotatorInForce, accuracy_after: Mapping[str, float], labels_asked: int,
-                rules: HitlRules) -> RoundResult:
+def close_round(
+    plan: RoundPlan, after: AnnotatorInForce, accuracy_after: Mapping[str, float], labels_asked: int, rules: HitlRules
+) -> RoundResult:
     """Close a round measured after fine-tuning: adopt it or not, stop or go on (module docstring).
     ``after`` is the fine-tuned annotator (its ``round`` and ``label_rounds`` are set here); with no
     label asked, the annotator before stands and ``accuracy_after`` is ignored."""
@@ -224,22 +271,35 @@ def close_round(plan: RoundPlan, after: AnnotatorInForce, accuracy_after: Mappin
     else:
         stop, reason = False, "continue"
     adopted = labels_asked > 0 and reason != "no gain"
-    in_force = AnnotatorInForce(after.version, after.key, plan.round, (*plan.before.label_rounds, plan.round)) \
-        if adopted else plan.before
-    return RoundResult(plan, after.version if labels_asked else plan.before.version, acc_after, int(labels_asked),
-                       adopted, in_force, stop, reason)
+    in_force = (
+        AnnotatorInForce(after.version, after.key, plan.round, (*plan.before.label_rounds, plan.round))
+        if adopted
+        else plan.before
+    )
+    return RoundResult(
+        plan,
+        after.version if labels_asked else plan.before.version,
+        acc_after,
+        int(labels_asked),
+        adopted,
+        in_force,
+        stop,
+        reason,
+    )
 
 
-def round_labels(plan: RoundPlan, sampled_shas: Sequence[str], human: Sequence[LabelRecord],
-                 protocol: Protocol | None = None) -> list[LabelRecord]:
+def round_labels(
+    plan: RoundPlan, sampled_shas: Sequence[str], human: Sequence[LabelRecord], protocol: Protocol | None = None
+) -> list[LabelRecord]:
     """A round's labels: the humans', then the parent labels their answers imply on the sampled images
     (``sampled_shas``: their sha256s)."""
     asked = {sha: plan.categories_sent for sha in sampled_shas}
     return [*human, *implied_labels(asked, human, plan.round, protocol)]
 
 
-def training_labels(plan: RoundPlan, this_round: Sequence[LabelRecord], earlier: Sequence[LabelRecord]
-                    ) -> list[LabelRecord]:
+def training_labels(
+    plan: RoundPlan, this_round: Sequence[LabelRecord], earlier: Sequence[LabelRecord]
+) -> list[LabelRecord]:
     """What the round fine-tunes on: the earlier rounds' labels (behind the annotator in force) of the
     categories trained now, then this round's (:func:`round_labels`). Trained now: the categories sent
     and the parents implied this round."""

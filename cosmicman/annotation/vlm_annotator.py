@@ -39,6 +39,7 @@ with the adapters disabled (bit-identical to the plain base). A lock serialises 
 :func:`build_tiny_vlm` builds a tiny random BLIP-2 / InstructBLIP (OPT or T5 language model) with the
 real CLIP BPE tokenizer from the open-clip wheel and a PIL image processor, all offline, for tests.
 """
+
 from __future__ import annotations
 
 import io
@@ -78,10 +79,19 @@ class VLMAnnotator:
 
     kind = KIND
 
-    def __init__(self, base: VLMBase, protocol: Protocol | None = None, *, adapter: LoraAdapter | None = None,
-                 round: int = 0, lineage: Sequence[str] = (), prompt: str = DEFAULT_PROMPT,
-                 length_norm: str = "sum", answer_eos: bool = True,
-                 train_log: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        base: VLMBase,
+        protocol: Protocol | None = None,
+        *,
+        adapter: LoraAdapter | None = None,
+        round: int = 0,
+        lineage: Sequence[str] = (),
+        prompt: str = DEFAULT_PROMPT,
+        length_norm: str = "sum",
+        answer_eos: bool = True,
+        train_log: Mapping[str, Any] | None = None,
+    ):
         if length_norm not in ("sum", "mean"):
             raise ValueError("length_norm must be 'sum' (sequence log-likelihood) or 'mean' (per token)")
         if "{question}" not in prompt:
@@ -97,8 +107,16 @@ class VLMAnnotator:
         self.train_log = dict(train_log or {})
         self._prompt_cache: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._answer_cache: dict[tuple[str, str], tuple[int, ...]] = {}
-        digest = sha_hex(canonical_json({"base": base.digest, "adapter": adapter.digest if adapter else None,
-                             "round": self.round, "inference": self.inference_config}))
+        digest = sha_hex(
+            canonical_json(
+                {
+                    "base": base.digest,
+                    "adapter": adapter.digest if adapter else None,
+                    "round": self.round,
+                    "inference": self.inference_config,
+                }
+            )
+        )
         self._version = f"vlm-r{self.round}-{digest[:12]}"
 
     # -- identity ---------------------------------------------------------------------------------
@@ -128,19 +146,39 @@ class VLMAnnotator:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str | os.PathLike, *, protocol: Protocol | None = None,
-                        prompt: str = DEFAULT_PROMPT, length_norm: str = "sum", answer_eos: bool = True,
-                        **load_kwargs: Any) -> VLMAnnotator:
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | os.PathLike,
+        *,
+        protocol: Protocol | None = None,
+        prompt: str = DEFAULT_PROMPT,
+        length_norm: str = "sum",
+        answer_eos: bool = True,
+        **load_kwargs: Any,
+    ) -> VLMAnnotator:
         """Round 0 on a BLIP-2 / InstructBLIP checkpoint; ``load_kwargs`` as :meth:`VLMBase.from_pretrained`
         (``dtype``, ``device``, ``local_files_only``, ``revision``, ...)."""
         base = VLMBase.from_pretrained(model_id_or_path, **load_kwargs)
         return cls(base, protocol, prompt=prompt, length_norm=length_norm, answer_eos=answer_eos)
 
-    def _derive(self, adapter: LoraAdapter | None, round: int, lineage: Sequence[str],
-                train_log: Mapping[str, Any] | None = None) -> VLMAnnotator:
-        return VLMAnnotator(self.base, self.protocol, adapter=adapter, round=round, lineage=lineage,
-                            prompt=self.prompt, length_norm=self.length_norm, answer_eos=self.answer_eos,
-                            train_log=train_log)
+    def _derive(
+        self,
+        adapter: LoraAdapter | None,
+        round: int,
+        lineage: Sequence[str],
+        train_log: Mapping[str, Any] | None = None,
+    ) -> VLMAnnotator:
+        return VLMAnnotator(
+            self.base,
+            self.protocol,
+            adapter=adapter,
+            round=round,
+            lineage=lineage,
+            prompt=self.prompt,
+            length_norm=self.length_norm,
+            answer_eos=self.answer_eos,
+            train_log=train_log,
+        )
 
     # -- text -------------------------------------------------------------------------------------
     def _prompt_ids(self, cat: Category) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -152,7 +190,8 @@ class VLMAnnotator:
         key = (cat.name, answer)
         if key not in self._answer_cache:
             self._answer_cache[key] = self.base.encode_answer(
-                answer.replace("_", " "), self.prompt.format(question=cat.question), eos=self.answer_eos)
+                answer.replace("_", " "), self.prompt.format(question=cat.question), eos=self.answer_eos
+            )
         return self._answer_cache[key]
 
     def _row(self, image: int, cat: Category, answer: str) -> ScoredRow:
@@ -166,16 +205,16 @@ class VLMAnnotator:
         flat = np.empty(len(rows), dtype=np.float64)
         step = max(1, self.base.max_rows)
         for s in range(0, len(rows), step):
-            logp, mask = self.base.row_logprobs(feats, rows[s:s + step])
+            logp, mask = self.base.row_logprobs(feats, rows[s : s + step])
             total = logp.sum(1)
             if self.length_norm == "mean":
                 total = total / mask.sum(1)
-            flat[s:s + step] = total.double().cpu().numpy()
+            flat[s : s + step] = total.double().cpu().numpy()
         if not np.isfinite(flat).all():
             raise FloatingPointError("non-finite answer log-likelihoods (dtype overflow or a broken checkpoint?)")
         out, k = [], 0
         for _, cat in questions:
-            out.append(flat[k:k + len(cat.answers)])
+            out.append(flat[k : k + len(cat.answers)])
             k += len(cat.answers)
         return out
 
@@ -189,8 +228,9 @@ class VLMAnnotator:
             feats = self.base.image_features(imgs)
             return np.stack(self._scores(feats, [(i, cat) for i in range(len(imgs))]))
 
-    def predict(self, images: Sequence[Image.Image | bytes], categories: Sequence[str] | None = None
-                ) -> list[dict[str, str]]:
+    def predict(
+        self, images: Sequence[Image.Image | bytes], categories: Sequence[str] | None = None
+    ) -> list[dict[str, str]]:
         """Answers per image to those of ``categories`` that apply per the annotator's own answers.
 
         Questions go in hierarchy levels (parents before children), all questions of a level for all
@@ -227,8 +267,9 @@ class VLMAnnotator:
         return [{k: v for k, v in p.items() if k in wanted} for p in preds]
 
     # -- training ---------------------------------------------------------------------------------
-    def _triples(self, labels: Sequence[LabelRecord], images: Mapping[str, Image.Image | bytes]
-                 ) -> tuple[list[str], list[Image.Image], list[tuple[int, Category, str]]]:
+    def _triples(
+        self, labels: Sequence[LabelRecord], images: Mapping[str, Image.Image | bytes]
+    ) -> tuple[list[str], list[Image.Image], list[tuple[int, Category, str]]]:
         by_name = self.protocol.by_name
         shas, row = labelled_image_rows(labels, images)
         triples = []
@@ -251,16 +292,28 @@ class VLMAnnotator:
         with self.base.using(self._adapter), torch.no_grad():
             feats = self.base.image_features(imgs)
             for s in range(0, len(rows), self.base.max_rows):
-                logp, mask = self.base.row_logprobs(feats, rows[s:s + self.base.max_rows])
+                logp, mask = self.base.row_logprobs(feats, rows[s : s + self.base.max_rows])
                 nll -= float(logp.sum())
                 n_tok += float(mask.sum())
         return nll / n_tok
 
-    def finetune(self, labels: Sequence[LabelRecord], images: Mapping[str, Image.Image | bytes],
-                 round: int | None = None, *, steps: int = 20, lr: float = 1e-3, batch_size: int = 8,
-                 rank: int | None = None, alpha: float | None = None, dropout: float | None = None,
-                 qformer: bool | None = None, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-                 seed: int = 0) -> VLMAnnotator:
+    def finetune(
+        self,
+        labels: Sequence[LabelRecord],
+        images: Mapping[str, Image.Image | bytes],
+        round: int | None = None,
+        *,
+        steps: int = 20,
+        lr: float = 1e-3,
+        batch_size: int = 8,
+        rank: int | None = None,
+        alpha: float | None = None,
+        dropout: float | None = None,
+        qformer: bool | None = None,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 1.0,
+        seed: int = 0,
+    ) -> VLMAnnotator:
         """A new annotator: LoRA trained on the (image, question, answer) triples of ``labels``.
 
         The first round creates the adapter (``rank`` default 8, ``alpha`` default 2 x rank, ``dropout``
@@ -280,13 +333,17 @@ class VLMAnnotator:
             asked = {"r": rank, "alpha": alpha, "dropout": dropout, "qformer": qformer}
             clash = {k: v for k, v in asked.items() if v is not None and v != getattr(spec, k)}
             if clash:
-                raise ValueError(f"round {self.round + 1} continues the parent's adapter {spec.to_dict()}; "
-                                 f"cannot change {clash}")
+                raise ValueError(
+                    f"round {self.round + 1} continues the parent's adapter {spec.to_dict()}; cannot change {clash}"
+                )
         else:
             r = int(rank) if rank is not None else 8
-            spec = LoraSpec(r=r, alpha=float(alpha) if alpha is not None else 2.0 * r,
-                            dropout=float(dropout) if dropout is not None else 0.05,
-                            qformer=bool(qformer) if qformer is not None else False)
+            spec = LoraSpec(
+                r=r,
+                alpha=float(alpha) if alpha is not None else 2.0 * r,
+                dropout=float(dropout) if dropout is not None else 0.05,
+                qformer=bool(qformer) if qformer is not None else False,
+            )
         rnd = self.round + 1 if round is None else int(round)
         _, imgs, triples = self._triples(labels, images)
         rows = [self._row(i, cat, a) for i, cat, a in triples]
@@ -334,24 +391,42 @@ class VLMAnnotator:
                 opt.zero_grad(set_to_none=True)
             adapter = LoraAdapter.from_state(spec, get_peft_model_state_dict(base._peft, adapter_name=slot))
             base._slot_owner[slot] = adapter.digest
-        log = {"steps": int(steps), "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed),
-               "weight_decay": float(weight_decay), "max_grad_norm": float(max_grad_norm),
-               "n_labels": len(labels), "n_images": len(imgs), "losses": losses,
-               "trainable": sorted(n for n, _ in named),
-               "n_trainable": int(sum(p.numel() for _, p in named))}
+        log = {
+            "steps": int(steps),
+            "lr": float(lr),
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "weight_decay": float(weight_decay),
+            "max_grad_norm": float(max_grad_norm),
+            "n_labels": len(labels),
+            "n_images": len(imgs),
+            "losses": losses,
+            "trainable": sorted(n for n, _ in named),
+            "n_trainable": int(sum(p.numel() for _, p in named)),
+        }
         return self._derive(adapter, rnd, self.lineage + (self.version,), log)
 
     # -- persistence ------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         b = self.base
         return {
-            "kind": self.kind, "format": FORMAT_VERSION, "version": self.version, "round": self.round,
+            "kind": self.kind,
+            "format": FORMAT_VERSION,
+            "version": self.version,
+            "round": self.round,
             "lineage": list(self.lineage),
-            "base": {"model_id": b.model_id, "model_type": b.model_type, "digest": b.digest,
-                     "identity": b.identity, "decoder_only": b.decoder_only,
-                     "dtype": str(b.dtype).removeprefix("torch.")},
-            "lora": self.lora_config, "adapter_sha256": self.adapter_digest,
-            "inference": self.inference_config, "protocol_version": self.protocol.version,
+            "base": {
+                "model_id": b.model_id,
+                "model_type": b.model_type,
+                "digest": b.digest,
+                "identity": b.identity,
+                "decoder_only": b.decoder_only,
+                "dtype": str(b.dtype).removeprefix("torch."),
+            },
+            "lora": self.lora_config,
+            "adapter_sha256": self.adapter_digest,
+            "inference": self.inference_config,
+            "protocol_version": self.protocol.version,
             "train": {k: v for k, v in self.train_log.items() if k != "trainable"},
         }
 
@@ -363,8 +438,9 @@ class VLMAnnotator:
         files = {"meta.json": json.dumps(self.meta(), indent=2, sort_keys=True, default=str).encode()}
         if self._adapter is not None:
             cfg = self._adapter.spec.peft_config().to_dict()
-            cfg = json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, set)
-                                        else getattr(o, "value", str(o))))
+            cfg = json.loads(
+                json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, set) else getattr(o, "value", str(o)))
+            )
             files["adapter_config.json"] = json.dumps(cfg, indent=2, sort_keys=True).encode()
             files["adapter_model.safetensors"] = self._adapter.blob
         buf = io.BytesIO()
@@ -379,9 +455,13 @@ class VLMAnnotator:
         return data
 
     @classmethod
-    def load(cls, src: str | os.PathLike | bytes, protocol: Protocol | None = None,
-             base_model: VLMBase | VLMAnnotator | str | os.PathLike | None = None,
-             **base_kwargs: Any) -> VLMAnnotator:
+    def load(
+        cls,
+        src: str | os.PathLike | bytes,
+        protocol: Protocol | None = None,
+        base_model: VLMBase | VLMAnnotator | str | os.PathLike | None = None,
+        **base_kwargs: Any,
+    ) -> VLMAnnotator:
         """Load a saved VLM annotator onto its base model.
 
         ``base_model``: a loaded :class:`VLMBase` (or an annotator, whose base is shared), an id / path
@@ -402,36 +482,64 @@ class VLMAnnotator:
             base = base_model
         elif base_model is None or isinstance(base_model, (str, os.PathLike)):
             base_kwargs.setdefault("dtype", meta["base"].get("dtype"))  # the identity depends on it
-            base = VLMBase.from_pretrained(meta["base"]["model_id"] if base_model is None else base_model,
-                                           **base_kwargs)
+            base = VLMBase.from_pretrained(
+                meta["base"]["model_id"] if base_model is None else base_model, **base_kwargs
+            )
         else:
-            raise TypeError("base_model must be a VLMBase, a VLMAnnotator, a model id / path or None "
-                            f"(a bare model lacks its tokenizer and image processor), got {type(base_model).__name__}")
+            raise TypeError(
+                "base_model must be a VLMBase, a VLMAnnotator, a model id / path or None "
+                f"(a bare model lacks its tokenizer and image processor), got {type(base_model).__name__}"
+            )
         if base.digest != meta["base"]["digest"]:
             raise ValueError(
                 f"base model mismatch: the annotator was trained on {meta['base']['model_id']!r} "
                 f"(identity {meta['base']['digest']}, dtype {meta['base'].get('dtype')}), got {base.model_id!r} "
-                f"(identity {base.digest}); load the same checkpoint in the same dtype")
+                f"(identity {base.digest}); load the same checkpoint in the same dtype"
+            )
         adapter = None
         if blob is not None:
             if sha_hex(blob) != meta["adapter_sha256"]:
                 raise ValueError("corrupt VLM annotator: adapter weights do not match their recorded digest")
             adapter = LoraAdapter.from_bytes(LoraSpec.from_dict(meta["lora"]), blob)
         inf = meta["inference"]
-        ann = cls(base, protocol, adapter=adapter, round=meta["round"], lineage=meta["lineage"],
-                  prompt=inf["prompt"], length_norm=inf["length_norm"], answer_eos=inf["answer_eos"],
-                  train_log=meta.get("train"))
+        ann = cls(
+            base,
+            protocol,
+            adapter=adapter,
+            round=meta["round"],
+            lineage=meta["lineage"],
+            prompt=inf["prompt"],
+            length_norm=inf["length_norm"],
+            answer_eos=inf["answer_eos"],
+            train_log=meta.get("train"),
+        )
         if ann.version != meta["version"]:
             raise ValueError(f"corrupt VLM annotator: version {ann.version} != recorded {meta['version']}")
         return ann
 
 
-
-def build_tiny_vlm(seed: int = 0, *, family: str = "blip-2", language: str = "opt",
-                   protocol: Protocol | None = None, image_size: int = 32, hidden: int = 32,
-                   num_query_tokens: int = 4, dtype: Any = None, device: str | torch.device | None = None,
-                   **annotator_kwargs: Any) -> VLMAnnotator:
+def build_tiny_vlm(
+    seed: int = 0,
+    *,
+    family: str = "blip-2",
+    language: str = "opt",
+    protocol: Protocol | None = None,
+    image_size: int = 32,
+    hidden: int = 32,
+    num_query_tokens: int = 4,
+    dtype: Any = None,
+    device: str | torch.device | None = None,
+    **annotator_kwargs: Any,
+) -> VLMAnnotator:
     """An annotator on :func:`~cosmicman.annotation.vlm_base.build_tiny_vlm_base` (tests, local runs)."""
-    base = build_tiny_vlm_base(seed, family=family, language=language, image_size=image_size, hidden=hidden,
-                               num_query_tokens=num_query_tokens, dtype=dtype, device=device)
+    base = build_tiny_vlm_base(
+        seed,
+        family=family,
+        language=language,
+        image_size=image_size,
+        hidden=hidden,
+        num_query_tokens=num_query_tokens,
+        dtype=dtype,
+        device=device,
+    )
     return VLMAnnotator(base, protocol, **annotator_kwargs)

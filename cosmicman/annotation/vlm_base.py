@@ -1,4 +1,5 @@
 """The shared, frozen BLIP-2 / InstructBLIP base model (:class:`VLMBase`) and a tiny offline one for tests."""
+
 from __future__ import annotations
 
 import inspect
@@ -6,7 +7,6 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from cosmicman.annotation.vlm_lora import (
     sha_hex,
     weights_needed_message,
 )
+from cosmicman.annotation.vlm_tiny import build_tiny_vlm_parts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -41,8 +42,16 @@ class VLMBase:
     fine-tuning and a lock that serialises use of the model.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, model_id: str,
-                 qformer_tokenizer: Any = None, max_rows: int = 64, image_batch_size: int = 16):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        model_id: str,
+        qformer_tokenizer: Any = None,
+        max_rows: int = 64,
+        image_batch_size: int = 16,
+    ):
         model_type = getattr(model.config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unsupported VLM model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}")
@@ -94,10 +103,18 @@ class VLMBase:
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str | os.PathLike, *, dtype: Any = None,
-                        device: str | torch.device | None = None, local_files_only: bool = True,
-                        revision: str | None = None, max_rows: int = 64, image_batch_size: int = 16,
-                        **model_kwargs: Any) -> VLMBase:
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | os.PathLike,
+        *,
+        dtype: Any = None,
+        device: str | torch.device | None = None,
+        local_files_only: bool = True,
+        revision: str | None = None,
+        max_rows: int = 64,
+        image_batch_size: int = 16,
+        **model_kwargs: Any,
+    ) -> VLMBase:
         """Load model + tokenizer(s) + image processor; raises :class:`VLMWeightsUnavailableError`.
 
         ``dtype`` defaults to float32 on CPU and float16 elsewhere; ``device`` to CUDA when available.
@@ -116,8 +133,9 @@ class VLMBase:
             return _tiny_from_id(src, dtype=dtype, device=device)
         path = Path(src).expanduser()
         is_local = path.exists()
-        if not is_local and (src.startswith(("/", ".", "~")) or src.count("/") > 1 or "\\" in src
-                             or isinstance(model_id_or_path, Path)):
+        if not is_local and (
+            src.startswith(("/", ".", "~")) or src.count("/") > 1 or "\\" in src or isinstance(model_id_or_path, Path)
+        ):
             raise VLMWeightsUnavailableError(weights_needed_message(src, "no such local directory"))
         if is_local:
             if not path.is_dir():
@@ -136,20 +154,31 @@ class VLMBase:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"{src!r} is a {model_type!r} model; the VLM annotator loads {SUPPORTED_MODEL_TYPES}")
         model_cls = Blip2ForConditionalGeneration if model_type == "blip-2" else InstructBlipForConditionalGeneration
-        dev = torch.device(device) if device is not None else \
-            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         try:
             model: Any = model_cls.from_pretrained(src, dtype=resolve_dtype(dtype, dev), **hub, **model_kwargs)
             tokenizer = AutoTokenizer.from_pretrained(src, **hub)
             image_processor = AutoImageProcessor.from_pretrained(src, **hub)
-            qformer_tokenizer = AutoTokenizer.from_pretrained(src, subfolder="qformer_tokenizer", **hub) \
-                if model_type == "instructblip" else None
+            qformer_tokenizer = (
+                AutoTokenizer.from_pretrained(src, subfolder="qformer_tokenizer", **hub)
+                if model_type == "instructblip"
+                else None
+            )
         except OSError as exc:
             raise VLMWeightsUnavailableError(weights_needed_message(src, f"{type(exc).__name__}: {exc}")) from exc
         if "device_map" not in model_kwargs:
             model = model.to(dev)
-        return cls(model, tokenizer, image_processor, model_id=os.fspath(model_id_or_path),
-                   qformer_tokenizer=qformer_tokenizer, max_rows=max_rows, image_batch_size=image_batch_size)
+        return cls(
+            model,
+            tokenizer,
+            image_processor,
+            model_id=os.fspath(model_id_or_path),
+            qformer_tokenizer=qformer_tokenizer,
+            max_rows=max_rows,
+            image_batch_size=image_batch_size,
+        )
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write model, tokenizer(s) and image processor so :meth:`from_pretrained` can load them (staging)."""
@@ -263,8 +292,8 @@ class VLMBase:
             if prompt_text is not None:
                 head = self.encode(prompt_text)
                 joint = self.encode(f"{prompt_text} {text}")
-                if joint[:len(head)] == head:
-                    ids = joint[len(head):]
+                if joint[: len(head)] == head:
+                    ids = joint[len(head) :]
             if not ids:
                 ids = self.encode(" " + text)
         else:
@@ -285,7 +314,7 @@ class VLMBase:
         InstructBLIP -> vision encoder output ``[n, patches, H_v]`` (its Q-Former reads the question)."""
         out = []
         for i in range(0, len(images), self.image_batch_size):
-            pv = self.pixel_values(images[i:i + self.image_batch_size])
+            pv = self.pixel_values(images[i : i + self.image_batch_size])
             if self.model_type == "blip-2":
                 out.append(self.model.get_image_features(pixel_values=pv, return_dict=True).pooler_output)
             else:
@@ -306,17 +335,20 @@ class VLMBase:
             qids = torch.full((len(keys), width), qpad, dtype=torch.long, device=feats.device)
             qmask = torch.zeros((len(keys), width), dtype=torch.long, device=feats.device)
             for i, (_, ids) in enumerate(keys):
-                qids[i, :len(ids)] = torch.tensor(ids)
-                qmask[i, :len(ids)] = 1
+                qids[i, : len(ids)] = torch.tensor(ids)
+                qmask[i, : len(ids)] = 1
             vis = feats.index_select(0, torch.tensor([k[0] for k in keys], device=feats.device))
             tokens = self.model.query_tokens.expand(len(keys), -1, -1)
             nq = tokens.shape[1]
             attn = torch.cat([torch.ones(tokens.shape[:2], dtype=torch.long, device=feats.device), qmask], 1)
-            out = self.model.qformer(input_ids=qids, attention_mask=attn, query_embeds=tokens,
-                                     encoder_hidden_states=vis,
-                                     encoder_attention_mask=torch.ones(vis.shape[:2], dtype=torch.long,
-                                                                       device=feats.device),
-                                     return_dict=True)
+            out = self.model.qformer(
+                input_ids=qids,
+                attention_mask=attn,
+                query_embeds=tokens,
+                encoder_hidden_states=vis,
+                encoder_attention_mask=torch.ones(vis.shape[:2], dtype=torch.long, device=feats.device),
+                return_dict=True,
+            )
             qk = proj(out[0][:, :nq].to(proj.weight.dtype))
             q = qk.index_select(0, torch.tensor([where[(r.image, r.qprompt)] for r in rows], device=feats.device))
         return q
@@ -345,12 +377,12 @@ class VLMBase:
         amask = torch.zeros((n_rows, a_len), dtype=torch.bool)
         for i, r in enumerate(rows):
             off = p_len - len(r.prompt)
-            qpos[i, off:off + nq] = True
-            ids[i, off + nq:nq + p_len] = torch.tensor(r.prompt)
-            ids[i, nq + p_len:nq + p_len + len(r.answer)] = torch.tensor(r.answer)
-            mask[i, off:nq + p_len + len(r.answer)] = 1
-            labels[i, :len(r.answer)] = torch.tensor(r.answer)
-            amask[i, :len(r.answer)] = True
+            qpos[i, off : off + nq] = True
+            ids[i, off + nq : nq + p_len] = torch.tensor(r.prompt)
+            ids[i, nq + p_len : nq + p_len + len(r.answer)] = torch.tensor(r.answer)
+            mask[i, off : nq + p_len + len(r.answer)] = 1
+            labels[i, : len(r.answer)] = torch.tensor(r.answer)
+            amask[i, : len(r.answer)] = True
         ids, mask, qpos, labels, amask = (t.to(dev) for t in (ids, mask, qpos, labels, amask))
         embeds = lm.get_input_embeddings()(ids)
         embeds = embeds.masked_scatter(qpos.unsqueeze(-1), q.to(embeds.dtype))
@@ -363,7 +395,7 @@ class VLMBase:
         logits = None
         if self._keep_logits:
             keep = torch.zeros((n_rows, total), dtype=torch.bool, device=dev)
-            keep[:, nq + p_len - 1:nq + p_len - 1 + a_len] = amask
+            keep[:, nq + p_len - 1 : nq + p_len - 1 + a_len] = amask
             try:
                 out = lm(**kwargs, logits_to_keep=keep).logits
                 if out.ndim == 2 and out.shape[0] == n_true:
@@ -371,9 +403,9 @@ class VLMBase:
             except (TypeError, IndexError):
                 logits = None
             if logits is None:  # a model without mask support: keep the last a_len + 1 positions
-                logits = lm(**kwargs, logits_to_keep=a_len + 1).logits[:, -(a_len + 1):-1][amask]
+                logits = lm(**kwargs, logits_to_keep=a_len + 1).logits[:, -(a_len + 1) : -1][amask]
         else:
-            logits = lm(**kwargs).logits[:, -(a_len + 1):-1][amask]
+            logits = lm(**kwargs).logits[:, -(a_len + 1) : -1][amask]
         return scatter_logprobs(logits, labels, amask), amask
 
     def _encoder_decoder_logprobs(self, feats, rows):
@@ -391,8 +423,8 @@ class VLMBase:
         mask = torch.zeros((n_keys, nq + p_len), dtype=torch.long)
         mask[:, :nq] = 1
         for i, k in enumerate(keys):
-            ids[i, nq:nq + len(k[1])] = torch.tensor(k[1])
-            mask[i, nq:nq + len(k[1])] = 1
+            ids[i, nq : nq + len(k[1])] = torch.tensor(k[1])
+            mask[i, nq : nq + len(k[1])] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         embeds = lm.get_input_embeddings()(ids)
         embeds = torch.cat([q.to(embeds.dtype), embeds[:, nq:]], 1)
@@ -403,134 +435,44 @@ class VLMBase:
         dec = torch.full((len(rows), a_len), self.pad_id, dtype=torch.long)
         amask = torch.zeros((len(rows), a_len), dtype=torch.bool)
         for i, r in enumerate(rows):
-            labels[i, :len(r.answer)] = torch.tensor(r.answer)
+            labels[i, : len(r.answer)] = torch.tensor(r.answer)
             dec[i, 0] = self.decoder_start_id
-            dec[i, 1:len(r.answer)] = torch.tensor(r.answer[:-1])
-            amask[i, :len(r.answer)] = True
+            dec[i, 1 : len(r.answer)] = torch.tensor(r.answer[:-1])
+            amask[i, : len(r.answer)] = True
         labels, dec, amask = labels.to(dev), dec.to(dev), amask.to(dev)
-        out = lm(encoder_outputs=BaseModelOutput(last_hidden_state=enc.index_select(0, sel)),
-                 attention_mask=mask.index_select(0, sel), decoder_input_ids=dec,
-                 decoder_attention_mask=amask.long(), use_cache=False, return_dict=True)
+        out = lm(
+            encoder_outputs=BaseModelOutput(last_hidden_state=enc.index_select(0, sel)),
+            attention_mask=mask.index_select(0, sel),
+            decoder_input_ids=dec,
+            decoder_attention_mask=amask.long(),
+            use_cache=False,
+            return_dict=True,
+        )
         return scatter_logprobs(out.logits[amask], labels, amask), amask
 
 
-
 # --------------------------------------------------------------------------------------------------
-# A tiny offline model (tests, local runs)
+# The tiny offline model (tests, local runs)
 # --------------------------------------------------------------------------------------------------
-@cache
-def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    from cosmicman.core.tokenizer import clip_vocab_and_merges
-
-    return clip_vocab_and_merges()
-
-
-def _clip_tokenizer():
-    """A fresh (mutable) CLIP BPE tokenizer from the open-clip wheel's vocabulary; no hub."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _clip_vocab()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=512,
-                         bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                         unk_token="<|endoftext|>")
-
-
 def _tiny_from_id(model_id: str, **kwargs: Any) -> VLMBase:
     try:
-        spec = dict(kv.split("=", 1) for kv in model_id[len(TINY_SCHEME):].split(",") if kv)
+        spec = dict(kv.split("=", 1) for kv in model_id[len(TINY_SCHEME) :].split(",") if kv)
         seed, family, language = int(spec["seed"]), spec["family"], spec["language"]
     except (KeyError, ValueError) as exc:
         raise ValueError(f"bad tiny VLM id {model_id!r}") from exc
     return build_tiny_vlm_base(seed=seed, family=family, language=language, **kwargs)
 
 
-def build_tiny_vlm_base(seed: int = 0, *, family: str = "blip-2", language: str = "opt",
-                        image_size: int = 32, hidden: int = 32, num_query_tokens: int = 4, dtype: Any = None,
-                        device: str | torch.device | None = None) -> VLMBase:
-    """A tiny random BLIP-2 / InstructBLIP (``language``: ``"opt"`` decoder-only or ``"t5"``
-    encoder-decoder) built from configs, with the CLIP BPE tokenizer (open-clip wheel, vocab 49408 +
-    ``<image>``) and a ``BlipImageProcessorPil`` built from arguments (a ``Blip2Processor`` /
-    ``InstructBlipProcessor`` is attached as ``base.processor``). Nothing is downloaded.
-
-    Built in float32 on the CPU, then moved to ``dtype`` / ``device`` if given.
-    Deterministic in ``seed`` (weights drawn under a forked RNG); its ``model_id``
-    (``tiny-vlm:family=...,language=...,seed=...``) lets :meth:`VLMAnnotator.load` rebuild it.
-    """
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        InstructBlipConfig,
-        InstructBlipForConditionalGeneration,
-        InstructBlipProcessor,
+def build_tiny_vlm_base(seed: int = 0, **kwargs: Any) -> VLMBase:
+    """:class:`VLMBase` over :func:`~cosmicman.annotation.vlm_tiny.build_tiny_vlm_parts` (same arguments);
+    its ``model_id`` lets :meth:`VLMAnnotator.load` rebuild it."""
+    parts = build_tiny_vlm_parts(seed, **kwargs)
+    base = VLMBase(
+        parts.model,
+        parts.tokenizer,
+        parts.image_processor,
+        model_id=parts.model_id,
+        qformer_tokenizer=parts.qformer_tokenizer,
     )
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-
-    if family not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"family must be one of {SUPPORTED_MODEL_TYPES}")
-    if language not in ("opt", "t5"):
-        raise ValueError("language must be 'opt' or 't5'")
-    tok = _clip_tokenizer()
-    image_processor = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
-    qtok = _clip_tokenizer() if family == "instructblip" else None
-    processor: Any
-    config: Any
-    model_cls: Any
-    if family == "blip-2":
-        processor = Blip2Processor(image_processor=image_processor, tokenizer=tok, num_query_tokens=num_query_tokens)
-    else:
-        processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tok, qformer_tokenizer=qtok,
-                                          num_query_tokens=num_query_tokens)
-    vocab = len(tok)  # the processor added <image>
-    image_token = tok.convert_tokens_to_ids("<image>")
-    heads = 2
-    vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1, num_attention_heads=heads,
-                  image_size=image_size, patch_size=image_size // 4, attention_dropout=0.0,
-                  initializer_range=0.1)
-    qformer = dict(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=2 * hidden,
-                   encoder_hidden_size=hidden, vocab_size=len(qtok) if qtok is not None else vocab,
-                   pad_token_id=tok.pad_token_id, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                   max_position_embeddings=128)
-    if language == "opt":
-        text = dict(model_type="opt", hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=2,
-                    num_attention_heads=heads, vocab_size=vocab, word_embed_proj_dim=hidden,
-                    max_position_embeddings=128, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                    init_std=0.2)
-    else:
-        text = dict(model_type="t5", d_model=hidden, d_ff=2 * hidden, d_kv=hidden // heads, num_layers=2,
-                    num_decoder_layers=2, num_heads=heads, vocab_size=vocab, relative_attention_num_buckets=8,
-                    dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    decoder_start_token_id=tok.pad_token_id)
-    if family == "blip-2":
-        config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text,
-                             num_query_tokens=num_query_tokens, image_token_index=image_token,
-                             initializer_range=0.3)
-        model_cls = Blip2ForConditionalGeneration
-    else:
-        config = InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text,
-                                    num_query_tokens=num_query_tokens, image_token_index=image_token,
-                                    initializer_range=0.3)
-        model_cls = InstructBlipForConditionalGeneration
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        model: Any = model_cls(config)
-        with torch.no_grad():
-            # HF initialises query_tokens to zeros (a checkpoint fills them): random here, so the
-            # queries differ from one another and the image matters.
-            model.query_tokens.normal_(0.0, 0.02)
-            # Token embeddings (the LM head too where tied) with std 0.3 rather than 0.02: with 0.02 the
-            # tiny LM's logits are ~0 for all 49k tokens, a flat answer distribution that LoRA on the
-            # attention projections can barely move; 0.3 gives a peaked, learnable one. Likewise the
-            # init scales above (BLIP-2's vision default is 1e-10, OPT's 0.02) are raised so that the
-            # image reaches the answer scores at all in a random 32-dim model.
-            model.language_model.get_input_embeddings().weight.normal_(0.0, 0.3)
-    if dtype is not None or device is not None:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        model = model.to(device=dev, dtype=resolve_dtype(dtype, torch.device("cpu")))
-    model_id = f"{TINY_SCHEME}family={family},language={language},seed={int(seed)}"
-    base = VLMBase(model.eval(), tok, image_processor, model_id=model_id, qformer_tokenizer=qtok)
-    base.processor = processor  # what a Hugging Face pipeline over this base would use
+    base.processor = parts.processor  # what a Hugging Face pipeline over this base would use
     return base
-

@@ -1,5 +1,6 @@
 """The VLM annotator's building blocks: its constants and errors, checkpoint identity, the LoRA
 configuration (:class:`LoraSpec`) and immutable adapter weights."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,11 +21,30 @@ SUPPORTED_MODEL_TYPES = ("blip-2", "instructblip")
 TINY_SCHEME = "tiny-vlm:"
 # Attention projection names of the language models BLIP-2 / InstructBLIP ship with (OPT, Llama /
 # Vicuna, T5) and a few common others; only Linear layers inside an attention block are matched.
-LM_ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "q", "k", "v", "o",
-                            "query", "key", "value", "qkv_proj", "c_attn", "Wqkv")
+LM_ATTENTION_PROJECTIONS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "out_proj",
+    "q",
+    "k",
+    "v",
+    "o",
+    "query",
+    "key",
+    "value",
+    "qkv_proj",
+    "c_attn",
+    "Wqkv",
+)
 QFORMER_ATTENTION_PROJECTIONS = ("query", "key", "value")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _FULL_FINGERPRINT_MAX_PARAMS = 50_000_000
 _SKETCH = 4096
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -73,15 +93,31 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype).removeprefix("torch.")
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if name not in table:
         raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(table)}")
     return table[name]
 
 
-_CONFIG_NOISE = {"transformers_version", "dtype", "torch_dtype", "architectures", "name_or_path",
-                 "output_attentions", "output_hidden_states", "return_dict", "use_cache"}
+_CONFIG_NOISE = {
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "architectures",
+    "name_or_path",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "use_cache",
+}
 
 
 def _clean_config(obj: Any) -> Any:
@@ -113,8 +149,12 @@ def base_identity(model: Any) -> dict[str, Any]:
         if not full and t.numel() > 2 * _SKETCH:
             t = torch.cat([t[:_SKETCH], t[-_SKETCH:]])
         h.update(t.to(device="cpu", dtype=torch.float32).numpy().tobytes())
-    return {"config_sha": sha_hex(canonical_json(cfg)), "weights_sha": h.hexdigest(),
-            "weights_hashed": "full" if full else "sketch", "n_params": n_params}
+    return {
+        "config_sha": sha_hex(canonical_json(cfg)),
+        "weights_sha": h.hexdigest(),
+        "weights_hashed": "full" if full else "sketch",
+        "n_params": n_params,
+    }
 
 
 def _state_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
@@ -172,8 +212,14 @@ class LoraSpec:
     def peft_config(self):
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_regex, bias="none", init_lora_weights=True)
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_regex,
+            bias="none",
+            init_lora_weights=True,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,4 +262,3 @@ def scatter_logprobs(logits: torch.Tensor, labels: torch.Tensor, amask: torch.Te
     target = labels[amask]
     vals = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     return torch.zeros(amask.shape, dtype=vals.dtype, device=vals.device).masked_scatter(amask, vals)
-

@@ -50,8 +50,7 @@ from cosmicman.resources.storage import ObjectStoreResource
 
 annotation_rounds = dg.DynamicPartitionsDefinition(name="annotation_rounds")
 GROUP = "annotation"
-LABEL_SCHEMA = {"image_sha256": pl.Utf8, "category": pl.Utf8, "answer": pl.Utf8, "source": pl.Utf8,
-                "round": pl.Int64}
+LABEL_SCHEMA = {"image_sha256": pl.Utf8, "category": pl.Utf8, "answer": pl.Utf8, "source": pl.Utf8, "round": pl.Int64}
 
 
 def _kept_pool(store: Store) -> pl.DataFrame:
@@ -74,8 +73,9 @@ def _accuracy_table(before: dict[str, float], after: dict[str, float] | None = N
 
 
 @dg.asset(kinds={"python", "parquet"}, group_name=GROUP, code_version="2")
-def eval_set(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-             annotation: AnnotatorResource) -> dg.MaterializeResult:
+def eval_set(
+    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, annotation: AnnotatorResource
+) -> dg.MaterializeResult:
     """I_e: images with exact ground truth (from the annotation resource), on which every annotator
     version is measured."""
     store = object_store.store()
@@ -89,30 +89,54 @@ def eval_set(context: dg.AssetExecutionContext, object_store: ObjectStoreResourc
             mkey = truth_mask_key(put.sha256)
             if not store.exists(mkey):
                 store.write_bytes(mkey, item.mask_png)
-        rows.append({"sha256": put.sha256, "blob_key": put.key, "sample_id": item.name,
-                     "attributes": json.dumps(dict(item.attributes), sort_keys=True), "mask_key": mkey})
+        rows.append(
+            {
+                "sha256": put.sha256,
+                "blob_key": put.key,
+                "sample_id": item.name,
+                "attributes": json.dumps(dict(item.attributes), sort_keys=True),
+                "mask_key": mkey,
+            }
+        )
         if i < 12:
             images.append(decode_image(item.image_bytes))
         progress(i + 1)
-    df = pl.DataFrame(rows, schema={"sha256": pl.Utf8, "blob_key": pl.Utf8, "sample_id": pl.Utf8,
-                                    "attributes": pl.Utf8, "mask_key": pl.Utf8})
+    df = pl.DataFrame(
+        rows,
+        schema={
+            "sha256": pl.Utf8,
+            "blob_key": pl.Utf8,
+            "sample_id": pl.Utf8,
+            "attributes": pl.Utf8,
+            "mask_key": pl.Utf8,
+        },
+    )
     store.write_table(EVAL_SET_TABLE, df)
-    return dg.MaterializeResult(metadata={"images": len(df), "sample": image_grid_markdown(images)},
-                                data_version=dg.DataVersion(content_digest(df["sha256"].to_list())))
+    return dg.MaterializeResult(
+        metadata={"images": len(df), "sample": image_grid_markdown(images)},
+        data_version=dg.DataVersion(content_digest(df["sha256"].to_list())),
+    )
 
 
 @dg.asset(kinds={"python"}, group_name=GROUP, code_version="2")
-def base_annotator(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-                   annotation: AnnotatorResource) -> dg.MaterializeResult:
+def base_annotator(
+    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, annotation: AnnotatorResource
+) -> dg.MaterializeResult:
     """Round 0: the probe trained on the resource's round-0 set, or the stock VLM checkpoint (kind "vlm")."""
     store = object_store.store()
     model, trained_on = annotation.base_annotator()
     key = annotator_key(model.version)
     store.write_bytes(key, model.save())
     RoundLedger(store).write_base(model.version, key)
-    return dg.MaterializeResult(metadata={"version": model.version, "kind": annotation.kind, "trained_on": trained_on,
-                                          "path": dg.MetadataValue.path(store.uri(key))},
-                                data_version=dg.DataVersion(model.version))
+    return dg.MaterializeResult(
+        metadata={
+            "version": model.version,
+            "kind": annotation.kind,
+            "trained_on": trained_on,
+            "path": dg.MetadataValue.path(store.uri(key)),
+        },
+        data_version=dg.DataVersion(model.version),
+    )
 
 
 def _human_labels(store: Store, number: int) -> list[LabelRecord]:
@@ -134,16 +158,31 @@ def _round_history_metadata(ledger: RoundLedger) -> dict:
     if not curve:
         return {}
     rounds = [int(p["round"]) for p in curve]
-    return {"curve": table_metadata(pl.DataFrame(curve), limit=100),
-            "curve_plot": line_charts_markdown(rounds, {
+    return {
+        "curve": table_metadata(pl.DataFrame(curve), limit=100),
+        "curve_plot": line_charts_markdown(
+            rounds,
+            {
                 "mean accuracy on I_e": [p["mean_accuracy"] for p in curve],
-                "labels asked, % of a full manual pass": [100 * p["manual_share"] for p in curve]})}
+                "labels asked, % of a full manual pass": [100 * p["manual_share"] for p in curve],
+            },
+        ),
+    }
 
 
-@dg.asset(deps=["eval_set", "base_annotator", "filtered_images"], partitions_def=annotation_rounds,
-          kinds={"python"}, group_name=GROUP, code_version="3")
-def labelling_tasks(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-                    annotation: AnnotatorResource, labelling: LabellingResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["eval_set", "base_annotator", "filtered_images"],
+    partitions_def=annotation_rounds,
+    kinds={"python"},
+    group_name=GROUP,
+    code_version="3",
+)
+def labelling_tasks(
+    context: dg.AssetExecutionContext,
+    object_store: ObjectStoreResource,
+    annotation: AnnotatorResource,
+    labelling: LabellingResource,
+) -> dg.MaterializeResult:
     """Measure the annotator in force on I_e and submit the round the rules decide (categories, sample
     I_r of pool images no earlier round asked about), with the annotator's answers pre-filled."""
     store = object_store.store()
@@ -161,70 +200,120 @@ def labelling_tasks(context: dg.AssetExecutionContext, object_store: ObjectStore
     backend = labelling.backend(store)
     pool = _kept_pool(store)
     shas = pool["sha256"].to_list()
-    plan = plan_round(number, before, acc, shas, ledger.asked_before(number), backend.can_label,
-                      backend.applicable_category_count(shas), annotation.rules())
+    plan = plan_round(
+        number,
+        before,
+        acc,
+        shas,
+        ledger.asked_before(number),
+        backend.can_label,
+        backend.applicable_category_count(shas),
+        annotation.rules(),
+    )
     keys = dict(pool.select("sha256", "blob_key").iter_rows())
-    predicted = model.predict([store.read_bytes(keys[s]) for s in plan.sampled], plan.categories_sent) \
-        if plan.sampled else []
-    tasks = [LabelTask(f"{context.partition_key}-{sha[:16]}", sha, store.uri(keys[sha]), plan.categories_sent,
-                       predicted=pred, model_version=model.version)
-             for sha, pred in zip(plan.sampled, predicted)]
+    predicted = (
+        model.predict([store.read_bytes(keys[s]) for s in plan.sampled], plan.categories_sent) if plan.sampled else []
+    )
+    tasks = [
+        LabelTask(
+            f"{context.partition_key}-{sha[:16]}",
+            sha,
+            store.uri(keys[sha]),
+            plan.categories_sent,
+            predicted=pred,
+            model_version=model.version,
+        )
+        for sha, pred in zip(plan.sampled, predicted)
+    ]
     backend.submit(context.partition_key, number, tasks)
     ledger.write_plan(plan)
     context.log.info(f"{context.partition_key}: {len(plan.categories_sent)} categories sent, {len(tasks)} tasks")
-    return dg.MaterializeResult(metadata={
-        "round": number, "annotator": before.version, "mean_accuracy": mean_accuracy(acc),
-        "categories_sent": dg.MetadataValue.json(list(plan.categories_sent)), "tasks": len(tasks),
-        "questions_asked_max": len(tasks) * len(plan.categories_sent), "full_manual_labels": plan.full_manual_labels,
-        "accuracy": table_metadata(_accuracy_table(acc), limit=100)})
+    return dg.MaterializeResult(
+        metadata={
+            "round": number,
+            "annotator": before.version,
+            "mean_accuracy": mean_accuracy(acc),
+            "categories_sent": dg.MetadataValue.json(list(plan.categories_sent)),
+            "tasks": len(tasks),
+            "questions_asked_max": len(tasks) * len(plan.categories_sent),
+            "full_manual_labels": plan.full_manual_labels,
+            "accuracy": table_metadata(_accuracy_table(acc), limit=100),
+        }
+    )
 
 
-@dg.asset(deps=["labelling_tasks"], partitions_def=annotation_rounds, kinds={"python", "parquet"},
-          group_name=GROUP, code_version="2")
-def human_labels(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-                 labelling: LabellingResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["labelling_tasks"],
+    partitions_def=annotation_rounds,
+    kinds={"python", "parquet"},
+    group_name=GROUP,
+    code_version="2",
+)
+def human_labels(
+    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, labelling: LabellingResource
+) -> dg.MaterializeResult:
     """The round's human answers, once every task is answered (the labels_arrived sensor runs this)."""
     store = object_store.store()
     number = round_number(context.partition_key)
     backend = labelling.backend(store)
     labels, pending = backend.collect(context.partition_key, number)
     if pending:
-        raise dg.Failure(f"{context.partition_key}: {pending} tasks are still unanswered; the labels_arrived "
-                         "sensor materializes this asset when they are in")
+        raise dg.Failure(
+            f"{context.partition_key}: {pending} tasks are still unanswered; the labels_arrived "
+            "sensor materializes this asset when they are in"
+        )
     df = pl.DataFrame([lab.to_dict() for lab in labels], schema=LABEL_SCHEMA)
     store.write_table(table_key("human_labels", context.partition_key), df)
     backend.close_round(context.partition_key)
     plan = RoundLedger(store).plan(number)
     share = len(df) / plan.full_manual_labels if plan.full_manual_labels else 0.0
-    return dg.MaterializeResult(metadata={
-        "round": number, "labels": len(df), "images": df["image_sha256"].n_unique() if len(df) else 0,
-        "manual_share": share, "by_category": dg.MetadataValue.json(dict(df.group_by("category").len().iter_rows()))},
-        data_version=dg.DataVersion(content_digest(f"{a}|{b}|{c}" for a, b, c in df.select(
-            "image_sha256", "category", "answer").iter_rows())))
+    return dg.MaterializeResult(
+        metadata={
+            "round": number,
+            "labels": len(df),
+            "images": df["image_sha256"].n_unique() if len(df) else 0,
+            "manual_share": share,
+            "by_category": dg.MetadataValue.json(dict(df.group_by("category").len().iter_rows())),
+        },
+        data_version=dg.DataVersion(
+            content_digest(f"{a}|{b}|{c}" for a, b, c in df.select("image_sha256", "category", "answer").iter_rows())
+        ),
+    )
 
 
-def _finetuned(store: Store, ledger: RoundLedger, plan: RoundPlan, annotation: AnnotatorResource
-               ) -> tuple[AnnotatorInForce, dict[str, float], int]:
+def _finetuned(
+    store: Store, ledger: RoundLedger, plan: RoundPlan, annotation: AnnotatorResource
+) -> tuple[AnnotatorInForce, dict[str, float], int]:
     """The round's fine-tuned annotator (stored), its accuracy on I_e and the labels people gave."""
     base = load_annotator(store.read_bytes(plan.before.key))
     human = _human_labels(store, plan.round)
     if not human:
         return plan.before, dict(plan.accuracy_before), 0
-    labels = training_labels(plan, round_labels(plan, plan.sampled, human),
-                             _labels_behind(store, ledger, plan.before.label_rounds))
+    labels = training_labels(
+        plan, round_labels(plan, plan.sampled, human), _labels_behind(store, ledger, plan.before.label_rounds)
+    )
     keys = dict(_kept_pool(store).select("sha256", "blob_key").iter_rows())
     images = {sha: store.read_bytes(keys[sha]) for sha in {lab.image_sha256 for lab in labels}}
     model = annotation.finetune(base, labels, images, round=plan.round)
     key = annotator_key(model.version)
     store.write_bytes(key, model.save())
-    return AnnotatorInForce(model.version, key), per_category_accuracy(model, read_eval_items(store)), \
-        labels_asked(human)
+    return (
+        AnnotatorInForce(model.version, key),
+        per_category_accuracy(model, read_eval_items(store)),
+        labels_asked(human),
+    )
 
 
-@dg.asset(deps=["human_labels", "eval_set"], partitions_def=annotation_rounds, kinds={"python"}, group_name=GROUP,
-          code_version="3")
-def annotator(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-              annotation: AnnotatorResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["human_labels", "eval_set"],
+    partitions_def=annotation_rounds,
+    kinds={"python"},
+    group_name=GROUP,
+    code_version="3",
+)
+def annotator(
+    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, annotation: AnnotatorResource
+) -> dg.MaterializeResult:
     """The annotator fine-tuned on the round's training labels, measured again on I_e, and the round
     closed by the rules (adopted or not, stop or go on)."""
     store = object_store.store()
@@ -234,17 +323,28 @@ def annotator(context: dg.AssetExecutionContext, object_store: ObjectStoreResour
     result = close_round(plan, after, acc_after, asked, annotation.rules())
     ledger.write_result(result)
     asked_total = sum(r.labels_asked for r in ledger.results())
-    return dg.MaterializeResult(metadata={
-        "round": plan.round, "version": result.annotator_after, "adopted": result.adopted,
-        "annotator_in_force": result.annotator_in_force, "mean_accuracy_before": result.mean_accuracy_before,
-        "mean_accuracy_after": result.mean_accuracy_after, "gain_points": 100 * result.gain, "labels_asked": asked,
-        "manual_share": result.cost_share, "labels_asked_total": asked_total,
-        "manual_share_total": asked_total / plan.full_manual_labels if plan.full_manual_labels else 0.0,
-        "stop": result.stop, "stop_reason": result.stop_reason,
-        "accuracy": table_metadata(_accuracy_table(dict(plan.accuracy_before), dict(result.accuracy_after)),
-                                   limit=100),
-        **_round_history_metadata(ledger)},
-        data_version=dg.DataVersion(result.annotator_in_force))
+    return dg.MaterializeResult(
+        metadata={
+            "round": plan.round,
+            "version": result.annotator_after,
+            "adopted": result.adopted,
+            "annotator_in_force": result.annotator_in_force,
+            "mean_accuracy_before": result.mean_accuracy_before,
+            "mean_accuracy_after": result.mean_accuracy_after,
+            "gain_points": 100 * result.gain,
+            "labels_asked": asked,
+            "manual_share": result.cost_share,
+            "labels_asked_total": asked_total,
+            "manual_share_total": asked_total / plan.full_manual_labels if plan.full_manual_labels else 0.0,
+            "stop": result.stop,
+            "stop_reason": result.stop_reason,
+            "accuracy": table_metadata(
+                _accuracy_table(dict(plan.accuracy_before), dict(result.accuracy_after)), limit=100
+            ),
+            **_round_history_metadata(ledger),
+        },
+        data_version=dg.DataVersion(result.annotator_in_force),
+    )
 
 
 @dg.asset(deps=["annotator", "filtered_images"], kinds={"python", "parquet"}, group_name=GROUP, code_version="3")
@@ -267,23 +367,44 @@ def annotations(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
     keys = pool.select("sha256", "blob_key").rows()
     label_rounds = json.dumps(list(in_force.label_rounds))
     for start in range(0, len(keys), 32):
-        chunk = keys[start:start + 32]
+        chunk = keys[start : start + 32]
         preds = model.predict([store.read_bytes(k) for _, k in chunk])
-        rows += [{"sha256": sha, "attributes": json.dumps(merge_human_answers(p, human.get(sha, {}), protocol),
-                                                          sort_keys=True),
-                  "annotator_version": model.version, "annotator_round": in_force.round,
-                  "label_rounds": label_rounds, "human_answers": len(human.get(sha, {}))}
-                 for (sha, _), p in zip(chunk, preds)]
+        rows += [
+            {
+                "sha256": sha,
+                "attributes": json.dumps(merge_human_answers(p, human.get(sha, {}), protocol), sort_keys=True),
+                "annotator_version": model.version,
+                "annotator_round": in_force.round,
+                "label_rounds": label_rounds,
+                "human_answers": len(human.get(sha, {})),
+            }
+            for (sha, _), p in zip(chunk, preds)
+        ]
         progress(start + len(chunk))
-    df = pl.DataFrame(rows, schema={"sha256": pl.Utf8, "attributes": pl.Utf8, "annotator_version": pl.Utf8,
-                                    "annotator_round": pl.Int64, "label_rounds": pl.Utf8, "human_answers": pl.Int64})
+    df = pl.DataFrame(
+        rows,
+        schema={
+            "sha256": pl.Utf8,
+            "attributes": pl.Utf8,
+            "annotator_version": pl.Utf8,
+            "annotator_round": pl.Int64,
+            "label_rounds": pl.Utf8,
+            "human_answers": pl.Int64,
+        },
+    )
     store.write_table(table_key("annotations"), df)
-    return dg.MaterializeResult(metadata={
-        "images": len(df), "annotator": model.version, "annotator_round": in_force.round,
-        "label_rounds": dg.MetadataValue.json(list(in_force.label_rounds)),
-        "images_with_human_answers": int((df["human_answers"] > 0).sum())},
-        data_version=dg.DataVersion(content_digest(
-            f"{s}|{a}" for s, a in df.select("sha256", "attributes").iter_rows())))
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(df),
+            "annotator": model.version,
+            "annotator_round": in_force.round,
+            "label_rounds": dg.MetadataValue.json(list(in_force.label_rounds)),
+            "images_with_human_answers": int((df["human_answers"] > 0).sum()),
+        },
+        data_version=dg.DataVersion(
+            content_digest(f"{s}|{a}" for s, a in df.select("sha256", "attributes").iter_rows())
+        ),
+    )
 
 
 @dg.asset(deps=["annotations"], kinds={"python", "parquet"}, group_name=GROUP, code_version="1")
@@ -296,14 +417,25 @@ def captions(context: dg.AssetExecutionContext, object_store: ObjectStoreResourc
     for sha, attrs in ann.select("sha256", "attributes").iter_rows():
         seed = int.from_bytes(hashlib.sha256(sha.encode()).digest()[:8], "little")
         cap = build_caption(json.loads(attrs), tokenizer=tokenizer, rng=seed)
-        rows.append({"sha256": sha, "caption": cap.text, "groups": json.dumps(cap.to_json(), sort_keys=True),
-                     "n_groups": len(cap.groups), "n_spans": sum(g.span is not None for g in cap.groups),
-                     "n_tokens": len(tokenizer(cap.text)["input_ids"])})
+        rows.append(
+            {
+                "sha256": sha,
+                "caption": cap.text,
+                "groups": json.dumps(cap.to_json(), sort_keys=True),
+                "n_groups": len(cap.groups),
+                "n_spans": sum(g.span is not None for g in cap.groups),
+                "n_tokens": len(tokenizer(cap.text)["input_ids"]),
+            }
+        )
     df = pl.DataFrame(rows)
     store.write_table(table_key("captions"), df)
-    return dg.MaterializeResult(metadata={
-        "captions": len(df), "mean_groups": float(df["n_groups"].cast(pl.Float64).sum()) / max(len(df), 1),
-        "mean_tokens": float(df["n_tokens"].cast(pl.Float64).sum()) / max(len(df), 1),
-        "groups_without_span": int((df["n_groups"] - df["n_spans"]).sum()),
-        "examples": dg.MetadataValue.md("\n".join(f"- {c}" for c in df["caption"].head(8).to_list()))},
-        data_version=dg.DataVersion(content_digest(f"{s}|{g}" for s, g in df.select("sha256", "groups").iter_rows())))
+    return dg.MaterializeResult(
+        metadata={
+            "captions": len(df),
+            "mean_groups": float(df["n_groups"].cast(pl.Float64).sum()) / max(len(df), 1),
+            "mean_tokens": float(df["n_tokens"].cast(pl.Float64).sum()) / max(len(df), 1),
+            "groups_without_span": int((df["n_groups"] - df["n_spans"]).sum()),
+            "examples": dg.MetadataValue.md("\n".join(f"- {c}" for c in df["caption"].head(8).to_list())),
+        },
+        data_version=dg.DataVersion(content_digest(f"{s}|{g}" for s, g in df.select("sha256", "groups").iter_rows())),
+    )

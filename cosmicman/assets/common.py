@@ -32,8 +32,9 @@ class Progress:
             self.log.info(f"{self.label}: {done}/{self.total}")
 
 
-def image_grid_markdown(images: Iterable[Image.Image], captions: Iterable[str] = (), cols: int = 6,
-                        thumb: tuple[int, int] = (64, 128)) -> dg.MetadataValue:
+def image_grid_markdown(
+    images: Iterable[Image.Image], captions: Iterable[str] = (), cols: int = 6, thumb: tuple[int, int] = (64, 128)
+) -> dg.MetadataValue:
     """A small PNG contact sheet embedded in markdown, so the UI shows what a stage produced."""
     imgs = [im.convert("RGB").resize(thumb) for im in images]
     if not imgs:
@@ -59,8 +60,9 @@ def table_metadata(df: pl.DataFrame, limit: int = 20) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(out))
 
 
-def line_charts_markdown(x: list[int], series: dict[str, list[float]], x_label: str = "round",
-                         size: tuple[int, int] = (320, 200)) -> dg.MetadataValue:
+def line_charts_markdown(
+    x: list[int], series: dict[str, list[float]], x_label: str = "round", size: tuple[int, int] = (320, 200)
+) -> dg.MetadataValue:
     """One small line chart per series, side by side, as a PNG embedded in markdown (the UI shows it)."""
     from PIL import ImageDraw
 
@@ -79,8 +81,10 @@ def line_charts_markdown(x: list[int], series: dict[str, list[float]], x_label: 
             yv = y1 - (v - lo) / span * (y1 - y0)
             draw.text((ox + 2, yv - 6), f"{v:.3g}", fill="black")
         xmin, xmax = min(x), max(x)
-        pts = [(x0 + (xv - xmin) / ((xmax - xmin) or 1) * (x1 - x0), y1 - (yv - lo) / span * (y1 - y0))
-               for xv, yv in zip(x, ys)]
+        pts = [
+            (x0 + (xv - xmin) / ((xmax - xmin) or 1) * (x1 - x0), y1 - (yv - lo) / span * (y1 - y0))
+            for xv, yv in zip(x, ys)
+        ]
         if len(pts) > 1:
             draw.line(pts, fill=(40, 90, 200), width=2)
         for (px, py), xv in zip(pts, x):

@@ -20,28 +20,39 @@ from cosmicman.resources.storage import ObjectStoreResource
 
 
 def _joined_pool(store: Store) -> pl.DataFrame:
-    filtered = pl.concat([df.filter(pl.col("decision") == "kept")
-                          for _, df in store.iter_tables(table_prefix("filtered_images"))], how="diagonal_relaxed")
+    filtered = pl.concat(
+        [df.filter(pl.col("decision") == "kept") for _, df in store.iter_tables(table_prefix("filtered_images"))],
+        how="diagonal_relaxed",
+    )
     if "filter_config" not in filtered.columns:  # batches filtered before the config was recorded
         filtered = filtered.with_columns(pl.lit(None, dtype=pl.String).alias("filter_config"))
-    raw = (pl.concat([df for _, df in store.iter_tables(table_prefix("raw_images"))])
-           .select("sha256", "source", "source_id", "licence"))
+    raw = pl.concat([df for _, df in store.iter_tables(table_prefix("raw_images"))]).select(
+        "sha256", "source", "source_id", "licence"
+    )
     parsing = pl.concat([df for _, df in store.iter_tables(table_prefix("human_parsing"))])
-    return (filtered.select("sha256", "blob_key", "ext", "batch", "decision", "filter_config")
-            .join(raw, on="sha256").join(parsing.select("sha256", "mask_key", "parser_version"), on="sha256")
-            .join(store.read_table(table_key("annotations")), on="sha256")
-            .join(store.read_table(table_key("captions")).select("sha256", "groups"), on="sha256")
-            .sort("sha256"))
+    return (
+        filtered.select("sha256", "blob_key", "ext", "batch", "decision", "filter_config")
+        .join(raw, on="sha256")
+        .join(parsing.select("sha256", "mask_key", "parser_version"), on="sha256")
+        .join(store.read_table(table_key("annotations")), on="sha256")
+        .join(store.read_table(table_key("captions")).select("sha256", "groups"), on="sha256")
+        .sort("sha256")
+    )
 
 
 def _fingerprint(pool: pl.DataFrame) -> str:
-    return content_digest(f"{r['sha256']}|{r['attributes']}|{r['groups']}|{r['mask_key']}"
-                          for r in pool.iter_rows(named=True))
+    return content_digest(
+        f"{r['sha256']}|{r['attributes']}|{r['groups']}|{r['mask_key']}" for r in pool.iter_rows(named=True)
+    )
 
 
-@dg.asset(deps=["captions", "human_parsing", "annotations", "filtered_images"], kinds={"python", "webdataset"},
-          group_name="datasets", code_version="1",
-          check_specs=[dg.AssetCheckSpec("shards_match_manifest", asset="cosmicman_hq", blocking=True)])
+@dg.asset(
+    deps=["captions", "human_parsing", "annotations", "filtered_images"],
+    kinds={"python", "webdataset"},
+    group_name="datasets",
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec("shards_match_manifest", asset="cosmicman_hq", blocking=True)],
+)
 def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
     """A new immutable CosmicMan-HQ version: WebDataset shards, manifest, stats, datacard. When the
     pool's content equals the latest version's, that version is reused instead of duplicated."""
@@ -58,20 +69,38 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
     else:
         previous = latest["version"] if latest else None
         version = next_version_name(list_versions(store.url, store.storage_options))
-        samples = (DatasetSample(
-            sha256=r["sha256"], image_bytes=store.read_bytes(r["blob_key"]), ext=r["ext"],
-            mask=read_mask(store.read_bytes(r["mask_key"])), attributes=json.loads(r["attributes"]),
-            caption=json.loads(r["groups"]),
-            provenance={"source": r["source"], "source_id": r["source_id"], "source_batch": r["batch"],
-                        "filter_decision": r["decision"], "filter_config": r["filter_config"],
-                        "parser_version": r["parser_version"],
-                        "annotator_version": r["annotator_version"], "annotator_round": r["annotator_round"],
-                        "label_rounds": json.loads(r["label_rounds"]), "human_answers": r["human_answers"],
-                        "licence": r["licence"]})
-            for r in pool.iter_rows(named=True))
-        write_dataset_version(store.url, version, samples, samples_per_shard=64,
-                              created_at=datetime.now(UTC).isoformat(),
-                              storage_options=store.storage_options)
+        samples = (
+            DatasetSample(
+                sha256=r["sha256"],
+                image_bytes=store.read_bytes(r["blob_key"]),
+                ext=r["ext"],
+                mask=read_mask(store.read_bytes(r["mask_key"])),
+                attributes=json.loads(r["attributes"]),
+                caption=json.loads(r["groups"]),
+                provenance={
+                    "source": r["source"],
+                    "source_id": r["source_id"],
+                    "source_batch": r["batch"],
+                    "filter_decision": r["decision"],
+                    "filter_config": r["filter_config"],
+                    "parser_version": r["parser_version"],
+                    "annotator_version": r["annotator_version"],
+                    "annotator_round": r["annotator_round"],
+                    "label_rounds": json.loads(r["label_rounds"]),
+                    "human_answers": r["human_answers"],
+                    "licence": r["licence"],
+                },
+            )
+            for r in pool.iter_rows(named=True)
+        )
+        write_dataset_version(
+            store.url,
+            version,
+            samples,
+            samples_per_shard=64,
+            created_at=datetime.now(UTC).isoformat(),
+            storage_options=store.storage_options,
+        )
         store.write_json(LATEST_DATASET_KEY, {"version": version, "fingerprint": fingerprint})
         reused = False
         if previous:
@@ -81,14 +110,24 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
     manifest = read_manifest(store.url, version, store.storage_options)
     problems = verify_shards(store.url, version, store.storage_options)
     return dg.MaterializeResult(
-        metadata={"version": version, "reused": reused, "samples": len(manifest), "fingerprint": fingerprint,
-                  "stats": dg.MetadataValue.json(stats),
-                  # added / removed / relabelled samples against the version before it (none for the first)
-                  "changes": dg.MetadataValue.json(changes or {}),
-                  "lineage": dg.MetadataValue.json(dataset_lineage(store.url, version, store.storage_options)),
-                  "url": dg.MetadataValue.path(store.uri(dataset_version_prefix(version))),
-                  "datacard": dg.MetadataValue.md(
-                      store.read_bytes(f"{dataset_version_prefix(version)}/{DATACARD}").decode())},
+        metadata={
+            "version": version,
+            "reused": reused,
+            "samples": len(manifest),
+            "fingerprint": fingerprint,
+            "stats": dg.MetadataValue.json(stats),
+            # added / removed / relabelled samples against the version before it (none for the first)
+            "changes": dg.MetadataValue.json(changes or {}),
+            "lineage": dg.MetadataValue.json(dataset_lineage(store.url, version, store.storage_options)),
+            "url": dg.MetadataValue.path(store.uri(dataset_version_prefix(version))),
+            "datacard": dg.MetadataValue.md(store.read_bytes(f"{dataset_version_prefix(version)}/{DATACARD}").decode()),
+        },
         data_version=dg.DataVersion(f"{version}-{fingerprint}"),
-        check_results=[dg.AssetCheckResult(check_name="shards_match_manifest", passed=not problems,
-                                           metadata={"problems": dg.MetadataValue.json(problems)})])
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="shards_match_manifest",
+                passed=not problems,
+                metadata={"problems": dg.MetadataValue.json(problems)},
+            )
+        ],
+    )

@@ -4,6 +4,7 @@
 under the multiprocess executor; one pod each under the Kubernetes executor), merge. Only shard
 descriptions pass between the steps; images and tables stay in the object store.
 """
+
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -31,15 +32,17 @@ FILTERED_IMAGES_CODE_VERSION = "2"
 
 
 @dg.asset(kinds={"python"}, group_name="filtering", code_version="1")
-def fake_person_classifier(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-                           filters: FilterResource) -> dg.MaterializeResult:
+def fake_person_classifier(
+    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, filters: FilterResource
+) -> dg.MaterializeResult:
     """The fake-person head (image embedding + linear head), trained on labelled real / fake people."""
     store = object_store.store()
     head_bytes, metrics = filters.train_fake_person_head(store)
     store.write_bytes(FAKE_HEAD_KEY, head_bytes)
-    return dg.MaterializeResult(metadata={k: float(v) if isinstance(v, (int, float)) else str(v)
-                                          for k, v in metrics.items()},
-                                data_version=dg.DataVersion(content_digest([head_bytes.hex()])))
+    return dg.MaterializeResult(
+        metadata={k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()},
+        data_version=dg.DataVersion(content_digest([head_bytes.hex()])),
+    )
 
 
 class FilterShardsConfig(dg.Config):
@@ -54,8 +57,12 @@ def _filter_config(filters: FilterResource) -> str:
 
 
 @dg.op(ins={"raw_images": dg.In(dg.Nothing), "fake_person_classifier": dg.In(dg.Nothing)}, out=dg.DynamicOut(Shard))
-def plan_filter_shards(context: dg.OpExecutionContext, config: FilterShardsConfig, object_store: ObjectStoreResource,
-                       filters: FilterResource) -> Iterator[dg.DynamicOutput[Shard]]:
+def plan_filter_shards(
+    context: dg.OpExecutionContext,
+    config: FilterShardsConfig,
+    object_store: ObjectStoreResource,
+    filters: FilterResource,
+) -> Iterator[dg.DynamicOutput[Shard]]:
     """Cut the batch's raw table into shards of ``shard_rows`` rows: one filter step each."""
     store = object_store.store()
     batch = context.partition_key
@@ -72,8 +79,9 @@ def plan_filter_shards(context: dg.OpExecutionContext, config: FilterShardsConfi
 
 
 @dg.op
-def filter_shard(context: dg.OpExecutionContext, shard: Shard, object_store: ObjectStoreResource,
-                 filters: FilterResource) -> Shard:
+def filter_shard(
+    context: dg.OpExecutionContext, shard: Shard, object_store: ObjectStoreResource, filters: FilterResource
+) -> Shard:
     """Every image of one shard through the ordered chain: all scores it reached, one decision."""
     store = object_store.store()
 
@@ -89,8 +97,9 @@ def filter_shard(context: dg.OpExecutionContext, shard: Shard, object_store: Obj
 
 
 @dg.op(out=dg.Out(dg.Nothing))
-def merge_filter_shards(context: dg.OpExecutionContext, shards: list[Shard], object_store: ObjectStoreResource,
-                        filters: FilterResource) -> dg.MaterializeResult:
+def merge_filter_shards(
+    context: dg.OpExecutionContext, shards: list[Shard], object_store: ObjectStoreResource, filters: FilterResource
+) -> dg.MaterializeResult:
     """The batch table from its shards, the batch's pool counts, and what the UI shows of it."""
     store = object_store.store()
     batch = context.partition_key
@@ -100,14 +109,22 @@ def merge_filter_shards(context: dg.OpExecutionContext, shards: list[Shard], obj
     kept = counts.get("kept", 0)
     pool = record_batch(store, batch, raw=len(df), kept=kept)
     examples = pick_examples(df)
-    return dg.MaterializeResult(metadata={
-        "raw": len(df), "kept": kept, "rejected": len(df) - kept, "shards": len(shards),
-        "decisions": dg.MetadataValue.json(counts), "pool_kept_total": pool.kept,
-        "thresholds": dg.MetadataValue.json(filters.thresholds()),
-        "kept_sample": image_grid_markdown(thumbnails(store.read_bytes, examples.kept)),
-        "rejected_examples": image_grid_markdown(thumbnails(store.read_bytes, examples.rejected.values()),
-                                                 examples.rejected.keys())},
-        data_version=dg.DataVersion(content_digest(f"{s}|{d}" for s, d in df.select("sha256", "decision").iter_rows())))
+    return dg.MaterializeResult(
+        metadata={
+            "raw": len(df),
+            "kept": kept,
+            "rejected": len(df) - kept,
+            "shards": len(shards),
+            "decisions": dg.MetadataValue.json(counts),
+            "pool_kept_total": pool.kept,
+            "thresholds": dg.MetadataValue.json(filters.thresholds()),
+            "kept_sample": image_grid_markdown(thumbnails(store.read_bytes, examples.kept)),
+            "rejected_examples": image_grid_markdown(
+                thumbnails(store.read_bytes, examples.rejected.values()), examples.rejected.keys()
+            ),
+        },
+        data_version=dg.DataVersion(content_digest(f"{s}|{d}" for s, d in df.select("sha256", "decision").iter_rows())),
+    )
 
 
 def build_filtered_images(filter_step_tags: Mapping[str, Any] | None = None) -> dg.AssetsDefinition:
@@ -115,10 +132,16 @@ def build_filtered_images(filter_step_tags: Mapping[str, Any] | None = None) -> 
     chooses its filter steps' tags (e.g. a ``dagster-k8s/config`` asking for a GPU) by building the asset."""
     shard_step = filter_shard.tag(dict(filter_step_tags)) if filter_step_tags else filter_shard
 
-    @dg.graph_asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="filtering",
-                    code_version=FILTERED_IMAGES_CODE_VERSION,
-                    ins={"raw_images": dg.AssetIn(dagster_type=dg.Nothing),
-                         "fake_person_classifier": dg.AssetIn(dagster_type=dg.Nothing)})
+    @dg.graph_asset(
+        partitions_def=sourcing_batches,
+        kinds={"python", "parquet"},
+        group_name="filtering",
+        code_version=FILTERED_IMAGES_CODE_VERSION,
+        ins={
+            "raw_images": dg.AssetIn(dagster_type=dg.Nothing),
+            "fake_person_classifier": dg.AssetIn(dagster_type=dg.Nothing),
+        },
+    )
     def filtered_images(raw_images, fake_person_classifier):
         """Every image of the batch through the ordered chain, one step per shard: all scores it reached,
         one decision."""

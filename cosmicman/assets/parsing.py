@@ -1,4 +1,5 @@
 """Human parsing of each sourcing batch's kept people: 18-class ATR label maps stored as PNGs."""
+
 import dagster as dg
 import polars as pl
 
@@ -11,10 +12,16 @@ from cosmicman.resources.parsing import ParserResource
 from cosmicman.resources.storage import ObjectStoreResource
 
 
-@dg.asset(partitions_def=sourcing_batches, deps=["filtered_images"], kinds={"python", "parquet"},
-          group_name="parsing", code_version="1")
-def human_parsing(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-                  parser: ParserResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=sourcing_batches,
+    deps=["filtered_images"],
+    kinds={"python", "parquet"},
+    group_name="parsing",
+    code_version="1",
+)
+def human_parsing(
+    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, parser: ParserResource
+) -> dg.MaterializeResult:
     """18-class ATR label maps of the batch's kept people, stored as PNGs keyed by image sha."""
     store = object_store.store()
     batch = context.partition_key
@@ -31,15 +38,28 @@ def human_parsing(context: dg.AssetExecutionContext, object_store: ObjectStoreRe
         mkey = parsing_mask_key(backend.version, sha)
         if not store.exists(mkey):
             store.write_bytes(mkey, mask_png(mask))
-        rows.append({"sha256": sha, "mask_key": mkey, "parser_version": backend.version,
-                     "foreground_fraction": float((mask != 0).mean())})
+        rows.append(
+            {
+                "sha256": sha,
+                "mask_key": mkey,
+                "parser_version": backend.version,
+                "foreground_fraction": float((mask != 0).mean()),
+            }
+        )
         progress(i + 1)
-    df = pl.DataFrame(rows, schema={"sha256": pl.Utf8, "mask_key": pl.Utf8, "parser_version": pl.Utf8,
-                                    "foreground_fraction": pl.Float64})
+    df = pl.DataFrame(
+        rows,
+        schema={"sha256": pl.Utf8, "mask_key": pl.Utf8, "parser_version": pl.Utf8, "foreground_fraction": pl.Float64},
+    )
     store.write_table(table_key("human_parsing", batch), df)
     if failures:
         context.log.warning(f"{len(failures)} kept images could not be parsed and stay out of datasets")
-    return dg.MaterializeResult(metadata={
-        "parsed": len(df), "unparsed": len(failures), "parser": backend.version,
-        "unparsed_reasons": dg.MetadataValue.json(dict(list(failures.items())[:10]))},
-        data_version=dg.DataVersion(content_digest(df["sha256"].to_list())))
+    return dg.MaterializeResult(
+        metadata={
+            "parsed": len(df),
+            "unparsed": len(failures),
+            "parser": backend.version,
+            "unparsed_reasons": dg.MetadataValue.json(dict(list(failures.items())[:10])),
+        },
+        data_version=dg.DataVersion(content_digest(df["sha256"].to_list())),
+    )

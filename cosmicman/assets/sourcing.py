@@ -17,8 +17,9 @@ def batch_index(partition_key: str) -> int:
 
 
 @dg.asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="sourcing", code_version="2")
-def raw_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResource,
-               sourcing: SourcingResource) -> dg.MaterializeResult:
+def raw_images(
+    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, sourcing: SourcingResource
+) -> dg.MaterializeResult:
     """One sourcing batch: re-queued failed URLs and every source's items, fetched, decode-checked,
     de-duplicated against the whole pool (exact and perceptual) and stored as content-addressed blobs.
     Every item ends as one outcome (stored / duplicate / near_duplicate / failed with a reason) in the
@@ -37,13 +38,20 @@ def raw_images(context: dg.AssetExecutionContext, object_store: ObjectStoreResou
     tracked = report_downloads(store, batch_index(batch), sources, report.raw)
     if report.resumed_outcomes:
         context.log.info(f"resumed {batch}: {report.resumed_outcomes} outcomes were already durable")
-    return dg.MaterializeResult(metadata={
-        "images": len(report.raw), "requested": report.requested, **report.counts,
-        "failed_by_reason": dg.MetadataValue.json(report.failed_by_reason),
-        "per_source": dg.MetadataValue.json(report.per_source), "requeued_urls": report.requeued,
-        "blobs_created": report.blobs_created, "resumed_outcomes": report.resumed_outcomes,
-        "api_downloads_tracked": tracked,
-        "images_per_s": round(report.requested / max(report.elapsed_s, 1e-9), 1),
-        "table": dg.MetadataValue.path(store.uri(raw_table_key(batch))),
-        "sourcing_log": dg.MetadataValue.path(store.uri(sourcing_log_key(batch))),
-    }, data_version=dg.DataVersion(content_digest(report.raw["sha256"].to_list())))
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(report.raw),
+            "requested": report.requested,
+            **report.counts,
+            "failed_by_reason": dg.MetadataValue.json(report.failed_by_reason),
+            "per_source": dg.MetadataValue.json(report.per_source),
+            "requeued_urls": report.requeued,
+            "blobs_created": report.blobs_created,
+            "resumed_outcomes": report.resumed_outcomes,
+            "api_downloads_tracked": tracked,
+            "images_per_s": round(report.requested / max(report.elapsed_s, 1e-9), 1),
+            "table": dg.MetadataValue.path(store.uri(raw_table_key(batch))),
+            "sourcing_log": dg.MetadataValue.path(store.uri(sourcing_log_key(batch))),
+        },
+        data_version=dg.DataVersion(content_digest(report.raw["sha256"].to_list())),
+    )

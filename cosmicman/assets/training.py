@@ -33,10 +33,19 @@ def _lineage(store, key: str) -> dg.MetadataValue:
     return dg.MetadataValue.json(model_lineage(store.uri(key), store.storage_options))
 
 
-@dg.asset(deps=["cosmicman_hq"], partitions_def=training_variants, kinds={"pytorch", "diffusers"},
-          group_name="training", code_version="1")
-def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, training: TrainingResource,
-                training_launcher: TrainingLauncher) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["cosmicman_hq"],
+    partitions_def=training_variants,
+    kinds={"pytorch", "diffusers"},
+    group_name="training",
+    code_version="1",
+)
+def daring_unet(
+    context: dg.AssetExecutionContext,
+    object_store: ObjectStoreResource,
+    training: TrainingResource,
+    training_launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
     """The whole UNet fine-tuned on the latest CosmicMan-HQ version with this partition's variant (noise
     loss only, or + HOLA, with SiLU or another activation), saved in diffusers format. The trainer runs as
     ``python -m cosmicman.model.train`` in its own process."""
@@ -54,10 +63,24 @@ def daring_unet(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
         record = store.read_json(training_run_key(name))
         context.log.info(f"{key} already trained from {version} with this config: reusing it")
         reported = {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in summary(record).items()}
-        return dg.MaterializeResult(metadata={**reported, "dataset_version": version, "variant": variant,
-                                              "reused": True, "lineage": _lineage(store, key)},
-                                    data_version=dg.DataVersion(name))
+        return dg.MaterializeResult(
+            metadata={
+                **reported,
+                "dataset_version": version,
+                "variant": variant,
+                "reused": True,
+                "lineage": _lineage(store, key),
+            },
+            data_version=dg.DataVersion(name),
+        )
     result = training_launcher.launch(context, dataclasses.asdict(config))
-    return dg.MaterializeResult(metadata={**(result.metadata or {}), "dataset_version": version, "variant": variant,
-                                          "reused": False, "lineage": _lineage(store, key)},
-                                data_version=dg.DataVersion(name))
+    return dg.MaterializeResult(
+        metadata={
+            **(result.metadata or {}),
+            "dataset_version": version,
+            "variant": variant,
+            "reused": False,
+            "lineage": _lineage(store, key),
+        },
+        data_version=dg.DataVersion(name),
+    )

@@ -9,6 +9,7 @@ What fails gets a stable reason code (``ImageDecodeError.reason``, ``CheckedImag
 and the normalization is reported (``CMYK_TO_RGB`` ...), so a source that serves odd files shows up in
 the counts instead of silently.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,36 +24,42 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 64_000_000
 # The formats a pool image may have. Image.open is restricted to these plugins: a hostile file is never
 # handed to a parser we do not need (EPS would start Ghostscript, for one).
-FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif",
-                     "AVIF": "avif"}
+FORMAT_EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tif",
+    "AVIF": "avif",
+}
 # Pillow names a JPEG that carries a Multi-Picture index (some phone and camera photos) "MPO" and opens
 # it through the JPEG plugin; its first image is the photo, the others are previews or a stereo pair.
 _OPENED_AS = {"MPO": "JPEG"}
 
 # Rejection reasons.
-EMPTY = "empty"                            # zero bytes
-NOT_AN_IMAGE = "not_an_image"              # text: an HTML error page, JSON, XML, plain text
-SVG = "svg"                                # a vector drawing, not a photo
+EMPTY = "empty"  # zero bytes
+NOT_AN_IMAGE = "not_an_image"  # text: an HTML error page, JSON, XML, plain text
+SVG = "svg"  # a vector drawing, not a photo
 UNSUPPORTED_FORMAT = "unsupported_format"  # binary in a format we do not take (HEIC, PDF, ICO, unknown)
-TRUNCATED = "truncated"                    # a supported format whose data ends before the image does
-CORRUPT = "corrupt"                        # a supported format whose header or data cannot be decoded
+TRUNCATED = "truncated"  # a supported format whose data ends before the image does
+CORRUPT = "corrupt"  # a supported format whose header or data cannot be decoded
 DECOMPRESSION_BOMB = "decompression_bomb"  # declares more pixels (or metadata) than the budget
 # More than one frame. A policy choice: the pool keeps still photos only, and decoding the first frame
 # would silently keep GIF loops, stickers and slideshows.
 ANIMATED = "animated"
-REJECTION_REASONS = (EMPTY, NOT_AN_IMAGE, SVG, UNSUPPORTED_FORMAT, TRUNCATED, CORRUPT, DECOMPRESSION_BOMB,
-                     ANIMATED)
+REJECTION_REASONS = (EMPTY, NOT_AN_IMAGE, SVG, UNSUPPORTED_FORMAT, TRUNCATED, CORRUPT, DECOMPRESSION_BOMB, ANIMATED)
 
 # Normalizations, reported comma-separated in ``CheckedImage.detail``.
 CMYK_TO_RGB = "cmyk->rgb"
 SIXTEEN_BIT_TO_8 = "16bit->8bit"
 EXIF_ROTATED = "exif-rotated"
 PALETTE_TO_RGB = "palette->rgb"
-ALPHA_TO_RGB = "alpha->rgb"        # composited on white
+ALPHA_TO_RGB = "alpha->rgb"  # composited on white
 GRAY_TO_RGB = "gray->rgb"
 FIRST_OF_MPO = "mpo-first-image"
-RESIZED = "resized"                # resized:<w>x<h>-><w>x<h>
-WRONG_EXTENSION = "ext"            # ext:<claimed>-><real>
+RESIZED = "resized"  # resized:<w>x<h>-><w>x<h>
+WRONG_EXTENSION = "ext"  # ext:<claimed>-><real>
 
 RESIZE_JPEG_QUALITY = 95  # img2dataset's default encode_quality, so --resize-to compares like with like
 
@@ -80,21 +87,22 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image          # 8-bit RGB, EXIF orientation applied
-    format: str                 # Pillow's format name of the bytes ("JPEG", "PNG", ...)
-    normalizations: list[str]   # what was done to reach 8-bit RGB, in order
+    image: Image.Image  # 8-bit RGB, EXIF orientation applied
+    format: str  # Pillow's format name of the bytes ("JPEG", "PNG", ...)
+    normalizations: list[str]  # what was done to reach 8-bit RGB, in order
 
 
 @dataclass(frozen=True)
 class CheckedImage:
     """One downloaded file's verdict: small and picklable, returned from ingest worker processes."""
-    sha256: str                 # of the downloaded bytes: the source's identity, also when resized
-    ext: str                    # of the blob to store: stored_bytes' when set, else the real format's
-    width: int                  # of the image as stored, after orientation (and resize); 0 when rejected
+
+    sha256: str  # of the downloaded bytes: the source's identity, also when resized
+    ext: str  # of the blob to store: stored_bytes' when set, else the real format's
+    width: int  # of the image as stored, after orientation (and resize); 0 when rejected
     height: int
-    phash: str | None           # imagehash.phash of the full decoded image (before any resize)
-    reason: str | None          # one of REJECTION_REASONS, None when the image is good
-    detail: str                 # the error text, or the normalizations applied ("cmyk->rgb,exif-rotated")
+    phash: str | None  # imagehash.phash of the full decoded image (before any resize)
+    reason: str | None  # one of REJECTION_REASONS, None when the image is good
+    detail: str  # the error text, or the normalizations applied ("cmyk->rgb,exif-rotated")
     stored_bytes: bytes | None  # a re-encoded JPEG to store instead of the download (only with resize_to)
 
 
@@ -102,10 +110,22 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-_OTHER_BINARY_SIGNATURES = ((b"%PDF", "PDF"), (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"),
-                            (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"))
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_OTHER_BINARY_SIGNATURES = (
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
 
 
 def signature_format(data: bytes) -> str | None:
@@ -142,8 +162,10 @@ def _text_head(data: bytes) -> str | None:
 def _classify_unidentified(data: bytes) -> ImageDecodeError:
     supported = signature_format(data)
     if supported is not None:
-        return ImageDecodeError(TRUNCATED if len(data) < 64 else CORRUPT,
-                                f"{supported} signature but no readable header ({len(data)} bytes)")
+        return ImageDecodeError(
+            TRUNCATED if len(data) < 64 else CORRUPT,
+            f"{supported} signature but no readable header ({len(data)} bytes)",
+        )
     text = _text_head(data)
     if text is not None:
         # An SVG may open with an XML prolog, comments or a DOCTYPE before its <svg> element.
@@ -221,8 +243,9 @@ def decode_normalized(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage
             fmt = img.format or "?"
             # The budget first: seeking frames to count them may already decode pixels.
             if img.width * img.height > max_pixels:
-                raise ImageDecodeError(DECOMPRESSION_BOMB,
-                                       f"{fmt} declares {img.width}x{img.height}, over the {max_pixels} pixel budget")
+                raise ImageDecodeError(
+                    DECOMPRESSION_BOMB, f"{fmt} declares {img.width}x{img.height}, over the {max_pixels} pixel budget"
+                )
             normalizations: list[str] = []
             if fmt in _OPENED_AS:
                 normalizations.append(FIRST_OF_MPO)
@@ -306,8 +329,11 @@ def check_image(data: bytes, resize_to: int | None = None, claimed_ext: str | No
     img, ext, normalizations = decoded.image, FORMAT_EXTENSIONS[decoded.format], decoded.normalizations
     if claimed_ext is not None:
         claimed = claimed_ext.lower().lstrip(".")
-        if claimed != ext and not (ext == "jpg" and claimed in ("jpeg", "jpe", "jfif")) \
-                and not (ext == "tif" and claimed == "tiff"):
+        if (
+            claimed != ext
+            and not (ext == "jpg" and claimed in ("jpeg", "jpe", "jfif"))
+            and not (ext == "tif" and claimed == "tiff")
+        ):
             normalizations.append(f"{WRONG_EXTENSION}:{claimed}->{ext}")
     phash = perceptual_hash(img)
     width, height, stored_bytes = img.width, img.height, None
@@ -321,8 +347,13 @@ def check_image(data: bytes, resize_to: int | None = None, claimed_ext: str | No
 def inspect_image(data: bytes) -> tuple[ImageInfo, Image.Image]:
     """Decode and hash: the record fields every pool entry carries, plus the decoded image."""
     decoded = decode_normalized(data)
-    return ImageInfo(sha256_hex(data), FORMAT_EXTENSIONS[decoded.format], decoded.image.width, decoded.image.height,
-                     perceptual_hash(decoded.image)), decoded.image
+    return ImageInfo(
+        sha256_hex(data),
+        FORMAT_EXTENSIONS[decoded.format],
+        decoded.image.width,
+        decoded.image.height,
+        perceptual_hash(decoded.image),
+    ), decoded.image
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -4,6 +4,7 @@ Keys are relative to the store's root (``Store.url``); each function names one k
 that needs a key imports it from here, so a layout change is one edit and two stages can never
 disagree about where a thing lives. Sections follow the stages in flywheel order.
 """
+
 from __future__ import annotations
 
 # -- core: content-addressed images and per-asset tables ----------------------------------------------
@@ -85,6 +86,7 @@ def api_batch_key(source: str, batch_index: int) -> str:
 # -- filtering ------------------------------------------------------------------------------------------
 FAKE_HEAD_KEY = "models/fake_person/head.npz"
 FAKE_HEAD_TRAINING_PREFIX = "training/fake_person"
+
 
 # -- parsing --------------------------------------------------------------------------------------------
 def parsing_mask_key(parser_version: str, sha256: str) -> str:

@@ -1,4 +1,5 @@
 """Label maps (one ATR part index per pixel) as 8-bit grayscale PNGs: how every stage stores a mask."""
+
 from __future__ import annotations
 
 import io

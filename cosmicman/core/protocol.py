@@ -2,6 +2,7 @@
 
 The protocol lives in ``protocol.yaml``; this module only loads and checks it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -100,8 +101,16 @@ def _parse(raw: dict) -> Protocol:
             raise ValueError(f"category {c['name']!r} names unknown part {c['part']!r}")
         if c["tag"] not in ("obj", "tex", "shape", "global"):
             raise ValueError(f"category {c['name']!r} has unknown tag {c['tag']!r}")
-        cats.append(Category(c["name"], c["part"], c["tag"], answers, c["question"],
-                             {k: str(v) for k, v in (c.get("requires") or {}).items()}))
+        cats.append(
+            Category(
+                c["name"],
+                c["part"],
+                c["tag"],
+                answers,
+                c["question"],
+                {k: str(v) for k, v in (c.get("requires") or {}).items()},
+            )
+        )
     names = {c.name for c in cats}
     if len(names) != len(cats):
         raise ValueError("duplicate category names")

@@ -5,6 +5,7 @@ Writes are atomic: on filesystems with rename, bytes go to a hidden temporary ke
 into place; object stores publish an object only when its upload completes. A crashed step therefore
 never leaves a half-written table or blob visible, and re-running a step overwrites with equal bytes.
 """
+
 from __future__ import annotations
 
 import io

@@ -11,6 +11,7 @@ symbols, the same with ``</w>``, the first 48894 merges, then ``<|startoftext|>`
 transformers 5.x note: ``CLIPTokenizer(vocab_file=..., merges_file=...)`` silently ignores those keywords
 and gives a 3-token tokenizer; the vocabulary and merges must go in as ``vocab=`` / ``merges=``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -38,13 +39,12 @@ def bpe_vocab_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"{VOCAB_FILENAME} not found; install the CLIP vocabulary with "
-        "`pip install --no-deps open-clip-torch==3.3.0`")
+        f"{VOCAB_FILENAME} not found; install the CLIP vocabulary with `pip install --no-deps open-clip-torch==3.3.0`"
+    )
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -59,7 +59,7 @@ def clip_vocab_and_merges(path: str | Path | None = None) -> tuple[dict[str, int
     """The CLIP ``vocab`` (token -> id) and ordered ``merges`` from the gzipped BPE file."""
     with gzip.open(path or bpe_vocab_path(), "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
-    pairs = [line.split() for line in lines[1:_N_MERGES + 1]]
+    pairs = [line.split() for line in lines[1 : _N_MERGES + 1]]
     if len(pairs) != _N_MERGES or any(len(p) != 2 for p in pairs):
         raise ValueError("unexpected BPE merges file layout")
     merges = [(p[0], p[1]) for p in pairs]
@@ -76,8 +76,15 @@ def load_clip_tokenizer() -> CLIPTokenizer:
     """The CLIP tokenizer of SD-1.5 (vocab 49408, max length 77, BOS 49406, EOS = PAD 49407). Cached."""
     vocab, merges = clip_vocab_and_merges()
     # transformers annotates merges as list[str], but its tokenizers.BPE backend takes only (a, b) pairs
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH,  # type: ignore[arg-type]
-                        bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=EOS_TOKEN)
+    tok = CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]
+        model_max_length=MODEL_MAX_LENGTH,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+    )
     if (len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) != (VOCAB_SIZE, BOS_ID, EOS_ID, PAD_ID):
         raise RuntimeError("CLIPTokenizer did not take the CLIP vocabulary (transformers API change?)")
     return tok

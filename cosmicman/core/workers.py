@@ -1,4 +1,5 @@
 """A pool of forked worker processes for pure per-index tasks (feature extraction, head fitting, rendering)."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -65,8 +66,12 @@ def map_in_workers(task: Callable[[int], _T], n: int, min_per_worker: int = 1) -
         return [task(i) for i in range(n)]
     _FORKED_TASK = task
     try:
-        with _opencv_single_threaded(), ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker) as pool:
+        with (
+            _opencv_single_threaded(),
+            ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker
+            ) as pool,
+        ):
             return list(pool.map(_run_forked_task, range(n), chunksize=max(1, n // (8 * workers))))
     finally:
         _FORKED_TASK = None

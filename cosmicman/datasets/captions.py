@@ -18,6 +18,7 @@ raised"``), then one phrase per group whose object exists (``"red striped long-s
 A group's mask is the union of its ATR labels in the parsing map; the person group (``foreground``)
 uses every non-background label. A group without labels has an empty mask: its phrase is c_other.
 """
+
 from __future__ import annotations
 
 import random
@@ -51,14 +52,24 @@ class CaptionGroup:
         return self.foreground or bool(self.labels)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "text": self.text, "labels": list(self.labels),
-                "foreground": self.foreground, "span": list(self.span) if self.span is not None else None}
+        return {
+            "name": self.name,
+            "text": self.text,
+            "labels": list(self.labels),
+            "foreground": self.foreground,
+            "span": list(self.span) if self.span is not None else None,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> CaptionGroup:
         span = d.get("span")
-        return cls(str(d["name"]), str(d["text"]), tuple(int(x) for x in d.get("labels", ())),
-                   bool(d.get("foreground", False)), (int(span[0]), int(span[1])) if span is not None else None)
+        return cls(
+            str(d["name"]),
+            str(d["text"]),
+            tuple(int(x) for x in d.get("labels", ())),
+            bool(d.get("foreground", False)),
+            (int(span[0]), int(span[1])) if span is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,13 +80,21 @@ class Caption:
     truncated: tuple[str, ...] = ()  # group names cut to fit the token budget
 
     def to_json(self) -> dict[str, Any]:
-        return {"caption": self.text, "groups": [g.to_json() for g in self.groups],
-                "dropped": list(self.dropped), "truncated": list(self.truncated)}
+        return {
+            "caption": self.text,
+            "groups": [g.to_json() for g in self.groups],
+            "dropped": list(self.dropped),
+            "truncated": list(self.truncated),
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Caption:
-        return cls(str(d["caption"]), tuple(CaptionGroup.from_json(g) for g in d.get("groups", ())),
-                   tuple(d.get("dropped", ())), tuple(d.get("truncated", ())))
+        return cls(
+            str(d["caption"]),
+            tuple(CaptionGroup.from_json(g) for g in d.get("groups", ())),
+            tuple(d.get("dropped", ())),
+            tuple(d.get("truncated", ())),
+        )
 
 
 # ----------------------------------------------------------------------------------------- templates
@@ -111,10 +130,14 @@ def _parse_templates(raw: dict) -> CaptionTemplates:
         words = {c: {str(k): str(v) for k, v in m.items()} for c, m in (g.get("words") or {}).items()}
         when = g.get("when")
         groups[name] = GroupTemplate(
-            name=name, adjectives=tuple(g.get("adjectives", ())), noun=noun,
-            with_parts=tuple((p["category"], p["text"]) for p in g.get("with", ())), words=words,
+            name=name,
+            adjectives=tuple(g.get("adjectives", ())),
+            noun=noun,
+            with_parts=tuple((p["category"], p["text"]) for p in g.get("with", ())),
+            words=words,
             when={k: str(v) for k, v in when.items()} if when is not None else None,
-            article=bool(g.get("article", False)))
+            article=bool(g.get("article", False)),
+        )
     return CaptionTemplates(int(raw.get("shuffle_from", 0)), groups)
 
 
@@ -156,8 +179,9 @@ def _word(t: GroupTemplate, category: str, answer: str) -> str:
     return t.words.get(category, {}).get(answer, answer)
 
 
-def _group_present(t: GroupTemplate, group_categories: Sequence[str], protocol: Protocol,
-                   attributes: Mapping[str, str]) -> bool:
+def _group_present(
+    t: GroupTemplate, group_categories: Sequence[str], protocol: Protocol, attributes: Mapping[str, str]
+) -> bool:
     if t.when is not None:
         return all(attributes.get(k) == v for k, v in t.when.items())
     by_name = protocol.by_name
@@ -223,7 +247,7 @@ def find_unique_span(sub: Sequence[int], ids: Sequence[int]) -> tuple[int, int] 
     if n == 0:
         return None
     sub = list(sub)
-    hits = [i for i in range(len(ids) - n + 1) if ids[i] == sub[0] and list(ids[i:i + n]) == sub]
+    hits = [i for i in range(len(ids) - n + 1) if ids[i] == sub[0] and list(ids[i : i + n]) == sub]
     return (hits[0], hits[0] + n) if len(hits) == 1 else None
 
 
@@ -233,10 +257,15 @@ def n_tokens(text: str, tokenizer) -> int:
 
 
 # ----------------------------------------------------------------------------------------- captions
-def build_caption(attributes: Mapping[str, str], protocol: Protocol | None = None, tokenizer=None,
-                  rng: np.random.Generator | random.Random | int | None = None,
-                  group_dropout: float = GROUP_DROPOUT, max_length: int = MAX_LENGTH,
-                  templates: CaptionTemplates | None = None) -> Caption:
+def build_caption(
+    attributes: Mapping[str, str],
+    protocol: Protocol | None = None,
+    tokenizer=None,
+    rng: np.random.Generator | random.Random | int | None = None,
+    group_dropout: float = GROUP_DROPOUT,
+    max_length: int = MAX_LENGTH,
+    templates: CaptionTemplates | None = None,
+) -> Caption:
     """The grouped caption of one person, deterministic given ``rng`` (a Generator or a seed).
 
     Random draws, in this order: one adjective shuffle per present group (protocol order), one
@@ -246,6 +275,7 @@ def build_caption(attributes: Mapping[str, str], protocol: Protocol | None = Non
     templates = templates or load_caption_templates()
     if tokenizer is None:
         from cosmicman.core.tokenizer import load_clip_tokenizer
+
         tokenizer = load_clip_tokenizer()
     gen = _as_rng(rng)
 
@@ -277,8 +307,10 @@ def build_caption(attributes: Mapping[str, str], protocol: Protocol | None = Non
     ids += [tokenizer.pad_token_id] * (max_length - len(ids))  # == prompt_ids(text, tokenizer, max_length)
 
     own = [list(x[1:-1]) for x in tokenizer([cg.text for cg in kept]).input_ids] if kept else []
-    groups = tuple(CaptionGroup(cg.name, cg.text, cg.labels, cg.foreground, find_unique_span(g_ids, ids))
-                   for cg, g_ids in zip(kept, own))
+    groups = tuple(
+        CaptionGroup(cg.name, cg.text, cg.labels, cg.foreground, find_unique_span(g_ids, ids))
+        for cg, g_ids in zip(kept, own)
+    )
     return Caption(text, groups, dropped, tuple(truncated))
 
 
@@ -302,9 +334,9 @@ def caption_masks(label_map: np.ndarray, caption: Caption) -> np.ndarray:
     return np.stack([group_mask(label_map, g) for g in caption.groups])
 
 
-def sample_attributes(protocol: Protocol | None = None,
-                      rng: np.random.Generator | random.Random | int | None = None,
-                      p_skip: float = 0.0) -> dict[str, str]:
+def sample_attributes(
+    protocol: Protocol | None = None, rng: np.random.Generator | random.Random | int | None = None, p_skip: float = 0.0
+) -> dict[str, str]:
     """A random, protocol-valid answer set (answers only where ``requires`` holds). For tests and demos;
     ``p_skip`` leaves an applicable category unanswered with that probability (partial annotations)."""
     protocol = protocol or load_protocol()

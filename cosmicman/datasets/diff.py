@@ -1,4 +1,5 @@
 """What changed between two dataset versions, sample by sample."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -17,18 +18,23 @@ LABEL_COLUMNS = ("caption", "groups", "dropped_groups", "n_attributes", "parser_
 class VersionDiff:
     old: str
     new: str
-    added: tuple[str, ...]        # sha256 only in ``new``
-    removed: tuple[str, ...]      # sha256 only in ``old``
-    relabelled: tuple[str, ...]   # in both, with a different caption / groups / parser / annotator round
+    added: tuple[str, ...]  # sha256 only in ``new``
+    removed: tuple[str, ...]  # sha256 only in ``old``
+    relabelled: tuple[str, ...]  # in both, with a different caption / groups / parser / annotator round
     unchanged: int
 
     def counts(self) -> dict[str, Any]:
-        return {"old": self.old, "new": self.new, "added": len(self.added), "removed": len(self.removed),
-                "relabelled": len(self.relabelled), "unchanged": self.unchanged}
+        return {
+            "old": self.old,
+            "new": self.new,
+            "added": len(self.added),
+            "removed": len(self.removed),
+            "relabelled": len(self.relabelled),
+            "unchanged": self.unchanged,
+        }
 
 
-def diff_versions(root: str, old: str, new: str,
-                  storage_options: Mapping[str, Any] | None = None) -> VersionDiff:
+def diff_versions(root: str, old: str, new: str, storage_options: Mapping[str, Any] | None = None) -> VersionDiff:
     """What changed from version ``old`` to ``new``, sample by sample (keyed by image sha256)."""
     cols = ["sha256", *LABEL_COLUMNS]
     a = read_manifest(root, old, storage_options).select(cols)
@@ -38,5 +44,4 @@ def diff_versions(root: str, old: str, new: str,
     both = a.join(b, on="sha256", how="inner", suffix="_new")
     changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_new")) for c in LABEL_COLUMNS])
     relabelled = both.filter(changed)["sha256"].sort().to_list()
-    return VersionDiff(old, new, tuple(added), tuple(removed), tuple(relabelled),
-                       both.height - len(relabelled))
+    return VersionDiff(old, new, tuple(added), tuple(removed), tuple(relabelled), both.height - len(relabelled))

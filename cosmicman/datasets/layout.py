@@ -21,6 +21,7 @@ A published version is never overwritten (``VersionExistsError``). A half-publis
 Writers are expected to be one at a time per version (the Dagster asset); ``_SUCCESS`` is created with
 exclusive mode where the filesystem supports it, so of two racing writers one fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,6 @@ class VersionExistsError(FileExistsError):
 
 class VersionNotFoundError(FileNotFoundError):
     """No published version (``_SUCCESS`` missing) at that name."""
-
 
 
 def store_fs(root: str, storage_options: Mapping[str, Any] | None = None):
@@ -87,8 +87,11 @@ def list_versions(root: str, storage_options: Mapping[str, Any] | None = None) -
     out = []
     for entry in fs.ls(base, detail=True):
         name = posixpath.basename(entry["name"].rstrip("/"))
-        if entry["type"] == "directory" and not name.startswith((".", "_")) \
-                and fs.exists(posixpath.join(base, name, SUCCESS)):
+        if (
+            entry["type"] == "directory"
+            and not name.startswith((".", "_"))
+            and fs.exists(posixpath.join(base, name, SUCCESS))
+        ):
             out.append(name)
     return sorted(out)
 
@@ -97,7 +100,6 @@ def version_exists(root: str, version: str, storage_options: Mapping[str, Any] |
     fs, path = store_fs(root, storage_options)
     fs.invalidate_cache(version_path(path, version))
     return fs.exists(posixpath.join(version_path(path, version), SUCCESS))
-
 
 
 def require_published(fs, vpath: str, version: str) -> None:

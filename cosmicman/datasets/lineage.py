@@ -7,6 +7,7 @@ URLs name the dataset version; the trainer's code version and config), then the 
 what the samples actually used is listed: a sourcing batch whose images were all rejected, or a round
 whose labels no sample carries, is not behind the model and is not named.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ def dataset_of_shards(shard_urls: list[str]) -> tuple[str, str]:
         m = _SHARD_URL.search(url)
         if not m:
             raise ValueError(f"{url} is not a CosmicMan-HQ shard URL (…/{DATASETS_PREFIX}/vNNNN/shard-N.tar)")
-        found.add((url[:m.start()].rstrip("/"), m.group(1)))
+        found.add((url[: m.start()].rstrip("/"), m.group(1)))
     if len(found) != 1:
         raise ValueError(f"the shards span {len(found)} dataset versions: {sorted(found)}")
     return found.pop()
@@ -74,8 +75,10 @@ def model_lineage(model_url: str, storage_options: Mapping[str, Any] | None = No
     return {
         "model": model_url,
         "code_versions": {"trainer": record.get("code_version")},
-        "training": {k: cfg.get(k) for k in ("pretrained", "family", "act_fn", "beta", "hola_reduction", "steps",
-                                             "seed", "lr", "resolution")},
+        "training": {
+            k: cfg.get(k)
+            for k in ("pretrained", "family", "act_fn", "beta", "hola_reduction", "steps", "seed", "lr", "resolution")
+        },
         "finished_at": record.get("finished_at"),
         **dataset_lineage(root, version, storage_options),
     }

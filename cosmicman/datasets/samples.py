@@ -1,5 +1,6 @@
 """One dataset sample and how its parts are stored: the label-map PNG, the caption record, its size after
 EXIF orientation, and the manifest row schema."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,13 @@ N_ATR_LABELS = 18
 
 
 PROVENANCE_COLUMNS: dict[str, DataTypeClass] = {
-    "source": pl.String, "source_id": pl.String, "source_batch": pl.String, "licence": pl.String,
-    "filter_decision": pl.String, "parser_version": pl.String, "annotator_round": pl.Int64,
+    "source": pl.String,
+    "source_id": pl.String,
+    "source_batch": pl.String,
+    "licence": pl.String,
+    "filter_decision": pl.String,
+    "parser_version": pl.String,
+    "annotator_round": pl.Int64,
 }
 
 
@@ -29,7 +35,6 @@ class DatasetSample:
     attributes: dict[str, str]
     caption: Any  # a captions.Caption or its to_json() dict {"caption", "groups", "dropped", ...}
     provenance: dict[str, Any] = field(default_factory=dict)  # source, source_batch, filter_decision, ...
-
 
 
 def oriented_size(image_bytes: bytes) -> tuple[int, int]:
@@ -71,12 +76,23 @@ def caption_record(caption: Any) -> dict[str, Any]:
     return d
 
 
-
 def manifest_frame(rows: list[dict]) -> pl.DataFrame:
     schema: dict[str, DataTypeClass | pl.DataType] = {
-        "sha256": pl.String, "shard": pl.String, "shard_sha256": pl.String, "ext": pl.String,
-        "width": pl.Int64, "height": pl.Int64, **PROVENANCE_COLUMNS, "provenance_json": pl.String,
-        "caption": pl.String, "n_groups": pl.Int64, "n_spans": pl.Int64, "groups": pl.List(pl.String),
-        "dropped_groups": pl.List(pl.String), "n_attributes": pl.Int64, "caption_words": pl.Int64,
-        "caption_tokens": pl.Int64}
+        "sha256": pl.String,
+        "shard": pl.String,
+        "shard_sha256": pl.String,
+        "ext": pl.String,
+        "width": pl.Int64,
+        "height": pl.Int64,
+        **PROVENANCE_COLUMNS,
+        "provenance_json": pl.String,
+        "caption": pl.String,
+        "n_groups": pl.Int64,
+        "n_spans": pl.Int64,
+        "groups": pl.List(pl.String),
+        "dropped_groups": pl.List(pl.String),
+        "n_attributes": pl.Int64,
+        "caption_words": pl.Int64,
+        "caption_tokens": pl.Int64,
+    }
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)

@@ -1,5 +1,6 @@
 """WebDataset shards of a version: writing them (byte-identical for the same samples), reading their samples
 back, and verifying them against ``shards.parquet`` and the manifest."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,9 +63,9 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-
-def write_shards(fs, tmp: str, samples: Iterable[DatasetSample], samples_per_shard: int,
-                  max_shard_bytes: int | None, tokenizer) -> tuple[list[dict], list[dict], Counter]:
+def write_shards(
+    fs, tmp: str, samples: Iterable[DatasetSample], samples_per_shard: int, max_shard_bytes: int | None, tokenizer
+) -> tuple[list[dict], list[dict], Counter]:
     rows: list[dict] = []
     shard_rows: list[dict] = []
     coverage: Counter = Counter()
@@ -77,9 +78,8 @@ def write_shards(fs, tmp: str, samples: Iterable[DatasetSample], samples_per_sha
         state["tar"].close()
         state["f"].close()
         digest = state["hw"].sha.hexdigest()
-        shard_rows.append({"shard": state["name"], "n_samples": state["n"], "n_bytes": state["hw"].n,
-                           "sha256": digest})
-        for r in rows[state["first_row"]:]:
+        shard_rows.append({"shard": state["name"], "n_samples": state["n"], "n_bytes": state["hw"].n, "sha256": digest})
+        for r in rows[state["first_row"] :]:
             r["shard_sha256"] = digest
         state.update(f=None, tar=None, hw=None, name=None, n=0)
 
@@ -109,12 +109,22 @@ def write_shards(fs, tmp: str, samples: Iterable[DatasetSample], samples_per_sha
             mask_png = encode_mask_png(mask)
             cap = caption_record(s.caption)
             prov = dict(s.provenance)
-            meta = {"sha256": sha, "ext": ext, "width": width, "height": height,
-                    "caption": cap["caption"], "groups": cap["groups"], "dropped": list(cap["dropped"]),
-                    "truncated": list(cap.get("truncated", [])), "attributes": dict(s.attributes),
-                    **{k: prov.get(k) for k in PROVENANCE_COLUMNS}, "provenance": prov}
-            if state["tar"] is not None and (state["n"] >= samples_per_shard or (
-                    max_shard_bytes is not None and state["hw"].n >= max_shard_bytes)):
+            meta = {
+                "sha256": sha,
+                "ext": ext,
+                "width": width,
+                "height": height,
+                "caption": cap["caption"],
+                "groups": cap["groups"],
+                "dropped": list(cap["dropped"]),
+                "truncated": list(cap.get("truncated", [])),
+                "attributes": dict(s.attributes),
+                **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
+                "provenance": prov,
+            }
+            if state["tar"] is not None and (
+                state["n"] >= samples_per_shard or (max_shard_bytes is not None and state["hw"].n >= max_shard_bytes)
+            ):
                 close_shard()
             if state["tar"] is None:
                 open_shard()
@@ -126,16 +136,26 @@ def write_shards(fs, tmp: str, samples: Iterable[DatasetSample], samples_per_sha
             state["n"] += 1
             coverage.update(s.attributes.keys())
             text = cap["caption"]
-            rows.append({
-                "sha256": sha, "shard": state["name"], "shard_sha256": None, "ext": ext,
-                "width": width, "height": height, **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
-                "provenance_json": json.dumps(prov, sort_keys=True, default=str),
-                "caption": text, "n_groups": len(cap["groups"]),
-                "n_spans": sum(g.get("span") is not None for g in cap["groups"]),
-                "groups": [g["name"] for g in cap["groups"]], "dropped_groups": list(cap["dropped"]),
-                "n_attributes": len(s.attributes), "caption_words": len(text.split()),
-                "caption_tokens": len(tokenizer(text).input_ids) - 2 if text else 0,
-            })
+            rows.append(
+                {
+                    "sha256": sha,
+                    "shard": state["name"],
+                    "shard_sha256": None,
+                    "ext": ext,
+                    "width": width,
+                    "height": height,
+                    **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
+                    "provenance_json": json.dumps(prov, sort_keys=True, default=str),
+                    "caption": text,
+                    "n_groups": len(cap["groups"]),
+                    "n_spans": sum(g.get("span") is not None for g in cap["groups"]),
+                    "groups": [g["name"] for g in cap["groups"]],
+                    "dropped_groups": list(cap["dropped"]),
+                    "n_attributes": len(s.attributes),
+                    "caption_words": len(text.split()),
+                    "caption_tokens": len(tokenizer(text).input_ids) - 2 if text else 0,
+                }
+            )
         close_shard()
     finally:
         if state["tar"] is not None:  # an error mid-shard: close handles; the tmp folder is removed
@@ -146,9 +166,7 @@ def write_shards(fs, tmp: str, samples: Iterable[DatasetSample], samples_per_sha
     return rows, shard_rows, coverage
 
 
-
-def iter_samples(root: str, version: str, storage_options: Mapping[str, Any] | None = None
-                 ) -> Iterator[dict[str, Any]]:
+def iter_samples(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Decode the shards through fsspec: dicts with ``sha256, ext, image_bytes, mask, meta, caption``."""
     fs, path = store_fs(root, storage_options)
     vpath = version_path(path, version)
@@ -175,7 +193,7 @@ def sample_record(parts: dict[str, Any]) -> dict[str, Any]:
     mask = decode_mask_png(parts.pop("mask.png"))
     txt = parts.pop("txt", b"").decode()
     sha = parts.pop("sha256")
-    (ext, image), = parts.items()
+    ((ext, image),) = parts.items()
     return {"sha256": sha, "ext": ext, "image_bytes": image, "mask": mask, "meta": meta, "caption": txt}
 
 

@@ -1,4 +1,5 @@
 """A version's statistics (the paper's Table 1 columns) and its data card."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ def _num(x: Any, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def compute_stats(manifest: pl.DataFrame, coverage: Mapping[str, int], protocol,
-                  shards: pl.DataFrame | None = None) -> dict[str, Any]:
+def compute_stats(
+    manifest: pl.DataFrame, coverage: Mapping[str, int], protocol, shards: pl.DataFrame | None = None
+) -> dict[str, Any]:
     """Table-1 style statistics of a version, from its manifest and per-category answer counts."""
     n = manifest.height
     cats = [c.name for c in protocol.categories]
@@ -34,10 +36,13 @@ def compute_stats(manifest: pl.DataFrame, coverage: Mapping[str, int], protocol,
 
     stats = {
         "n_images": n,
-        "mean_width": col_stat("width", "mean"), "mean_height": col_stat("height", "mean"),
-        "median_width": col_stat("width", "median"), "median_height": col_stat("height", "median"),
-        "mean_resolution": (f"{cast(float, manifest['height'].mean()):.0f}x{cast(float, manifest['width'].mean()):.0f}"
-                            if n else None),
+        "mean_width": col_stat("width", "mean"),
+        "mean_height": col_stat("height", "mean"),
+        "median_width": col_stat("width", "median"),
+        "median_height": col_stat("height", "median"),
+        "mean_resolution": (
+            f"{cast(float, manifest['height'].mean()):.0f}x{cast(float, manifest['width'].mean()):.0f}" if n else None
+        ),
         "resolution_note": "mean_resolution is height x width in pixels after EXIF orientation",
         "n_categories": len(cats),
         "n_categories_covered": sum(v > 0 for v in cov.values()),
@@ -49,8 +54,9 @@ def compute_stats(manifest: pl.DataFrame, coverage: Mapping[str, int], protocol,
         "max_caption_tokens": cast(int, manifest["caption_tokens"].max()) if n else None,
         "caption_tokens_note": "CLIP BPE tokens without BOS/EOS",
         "mean_groups_per_caption": col_stat("n_groups", "mean"),
-        "span_coverage": (_num(cast(int, manifest["n_spans"].sum()) / max(1, cast(int, manifest["n_groups"].sum())))
-                          if n else None),
+        "span_coverage": (
+            _num(cast(int, manifest["n_spans"].sum()) / max(1, cast(int, manifest["n_groups"].sum()))) if n else None
+        ),
         "category_coverage": {c: {"count": v, "fraction": _num(v / n) if n else 0.0} for c, v in cov.items()},
         "group_frequency": {g: _num(group_counts.get(g, 0) / n) if n else 0.0 for g in group_names},
         "group_dropped_frequency": {g: _num(dropped_counts.get(g, 0) / n) if n else 0.0 for g in group_names},
@@ -60,8 +66,7 @@ def compute_stats(manifest: pl.DataFrame, coverage: Mapping[str, int], protocol,
         "annotator_rounds": counts("annotator_round"),
         "parser_versions": counts("parser_version"),
         "licences": counts("licence"),
-        "annotations": {"text": True, "human_parsing": True, "attributes": True, "bbox": False,
-                        "keypoints": False},
+        "annotations": {"text": True, "human_parsing": True, "attributes": True, "bbox": False, "keypoints": False},
     }
     if shards is not None:
         stats["n_shards"] = shards.height
@@ -69,8 +74,7 @@ def compute_stats(manifest: pl.DataFrame, coverage: Mapping[str, int], protocol,
     return stats
 
 
-def render_datacard(version: str, stats: Mapping[str, Any], manifest: pl.DataFrame,
-                    extra: Mapping[str, Any]) -> str:
+def render_datacard(version: str, stats: Mapping[str, Any], manifest: pl.DataFrame, extra: Mapping[str, Any]) -> str:
     def table(d: Mapping[str, Any], head: tuple[str, str]) -> list[str]:
         lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in d.items()] or ["| (none) | |"]
@@ -81,10 +85,13 @@ def render_datacard(version: str, stats: Mapping[str, Any], manifest: pl.DataFra
     out = [
         f"# CosmicMan-HQ {version}",
         "",
-        extra.get("description", "A human-centric text-to-image dataset produced by the CosmicMan Prime "
-                                 "data flywheel (Annotate Anyone): single-person images that passed the "
-                                 "filters, ATR human-parsing maps, protocol attributes and grouped captions "
-                                 "(Daring data discretization) with token spans for HOLA."),
+        extra.get(
+            "description",
+            "A human-centric text-to-image dataset produced by the CosmicMan Prime "
+            "data flywheel (Annotate Anyone): single-person images that passed the "
+            "filters, ATR human-parsing maps, protocol attributes and grouped captions "
+            "(Daring data discretization) with token spans for HOLA.",
+        ),
         "",
         f"Created {stats.get('created_at')}. Immutable: a new dataset is a new version.",
         "",
@@ -115,8 +122,14 @@ def render_datacard(version: str, stats: Mapping[str, Any], manifest: pl.DataFra
         "",
     ]
     if extra.get("filters"):
-        out += ["Filter configuration:", "", "```json", json.dumps(extra["filters"], indent=2, sort_keys=True,
-                                                                    default=str), "```", ""]
+        out += [
+            "Filter configuration:",
+            "",
+            "```json",
+            json.dumps(extra["filters"], indent=2, sort_keys=True, default=str),
+            "```",
+            "",
+        ]
     out += [
         "## Annotation",
         "",
@@ -126,8 +139,11 @@ def render_datacard(version: str, stats: Mapping[str, Any], manifest: pl.DataFra
         "",
         "## Licence",
         "",
-        extra.get("licence_note", "Images keep the licences of their sources (below); this dataset adds "
-                                  "annotations only. Check each source's terms before redistribution."),
+        extra.get(
+            "licence_note",
+            "Images keep the licences of their sources (below); this dataset adds "
+            "annotations only. Check each source's terms before redistribution.",
+        ),
         "",
         *table(stats["licences"], ("licence", "images")),
         "",

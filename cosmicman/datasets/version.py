@@ -21,6 +21,7 @@ A published version is never overwritten (``VersionExistsError``). A half-publis
 Writers are expected to be one at a time per version (the Dagster asset); ``_SUCCESS`` is created with
 exclusive mode where the filesystem supports it, so of two racing writers one fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,11 +60,20 @@ class VersionInfo:
     stats: dict[str, Any]
 
 
-def write_dataset_version(root: str, version: str, samples: Iterable[DatasetSample], *,
-                          samples_per_shard: int = 1000, max_shard_bytes: int | None = None,
-                          protocol=None, tokenizer=None, datacard: Mapping[str, Any] | None = None,
-                          created_at: str | None = None, allow_empty: bool = False,
-                          storage_options: Mapping[str, Any] | None = None) -> VersionInfo:
+def write_dataset_version(
+    root: str,
+    version: str,
+    samples: Iterable[DatasetSample],
+    *,
+    samples_per_shard: int = 1000,
+    max_shard_bytes: int | None = None,
+    protocol=None,
+    tokenizer=None,
+    datacard: Mapping[str, Any] | None = None,
+    created_at: str | None = None,
+    allow_empty: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> VersionInfo:
     """Write and publish ``<root>/datasets/cosmicman-hq/<version>/``; refuse an existing version.
 
     ``samples`` is streamed (one shard in flight). ``datacard`` may carry ``description``, ``filters``
@@ -80,22 +90,24 @@ def write_dataset_version(root: str, version: str, samples: Iterable[DatasetSamp
         raise VersionExistsError(f"dataset version {version!r} already exists at {fs.unstrip_protocol(final)}")
     if protocol is None:
         from cosmicman.core.protocol import load_protocol
+
         protocol = load_protocol()
     if tokenizer is None:
         from cosmicman.core.tokenizer import load_clip_tokenizer
+
         tokenizer = load_clip_tokenizer()
     created_at = created_at or datetime.now(UTC).isoformat(timespec="seconds")
 
     tmp = posixpath.join(root_path, dataset_staging_prefix(f"{version}.{uuid.uuid4().hex}"))
     fs.makedirs(tmp, exist_ok=True)
     try:
-        rows, shard_rows, coverage = write_shards(fs, tmp, samples, samples_per_shard, max_shard_bytes,
-                                                   tokenizer)
+        rows, shard_rows, coverage = write_shards(fs, tmp, samples, samples_per_shard, max_shard_bytes, tokenizer)
         if not rows and not allow_empty:
             raise ValueError(f"dataset version {version!r} would have no samples")
         manifest = manifest_frame(rows)
-        shards = pl.DataFrame(shard_rows, schema={"shard": pl.String, "n_samples": pl.Int64,
-                                                  "n_bytes": pl.Int64, "sha256": pl.String})
+        shards = pl.DataFrame(
+            shard_rows, schema={"shard": pl.String, "n_samples": pl.Int64, "n_bytes": pl.Int64, "sha256": pl.String}
+        )
         stats = compute_stats(manifest, coverage, protocol, shards)
         stats.update({"dataset": DATASET_NAME, "version": version, "created_at": created_at})
         with fs.open(posixpath.join(tmp, MANIFEST), "wb") as f:
@@ -111,8 +123,9 @@ def write_dataset_version(root: str, version: str, samples: Iterable[DatasetSamp
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         _remove_if_empty(fs, posixpath.dirname(tmp))
-    return VersionInfo(version, fs.unstrip_protocol(final), int(manifest.height),
-                       tuple(shards["shard"].to_list()), stats)
+    return VersionInfo(
+        version, fs.unstrip_protocol(final), int(manifest.height), tuple(shards["shard"].to_list()), stats
+    )
 
 
 def _remove_if_empty(fs, path: str) -> None:
@@ -132,8 +145,9 @@ def _publish(fs, tmp: str, final: str, version: str, stats: dict) -> None:
     fs.makedirs(final, exist_ok=True)
     for src in sorted(fs.find(tmp)):
         fs.mv(src, posixpath.join(final, posixpath.relpath(src, tmp)))
-    marker = json.dumps({"version": version, "n_samples": stats["n_images"],
-                         "created_at": stats.get("created_at")}).encode()
+    marker = json.dumps(
+        {"version": version, "n_samples": stats["n_images"], "created_at": stats.get("created_at")}
+    ).encode()
     try:
         f = fs.open(success, "xb")
     except (ValueError, NotImplementedError, TypeError):  # no exclusive create on this filesystem

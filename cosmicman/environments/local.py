@@ -1,5 +1,6 @@
 """The embedded default: everything on this machine under ``COSMICMAN_HOME`` (``.cosmicman/``), the
 synthetic world and an optional image folder as sources, tiny models, no configuration."""
+
 from __future__ import annotations
 
 import os

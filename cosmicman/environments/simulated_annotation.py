@@ -1,6 +1,7 @@
 """The annotation stage on the synthetic world (the local environment): I_e and the round-0 pretraining
 set rendered from it, the probe's round 0 trained on simulated generic-VLM labels, and the simulated
 oracle as the labelling backend, answering from the synthetic pool's ground truth."""
+
 from __future__ import annotations
 
 from cosmicman.annotation.annotator import Annotator
@@ -25,13 +26,18 @@ class SimulatedAnnotatorResource(AnnotatorResource):
     pretrain_seed: int = 20_000
 
     def eval_images(self) -> list[LabelledImage]:
-        return [LabelledImage(s.sample_id, s.image_bytes, s.attributes or {},
-                              mask_png(s.mask) if s.mask is not None else None)
-                for s in synthetic_samples(self.eval_seed, self.eval_size)]
+        return [
+            LabelledImage(
+                s.sample_id, s.image_bytes, s.attributes or {}, mask_png(s.mask) if s.mask is not None else None
+            )
+            for s in synthetic_samples(self.eval_seed, self.eval_size)
+        ]
 
     def pretrain_images(self) -> list[LabelledImage]:
-        return [LabelledImage(s.sample_id, s.image_bytes, s.attributes or {})
-                for s in synthetic_samples(self.pretrain_seed, self.pretrain_size)]
+        return [
+            LabelledImage(s.sample_id, s.image_bytes, s.attributes or {})
+            for s in synthetic_samples(self.pretrain_seed, self.pretrain_size)
+        ]
 
     def base_annotator(self) -> tuple[Annotator, int]:
         if self.kind != "probe":
@@ -51,6 +57,7 @@ class SimulatedLabellingResource(LabellingResource):
 
     def backend(self, store: Store) -> LabellingBackend:
         if self.backend_kind == "oracle":
-            return SimulatedOracleInbox(store, synthetic_truth(store),
-                                        SimulatedOracle(self.oracle_error_rate, self.oracle_seed))
+            return SimulatedOracleInbox(
+                store, synthetic_truth(store), SimulatedOracle(self.oracle_error_rate, self.oracle_seed)
+            )
         return super().backend(store)

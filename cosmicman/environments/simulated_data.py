@@ -1,5 +1,6 @@
 """The local environment's synthetic data: the production resources for sourcing, parsing, filters and
 evaluation, each with the synthetic world plugged in where production reads real data."""
+
 from __future__ import annotations
 
 import tempfile
@@ -28,8 +29,9 @@ class SimulatedSourcingResource(SourcingResource):
     def configured_sources(self) -> list[tuple[ImageSource, int]]:
         synthetic: list[tuple[ImageSource, int]] = []
         if self.synthetic:
-            synthetic.append((SyntheticSource(seed=self.synthetic_seed, negative_fraction=self.negative_fraction),
-                              self.batch_size))
+            synthetic.append(
+                (SyntheticSource(seed=self.synthetic_seed, negative_fraction=self.negative_fraction), self.batch_size)
+            )
         return synthetic + super().configured_sources()
 
 

@@ -4,6 +4,7 @@ Local backends run offline on CPU with weights shipped in pip wheels; production
 in ``setup()`` and raise :class:`BackendUnavailable` naming what they need when weights or packages are
 missing.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -16,7 +17,6 @@ from cosmicman.filtering.boxes import Box
 
 class BackendUnavailable(RuntimeError):
     """A production backend cannot load its model; the message says what it needs."""
-
 
 
 @runtime_checkable

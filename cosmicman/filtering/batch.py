@@ -11,6 +11,7 @@ A shard's key names a digest of its rows and of everything that decides its rows
 fake-person head, code version): re-running a shard overwrites the same key with the same table, and a
 shard whose key exists is already done.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,15 @@ from cosmicman.filtering.decisions import FilterResult
 
 RAW_COLUMNS = ("sha256", "blob_key", "ext")
 # score columns (score_*) follow these, sorted by name: which scores exist depends on how far images got
-BASE_SCHEMA = {"sha256": pl.Utf8, "blob_key": pl.Utf8, "ext": pl.Utf8, "batch": pl.Utf8, "decision": pl.Utf8,
-               "detail": pl.Utf8, "filter_config": pl.Utf8}
+BASE_SCHEMA = {
+    "sha256": pl.Utf8,
+    "blob_key": pl.Utf8,
+    "ext": pl.Utf8,
+    "batch": pl.Utf8,
+    "decision": pl.Utf8,
+    "detail": pl.Utf8,
+    "filter_config": pl.Utf8,
+}
 SHARD_PREFIX = "shards/filtered_images"
 KEPT_EXAMPLES = 12
 
@@ -40,6 +48,7 @@ class ImageFilter(Protocol):
 @dataclass(frozen=True)
 class Shard:
     """Rows ``[start, start + rows)`` of a batch's raw table, filtered into the table at ``key``."""
+
     batch: str
     index: int
     raw_key: str
@@ -62,8 +71,9 @@ def config_fingerprint(filter_config: str, fake_head: bytes, code_version: str) 
     return _digest([filter_config, hashlib.sha256(fake_head).hexdigest(), code_version])
 
 
-def plan_shards(raw: pl.DataFrame, batch: str, raw_key: str, shard_rows: int, filter_config: str,
-                fingerprint: str) -> list[Shard]:
+def plan_shards(
+    raw: pl.DataFrame, batch: str, raw_key: str, shard_rows: int, filter_config: str, fingerprint: str
+) -> list[Shard]:
     """Contiguous shards of at most ``shard_rows`` rows; an empty batch is one empty shard, so it is still
     filtered (into an empty table) and counted in the pool."""
     if shard_rows < 1:
@@ -71,23 +81,39 @@ def plan_shards(raw: pl.DataFrame, batch: str, raw_key: str, shard_rows: int, fi
     shas = raw["sha256"].to_list()
     shards = []
     for index, start in enumerate(range(0, max(len(shas), 1), shard_rows)):
-        part = shas[start:start + shard_rows]
+        part = shas[start : start + shard_rows]
         key = f"{SHARD_PREFIX}/{batch}/{index:05d}-{_digest([fingerprint, *part])}.parquet"
         shards.append(Shard(batch, index, raw_key, start, len(part), filter_config, key))
     return shards
 
 
-def filter_rows(rows: Iterable[Mapping[str, str]], read: Callable[[str], bytes], chain: ImageFilter, *,
-                batch: str, filter_config: str, chunk_rows: int = 4096,
-                progress: Callable[[int], None] | None = None) -> pl.DataFrame:
+def filter_rows(
+    rows: Iterable[Mapping[str, str]],
+    read: Callable[[str], bytes],
+    chain: ImageFilter,
+    *,
+    batch: str,
+    filter_config: str,
+    chunk_rows: int = 4096,
+    progress: Callable[[int], None] | None = None,
+) -> pl.DataFrame:
     """Every row's image through ``chain``: its decision, the reason, and every score it reached."""
     chunks: list[pl.DataFrame] = []
     pending: list[dict] = []
     for done, r in enumerate(rows, start=1):
         result = chain.process(read(r["blob_key"]))
-        pending.append({"sha256": r["sha256"], "blob_key": r["blob_key"], "ext": r["ext"], "batch": batch,
-                        "decision": result.decision, "detail": result.detail, "filter_config": filter_config,
-                        **{f"score_{k}": (float(v) if v is not None else None) for k, v in result.scores.items()}})
+        pending.append(
+            {
+                "sha256": r["sha256"],
+                "blob_key": r["blob_key"],
+                "ext": r["ext"],
+                "batch": batch,
+                "decision": result.decision,
+                "detail": result.detail,
+                "filter_config": filter_config,
+                **{f"score_{k}": (float(v) if v is not None else None) for k, v in result.scores.items()},
+            }
+        )
         if len(pending) >= chunk_rows:
             chunks.append(_chunk(pending))
             pending = []
@@ -111,15 +137,22 @@ def concat_tables(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
     return table.select(*BASE_SCHEMA, *sorted(c for c in table.columns if c not in BASE_SCHEMA))
 
 
-def write_filtered_shard(store: Store, shard: Shard, load_chain: Callable[[], ImageFilter],
-                         progress: Callable[[int], None] | None = None) -> bool:
+def write_filtered_shard(
+    store: Store, shard: Shard, load_chain: Callable[[], ImageFilter], progress: Callable[[int], None] | None = None
+) -> bool:
     """Write ``shard``'s table unless it exists; False when it was already there. ``load_chain`` is called
     only when there is work, so a finished shard loads no model."""
     if store.exists(shard.key):
         return False
     raw = store.read_table(shard.raw_key, columns=list(RAW_COLUMNS)).slice(shard.start, shard.rows)
-    table = filter_rows(raw.iter_rows(named=True), store.read_bytes, load_chain(), batch=shard.batch,
-                        filter_config=shard.filter_config, progress=progress)
+    table = filter_rows(
+        raw.iter_rows(named=True),
+        store.read_bytes,
+        load_chain(),
+        batch=shard.batch,
+        filter_config=shard.filter_config,
+        progress=progress,
+    )
     store.write_table(shard.key, table)
     return True
 
@@ -132,6 +165,7 @@ def merge_shards(store: Store, shards: Sequence[Shard]) -> pl.DataFrame:
 @dataclass(frozen=True)
 class Examples:
     """Blob keys of what the UI shows: the first kept images and the first image of each rejection reason."""
+
     kept: list[str]
     rejected: dict[str, str]
 
@@ -139,11 +173,15 @@ class Examples:
 def pick_examples(table: pl.DataFrame, kept: int = KEPT_EXAMPLES) -> Examples:
     kept_keys = table.filter(pl.col("decision") == "kept")["blob_key"].head(kept).to_list()
     # corrupt images have nothing to show
-    firsts = (table.filter(~pl.col("decision").is_in(["kept", "corrupt"]))
-              .group_by("decision", maintain_order=True).agg(pl.col("blob_key").first()))
+    firsts = (
+        table.filter(~pl.col("decision").is_in(["kept", "corrupt"]))
+        .group_by("decision", maintain_order=True)
+        .agg(pl.col("blob_key").first())
+    )
     return Examples(kept_keys, dict(firsts.iter_rows()))
 
 
-def thumbnails(read: Callable[[str], bytes], keys: Iterable[str],
-               size: tuple[int, int] = (64, 128)) -> list[Image.Image]:
+def thumbnails(
+    read: Callable[[str], bytes], keys: Iterable[str], size: tuple[int, int] = (64, 128)
+) -> list[Image.Image]:
     return [decode_image(read(k)).resize(size) for k in keys]

@@ -1,4 +1,5 @@
 """Detection boxes and how overlapping detections of one thing are reduced to one."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,8 +9,9 @@ import numpy as np
 Box = tuple[float, float, float, float]
 
 
-def nms(boxes: Sequence[Box], scores: Sequence[float] | np.ndarray, iou: float = 0.3,
-        contain: float = 0.6) -> list[int]:
+def nms(
+    boxes: Sequence[Box], scores: Sequence[float] | np.ndarray, iou: float = 0.3, contain: float = 0.6
+) -> list[int]:
     """Greedy NMS; also drops a box mostly inside a stronger one (``contain`` of the smaller's area)."""
     keep: list[int] = []
     for i in np.argsort(-np.asarray(scores, float)):
@@ -26,7 +28,6 @@ def nms(boxes: Sequence[Box], scores: Sequence[float] | np.ndarray, iou: float =
         if ok:
             keep.append(int(i))
     return keep
-
 
 
 def merge_columns(dets: Sequence[tuple[Box, float]], x_frac: float = 0.4) -> list[tuple[Box, float]]:

@@ -5,6 +5,7 @@ image reached stored, and one decision with its reason (``kept`` or the first ru
 are in :mod:`cosmicman.filtering.decisions`). The ``filtered_images`` asset builds a :class:`FilterChain`
 once per worker (``setup()`` loads models once) and calls ``process``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from cosmicman.filtering.quality import OfflineQualityScorer
 @dataclass
 class FilterChain:
     """decode -> size -> fake person -> quality -> person count -> face size; first failure decides."""
+
     config: FilterConfig
     person_detector: PersonDetector
     face_detector: FaceDetector
@@ -40,8 +42,14 @@ class FilterChain:
 
     def process(self, data: bytes) -> FilterResult:
         self.setup()
-        scores: dict[str, float | None] = {"width": None, "height": None, "fake_score": None, "quality": None,
-                                           "n_people": None, "max_face_px": None}
+        scores: dict[str, float | None] = {
+            "width": None,
+            "height": None,
+            "fake_score": None,
+            "quality": None,
+            "n_people": None,
+            "max_face_px": None,
+        }
         try:
             img = decode_image(data)
         except ImageDecodeError as exc:
@@ -56,8 +64,11 @@ class FilterChain:
         scores.update(width=float(w), height=float(h))
         short, long_ = min(w, h), max(w, h)
         if short < cfg.min_short_side or long_ < cfg.min_long_side:
-            return FilterResult("too_small", scores, f"{w}x{h}: short side {short} (min {cfg.min_short_side}), "
-                                                     f"long side {long_} (min {cfg.min_long_side})")
+            return FilterResult(
+                "too_small",
+                scores,
+                f"{w}x{h}: short side {short} (min {cfg.min_short_side}), long side {long_} (min {cfg.min_long_side})",
+            )
         fake = self.fake_person_classifier.score(img)
         scores["fake_score"] = fake
         if fake > cfg.max_fake_score:
@@ -81,25 +92,41 @@ class FilterChain:
         return FilterResult("kept", scores, "")
 
 
-def local_chain(fake_head: LogisticHead, config: FilterConfig | None = None, *,
-                face_detector: HaarFaceDetector | None = None,
-                quality_scorer: QualityScorer | None = None) -> FilterChain:
+def local_chain(
+    fake_head: LogisticHead,
+    config: FilterConfig | None = None,
+    *,
+    face_detector: HaarFaceDetector | None = None,
+    quality_scorer: QualityScorer | None = None,
+) -> FilterChain:
     """The offline chain: HOG + face person count, Haar face size (one detector serves both steps),
     offline-feature fake head, offline quality unless another scorer is given."""
     faces = face_detector or HaarFaceDetector(min_size=20)
-    return FilterChain(config or FilterConfig(), HogFacePersonDetector(faces=faces), faces,
-                       FakePersonClassifier(fake_head, OfflineImageFeatures()),
-                       quality_scorer or OfflineQualityScorer())
+    return FilterChain(
+        config or FilterConfig(),
+        HogFacePersonDetector(faces=faces),
+        faces,
+        FakePersonClassifier(fake_head, OfflineImageFeatures()),
+        quality_scorer or OfflineQualityScorer(),
+    )
 
 
-def production_chain(fake_head: LogisticHead, *, detector_id: str = "PekingU/rtdetr_r50vd_coco_o365",
-                     clip_id: str = "openai/clip-vit-large-patch14", local_files_only: bool = False,
-                     device: str = "cpu", face_detector: FaceDetector | None = None,
-                     quality_scorer: QualityScorer | None = None) -> FilterChain:
+def production_chain(
+    fake_head: LogisticHead,
+    *,
+    detector_id: str = "PekingU/rtdetr_r50vd_coco_o365",
+    clip_id: str = "openai/clip-vit-large-patch14",
+    local_files_only: bool = False,
+    device: str = "cpu",
+    face_detector: FaceDetector | None = None,
+    quality_scorer: QualityScorer | None = None,
+) -> FilterChain:
     """Production wiring: transformers person detector, Haar faces searched from 64 px (the rule is 224),
     CLIP + head, and the given quality scorer (LIQE or HPSv2 in production; offline when none is given)."""
-    return FilterChain(FilterConfig.production(),
-                       TransformersPersonDetector(detector_id, local_files_only=local_files_only, device=device),
-                       face_detector or HaarFaceDetector(min_size=64),
-                       FakePersonClassifier(fake_head, ClipImageEmbedder(clip_id, local_files_only, device)),
-                       quality_scorer or OfflineQualityScorer())
+    return FilterChain(
+        FilterConfig.production(),
+        TransformersPersonDetector(detector_id, local_files_only=local_files_only, device=device),
+        face_detector or HaarFaceDetector(min_size=64),
+        FakePersonClassifier(fake_head, ClipImageEmbedder(clip_id, local_files_only, device)),
+        quality_scorer or OfflineQualityScorer(),
+    )

@@ -9,6 +9,7 @@ Both numbers are config.
 Defaults. :class:`FilterConfig` defaults suit the synthetic world's 320x640 renders (size 256 / 512,
 face 52 px); :meth:`FilterConfig.production` gives the paper's values (640 / 1280, largest face 224 px).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class FilterConfig:
     - ``min_quality``: reject as ``low_quality`` below it (``OfflineQualityScorer`` score in [0, 1]).
     - exactly one person; ``min_face_px``: the largest detected face's longer side must reach it.
     """
+
     min_short_side: int = 256
     min_long_side: int = 512
     min_face_px: int = 52

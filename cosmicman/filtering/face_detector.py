@@ -1,5 +1,6 @@
 """Face size backend: OpenCV Haar cascades (frontal on grey and gamma-brightened passes, then the profile
 cascade both ways round; cascades are config)."""
+
 from __future__ import annotations
 
 import os
@@ -32,12 +33,19 @@ class HaarFaceDetector:
     still says how small a face was). ``cascade`` / ``profile_cascade`` name a file shipped with OpenCV or
     a path to any cascade XML; ``profile_cascade=None`` drops pass 3.
     """
+
     name = "haar_face"
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml",
-                 profile_cascade: str | None = "haarcascade_profileface.xml", min_size: int = 28,
-                 min_neighbors: int = 3, scale_factor: float = 1.1, gamma: float = 0.6,
-                 max_side: int = 1280) -> None:
+    def __init__(
+        self,
+        cascade: str = "haarcascade_frontalface_alt2.xml",
+        profile_cascade: str | None = "haarcascade_profileface.xml",
+        min_size: int = 28,
+        min_neighbors: int = 3,
+        scale_factor: float = 1.1,
+        gamma: float = 0.6,
+        max_side: int = 1280,
+    ) -> None:
         self.cascade, self.profile_cascade, self.min_size = cascade, profile_cascade, min_size
         self.min_neighbors, self.scale_factor, self.gamma, self.max_side = min_neighbors, scale_factor, gamma, max_side
         self._frontal: cv2.CascadeClassifier | None = None
@@ -61,7 +69,7 @@ class HaarFaceDetector:
         gg = np.ascontiguousarray(g[:, ::-1]) if mirrored else g
         found = clf.detectMultiScale(gg, self.scale_factor, self.min_neighbors, minSize=(ms, ms))
         boxes: list[Box] = []
-        for (x, y, w, h) in found:
+        for x, y, w, h in found:
             x0 = g.shape[1] - x - w if mirrored else x
             boxes.append((float(x0), float(y), float(x0 + w), float(y + h)))
         return boxes
@@ -90,6 +98,5 @@ def load_cascade(name_or_path: str) -> cv2.CascadeClassifier:
     path = name_or_path if os.path.isfile(name_or_path) else os.path.join(OPENCV_CASCADES, name_or_path)
     clf = cv2.CascadeClassifier(path) if os.path.isfile(path) else None
     if clf is None or clf.empty():
-        raise BackendUnavailable(f"OpenCV cascade {name_or_path!r} is neither a file nor shipped in "
-                                 f"{OPENCV_CASCADES}")
+        raise BackendUnavailable(f"OpenCV cascade {name_or_path!r} is neither a file nor shipped in {OPENCV_CASCADES}")
     return clf

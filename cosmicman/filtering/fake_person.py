@@ -3,6 +3,7 @@
 The head is trained from labelled images, typically a folder in the Human-Art layout
 (:class:`~cosmicman.filtering.humanart.HumanArtFolder`); label 1 = fake person.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,6 +22,7 @@ from cosmicman.filtering.humanart import HumanArtFolder
 @dataclass
 class LogisticHead:
     """A linear head on standardised embeddings: P(fake) = sigmoid(w . (x - mean) / std + b)."""
+
     weight: np.ndarray
     bias: float
     mean: np.ndarray
@@ -33,8 +35,14 @@ class LogisticHead:
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, weight=self.weight, bias=np.array([self.bias]), mean=self.mean, std=self.std,
-                 embedder=np.array(self.embedder))
+        np.savez(
+            buf,
+            weight=self.weight,
+            bias=np.array([self.bias]),
+            mean=self.mean,
+            std=self.std,
+            embedder=np.array(self.embedder),
+        )
         return buf.getvalue()
 
     @classmethod
@@ -77,8 +85,9 @@ def held_out_split(groups: Sequence[str], val_fraction: float, seed: int) -> tup
     return np.asarray(train, int), np.asarray(val, int)
 
 
-def fit_fake_person_head(X: np.ndarray, labels: Sequence[int], groups: Sequence[str] | None = None,
-                         val_fraction: float = 0.25, seed: int = 0) -> tuple[LogisticHead, dict[str, float]]:
+def fit_fake_person_head(
+    X: np.ndarray, labels: Sequence[int], groups: Sequence[str] | None = None, val_fraction: float = 0.25, seed: int = 0
+) -> tuple[LogisticHead, dict[str, float]]:
     """Fit the head (label 1 = fake) on embeddings ``X``; accuracy on a held-out split, then refit on all.
 
     ``groups`` are '/'-separated names (Human-Art: ``real_human/dance``); the split is stratified by
@@ -95,9 +104,12 @@ def fit_fake_person_head(X: np.ndarray, labels: Sequence[int], groups: Sequence[
     pv = head.prob(X[val])
     correct = (pv > 0.5).astype(int) == y[val]
     metrics: dict[str, float] = {
-        "val_accuracy": float(correct.mean()), "n_train": int(len(tr)), "n_val": int(len(val)),
+        "val_accuracy": float(correct.mean()),
+        "n_train": int(len(tr)),
+        "n_val": int(len(val)),
         "train_accuracy": float(((head.prob(X[tr]) > 0.5).astype(int) == y[tr]).mean()),
-        "val_min_margin": float(np.min(np.where(y[val] == 1, pv - 0.5, 0.5 - pv)))}
+        "val_min_margin": float(np.min(np.where(y[val] == 1, pv - 0.5, 0.5 - pv))),
+    }
     if groups is not None:
         per: dict[str, list[bool]] = {}
         for i, ok in zip(val, correct):
@@ -110,21 +122,27 @@ def fit_fake_person_head(X: np.ndarray, labels: Sequence[int], groups: Sequence[
     return fit_logistic(X, y), metrics
 
 
-def train_fake_person_head(images: Sequence[Image.Image], labels: Sequence[int], embedder: Embedder | None = None,
-                           val_fraction: float = 0.25, seed: int = 0,
-                           groups: Sequence[str] | None = None) -> tuple[LogisticHead, dict[str, float]]:
+def train_fake_person_head(
+    images: Sequence[Image.Image],
+    labels: Sequence[int],
+    embedder: Embedder | None = None,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    groups: Sequence[str] | None = None,
+) -> tuple[LogisticHead, dict[str, float]]:
     """Embed ``images`` and fit the head (label 1 = fake); see :func:`fit_fake_person_head` for metrics."""
     embedder = embedder or OfflineImageFeatures()
     embedder.setup()
-    head, metrics = fit_fake_person_head(np.stack([embedder.embed(im) for im in images]), labels, groups,
-                                         val_fraction, seed)
+    head, metrics = fit_fake_person_head(
+        np.stack([embedder.embed(im) for im in images]), labels, groups, val_fraction, seed
+    )
     head.embedder = embedder.name
     return head, metrics
 
 
-def train_fake_person_head_from_folder(folder: HumanArtFolder, embedder: Embedder | None = None,
-                                       val_fraction: float = 0.25,
-                                       seed: int = 0) -> tuple[LogisticHead, dict[str, float]]:
+def train_fake_person_head_from_folder(
+    folder: HumanArtFolder, embedder: Embedder | None = None, val_fraction: float = 0.25, seed: int = 0
+) -> tuple[LogisticHead, dict[str, float]]:
     """Train the head on a Human-Art-layout folder; held-out accuracy per scenario group and scenario.
 
     Images are embedded one at a time (memory holds embeddings, not pixels); undecodable files are
@@ -152,6 +170,7 @@ def train_fake_person_head_from_folder(folder: HumanArtFolder, embedder: Embedde
 
 class FakePersonClassifier:
     """Embedding + trainable head -> P(fake person)."""
+
     name = "fake_person"
 
     def __init__(self, head: LogisticHead | None, embedder: Embedder | None = None) -> None:
@@ -161,14 +180,15 @@ class FakePersonClassifier:
     def setup(self) -> None:
         head = self._trained_head()
         if head.embedder and head.embedder != self.embedder.name:
-            raise BackendUnavailable(f"head was trained on {head.embedder!r} embeddings, "
-                                     f"not {self.embedder.name!r}")
+            raise BackendUnavailable(f"head was trained on {head.embedder!r} embeddings, not {self.embedder.name!r}")
         self.embedder.setup()
 
     def _trained_head(self) -> LogisticHead:
         if self.head is None:
-            raise BackendUnavailable("FakePersonClassifier has no head: train one with train_fake_person_head() "
-                                     "or load saved bytes with LogisticHead.from_bytes()")
+            raise BackendUnavailable(
+                "FakePersonClassifier has no head: train one with train_fake_person_head() "
+                "or load saved bytes with LogisticHead.from_bytes()"
+            )
         return self.head
 
     def score(self, img: Image.Image) -> float:

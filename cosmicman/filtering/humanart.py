@@ -1,4 +1,5 @@
 """Labelled real and fake people read from a folder in the Human-Art layout (local path or fsspec URL)."""
+
 from __future__ import annotations
 
 import posixpath
@@ -16,10 +17,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 @dataclass(frozen=True)
 class LabelledImage:
-    path: str       # as the folder's filesystem names it
-    group: str      # a HUMANART_GROUPS key
+    path: str  # as the folder's filesystem names it
+    group: str  # a HUMANART_GROUPS key
     scenario: str
-    label: int      # 1 = fake person
+    label: int  # 1 = fake person
 
     @property
     def stratum(self) -> str:
@@ -48,15 +49,19 @@ class HumanArtFolder:
             if not self.fs.isdir(base):
                 continue
             for path in sorted(self.fs.find(base)):
-                parts = path[len(base):].strip("/").split("/")
-                if (len(parts) < 2 or any(p.startswith(".") for p in parts)
-                        or not parts[-1].lower().endswith(IMAGE_SUFFIXES)):
+                parts = path[len(base) :].strip("/").split("/")
+                if (
+                    len(parts) < 2
+                    or any(p.startswith(".") for p in parts)
+                    or not parts[-1].lower().endswith(IMAGE_SUFFIXES)
+                ):
                     continue
                 found.append(LabelledImage(path, group, parts[0], label))
         if not found:
             raise FileNotFoundError(
                 f"no images in the Human-Art layout under {self.url!r}: expected images/real_human/<scenario>/*, "
-                f"images/2D_virtual_human/<scenario>/* and/or images/3D_virtual_human/<scenario>/*")
+                f"images/2D_virtual_human/<scenario>/* and/or images/3D_virtual_human/<scenario>/*"
+            )
         return found
 
     def read_bytes(self, entry: LabelledImage) -> bytes:

@@ -5,6 +5,7 @@ bodies no face explains (HOG alone misses ~5-10% of rendered people: long dresse
 stripes); :class:`HogPersonDetector` alone; production :class:`TransformersPersonDetector` (an
 object-detection model id, COCO "person").
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,10 +27,17 @@ class HogPersonDetector:
     The image is scaled to ``work_height`` and padded so that a person filling the frame still fits
     the window at some pyramid level; boxes are mapped back and NMS'd.
     """
+
     name = "hog"
 
-    def __init__(self, work_height: int = 320, hit_threshold: float = 0.0, min_weight: float = 0.3,
-                 win_stride: int = 4, scale: float = 1.05) -> None:
+    def __init__(
+        self,
+        work_height: int = 320,
+        hit_threshold: float = 0.0,
+        min_weight: float = 0.3,
+        win_stride: int = 4,
+        scale: float = 1.05,
+    ) -> None:
         self.work_height, self.hit_threshold, self.min_weight = work_height, hit_threshold, min_weight
         self.win_stride, self.scale = win_stride, scale
         self._hog: cv2.HOGDescriptor | None = None
@@ -51,16 +59,20 @@ class HogPersonDetector:
         g = cv2.resize(g, None, fx=sc, fy=sc, interpolation=cv2.INTER_AREA)
         pad = self.work_height // 10
         g = cv2.copyMakeBorder(g, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        rects, found = hog.detectMultiScale(g, hitThreshold=self.hit_threshold,
-                                              winStride=(self.win_stride, self.win_stride),
-                                              padding=(8, 8), scale=self.scale)
+        rects, found = hog.detectMultiScale(
+            g,
+            hitThreshold=self.hit_threshold,
+            winStride=(self.win_stride, self.win_stride),
+            padding=(8, 8),
+            scale=self.scale,
+        )
         weights = np.ravel(found) if len(found) else np.zeros(0)
-        boxes: list[Box] = [((x - pad) / sc, (y - pad) / sc, (x + w - pad) / sc, (y + h - pad) / sc)
-                            for (x, y, w, h) in rects]
+        boxes: list[Box] = [
+            ((x - pad) / sc, (y - pad) / sc, (x + w - pad) / sc, (y + h - pad) / sc) for (x, y, w, h) in rects
+        ]
         sel = [i for i, wgt in enumerate(weights) if wgt >= self.min_weight]
         boxes, weights = [boxes[i] for i in sel], weights[sel]
         return merge_columns([(boxes[i], float(weights[i])) for i in nms(boxes, weights)])
-
 
 
 def has_colour(rgb: np.ndarray, min_spread: float = 3.0) -> bool:
@@ -76,7 +88,7 @@ def skin_fraction(rgb: np.ndarray, box: Box) -> float:
     central half of ``box``: a Haar "face" on a dotted shirt or a picture frame has almost none."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     w, h = x1 - x0, y1 - y0
-    patch = rgb[max(0, y0 + h // 4):max(0, y1 - h // 4), max(0, x0 + w // 4):max(0, x1 - w // 4)]
+    patch = rgb[max(0, y0 + h // 4) : max(0, y1 - h // 4), max(0, x0 + w // 4) : max(0, x1 - w // 4)]
     if patch.size == 0:
         return 0.0
     ycc = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2YCrCb).astype(np.int16)
@@ -94,11 +106,19 @@ class HogFacePersonDetector:
     when no head lies in its column. With no head at all, the HOG bodies count. A grey photo has no skin
     colour, so there every face counts as a head (scikit-image's camera man: a profile face, no HOG body).
     """
+
     name = "face+hog"
 
-    def __init__(self, hog: HogPersonDetector | None = None, faces: HaarFaceDetector | None = None,
-                 x_frac: float = 0.4, min_extra_weight: float = 0.6, min_body_weight: float = 1.0,
-                 min_skin: float = 0.4, max_face_ratio: float = 1.6) -> None:
+    def __init__(
+        self,
+        hog: HogPersonDetector | None = None,
+        faces: HaarFaceDetector | None = None,
+        x_frac: float = 0.4,
+        min_extra_weight: float = 0.6,
+        min_body_weight: float = 1.0,
+        min_skin: float = 0.4,
+        max_face_ratio: float = 1.6,
+    ) -> None:
         self.hog = hog or HogPersonDetector(min_weight=0.0)
         self.faces = faces or HaarFaceDetector(min_size=20)
         self.x_frac, self.min_extra_weight, self.min_body_weight = x_frac, min_extra_weight, min_body_weight
@@ -140,18 +160,20 @@ class HogFacePersonDetector:
         return people
 
 
-def evaluate_person_detector(det: PersonDetector, images: Sequence[Image.Image],
-                             boxes: Sequence[Sequence[Box]]) -> dict[str, float]:
+def evaluate_person_detector(
+    det: PersonDetector, images: Sequence[Image.Image], boxes: Sequence[Sequence[Box]]
+) -> dict[str, float]:
     """Count accuracy, and precision / recall of detections matched to true boxes (centre inside box)."""
     det.setup()
     tp = fp = fn = correct = 0
     for img, truth in zip(images, boxes):
         found = det.detect(img)
         used: set[int] = set()
-        for (b, _) in found:
+        for b, _ in found:
             cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-            hit = next((j for j, t in enumerate(truth)
-                        if j not in used and t[0] <= cx <= t[2] and t[1] <= cy <= t[3]), None)
+            hit = next(
+                (j for j, t in enumerate(truth) if j not in used and t[0] <= cx <= t[2] and t[1] <= cy <= t[3]), None
+            )
             if hit is None:
                 fp += 1
             else:
@@ -159,8 +181,14 @@ def evaluate_person_detector(det: PersonDetector, images: Sequence[Image.Image],
                 tp += 1
         fn += len(truth) - len(used)
         correct += len(found) == len(truth)
-    return {"count_accuracy": correct / max(1, len(images)), "precision": tp / max(1, tp + fp),
-            "recall": tp / max(1, tp + fn), "tp": tp, "fp": fp, "fn": fn}
+    return {
+        "count_accuracy": correct / max(1, len(images)),
+        "precision": tp / max(1, tp + fp),
+        "recall": tp / max(1, tp + fn),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 class TransformersPersonDetector:
@@ -169,10 +197,16 @@ class TransformersPersonDetector:
     Loads ``AutoModelForObjectDetection`` + ``AutoImageProcessor`` from a hub id or a local folder in
     ``setup()``; e.g. ``PekingU/rtdetr_r50vd_coco_o365`` or ``hustvl/yolos-small`` (COCO label "person").
     """
+
     name = "transformers_detector"
 
-    def __init__(self, model_id: str = "PekingU/rtdetr_r50vd_coco_o365", threshold: float = 0.5,
-                 local_files_only: bool = False, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model_id: str = "PekingU/rtdetr_r50vd_coco_o365",
+        threshold: float = 0.5,
+        local_files_only: bool = False,
+        device: str = "cpu",
+    ) -> None:
         self.model_id, self.threshold = model_id, threshold
         self.local_files_only, self.device = local_files_only, device
         # transformers models and processors, loaded in setup()
@@ -185,9 +219,13 @@ class TransformersPersonDetector:
             return
         try:
             from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
             self._processor = AutoImageProcessor.from_pretrained(self.model_id, local_files_only=self.local_files_only)
-            self._model = AutoModelForObjectDetection.from_pretrained(
-                self.model_id, local_files_only=self.local_files_only).to(self.device).eval()
+            self._model = (
+                AutoModelForObjectDetection.from_pretrained(self.model_id, local_files_only=self.local_files_only)
+                .to(self.device)
+                .eval()
+            )
         except Exception as exc:  # noqa: BLE001 - re-raised with what is needed
             raise BackendUnavailable(
                 f"TransformersPersonDetector needs object-detection weights for {self.model_id!r} "
@@ -201,14 +239,18 @@ class TransformersPersonDetector:
 
     def detect(self, img: Image.Image) -> list[tuple[Box, float]]:
         import torch
+
         self.setup()
         inputs = self._processor(images=img, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = self._model(**inputs)
-        res = self._processor.post_process_object_detection(out, threshold=self.threshold,
-                                                            target_sizes=[(img.height, img.width)])[0]
+        res = self._processor.post_process_object_detection(
+            out, threshold=self.threshold, target_sizes=[(img.height, img.width)]
+        )[0]
         dets: list[tuple[Box, float]] = [
             ((float(b[0]), float(b[1]), float(b[2]), float(b[3])), float(s))
-            for b, s, lab in zip(res["boxes"], res["scores"], res["labels"]) if int(lab) in self._person_ids]
+            for b, s, lab in zip(res["boxes"], res["scores"], res["labels"])
+            if int(lab) in self._person_ids
+        ]
         keep = nms([d[0] for d in dets], [d[1] for d in dets], iou=0.5, contain=0.9)
         return [dets[i] for i in keep]

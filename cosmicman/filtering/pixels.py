@@ -1,4 +1,5 @@
 """Pixel measurements shared by the detectors, the fake-person features and the quality scorer."""
+
 from __future__ import annotations
 
 import math

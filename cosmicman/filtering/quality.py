@@ -1,6 +1,7 @@
 """Quality scorers: :class:`OfflineQualityScorer` (sharpness, exposure, noise; documented ranges and what
 the default threshold rejects); production :class:`PyiqaQualityScorer` (LIQE) or :class:`HpsV2Scorer`.
 Every scorer returns its raw components and ``quality`` in [0, 1]; the chain stores them all."""
+
 from __future__ import annotations
 
 import math
@@ -35,11 +36,20 @@ class OfflineQualityScorer:
     below 35 (25 x sqrt 2, a clearly blurred or upscaled image); mean luminance below 0.165 or above 0.8875;
     more than 37.5 % of pixels clipped; noise sigma above 14 grey levels.
     """
+
     name = "offline_quality"
 
-    def __init__(self, norm_short: int = 128, sharp_lo: float = 25.0, sharp_hi: float = 50.0,
-                 lum_lo: float = 0.22, lum_hi: float = 0.85, max_clipped: float = 0.25,
-                 noise_ok: float = 8.0, noise_bad: float = 20.0) -> None:
+    def __init__(
+        self,
+        norm_short: int = 128,
+        sharp_lo: float = 25.0,
+        sharp_hi: float = 50.0,
+        lum_lo: float = 0.22,
+        lum_hi: float = 0.85,
+        max_clipped: float = 0.25,
+        noise_ok: float = 8.0,
+        noise_bad: float = 20.0,
+    ) -> None:
         self.norm_short, self.sharp_lo, self.sharp_hi = norm_short, sharp_lo, sharp_hi
         self.lum_lo, self.lum_hi, self.max_clipped = lum_lo, lum_hi, max_clipped
         self.noise_ok, self.noise_bad = noise_ok, noise_bad
@@ -52,13 +62,14 @@ class OfflineQualityScorer:
         s = self.norm_short / min(g.shape)
         small = cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         lapvar = float(cv2.Laplacian(small.astype(np.float32), cv2.CV_32F).var())
-        q_sharp = float(np.clip(math.log(max(lapvar, 1e-6) / self.sharp_lo)
-                                / math.log(self.sharp_hi / self.sharp_lo), 0, 1))
+        q_sharp = float(
+            np.clip(math.log(max(lapvar, 1e-6) / self.sharp_lo) / math.log(self.sharp_hi / self.sharp_lo), 0, 1)
+        )
         lum = float(g.mean()) / 255
         clipped = float(((g <= 4) | (g >= 251)).mean())
         q_lum = 1.0
         if lum < self.lum_lo:
-            q_lum = max(0.0, lum / self.lum_lo * 2 - 1)   # 0 at half the lower bound
+            q_lum = max(0.0, lum / self.lum_lo * 2 - 1)  # 0 at half the lower bound
         elif lum > self.lum_hi:
             q_lum = max(0.0, 1 - (lum - self.lum_hi) / ((1 - self.lum_hi) / 2))
         q_clip = 1.0
@@ -67,9 +78,16 @@ class OfflineQualityScorer:
         noise = noise_sigma(g)
         q_noise = float(np.clip(1 - (noise - self.noise_ok) / (self.noise_bad - self.noise_ok), 0, 1))
         q_expo = min(q_lum, q_clip)
-        return {"sharpness": lapvar, "sharpness_score": q_sharp, "luminance": lum, "clipped": clipped,
-                "exposure_score": q_expo, "noise": noise, "noise_score": q_noise,
-                "quality": min(q_sharp, q_expo, q_noise)}
+        return {
+            "sharpness": lapvar,
+            "sharpness_score": q_sharp,
+            "luminance": lum,
+            "clipped": clipped,
+            "exposure_score": q_expo,
+            "noise": noise,
+            "noise_score": q_noise,
+            "quality": min(q_sharp, q_expo, q_noise),
+        }
 
 
 class PyiqaQualityScorer:
@@ -86,10 +104,16 @@ class PyiqaQualityScorer:
     first use, or a local copy passed as ``pretrained_model_path``) and OpenAI CLIP ViT-B/32 (clip's
     cache, ``~/.cache/clip/ViT-B-32.pt``).
     """
+
     name = "liqe"
 
-    def __init__(self, metric: str = "liqe", device: str = "cpu", pretrained_model_path: str | None = None,
-                 score_range: tuple[float, float] = (1.0, 5.0)) -> None:
+    def __init__(
+        self,
+        metric: str = "liqe",
+        device: str = "cpu",
+        pretrained_model_path: str | None = None,
+        score_range: tuple[float, float] = (1.0, 5.0),
+    ) -> None:
         self.metric, self.device, self.pretrained_model_path = metric, device, pretrained_model_path
         self.score_range = score_range
         self._metric: Any = None  # the pyiqa metric, built in setup()
@@ -102,7 +126,8 @@ class PyiqaQualityScorer:
         except ImportError as exc:
             raise BackendUnavailable(
                 "PyiqaQualityScorer needs the pyiqa package (`pip install pyiqa`; it depends on torchvision, "
-                "so install it in the production image only)") from exc
+                "so install it in the production image only)"
+            ) from exc
         options: dict[str, Any] = {"as_loss": False, "device": self.device}
         if self.pretrained_model_path:
             options["pretrained_model_path"] = self.pretrained_model_path
@@ -112,17 +137,20 @@ class PyiqaQualityScorer:
             raise BackendUnavailable(
                 f"pyiqa could not build {self.metric!r}: it needs the LIQE checkpoint (liqe_koniq.pt from pyiqa's "
                 f"release downloads, or a local file as pretrained_model_path={self.pretrained_model_path!r}) and "
-                f"OpenAI CLIP ViT-B/32 weights in clip's cache (~/.cache/clip): {type(exc).__name__}: {exc}") from exc
+                f"OpenAI CLIP ViT-B/32 weights in clip's cache (~/.cache/clip): {type(exc).__name__}: {exc}"
+            ) from exc
 
     def score(self, img: Image.Image) -> dict[str, float]:
         import torch
+
         self.setup()
         a = np.asarray(img.convert("RGB"))
         short = min(a.shape[:2])
         if short < 224:
             f = 224 / short
-            a = cv2.resize(a, (max(224, round(a.shape[1] * f)), max(224, round(a.shape[0] * f))),
-                           interpolation=cv2.INTER_CUBIC)
+            a = cv2.resize(
+                a, (max(224, round(a.shape[1] * f)), max(224, round(a.shape[0] * f))), interpolation=cv2.INTER_CUBIC
+            )
         x = torch.from_numpy(np.asarray(a, np.float32) / 255).permute(2, 0, 1)[None].to(self.device)
         with torch.inference_mode():
             raw = float(self._metric(x).reshape(-1)[0])
@@ -149,10 +177,15 @@ class HpsV2Scorer:
     ViT-H-14 ``laion2B-s32B-b79K``, downloaded on first use or read from the Hugging Face cache (set
     ``HF_HUB_OFFLINE=1`` on workers without network).
     """
+
     name = "hpsv2"
 
-    def __init__(self, prompt: str = "a photo of a person", hps_version: str = "v2.1",
-                 score_range: tuple[float, float] = (0.20, 0.30)) -> None:
+    def __init__(
+        self,
+        prompt: str = "a photo of a person",
+        hps_version: str = "v2.1",
+        score_range: tuple[float, float] = (0.20, 0.30),
+    ) -> None:
         self.prompt, self.hps_version, self.score_range = prompt, hps_version, score_range
         self._hpsv2: Any = None  # the hpsv2 module, imported in setup()
 
@@ -164,7 +197,8 @@ class HpsV2Scorer:
         except ImportError as exc:
             raise BackendUnavailable(
                 "HpsV2Scorer needs the hpsv2 package (`pip install hpsv2`; it depends on torchvision, so install "
-                "it in the production image only)") from exc
+                "it in the production image only)"
+            ) from exc
         # hpsv2 loads its model on the first score() call: score a blank image now, so missing weights fail
         # here, once per worker, rather than on the first record
         try:
@@ -173,7 +207,8 @@ class HpsV2Scorer:
             raise BackendUnavailable(
                 f"hpsv2 could not score (hps_version={self.hps_version!r}): it needs the HPS v2 checkpoint from the "
                 f"hub repo xswu/HPSv2 and OpenCLIP ViT-H-14 laion2B-s32B-b79K weights, downloaded or in the "
-                f"Hugging Face cache: {type(exc).__name__}: {exc}") from exc
+                f"Hugging Face cache: {type(exc).__name__}: {exc}"
+            ) from exc
         self._hpsv2 = hpsv2
 
     def score(self, img: Image.Image) -> dict[str, float]:

@@ -8,35 +8,51 @@ from cosmicman.resources.annotation import LabellingResource
 from cosmicman.resources.storage import ObjectStoreResource
 
 hitl_setup_job = dg.define_asset_job(
-    "hitl_setup_job", selection=dg.AssetSelection.assets("eval_set", "base_annotator"),
-    description="Render the evaluation set I_e and build the round-0 annotator.")
+    "hitl_setup_job",
+    selection=dg.AssetSelection.assets("eval_set", "base_annotator"),
+    description="Render the evaluation set I_e and build the round-0 annotator.",
+)
 annotation_round_job = dg.define_asset_job(
-    "annotation_round_job", selection=dg.AssetSelection.assets("labelling_tasks"),
-    description="Open a labelling round: measure the annotator on I_e, send the failing categories to humans.")
+    "annotation_round_job",
+    selection=dg.AssetSelection.assets("labelling_tasks"),
+    description="Open a labelling round: measure the annotator on I_e, send the failing categories to humans.",
+)
 labels_job = dg.define_asset_job(
-    "labels_job", selection=dg.AssetSelection.assets("human_labels", "annotator"),
-    description="Collect a round's human labels, fine-tune the annotator, measure it, decide whether to go on.")
+    "labels_job",
+    selection=dg.AssetSelection.assets("human_labels", "annotator"),
+    description="Collect a round's human labels, fine-tune the annotator, measure it, decide whether to go on.",
+)
 annotations_job = dg.define_asset_job(
-    "annotations_job", selection=dg.AssetSelection.assets("annotations", "captions"),
-    description="Annotate and caption the pool with the final annotator (and the humans' answers).")
+    "annotations_job",
+    selection=dg.AssetSelection.assets("annotations", "captions"),
+    description="Annotate and caption the pool with the final annotator (and the humans' answers).",
+)
 
 
 @dg.sensor(job=labels_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
-def labels_arrived_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource,
-                          labelling: LabellingResource) -> dg.SensorResult:
+def labels_arrived_sensor(
+    context: dg.SensorEvaluationContext, object_store: ObjectStoreResource, labelling: LabellingResource
+) -> dg.SensorResult:
     """When every task of the open labelling round has its human answer, collect them and go on."""
     status = labelling.backend(object_store.store()).open_round_status()
     if status is None:
         return dg.SensorResult(skip_reason="no labelling round is waiting for labels")
     if status.pending:
         return dg.SensorResult(
-            skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled")
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"labels-{status.round_id}-{status.fingerprint}",
-                                                       partition_key=status.round_id)])
+            skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled"
+        )
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"labels-{status.round_id}-{status.fingerprint}", partition_key=status.round_id)
+        ]
+    )
 
 
-@dg.sensor(jobs=[annotation_round_job, annotations_job], minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(
+    jobs=[annotation_round_job, annotations_job],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
 def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource) -> dg.SensorResult:
     """After a round's annotator: open the next round unless the round closed with a stop (the rules of
     ``cosmicman.annotation.rounds``); once the loop stops, annotate the pool with the final annotator
@@ -52,8 +68,10 @@ def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectS
         context.log.info(step.reason)
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=rid, partition_key=rid, job_name=annotation_round_job.name)],
-            dynamic_partitions_requests=[annotation_rounds.build_add_request([rid])])
+            dynamic_partitions_requests=[annotation_rounds.build_add_request([rid])],
+        )
     if step.stopped:
-        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"annotate-{in_force.version}",
-                                                           job_name=annotations_job.name)])
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"annotate-{in_force.version}", job_name=annotations_job.name)]
+        )
     return dg.SensorResult(skip_reason=step.reason)

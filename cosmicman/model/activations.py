@@ -9,7 +9,7 @@ Where SiLU lives in a diffusers 0.42 ``UNet2DConditionModel`` (read from the ins
   ``class_embedding`` for ``class_embed_type="projection"``, and ``nn.SiLU`` entries of Sequentials in
   rarer embeddings (image_hint ``add_embedding``, GLIGEN ``position_net``).
 Downsample2D / Upsample2D, attention, norms and ``encoder_hid_proj`` hold none, and the UNet path makes
-no functional ``F.silu`` call of its own (``tests/test_activations.py`` checks both by counting every
+no functional ``F.silu`` call of its own (``tests/model/test_activations.py`` checks both by counting every
 ``F.silu`` call during a forward). So every SiLU site is a parameter-free module, and swapping modules
 leaves the weights bit-identical.
 
@@ -20,6 +20,7 @@ method). ``ActivationConfig.feedforward`` therefore replaces the whole ``GEGLU``
 ``FeedForwardActivation``, which takes over the *same* ``proj`` Linear under the same attribute name
 (state_dict keys and tensors unchanged) and applies a registry activation module.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -56,8 +57,14 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 # The ``act_fn`` written to the UNet config, i.e. what a stock ``from_pretrained`` builds at the
 # act_fn sites. Exact for the names diffusers' ``get_activation`` knows; for the others the nearest
 # stock activation, so a stock load is the closest stock model rather than an error.
-_DIFFUSERS_ACT_FN = {"silu": "silu", "gelu": "gelu", "mish": "mish", "relu": "relu",
-                     "leaky_relu": "relu", "mp_silu": "silu"}
+_DIFFUSERS_ACT_FN = {
+    "silu": "silu",
+    "gelu": "gelu",
+    "mish": "mish",
+    "relu": "relu",
+    "leaky_relu": "relu",
+    "mp_silu": "silu",
+}
 
 # A site is a standalone activation module of one of these types. In a stock UNet they are exactly
 # the SiLU sites (whatever ``act_fn`` it was built with), so re-applying switches activations.
@@ -134,17 +141,22 @@ def apply_activation(unet: UNet2DConditionModel, config: ActivationConfig) -> di
     Caveat: a stock-loaded model keeps the record, so training it as loaded and re-saving leaves a
     record that describes a network other than the one trained.
     """
-    feedforwards = [(parent, attr, child) for parent in unet.modules()
-                    for attr, child in parent.named_children()
-                    if isinstance(child, (GEGLU, DiffusersGELU, FeedForwardActivation))]
+    feedforwards = [
+        (parent, attr, child)
+        for parent in unet.modules()
+        for attr, child in parent.named_children()
+        if isinstance(child, (GEGLU, DiffusersGELU, FeedForwardActivation))
+    ]
     if config.feedforward is None and any(isinstance(c, FeedForwardActivation) for _, _, c in feedforwards):
         # Restoring GEGLU in place would need its exact GELU variant; reloading is simpler and exact.
         raise ValueError("feed-forwards already replaced; reload the UNet to get diffusers' GEGLU back")
-    targets = [(parent_name, parent, attr)
-               for parent_name, parent in unet.named_modules(remove_duplicate=False)
-               if not isinstance(parent, FeedForwardActivation)  # their activation is the ff's
-               for attr, child in parent.named_children()
-               if isinstance(child, _SITE_TYPES)]
+    targets = [
+        (parent_name, parent, attr)
+        for parent_name, parent in unet.named_modules(remove_duplicate=False)
+        if not isinstance(parent, FeedForwardActivation)  # their activation is the ff's
+        for attr, child in parent.named_children()
+        if isinstance(child, _SITE_TYPES)
+    ]
 
     counts: dict[str, int] = {}
     for parent_name, parent, attr in targets:

@@ -31,6 +31,7 @@ means noised at ``DEFAULT_TIMESTEPS`` with a fixed seed, capturing the HOLA laye
 of the image); every variant -- noise-only baseline included -- is measured the same way, and the result
 is in ``training_run.json`` and the ``daring_unet`` asset's metadata.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -71,8 +72,7 @@ def mask_mass_share(
         masks = resize_masks(masks, (int(map_hw[0]), int(map_hw[1])), "area")
     m = masks.float().flatten(2).to(layers[0].device)  # (B, G, P)
     if m.shape[0] != B or m.shape[-1] != P or spans.shape[:2] != m.shape[:2]:
-        raise ValueError(f"masks {tuple(masks.shape)} / spans {tuple(spans.shape)} do not fit maps "
-                         f"(B={B}, P={P})")
+        raise ValueError(f"masks {tuple(masks.shape)} / spans {tuple(spans.shape)} do not fit maps (B={B}, P={P})")
     w = span_weights(spans.to(m.device), K)  # (B, G, K)
     n = w.sum(-1)  # (B, G)
     area = m.sum(-1) / P  # (B, G)
@@ -99,8 +99,7 @@ class AlignmentTally:
         self.area: dict[str, float] = {}
         self.count: dict[str, int] = {}
 
-    def add(self, share: torch.Tensor, area: torch.Tensor, valid: torch.Tensor,
-            names: Sequence[Sequence[str]]) -> None:
+    def add(self, share: torch.Tensor, area: torch.Tensor, valid: torch.Tensor, names: Sequence[Sequence[str]]) -> None:
         """(B, G) shares / areas / validity of one batch; ``names[b][g]`` names group g of sample b."""
         share, area, valid = share.double().cpu(), area.double().cpu(), valid.cpu()
         for b, sample_names in enumerate(names):
@@ -115,5 +114,10 @@ class AlignmentTally:
             raise ValueError("no (sample, group) pair had a span and a non-empty mask")
         groups = {n: self.share[n] / c for n, c in sorted(self.count.items())}
         chance = {n: self.area[n] / c for n, c in sorted(self.count.items())}
-        return {"groups": groups, "chance_groups": chance, "mean": sum(groups.values()) / len(groups),
-                "chance": sum(chance.values()) / len(chance), "n_pairs": sum(self.count.values())}
+        return {
+            "groups": groups,
+            "chance_groups": chance,
+            "mean": sum(groups.values()) / len(groups),
+            "chance": sum(chance.values()) / len(chance),
+            "n_pairs": sum(self.count.values()),
+        }

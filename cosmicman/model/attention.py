@@ -6,7 +6,7 @@ layers whose query count equals the per-batch target ``map_hw[0] * map_hw[1]`` (
 key length is 77) additionally recompute ``softmax(q k^T * scale)`` in fp32, per head, and store it in the
 shared ``AttentionMapStore`` keyed by layer name. Self-attention probabilities are never materialised.
 
-Facts this design relies on (NOTES-training.md, re-verified by tests/test_attention.py):
+Facts this design relies on (NOTES-training.md, re-verified by tests/model/test_attention.py):
 - Per-batch context reaches processors only through ``unet(..., cross_attention_kwargs={"hola_ctx": ctx})``
   and only if the processor *names* ``hola_ctx`` in its ``__call__`` signature (``Attention.forward``
   filters by signature; ``**kwargs`` does not count) -- so every processor here names it.
@@ -16,6 +16,7 @@ Facts this design relies on (NOTES-training.md, re-verified by tests/test_attent
 - Without a ``hola_ctx`` (e.g. inside a pipeline at inference) nothing is captured: the processors then
   behave exactly like ``AttnProcessor2_0``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -19,6 +19,7 @@ bucket so its tensors stack.
 
 All sizes are (height, width), as torch tensors are laid out; PIL sizes are (width, height).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,15 @@ from cosmicman.model.shards import (
 Bucket = tuple[int, int]  # (height, width)
 
 
-def aspect_buckets(resolution: int, step: int = 64, max_ratio: float = 2.0, max_area: int | None = None,
-                   *, min_side: int | None = None, max_side: int | None = None) -> list[Bucket]:
+def aspect_buckets(
+    resolution: int,
+    step: int = 64,
+    max_ratio: float = 2.0,
+    max_area: int | None = None,
+    *,
+    min_side: int | None = None,
+    max_side: int | None = None,
+) -> list[Bucket]:
     """(height, width) buckets of about ``max_area`` pixels, sorted by aspect ratio (tallest first).
 
     For each width ``w`` (a multiple of ``step`` within [``min_side``, ``max_side``]) the bucket's height is
@@ -77,8 +85,9 @@ def aspect_buckets(resolution: int, step: int = 64, max_ratio: float = 2.0, max_
         found.add((h, w))
         found.add((w, h))
     if not found:
-        raise ValueError(f"no bucket fits resolution={resolution} step={step} max_ratio={max_ratio} "
-                         f"max_area={area} sides {lo}..{hi}")
+        raise ValueError(
+            f"no bucket fits resolution={resolution} step={step} max_ratio={max_ratio} max_area={area} sides {lo}..{hi}"
+        )
     return sorted(found, key=lambda b: (b[1] / b[0], -b[0] * b[1]))
 
 
@@ -121,8 +130,15 @@ class BucketedShardDataset(ShardDataset):
     None): the buckets set the sizes; ``mask_size`` is replaced by ``map_factor``. Every bucket side must
     be a multiple of ``map_factor``. Shuffling, repetition, stats and span checks are ShardDataset's."""
 
-    def __init__(self, urls: Iterable[str], tokenizer, buckets: Sequence[Bucket], map_factor: int = 8,
-                 mask_resize: str = "area", **stream: Any) -> None:
+    def __init__(
+        self,
+        urls: Iterable[str],
+        tokenizer,
+        buckets: Sequence[Bucket],
+        map_factor: int = 8,
+        mask_resize: str = "area",
+        **stream: Any,
+    ) -> None:
         """``stream``: ShardDataset's order / split / resume arguments (seed, shuffle_buffer, repeat,
         verify_spans, rank, world_size, start, exclude)."""
         buckets = [(int(b[0]), int(b[1])) for b in buckets]

@@ -12,6 +12,7 @@ Local filesystem: every rank writes into ``step-N.tmp``, then rank 0 writes the 
 folder into place (atomic). Object stores: files go to the final prefix, the marker last. Ranks meet at
 barriers between the phases, so the marker is written only after every rank's files are in.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ def list_checkpoints(root: str) -> list[tuple[int, str]]:
         if not name.startswith(CKPT_PREFIX) or ".tmp" in name:
             continue
         try:
-            step = int(name[len(CKPT_PREFIX):])
+            step = int(name[len(CKPT_PREFIX) :])
         except ValueError:
             continue
         if fs.exists(posixpath.join(p, CKPT_MARKER)):
@@ -72,8 +73,15 @@ def _save_torch(fs, path: str, obj: Any) -> None:
         torch.save(obj, f)
 
 
-def save_checkpoint(root: str, step: int, state: dict[str, Any] | None, rank_state: dict[str, Any],
-                    keep: int, dist: DistEnv = SINGLE_PROCESS, engine: Any = None) -> str:
+def save_checkpoint(
+    root: str,
+    step: int,
+    state: dict[str, Any] | None,
+    rank_state: dict[str, Any],
+    keep: int,
+    dist: DistEnv = SINGLE_PROCESS,
+    engine: Any = None,
+) -> str:
     """Write one checkpoint (see module doc); every rank calls it. ``state`` is rank 0's (None elsewhere);
     ``engine`` is the DeepSpeed engine, when there is one. Keeps only the last ``keep`` complete ones."""
     fs, path = fs_and_path(root)
@@ -104,8 +112,13 @@ def save_checkpoint(root: str, step: int, state: dict[str, Any] | None, rank_sta
         _save_torch(fs, posixpath.join(target, CKPT_STATE), state)
     barrier()
     if dist.is_main:
-        marker = json.dumps({"step": step, "world_size": dist.world_size,
-                             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        marker = json.dumps(
+            {
+                "step": step,
+                "world_size": dist.world_size,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
         with fs.open(posixpath.join(target, CKPT_MARKER), "wt") as f:
             f.write(marker)
         if local:
@@ -130,8 +143,10 @@ def load_checkpoint(path: str, dist: DistEnv = SINGLE_PROCESS) -> tuple[dict[str
     fs, p = fs_and_path(path)
     marker = json.loads(fs.cat(posixpath.join(p, CKPT_MARKER)))
     if int(marker.get("world_size", 1)) != dist.world_size:
-        raise ValueError(f"checkpoint {path} was written by {marker.get('world_size')} ranks; this run has "
-                         f"{dist.world_size}: the data split and optimizer partitions would not match")
+        raise ValueError(
+            f"checkpoint {path} was written by {marker.get('world_size')} ranks; this run has "
+            f"{dist.world_size}: the data split and optimizer partitions would not match"
+        )
     return _load_torch(fs, posixpath.join(p, CKPT_STATE)), _load_torch(fs, posixpath.join(p, rank_file(dist.rank)))
 
 
@@ -144,17 +159,20 @@ def load_engine_checkpoint(path: str, engine: Any) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="cosmicman-ds-") as tmp:
         for remote in fs.find(src):
-            dest = Path(tmp, remote[len(src):].lstrip("/"))
+            dest = Path(tmp, remote[len(src) :].lstrip("/"))
             dest.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote, str(dest))
         engine.load_checkpoint(tmp, tag=DS_TAG)
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(),
-            "generators": {k: g.get_state() for k, g in generators.items()},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python": random.getstate(), "numpy": np.random.get_state()}
+    return {
+        "torch": torch.get_rng_state(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
 
 
 def set_rng_state(generators: dict[str, torch.Generator], st: dict[str, Any]) -> None:
@@ -165,4 +183,3 @@ def set_rng_state(generators: dict[str, torch.Generator], st: dict[str, Any]) ->
         torch.cuda.set_rng_state_all(st["cuda"])
     random.setstate(st["python"])
     np.random.set_state(st["numpy"])
-

@@ -21,6 +21,7 @@ CPU train step at batch 4 takes ~0.1 s:
 - Text encoders: CLIP with the real CLIP vocabulary size 49408, hidden 32, 77 positions; SDXL's second
   one with a 32-d projection.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,7 @@ SUPPORTED_ACT_FNS = ("silu", "swish", "mish", "gelu", "relu")
 FAMILIES = ("sd", "sdxl")
 
 TINY_TEXT_HIDDEN = 32
-TINY_TIME_EMBED = 8       # SDXL addition_time_embed_dim at tiny size (256 in SDXL)
+TINY_TIME_EMBED = 8  # SDXL addition_time_embed_dim at tiny size (256 in SDXL)
 
 
 @dataclass
@@ -67,16 +68,27 @@ class Components:
         if self.family == "sd":
             from diffusers import StableDiffusionPipeline
 
-            return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoders[0],
-                                           tokenizer=self.tokenizers[0], unet=self.unet,
-                                           scheduler=self.scheduler, safety_checker=None,
-                                           feature_extractor=None, requires_safety_checker=False)
+            return StableDiffusionPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoders[0],
+                tokenizer=self.tokenizers[0],
+                unet=self.unet,
+                scheduler=self.scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
         from diffusers import StableDiffusionXLPipeline
 
-        return StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoders[0],
-                                         text_encoder_2=self.text_encoders[1], tokenizer=self.tokenizers[0],
-                                         tokenizer_2=self.tokenizers[1], unet=self.unet,
-                                         scheduler=self.scheduler)
+        return StableDiffusionXLPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoders[0],
+            text_encoder_2=self.text_encoders[1],
+            tokenizer=self.tokenizers[0],
+            tokenizer_2=self.tokenizers[1],
+            unet=self.unet,
+            scheduler=self.scheduler,
+        )
 
 
 def _check_act_fn(act_fn: str) -> None:
@@ -86,17 +98,34 @@ def _check_act_fn(act_fn: str) -> None:
 
 def tiny_unet_config(act_fn: str = "silu", sample_size: int = 16, family: str = "sd") -> dict[str, Any]:
     _check_act_fn(act_fn)
-    common = dict(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-                  block_out_channels=(32, 64), attention_head_dim=2, norm_num_groups=8, act_fn=act_fn)
+    common = dict(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        attention_head_dim=2,
+        norm_num_groups=8,
+        act_fn=act_fn,
+    )
     if family == "sd":
-        return dict(common, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                    cross_attention_dim=TINY_TEXT_HIDDEN)
-    return dict(common, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
-                cross_attention_dim=2 * TINY_TEXT_HIDDEN, use_linear_projection=True,
-                addition_embed_type="text_time", addition_time_embed_dim=TINY_TIME_EMBED,
-                projection_class_embeddings_input_dim=TINY_TEXT_HIDDEN + 6 * TINY_TIME_EMBED)
+        return dict(
+            common,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TINY_TEXT_HIDDEN,
+        )
+    return dict(
+        common,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=2 * TINY_TEXT_HIDDEN,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TINY_TIME_EMBED,
+        projection_class_embeddings_input_dim=TINY_TEXT_HIDDEN + 6 * TINY_TIME_EMBED,
+    )
 
 
 def tiny_vae_config(sample_size: int = 64) -> dict[str, Any]:
@@ -129,8 +158,7 @@ def tiny_text_config(projection_dim: int | None = None) -> CLIPTextConfig:
     )
 
 
-def build_tiny_components(seed: int = 0, act_fn: str = "silu", resolution: int = 64,
-                          family: str = "sd") -> Components:
+def build_tiny_components(seed: int = 0, act_fn: str = "silu", resolution: int = 64, family: str = "sd") -> Components:
     """Tiny, randomly initialised SD- or SDXL-style components (deterministic in ``seed``)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -153,9 +181,15 @@ def build_tiny_components(seed: int = 0, act_fn: str = "silu", resolution: int =
         tok2 = copy.deepcopy(load_clip_tokenizer())  # the loader's instance is shared: never mutate it
         tok2.pad_token = "!"
         tokenizers.append(tok2)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                              beta_start=0.00085, beta_end=0.012, prediction_type="epsilon",
-                              clip_sample=False, steps_offset=1)  # as SD-1.5's scheduler config
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    )  # as SD-1.5's scheduler config
     return Components(unet, vae, encoders, tokenizers, scheduler, family)
 
 
@@ -164,7 +198,7 @@ class PretrainedUnavailableError(RuntimeError):
 
 
 def detect_family(pretrained: str, revision: str = "main") -> str:
-    """"sdxl" when the pipeline's ``model_index.json`` names a ``text_encoder_2``, else "sd"."""
+    """ "sdxl" when the pipeline's ``model_index.json`` names a ``text_encoder_2``, else "sd"."""
     from diffusers import DiffusionPipeline
 
     index = DiffusionPipeline.load_config(pretrained, revision=revision)
@@ -183,17 +217,17 @@ def load_components(pretrained: str, act_fn: str | None = None, revision: str = 
         unet_kwargs["act_fn"] = act_fn
     try:
         family = detect_family(pretrained, revision)
-        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", revision=revision,
-                                                    **unet_kwargs)
+        unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", revision=revision, **unet_kwargs)
         vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", revision=revision)
         encoders: list[torch.nn.Module] = [
-            CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", revision=revision)]
+            CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", revision=revision)
+        ]
         tokenizers = [CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)]
         if family == "sdxl":
-            encoders.append(CLIPTextModelWithProjection.from_pretrained(
-                pretrained, subfolder="text_encoder_2", revision=revision))
-            tokenizers.append(CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer_2",
-                                                            revision=revision))
+            encoders.append(
+                CLIPTextModelWithProjection.from_pretrained(pretrained, subfolder="text_encoder_2", revision=revision)
+            )
+            tokenizers.append(CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer_2", revision=revision))
         scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", revision=revision)
     except (OSError, ValueError, json.JSONDecodeError) as exc:  # hub errors derive from OSError
         raise PretrainedUnavailableError(

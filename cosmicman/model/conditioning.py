@@ -9,6 +9,7 @@ Token ids come from the shards, tokenized with the first tokenizer (CLIP, padded
 tokenizer is the same BPE padded with "!" (id 0); ``ids_for`` rewrites the padding so encoder 2 sees what
 ``StableDiffusionXLPipeline.encode_prompt`` would feed it. Token positions (HOLA spans) are unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,20 +21,21 @@ from cosmicman.model.components import Components
 
 @dataclass
 class TextConditioning:
-    hidden: torch.Tensor                 # (B, 77, D): encoder_hidden_states
-    pooled: torch.Tensor | None = None   # (B, P): SDXL's text_embeds
+    hidden: torch.Tensor  # (B, 77, D): encoder_hidden_states
+    pooled: torch.Tensor | None = None  # (B, P): SDXL's text_embeds
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextConditioning:
-        return TextConditioning(self.hidden.to(device, dtype),
-                                None if self.pooled is None else self.pooled.to(device, dtype))
+        return TextConditioning(
+            self.hidden.to(device, dtype), None if self.pooled is None else self.pooled.to(device, dtype)
+        )
 
     def expand(self, batch_size: int) -> TextConditioning:
-        return TextConditioning(self.hidden.expand(batch_size, -1, -1),
-                                None if self.pooled is None else self.pooled.expand(batch_size, -1))
+        return TextConditioning(
+            self.hidden.expand(batch_size, -1, -1), None if self.pooled is None else self.pooled.expand(batch_size, -1)
+        )
 
 
-def sdxl_time_ids(original_hw: torch.Tensor, crop_top_left: torch.Tensor,
-                  target_hw: tuple[int, int]) -> torch.Tensor:
+def sdxl_time_ids(original_hw: torch.Tensor, crop_top_left: torch.Tensor, target_hw: tuple[int, int]) -> torch.Tensor:
     """(B, 6) float time ids: original (h, w), crop (top, left), target (h, w), as SDXL was trained."""
     target = torch.tensor(target_hw, dtype=torch.long).expand(original_hw.shape[0], 2)
     return torch.cat([original_hw.long().cpu(), crop_top_left.long().cpu(), target], dim=1).float()
@@ -67,8 +69,9 @@ class TextConditioner:
             pooled = out[0]  # the last encoder's pooled projection (text_embeds), as the SDXL pipeline
         return TextConditioning(torch.cat(hidden, dim=-1), pooled)
 
-    def unet_kwargs(self, cond: TextConditioning, time_ids: torch.Tensor | None,
-                    dtype: torch.dtype | None = None) -> dict:
+    def unet_kwargs(
+        self, cond: TextConditioning, time_ids: torch.Tensor | None, dtype: torch.dtype | None = None
+    ) -> dict:
         """Keyword arguments for ``unet(noisy, t, **kwargs)``."""
         hidden = cond.hidden if dtype is None else cond.hidden.to(dtype)
         if self.family == "sd":
@@ -76,6 +79,7 @@ class TextConditioner:
         if time_ids is None or cond.pooled is None:
             raise ValueError("SDXL conditioning needs pooled text embeddings and time ids")
         pooled = cond.pooled if dtype is None else cond.pooled.to(dtype)
-        return {"encoder_hidden_states": hidden,
-                "added_cond_kwargs": {"text_embeds": pooled,
-                                      "time_ids": time_ids.to(hidden.device, hidden.dtype)}}
+        return {
+            "encoder_hidden_states": hidden,
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.to(hidden.device, hidden.dtype)},
+        }

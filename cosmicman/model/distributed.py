@@ -9,6 +9,7 @@ partitioned) and ``zero2_offload`` (optimizer states and step on the CPU, as the
 training ran), or any path / URL. ``"auto"`` values are filled from the training config -- micro-batch,
 gradient accumulation, clipping, bf16 -- so batch and precision are stated once.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ class DistEnv:
 
     @classmethod
     def from_env(cls) -> DistEnv:
-        env = cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                  int(os.environ.get("LOCAL_RANK", 0)))
+        env = cls(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        )
         if not 0 <= env.rank < env.world_size:
             raise ValueError(f"RANK={env.rank} outside 0..WORLD_SIZE-1={env.world_size - 1}")
         return env
@@ -51,8 +53,9 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def load_deepspeed_config(name_or_url: str, *, micro_batch: int, grad_accum: int, grad_clip: float,
-                          bf16: bool) -> dict[str, Any]:
+def load_deepspeed_config(
+    name_or_url: str, *, micro_batch: int, grad_accum: int, grad_clip: float, bf16: bool
+) -> dict[str, Any]:
     """A packaged config by name, or a JSON file at a path / URL; ``"auto"`` values filled in."""
     if name_or_url in PACKAGED_DEEPSPEED_CONFIGS:
         text = resources.files("cosmicman.model").joinpath("configs", f"{name_or_url}.json").read_text()
@@ -60,8 +63,11 @@ def load_deepspeed_config(name_or_url: str, *, micro_batch: int, grad_accum: int
         with fsspec.open(name_or_url, "rt") as f:
             text = f.read()
     cfg = json.loads(text)
-    fills = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": grad_accum,
-             "gradient_clipping": grad_clip}
+    fills = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": grad_clip,
+    }
     for key, value in fills.items():
         if cfg.get(key, "auto") == "auto":
             cfg[key] = value
@@ -73,6 +79,8 @@ def load_deepspeed_config(name_or_url: str, *, micro_batch: int, grad_accum: int
         raise ValueError("fp16 (loss scaling) is not supported: use bf16 (mixed_precision='bf16')")
     stage = int(cfg.get("zero_optimization", {}).get("stage", 0))
     if stage > 2:
-        raise ValueError(f"ZeRO stage {stage}: the trainer supports stages 0-2 (every rank holds the full "
-                         "UNet, which HOLA capture, EMA and publishing rely on)")
+        raise ValueError(
+            f"ZeRO stage {stage}: the trainer supports stages 0-2 (every rank holds the full "
+            "UNet, which HOLA capture, EMA and publishing rely on)"
+        )
     return cfg

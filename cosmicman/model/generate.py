@@ -1,4 +1,5 @@
 """Text-to-image generation from a trained model folder (diffusers ``StableDiffusionPipeline`` layout)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,7 @@ def local_model_dir(url: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory() as tmp:
         for remote in fs.find(path):
-            local = Path(tmp) / remote[len(path):].lstrip("/")
+            local = Path(tmp) / remote[len(path) :].lstrip("/")
             local.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote, str(local))
         yield tmp
@@ -34,21 +35,36 @@ def load_pipeline(model_dir: str | Path, device: str = "cpu") -> StableDiffusion
 
     # the UNet goes through our loader so a Prime activation choice is re-applied at every site
     unet = load_unet_with_activation(str(model_dir), subfolder="unet")
-    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), unet=unet, safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(model_dir), unet=unet, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], steps: int = 10, guidance_scale: float = 5.0,
-             seed: int = 0, resolution: int | None = None, batch_size: int = 8) -> list[Image.Image]:
+def generate(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    steps: int = 10,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    resolution: int | None = None,
+    batch_size: int = 8,
+) -> list[Image.Image]:
     """One image per prompt, deterministic in ``seed`` (prompt i uses generator seed ``seed + i``)."""
     size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
+        chunk = list(prompts[start : start + batch_size])
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
-                   height=size, width=size, output_type="pil")
+        out = pipe(
+            chunk,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=gens,
+            height=size,
+            width=size,
+            output_type="pil",
+        )
         images += out.images
     return images

@@ -33,6 +33,7 @@ resized one-hot masks (close to ``"area"`` for integer factors).
 A group whose span is missing (null / (-1, -1)) gets no loss. A group with a span and an empty mask
 (e.g. the attribute region is absent) still pulls its maps towards zero.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -83,8 +84,7 @@ def _per_entry_terms(attn: torch.Tensor, masks_flat: torch.Tensor, w: torch.Tens
     a2 = attn.pow(2).sum(2)  # (B, H, K)
     am = torch.einsum("bhpk,bgp->bhgk", attn, masks_flat)  # (B, H, G, K)
     m2 = masks_flat.pow(2).sum(-1)  # (B, G)
-    token_sse = torch.einsum("bgk,bhk->bhg", w, a2) - 2 * torch.einsum("bgk,bhgk->bhg", w, am) \
-        + (n * m2)[:, None, :]
+    token_sse = torch.einsum("bgk,bhk->bhg", w, a2) - 2 * torch.einsum("bgk,bhgk->bhg", w, am) + (n * m2)[:, None, :]
     # mean-map term
     mean_map = torch.einsum("bhpk,bgk->bhgp", attn, w) / n.clamp(min=1)[:, None, :, None]  # (B, H, G, P)
     mean_sse = (mean_map - masks_flat[:, None]).pow(2).sum(-1)  # (B, H, G)
@@ -116,8 +116,7 @@ def hola_loss(
         raise ValueError(f"masks {tuple(masks.shape)} / spans {tuple(spans.shape)} / maps batch {B} disagree")
     map_hw = _map_grid(masks, P, map_hw)
     if map_hw[0] * map_hw[1] != P:
-        raise ValueError(f"cannot infer a map grid of {P} cells for masks of "
-                         f"{masks.shape[-2]}x{masks.shape[-1]}")
+        raise ValueError(f"cannot infer a map grid of {P} cells for masks of {masks.shape[-2]}x{masks.shape[-1]}")
     device = layers[0].device
     m = resize_masks(masks, map_hw, mask_resize).flatten(2).to(device, non_blocking=True)  # (B, G, P)
     # span bookkeeping where the spans are (the CPU, from the loader): its checks never wait for the GPU
@@ -146,8 +145,7 @@ def hola_loss(
     return per_sample[sample_ok].mean()
 
 
-def hola_loss_reference(maps, masks, spans, reduction="released", mask_resize="area",
-                        map_hw=None) -> torch.Tensor:
+def hola_loss_reference(maps, masks, spans, reduction="released", mask_resize="area", map_hw=None) -> torch.Tensor:
     """Loop-by-loop implementation of the same definition (slow; for tests and readers)."""
     layers = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
     B, _, P, K = layers[0].shape

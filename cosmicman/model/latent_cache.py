@@ -13,6 +13,7 @@ a dataset version are immutable, so a unit is keyed by its URL. Unit files are w
 temp file + rename; object stores publish on upload end): a crash leaves whole units or none, and the next
 run only encodes the missing ones. On several ranks each encodes its share of the units.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,9 @@ def weights_digest(*modules: torch.nn.Module) -> str:
 
 
 def cache_fingerprint(encoder_digest: str, family: str, geometry: dict[str, Any]) -> str:
-    blob = json.dumps({"format": CACHE_FORMAT, "encoders": encoder_digest, "family": family,
-                       "geometry": geometry}, sort_keys=True)
+    blob = json.dumps(
+        {"format": CACHE_FORMAT, "encoders": encoder_digest, "family": family, "geometry": geometry}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -101,16 +103,27 @@ def _encode_batch(items: list[tuple[int, dict[str, Any]]], encode: EncodeFn, rec
     out = encode(batch["pixel_values"], batch["input_ids"], batch)
     for j, (idx, sample) in enumerate(items):
         rec: dict[str, Any] = {k: v[j].detach().to("cpu", torch.float32).clone() for k, v in out.items()}
-        rec.update(__key__=sample["key"], group_masks=sample["group_masks"], spans=sample["spans"],
-                   group_names=list(sample["group_names"]),
-                   bucket=tuple(sample["bucket"]), original_size=tuple(sample["original_size"]),
-                   crop_top_left=tuple(sample["crop_top_left"]))
+        rec.update(
+            __key__=sample["key"],
+            group_masks=sample["group_masks"],
+            spans=sample["spans"],
+            group_names=list(sample["group_names"]),
+            bucket=tuple(sample["bucket"]),
+            original_size=tuple(sample["original_size"]),
+            crop_top_left=tuple(sample["crop_top_left"]),
+        )
         records[idx] = rec
 
 
-def build_cache(cache: LatentCache, reader: ShardDataset, encode: EncodeFn, batch_size: int,
-                rank: int = 0, world_size: int = 1,
-                say: Callable[[str], None] = log.info) -> dict[str, int]:
+def build_cache(
+    cache: LatentCache,
+    reader: ShardDataset,
+    encode: EncodeFn,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    say: Callable[[str], None] = log.info,
+) -> dict[str, int]:
     """Encode the shards of ``reader`` this rank owns (unit i goes to rank ``i % world_size``) that the
     cache lacks. ``reader`` supplies the decoding (geometry, masks, spans) of the training stream."""
     stats = {"units": len(reader.urls), "encoded_units": 0, "reused_units": 0, "samples": 0, "errors": 0}
@@ -139,8 +152,10 @@ def build_cache(cache: LatentCache, reader: ShardDataset, encode: EncodeFn, batc
         cache.write(url, records)
         stats["encoded_units"] += 1
         stats["samples"] += len(records)
-        say(f"latent cache: unit {n + 1}/{len(mine)} ({len(records)} samples) -> {cache.unit_path(url)} "
-            f"({time.perf_counter() - t0:.1f} s)")
+        say(
+            f"latent cache: unit {n + 1}/{len(mine)} ({len(records)} samples) -> {cache.unit_path(url)} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
     return stats
 
 

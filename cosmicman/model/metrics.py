@@ -18,6 +18,7 @@ Dagster-free (numpy / scipy / torch only).
   Acc_obj / Acc_tex / Acc_shape (by the protocol's category tag) and Acc_all (every question, global
   ones included).
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,7 @@ def _sqrt_psd(m: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(w)) @ v.T
 
 
-def frechet_distance_from_stats(mu_a: np.ndarray, sigma_a: np.ndarray,
-                                mu_b: np.ndarray, sigma_b: np.ndarray) -> float:
+def frechet_distance_from_stats(mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, sigma_b: np.ndarray) -> float:
     """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b)."""
     mu_a = np.atleast_1d(np.asarray(mu_a, dtype=np.float64))
     mu_b = np.atleast_1d(np.asarray(mu_b, dtype=np.float64))
@@ -100,6 +100,7 @@ def images_to_array(images: Iterable, size: tuple[int, int] | None = None) -> np
     for img in images:
         if isinstance(img, (bytes, bytearray)):
             import io
+
             img = Image.open(io.BytesIO(img))
         if isinstance(img, Image.Image):
             img = img.convert("RGB")
@@ -133,8 +134,7 @@ class RandomConvFeatures:
     of the last map, projected to ``dim`` by a fixed random matrix.
     """
 
-    def __init__(self, seed: int = 0, dim: int = 64, size: tuple[int, int] = (64, 128),
-                 batch_size: int = 64):
+    def __init__(self, seed: int = 0, dim: int = 64, size: tuple[int, int] = (64, 128), batch_size: int = 64):
         import torch
         from torch import nn
 
@@ -168,7 +168,7 @@ class RandomConvFeatures:
         feats = []
         with torch.no_grad():
             for i in range(0, len(arr), self.batch_size):
-                x = torch.from_numpy(arr[i:i + self.batch_size]).float() / 127.5 - 1.0
+                x = torch.from_numpy(arr[i : i + self.batch_size]).float() / 127.5 - 1.0
                 h = self.net(x)
                 pooled = torch.cat([h.mean(dim=(2, 3)), h.flatten(2).std(dim=2)], dim=1)
                 feats.append((pooled @ self.proj).numpy())
@@ -187,19 +187,20 @@ class InceptionFeatures:
     missing file raises FileNotFoundError saying where to put it.
     """
 
-    def __init__(self, weights_path: str | os.PathLike | None = None, batch_size: int = 32,
-                 device: str = "cpu"):
+    def __init__(self, weights_path: str | os.PathLike | None = None, batch_size: int = 32, device: str = "cpu"):
         path = weights_path or os.environ.get(INCEPTION_ENV_VAR)
         if not path:
             raise FileNotFoundError(
                 "InceptionFeatures needs local weights: pass weights_path or set "
                 f"{INCEPTION_ENV_VAR} to a TorchScript 'inception-2015-12-05.pt' "
-                "(the StyleGAN/clean-fid FID Inception). For offline tests use RandomConvFeatures.")
+                "(the StyleGAN/clean-fid FID Inception). For offline tests use RandomConvFeatures."
+            )
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"Inception weights not found at {str(path)!r}: place the TorchScript "
-                "'inception-2015-12-05.pt' there (nothing is downloaded), or use RandomConvFeatures offline.")
+                "'inception-2015-12-05.pt' there (nothing is downloaded), or use RandomConvFeatures offline."
+            )
         import torch
 
         try:
@@ -243,9 +244,12 @@ class InceptionFeatures:
 _TAG_KEYS = {"obj": "acc_obj", "tex": "acc_tex", "shape": "acc_shape"}
 
 
-def semantic_accuracy_details(answers_pred: Sequence[Mapping[str, str]],
-                              answers_true: Sequence[Mapping[str, str]],
-                              protocol=None, dependency: bool = True) -> dict[str, dict[str, int]]:
+def semantic_accuracy_details(
+    answers_pred: Sequence[Mapping[str, str]],
+    answers_true: Sequence[Mapping[str, str]],
+    protocol=None,
+    dependency: bool = True,
+) -> dict[str, dict[str, int]]:
     """Correct / total question counts per tag (obj, tex, shape, global) and ``all``.
 
     One question per attribute in each test prompt (``answers_true[i]``); the VQA answers for the image
@@ -255,6 +259,7 @@ def semantic_accuracy_details(answers_pred: Sequence[Mapping[str, str]],
     """
     if protocol is None:
         from cosmicman.core.protocol import load_protocol
+
         protocol = load_protocol()
     if len(answers_pred) != len(answers_true):
         raise ValueError(f"{len(answers_pred)} predictions for {len(answers_true)} prompts")
@@ -274,9 +279,12 @@ def semantic_accuracy_details(answers_pred: Sequence[Mapping[str, str]],
     return counts
 
 
-def semantic_accuracy(answers_pred: Sequence[Mapping[str, str]],
-                      answers_true: Sequence[Mapping[str, str]],
-                      protocol=None, dependency: bool = True) -> dict[str, float]:
+def semantic_accuracy(
+    answers_pred: Sequence[Mapping[str, str]],
+    answers_true: Sequence[Mapping[str, str]],
+    protocol=None,
+    dependency: bool = True,
+) -> dict[str, float]:
     """``{"acc_obj", "acc_tex", "acc_shape", "acc_all"}`` in [0, 1] (see :func:`semantic_accuracy_details`).
 
     Acc_obj / Acc_tex / Acc_shape average the questions whose category is tagged obj / tex / shape;

@@ -8,6 +8,7 @@ GCS / Azure pairs, over any fsspec URL (``s3://`` through s3fs with the pod's cr
 environment, ``file://`` on a shared volume, ...). When the params name no such URL the writer behaves as
 dagster-pipes' default (a file or stdio), so the same trainer works under every launcher.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -28,6 +28,7 @@ group's text tokenized without BOS/EOS equals ``input_ids[s:e]``; otherwise the 
 gets no span (no HOLA), counted in ``stats["span_rejected"]``. Undecodable samples are skipped and
 counted in ``stats["skipped"]``.
 """
+
 from __future__ import annotations
 
 import io
@@ -109,8 +110,9 @@ def cover_crop(img: Image.Image, size_hw: tuple[int, int], resample: int) -> tup
     return img.crop((left, top, left + bw, top + bh)), (top, left)
 
 
-def group_label_masks(label_map: torch.Tensor, groups: list[dict], mask_size: tuple[int, int] | None,
-                      mode: str = "area") -> torch.Tensor:
+def group_label_masks(
+    label_map: torch.Tensor, groups: list[dict], mask_size: tuple[int, int] | None, mode: str = "area"
+) -> torch.Tensor:
     """(H, W) long label map -> (G, h, w) float group masks (see module doc)."""
     sel = torch.zeros(len(groups), N_ATR_LABELS)
     for g, grp in enumerate(groups):
@@ -151,11 +153,22 @@ class ShardDataset(torch.utils.data.IterableDataset):
     Subclasses change where units come from (``read_unit``) and how a raw sample becomes tensors
     (``decode``); the order logic stays here."""
 
-    def __init__(self, urls: Iterable[str], tokenizer, resolution: int,
-                 mask_size: tuple[int, int] | None = None, mask_resize: str = "area",
-                 seed: int = 0, shuffle_buffer: int = 0, repeat: bool = False,
-                 verify_spans: bool = True, rank: int = 0, world_size: int = 1, start: int = 0,
-                 exclude: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        urls: Iterable[str],
+        tokenizer,
+        resolution: int,
+        mask_size: tuple[int, int] | None = None,
+        mask_resize: str = "area",
+        seed: int = 0,
+        shuffle_buffer: int = 0,
+        repeat: bool = False,
+        verify_spans: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        exclude: Iterable[int] = (),
+    ) -> None:
         self.urls = expand_shard_urls(urls)
         self.tokenizer = tokenizer
         self.resolution = int(resolution)
@@ -204,8 +217,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if int(label_map.max()) >= N_ATR_LABELS:
             raise ValueError(f"mask of {raw['__key__']} has label {int(label_map.max())} > {N_ATR_LABELS - 1}")
 
-        ids = self.tokenizer(meta.get("caption", ""), padding="max_length", max_length=MAX_TEXT_TOKENS,
-                             truncation=True, return_tensors="pt").input_ids[0]
+        ids = self.tokenizer(
+            meta.get("caption", ""),
+            padding="max_length",
+            max_length=MAX_TEXT_TOKENS,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids[0]
         groups = meta.get("groups") or []
         spans = torch.full((len(groups), 2), -1, dtype=torch.long)
         for g, grp in enumerate(groups):
@@ -222,11 +240,17 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 self.stats["span_rejected"] += 1
         masks = group_label_masks(label_map, groups, self.map_hw(target), self.mask_resize)
         # original size and crop offset: SDXL's micro-conditioning (time ids)
-        return {"key": raw["__key__"], "pixel_values": pixels, "input_ids": ids,
-                "group_masks": masks, "spans": spans,
-                "group_names": [g.get("name", str(i)) for i, g in enumerate(groups)],
-                "bucket": target, "original_size": original_hw,
-                "crop_top_left": crop_top_left}
+        return {
+            "key": raw["__key__"],
+            "pixel_values": pixels,
+            "input_ids": ids,
+            "group_masks": masks,
+            "spans": spans,
+            "group_names": [g.get("name", str(i)) for i, g in enumerate(groups)],
+            "bucket": target,
+            "original_size": original_hw,
+            "crop_top_left": crop_top_left,
+        }
 
     def target_hw(self, width: int, height: int) -> tuple[int, int]:
         """The (h, w) an image of ``width x height`` is cover-cropped to: here the square resolution."""
@@ -283,8 +307,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             since_yield += 1
             # a whole epoch (and then some, for the shuffle buffer) gave this reader nothing: all undecodable
             if self.repeat and self._epoch_len and since_yield > 2 * self._epoch_len + self.shuffle_buffer:
-                raise RuntimeError(f"no decodable samples for rank {self.rank}/{self.world_size} in "
-                                   f"{self.urls}")
+                raise RuntimeError(f"no decodable samples for rank {self.rank}/{self.world_size} in {self.urls}")
             if pos % self.world_size != self.rank or pos < self.start or pos in self.exclude:
                 if pos < self.start or pos in self.exclude:
                     since_yield = 0  # skipping on purpose is progress

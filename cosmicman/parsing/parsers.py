@@ -4,6 +4,7 @@ Production parses with a transformers semantic-segmentation model with ATR label
 e.g. a checkpoint fine-tuned on ATR); the local environment plugs in the synthetic world's exact masks
 (:mod:`cosmicman.simulation.parser`) through the same :class:`HumanParser` interface.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,7 +56,8 @@ class SegmentationModelParser:
         except OSError as exc:
             raise ParserUnavailableError(
                 f"cannot load the parsing model {self.model_id!r} ({exc}); it needs model-hub access or a "
-                "local folder with an ATR-labelled SegFormer-class checkpoint") from exc
+                "local folder with an ATR-labelled SegFormer-class checkpoint"
+            ) from exc
         parts = [p.lower() for p in load_protocol().parts]
         id2label = model.config.id2label
         mapping = np.zeros(len(id2label), dtype=np.uint8)
@@ -74,6 +76,7 @@ class SegmentationModelParser:
         inputs = loaded.processor(images=image, return_tensors="pt").to(self.device)
         with torch.no_grad():
             logits = loaded.model(**inputs).logits
-        up = torch.nn.functional.interpolate(logits, size=(image.height, image.width), mode="bilinear",
-                                             align_corners=False)
+        up = torch.nn.functional.interpolate(
+            logits, size=(image.height, image.width), mode="bilinear", align_corners=False
+        )
         return loaded.label_map[up.argmax(1)[0].cpu().numpy()]

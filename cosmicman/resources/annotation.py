@@ -4,6 +4,7 @@ Production reads I_e and the round-0 training set from configured folders of lab
 (:mod:`cosmicman.annotation.eval_set`); the local environment plugs in subclasses that render them from
 the synthetic world and answer with the simulated oracle (``cosmicman.environments.simulated_annotation``).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -38,21 +39,31 @@ class AnnotatorResource(dg.ConfigurableResource):
     min_gain: float = 0.0
 
     def rules(self) -> HitlRules:
-        return HitlRules(threshold=self.threshold, sample_size=self.round_sample_size, seed=self.round_seed,
-                         max_rounds=self.max_rounds, min_gain=self.min_gain, first_round=self.first_round)
+        return HitlRules(
+            threshold=self.threshold,
+            sample_size=self.round_sample_size,
+            seed=self.round_seed,
+            max_rounds=self.max_rounds,
+            min_gain=self.min_gain,
+            first_round=self.first_round,
+        )
 
     def eval_images(self) -> list[LabelledImage]:
         """I_e: images with exact ground truth."""
         if not self.eval_set_url:
-            raise ValueError("AnnotatorResource.eval_set_url is not set: point it at a folder of labelled images "
-                             "(images + labels.jsonl) for the evaluation set I_e")
+            raise ValueError(
+                "AnnotatorResource.eval_set_url is not set: point it at a folder of labelled images "
+                "(images + labels.jsonl) for the evaluation set I_e"
+            )
         return read_labelled_folder(self.eval_set_url)
 
     def pretrain_images(self) -> list[LabelledImage]:
         """The probe's round-0 training set (labels as a generic annotator would give them)."""
         if not self.pretrain_set_url:
-            raise ValueError("AnnotatorResource.pretrain_set_url is not set: point it at a folder of labelled "
-                             "images (images + labels.jsonl) to train the probe's round 0, or use kind 'vlm'")
+            raise ValueError(
+                "AnnotatorResource.pretrain_set_url is not set: point it at a folder of labelled "
+                "images (images + labels.jsonl) to train the probe's round 0, or use kind 'vlm'"
+            )
         return read_labelled_folder(self.pretrain_set_url)
 
     def base_annotator(self) -> tuple[Annotator, int]:
@@ -63,15 +74,15 @@ class AnnotatorResource(dg.ConfigurableResource):
             return ProbeAnnotator.train([p.image_bytes for p in pre], [p.attributes for p in pre]), len(pre)
         if self.kind == "vlm":
             if not self.vlm_model:
-                raise ValueError("annotator kind 'vlm' needs vlm_model: a BLIP-2 / InstructBLIP folder or "
-                                 "staged hub id")
+                raise ValueError(
+                    "annotator kind 'vlm' needs vlm_model: a BLIP-2 / InstructBLIP folder or staged hub id"
+                )
             from cosmicman.annotation.vlm_annotator import VLMAnnotator
 
             return VLMAnnotator.from_pretrained(self.vlm_model), 0
         raise ValueError(f"unknown annotator kind {self.kind!r}; use 'probe' or 'vlm'")
 
-    def finetune(self, model: Annotator, labels: list[LabelRecord], images: dict[str, bytes],
-                 round: int) -> Annotator:
+    def finetune(self, model: Annotator, labels: list[LabelRecord], images: dict[str, bytes], round: int) -> Annotator:
         from cosmicman.annotation.vlm_annotator import VLMAnnotator
 
         if self.kind == "vlm" and isinstance(model, VLMAnnotator):
@@ -102,9 +113,13 @@ class LabellingResource(dg.ConfigurableResource):
 
             if not self.label_studio_url:
                 raise ValueError("backend_kind='label_studio' needs label_studio_url (and label_studio_api_key)")
-            return LabelStudioBackend(store, self.label_studio_url, self.label_studio_api_key,
-                                      import_chunk_size=self.label_studio_import_chunk_size,
-                                      local_files_root=self.label_studio_local_files_root,
-                                      presign_expiry_s=self.label_studio_presign_expiry_s,
-                                      timeout_s=self.label_studio_timeout_s)
+            return LabelStudioBackend(
+                store,
+                self.label_studio_url,
+                self.label_studio_api_key,
+                import_chunk_size=self.label_studio_import_chunk_size,
+                local_files_root=self.label_studio_local_files_root,
+                presign_expiry_s=self.label_studio_presign_expiry_s,
+                timeout_s=self.label_studio_timeout_s,
+            )
         raise ValueError(f"unknown labelling backend {self.backend_kind!r}; use 'inbox' or 'label_studio'")

@@ -1,4 +1,5 @@
 """Evaluation settings for the ``evaluation`` asset."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ class EvaluationResource(dg.ConfigurableResource):
     def test_attributes(self) -> list[dict[str, str]]:
         """The attributes of each test prompt (what its generated image must show)."""
         if not self.prompts_url:
-            raise ValueError("EvaluationResource.prompts_url is not set: name a JSON-lines file of test prompts' "
-                             "attributes, one {attribute: value} object per line")
+            raise ValueError(
+                "EvaluationResource.prompts_url is not set: name a JSON-lines file of test prompts' "
+                "attributes, one {attribute: value} object per line"
+            )
         with fsspec.open(self.prompts_url, "rt") as f:
             lines = [line for line in f if line.strip()]
-        return [json.loads(line) for line in lines[:self.n_prompts]]
+        return [json.loads(line) for line in lines[: self.n_prompts]]

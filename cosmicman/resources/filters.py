@@ -62,9 +62,13 @@ class FilterResource(dg.ConfigurableResource):
     def chain_settings(self) -> dict:
         """Everything besides the head's weights that decides a decision: backends, models, thresholds
         (for lineage and for keying filtered tables)."""
-        settings = {"backend": self.backend, "quality_backend": self.quality_backend,
-                    "face_cascade": self.face_cascade, "face_profile_cascade": self.face_profile_cascade,
-                    **self.thresholds()}
+        settings = {
+            "backend": self.backend,
+            "quality_backend": self.quality_backend,
+            "face_cascade": self.face_cascade,
+            "face_profile_cascade": self.face_profile_cascade,
+            **self.thresholds(),
+        }
         if self.backend == "production":
             settings.update(person_detector_id=self.person_detector_id, clip_id=self.clip_id)
         if self.quality_backend == "liqe":
@@ -75,8 +79,11 @@ class FilterResource(dg.ConfigurableResource):
 
     def embedder(self) -> Embedder:
         self._check_backend()
-        return ClipImageEmbedder(self.clip_id, device=self.device) if self.backend == "production" \
+        return (
+            ClipImageEmbedder(self.clip_id, device=self.device)
+            if self.backend == "production"
             else OfflineImageFeatures()
+        )
 
     def train_fake_person_head(self, store: Store | None = None) -> tuple[bytes, dict]:
         """Train the head from ``fake_head_train_url`` (``store``: where a subclass may keep its own folder).
@@ -85,8 +92,10 @@ class FilterResource(dg.ConfigurableResource):
         scenario, and the folder the head trained from (``train_url``).
         """
         if not self.fake_head_train_url:
-            raise ValueError("FilterResource.fake_head_train_url is not set: the fake-person head trains on a "
-                             "folder of labelled real/fake people in the Human-Art layout")
+            raise ValueError(
+                "FilterResource.fake_head_train_url is not set: the fake-person head trains on a "
+                "folder of labelled real/fake people in the Human-Art layout"
+            )
         return self._train_from(self.fake_head_train_url, self.embedder())
 
     def _train_from(self, url: str, embedder: Embedder, **storage_options) -> tuple[bytes, dict]:
@@ -111,13 +120,19 @@ class FilterResource(dg.ConfigurableResource):
             raise dg.Failure("the fake-person head is missing: materialize fake_person_classifier first")
         head = LogisticHead.from_bytes(store.read_bytes(FAKE_HEAD_KEY))
         if self.backend == "production":
-            chain = production_chain(head, detector_id=self.person_detector_id, clip_id=self.clip_id,
-                                       device=self.device, face_detector=self.face_detector(64),
-                                       quality_scorer=self.quality_scorer())
+            chain = production_chain(
+                head,
+                detector_id=self.person_detector_id,
+                clip_id=self.clip_id,
+                device=self.device,
+                face_detector=self.face_detector(64),
+                quality_scorer=self.quality_scorer(),
+            )
             chain.config = self.config()
             return chain
-        return local_chain(head, self.config(), face_detector=self.face_detector(20),
-                             quality_scorer=self.quality_scorer())
+        return local_chain(
+            head, self.config(), face_detector=self.face_detector(20), quality_scorer=self.quality_scorer()
+        )
 
     def _check_backend(self) -> None:
         if self.backend not in ("local", "production"):

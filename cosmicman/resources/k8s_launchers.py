@@ -15,6 +15,7 @@ uploads numbered message chunks there and ``ObjectStoreMessageReader`` polls the
 rotation, pod restarts and any number of nodes. Without it the rank-0 node pod's logs are read
 (``PipesK8sPodLogsMessageReader``).
 """
+
 from __future__ import annotations
 
 import threading
@@ -77,8 +78,7 @@ class K8sJobTrainingLauncher(TrainingLauncher):
         if self.nproc_per_node is not None:
             _check_positive("nproc_per_node", self.nproc_per_node)
             if self.nproc_per_node > self.gpus:
-                raise ValueError(
-                    f"nproc_per_node ({self.nproc_per_node}) exceeds gpus ({self.gpus})")
+                raise ValueError(f"nproc_per_node ({self.nproc_per_node}) exceeds gpus ({self.gpus})")
 
     def command(self) -> list[str]:
         nproc = self.nproc_per_node or self.gpus
@@ -94,11 +94,13 @@ class K8sJobTrainingLauncher(TrainingLauncher):
         spec: dict[str, Any] = {
             "restart_policy": "Never",
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [{
-                "name": "trainer",
-                "resources": {"limits": limits, "requests": requests},
-                "volume_mounts": [{"name": "dshm", "mount_path": "/dev/shm"}],
-            }],
+            "containers": [
+                {
+                    "name": "trainer",
+                    "resources": {"limits": limits, "requests": requests},
+                    "volume_mounts": [{"name": "dshm", "mount_path": "/dev/shm"}],
+                }
+            ],
             "volumes": [{"name": "dshm", "empty_dir": {"medium": "Memory", "size_limit": self.shm_size}}],
         }
         if self.service_account:
@@ -110,19 +112,33 @@ class K8sJobTrainingLauncher(TrainingLauncher):
         from dagster_k8s.pipes import build_pod_body
 
         self.check_settings()
-        return build_pod_body(pod_name=pod_name, image=self.image, command=self.command(),
-                              env_vars={**bootstrap_env, **self.env}, base_pod_meta=None,
-                              base_pod_spec=self.base_pod_spec())
+        return build_pod_body(
+            pod_name=pod_name,
+            image=self.image,
+            command=self.command(),
+            env_vars={**bootstrap_env, **self.env},
+            base_pod_meta=None,
+            base_pod_spec=self.base_pod_spec(),
+        )
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
         from dagster_k8s import PipesK8sClient
 
         self.check_settings()
-        client = PipesK8sClient(load_incluster_config=self.load_incluster_config,
-                                kubeconfig_file=self.kubeconfig_file, poll_interval=self.poll_interval)
-        return client.run(context=context, image=self.image, command=self.command(), namespace=self.namespace,
-                          env=self.env or None, base_pod_spec=self.base_pod_spec(),
-                          extras={"config": config}).get_materialize_result()
+        client = PipesK8sClient(
+            load_incluster_config=self.load_incluster_config,
+            kubeconfig_file=self.kubeconfig_file,
+            poll_interval=self.poll_interval,
+        )
+        return client.run(
+            context=context,
+            image=self.image,
+            command=self.command(),
+            namespace=self.namespace,
+            env=self.env or None,
+            base_pod_spec=self.base_pod_spec(),
+            extras={"config": config},
+        ).get_materialize_result()
 
 
 class TrainJobLauncher(TrainingLauncher):
@@ -143,8 +159,10 @@ class TrainJobLauncher(TrainingLauncher):
     load_incluster_config: bool | None = None
     kubeconfig_file: str | None = None
     messages_url: str | None = Field(
-        default=None, description="Object-store URL prefix for Pipes messages (rank 0 uploads chunks there); "
-                                  "None: read the rank-0 pod's logs.")
+        default=None,
+        description="Object-store URL prefix for Pipes messages (rank 0 uploads chunks there); "
+        "None: read the rank-0 pod's logs.",
+    )
 
     def check_settings(self) -> None:
         _check_image(self.image)
@@ -155,7 +173,8 @@ class TrainJobLauncher(TrainingLauncher):
         if self.runtime not in ("torch-distributed",):
             raise ValueError(
                 f"runtime {self.runtime!r} is not supported: the trainer is launched by torchrun, "
-                "use 'torch-distributed'")
+                "use 'torch-distributed'"
+            )
 
     def train_job_body(self, name: str, bootstrap_env: Mapping[str, str]) -> dict[str, Any]:
         """The TrainJob ``launch`` creates, given the Pipes session's bootstrap env vars."""
@@ -170,9 +189,11 @@ class TrainJobLauncher(TrainingLauncher):
         return {
             "apiVersion": f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}",
             "kind": "TrainJob",
-            "metadata": {"name": name, "namespace": self.namespace,
-                         "labels": {"app.kubernetes.io/part-of": "cosmicman",
-                                    "app.kubernetes.io/component": "training"}},
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/part-of": "cosmicman", "app.kubernetes.io/component": "training"},
+            },
             "spec": {
                 "runtimeRef": {"apiGroup": TRAINJOB_GROUP, "kind": "ClusterTrainingRuntime", "name": self.runtime},
                 "trainer": {
@@ -201,9 +222,15 @@ class TrainJobLauncher(TrainingLauncher):
         _load_kube_config(self.load_incluster_config, self.kubeconfig_file)
         return kubernetes.client.CustomObjectsApi(), kubernetes.client.CoreV1Api()
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], *,
-               custom_api=None, core_api=None, message_reader: dg.PipesMessageReader | None = None,
-               ) -> dg.MaterializeResult:
+    def launch(
+        self,
+        context: dg.AssetExecutionContext,
+        config: dict[str, Any],
+        *,
+        custom_api=None,
+        core_api=None,
+        message_reader: dg.PipesMessageReader | None = None,
+    ) -> dg.MaterializeResult:
         """Create the TrainJob, wait for Complete / Failed, return the trainer's materialization.
         ``custom_api`` / ``core_api`` default to the kubernetes client's (tests pass fakes)."""
         from dagster_k8s.pipes import PipesK8sPodLogsMessageReader
@@ -217,12 +244,16 @@ class TrainJobLauncher(TrainingLauncher):
             message_reader = ObjectStoreMessageReader(self.messages_url, interval=min(5.0, self.poll_interval or 5.0))
         reader = message_reader or PipesK8sPodLogsMessageReader()
         name = f"daring-unet-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
-        with dg.open_pipes_session(context=context, extras={"config": config},
-                                   context_injector=dg.PipesEnvContextInjector(),
-                                   message_reader=reader) as session:
+        with dg.open_pipes_session(
+            context=context,
+            extras={"config": config},
+            context_injector=dg.PipesEnvContextInjector(),
+            message_reader=reader,
+        ) as session:
             body = self.train_job_body(name, session.get_bootstrap_env_vars())
-            custom_api.create_namespaced_custom_object(TRAINJOB_GROUP, TRAINJOB_VERSION, self.namespace,
-                                                       TRAINJOB_PLURAL, body)
+            custom_api.create_namespaced_custom_object(
+                TRAINJOB_GROUP, TRAINJOB_VERSION, self.namespace, TRAINJOB_PLURAL, body
+            )
             context.log.info(f"created TrainJob {self.namespace}/{name} ({self.num_nodes} nodes)")
             state, log_thread = None, None
             try:
@@ -232,12 +263,14 @@ class TrainJobLauncher(TrainingLauncher):
                         pod = self._rank0_pod(core_api, name)
                         if pod:
                             log_thread = threading.Thread(
-                                target=reader.consume_pod_logs, daemon=True,
-                                kwargs=dict(context=context, core_api=core_api, pod_name=pod,
-                                            namespace=self.namespace))
+                                target=reader.consume_pod_logs,
+                                daemon=True,
+                                kwargs=dict(context=context, core_api=core_api, pod_name=pod, namespace=self.namespace),
+                            )
                             log_thread.start()
-                    obj = custom_api.get_namespaced_custom_object(TRAINJOB_GROUP, TRAINJOB_VERSION, self.namespace,
-                                                                  TRAINJOB_PLURAL, name)
+                    obj = custom_api.get_namespaced_custom_object(
+                        TRAINJOB_GROUP, TRAINJOB_VERSION, self.namespace, TRAINJOB_PLURAL, name
+                    )
                     state = self.job_state(obj)
                     if state == "Failed":
                         msgs = [c.get("message", "") for c in obj["status"]["conditions"] if c.get("type") == "Failed"]
@@ -253,8 +286,9 @@ class TrainJobLauncher(TrainingLauncher):
                 # failure, timeout, or run termination (DagsterExecutionInterruptedError): don't leave GPUs held
                 if state != "Complete" or self.delete_on_completion:
                     try:
-                        custom_api.delete_namespaced_custom_object(TRAINJOB_GROUP, TRAINJOB_VERSION,
-                                                                   self.namespace, TRAINJOB_PLURAL, name)
+                        custom_api.delete_namespaced_custom_object(
+                            TRAINJOB_GROUP, TRAINJOB_VERSION, self.namespace, TRAINJOB_PLURAL, name
+                        )
                         context.log.info(f"deleted TrainJob {self.namespace}/{name}")
                     except Exception as e:  # noqa: BLE001 - best effort on the way out
                         context.log.warning(f"could not delete TrainJob {name}: {e}")

@@ -1,5 +1,6 @@
 """Training launchers: how ``python -m cosmicman.model.train`` gets a process. Each talks back
 through Dagster Pipes, so the asset code is the same wherever training runs."""
+
 from __future__ import annotations
 
 import abc
@@ -26,5 +27,6 @@ class SubprocessTrainingLauncher(TrainingLauncher):
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
         client = dg.PipesSubprocessClient(env=self.env or None)
-        return client.run(context=context, command=[self.python or sys.executable, "-m", TRAIN_MODULE],
-                          extras={"config": config}).get_materialize_result()
+        return client.run(
+            context=context, command=[self.python or sys.executable, "-m", TRAIN_MODULE], extras={"config": config}
+        ).get_materialize_result()

@@ -15,6 +15,8 @@ class ParserResource(dg.ConfigurableResource):
 
     def parser(self, store: Store) -> HumanParser:
         if not self.model_id:
-            raise ValueError("ParserResource.model_id is not set: name an ATR-labelled segmentation checkpoint "
-                             "(model hub id or local folder)")
+            raise ValueError(
+                "ParserResource.model_id is not set: name an ATR-labelled segmentation checkpoint "
+                "(model hub id or local folder)"
+            )
         return SegmentationModelParser(self.model_id, self.device)

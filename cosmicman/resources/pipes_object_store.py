@@ -5,6 +5,7 @@ session gets a fresh prefix ``<url>/<uuid>``, which reaches the trainer in the b
 ``<prefix>/<index>.json`` are read in order as they appear. The chunks stay after the run (a record of
 what the trainer reported); a lifecycle rule on the prefix can expire them.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -40,6 +41,8 @@ class ObjectStoreMessageReader(PipesBlobStoreMessageReader):
             return None
 
     def no_messages_debug_text(self) -> str:
-        return (f"Tried to read Pipes message chunks under {self.url}/<session>/. The trainer must open "
-                "dagster-pipes with cosmicman.model.pipes_channel.ObjectStoreMessageWriter and reach that "
-                "store (credentials / endpoint in its environment).")
+        return (
+            f"Tried to read Pipes message chunks under {self.url}/<session>/. The trainer must open "
+            "dagster-pipes with cosmicman.model.pipes_channel.ObjectStoreMessageWriter and reach that "
+            "store (credentials / endpoint in its environment)."
+        )

@@ -31,8 +31,12 @@ class SourcingResource(dg.ConfigurableResource):
     folder_batch_size: int = 8
     parquet_url: str | None = None
     parquet_batch_size: int = 10_000
-    api_terms: list[str] = ["full body photo of a person", "person standing full length", "fashion model full body",
-                            "street style outfit"]
+    api_terms: list[str] = [
+        "full body photo of a person",
+        "person standing full length",
+        "fashion model full body",
+        "street style outfit",
+    ]
     flickr_api_key: str | None = None
     flickr_batch_size: int = 0
     flickr_licences: list[int] = FLICKR_REUSABLE_LICENCES
@@ -58,16 +62,22 @@ class SourcingResource(dg.ConfigurableResource):
         """Each source with the number of items it contributes per batch."""
         out = self.configured_sources()
         if not out:
-            raise ValueError("SourcingResource has no source: set folder_url, parquet_url or a web API key "
-                             "(flickr_api_key, unsplash_access_key, pixabay_api_key) with its batch size")
+            raise ValueError(
+                "SourcingResource has no source: set folder_url, parquet_url or a web API key "
+                "(flickr_api_key, unsplash_access_key, pixabay_api_key) with its batch size"
+            )
         return out
 
     def configured_sources(self) -> list[tuple[ImageSource, int]]:
         """The sources this resource's settings enable, in plan order (possibly none)."""
         out: list[tuple[ImageSource, int]] = []
         if self.folder_url:
-            out.append((FolderSource(self.folder_url, layout=self.folder_layout, licence=self.folder_licence),
-                        self.folder_batch_size))
+            out.append(
+                (
+                    FolderSource(self.folder_url, layout=self.folder_layout, licence=self.folder_licence),
+                    self.folder_batch_size,
+                )
+            )
         if self.parquet_url:
             out.append((ParquetSource(self.parquet_url), self.parquet_batch_size))
         out += [(ApiSource(client, self.api_terms), size) for client, size in self._api_clients()]
@@ -77,20 +87,39 @@ class SourcingResource(dg.ConfigurableResource):
         """A client for each web API with a key and a share of the batch (keys arrive via ``dg.EnvVar``)."""
         clients: list[tuple[WebApiClient, int]] = []
         if self.flickr_api_key and self.flickr_batch_size > 0:
-            clients.append((FlickrClient(self.flickr_api_key, base_url=self.flickr_base_url,
-                                         licences=self.flickr_licences), self.flickr_batch_size))
+            clients.append(
+                (
+                    FlickrClient(self.flickr_api_key, base_url=self.flickr_base_url, licences=self.flickr_licences),
+                    self.flickr_batch_size,
+                )
+            )
         if self.unsplash_access_key and self.unsplash_batch_size > 0:
             limit = UNSPLASH_PRODUCTION_RATE_LIMIT if self.unsplash_production else UNSPLASH_DEMO_RATE_LIMIT
-            clients.append((UnsplashClient(self.unsplash_access_key, base_url=self.unsplash_base_url,
-                                           rate_limit=limit), self.unsplash_batch_size))
+            clients.append(
+                (
+                    UnsplashClient(self.unsplash_access_key, base_url=self.unsplash_base_url, rate_limit=limit),
+                    self.unsplash_batch_size,
+                )
+            )
         if self.pixabay_api_key and self.pixabay_batch_size > 0:
-            clients.append((PixabayClient(self.pixabay_api_key, base_url=self.pixabay_base_url),
-                            self.pixabay_batch_size))
+            clients.append(
+                (PixabayClient(self.pixabay_api_key, base_url=self.pixabay_base_url), self.pixabay_batch_size)
+            )
         return clients
 
     def ingest_config(self) -> IngestConfig:
-        fetch = dataclasses.replace(FetchConfig(), max_in_flight=self.max_in_flight, per_host=self.per_host,
-                                    read_timeout_s=self.read_timeout_s, retries=self.retries)
-        return IngestConfig(chunk_size=self.chunk_size, workers=self.workers, resize_to=self.resize_to,
-                            near_dup_distance=self.near_dup_distance, max_url_attempts=self.max_url_attempts,
-                            fetch=fetch)
+        fetch = dataclasses.replace(
+            FetchConfig(),
+            max_in_flight=self.max_in_flight,
+            per_host=self.per_host,
+            read_timeout_s=self.read_timeout_s,
+            retries=self.retries,
+        )
+        return IngestConfig(
+            chunk_size=self.chunk_size,
+            workers=self.workers,
+            resize_to=self.resize_to,
+            near_dup_distance=self.near_dup_distance,
+            max_url_attempts=self.max_url_attempts,
+            fetch=fetch,
+        )

@@ -1,4 +1,5 @@
 """Where op outputs wait between steps when every step runs in its own pod (the Kubernetes executor)."""
+
 from __future__ import annotations
 
 import pickle

@@ -4,6 +4,7 @@
 fields, so its defaults cannot drift from the trainer's, and every field can be set (in code or in the UI
 launchpad, as ``overrides: {field: value}``). The per-run fields (``PER_RUN_FIELDS``: shards, output,
 latent cache location, resume) are filled by the ``daring_unet`` asset."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,11 +35,13 @@ class TrainingResource(dg.ConfigurableResource):
             raise ValueError(f"training overrides {per_run} are filled per run by the daring_unet asset")
         return self
 
-    def launch_config(self, shards: list[str], latent_cache_url: str,
-                      variant: dict[str, Any] | None = None) -> TrainConfig:
+    def launch_config(
+        self, shards: list[str], latent_cache_url: str, variant: dict[str, Any] | None = None
+    ) -> TrainConfig:
         """The config the asset launches (its ``output_url`` still empty: it is keyed by this config).
         ``variant`` overrides go last; the latent cache is used when the config asks for it; checkpoints
         live beside the (config-keyed) output, so a relaunch continues where it stopped."""
         cfg = recipe(self.recipe, **{**self.overrides, **(variant or {})})
-        return dataclasses.replace(cfg, shards=list(shards), resume=True,
-                                   cache_url=latent_cache_url if cfg.cache_latents else None)
+        return dataclasses.replace(
+            cfg, shards=list(shards), resume=True, cache_url=latent_cache_url if cfg.cache_latents else None
+        )

@@ -1,4 +1,5 @@
 """Random protocol answers for one person, consistent with each other and with what the renderer can draw."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +16,7 @@ def random_attributes(protocol: Protocol, rng: np.random.Generator) -> dict[str,
     skirts, short / knee dresses leave the shins bare), ``arms_exposed`` from the sleeves. A bun is
     worn up, so its visible length is short or medium; children have no facial hair.
     """
+
     def pick(options, p=None):
         return str(options[rng.choice(len(options), p=p)])
 
@@ -92,8 +94,7 @@ def random_attributes(protocol: Protocol, rng: np.random.Generator) -> dict[str,
         a["shoes_color"] = pick(colors)
         a["shoes_type"] = pick(("sneakers", "boots"))
         a["shoes_sole"] = pick(("light", "dark"), (0.55, 0.45))
-    long_lower = (a.get("pants_length") == "long" or a.get("skirt_length") == "long"
-                  or a.get("dress_length") == "long")
+    long_lower = a.get("pants_length") == "long" or a.get("skirt_length") == "long" or a.get("dress_length") == "long"
     a["legs_exposed"] = "no" if long_lower else "yes"
     if a["legs_exposed"] == "yes":
         p_st = (0.4 if (dress or skirt) else 0.1) if woman else 0.02

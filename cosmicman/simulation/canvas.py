@@ -1,4 +1,5 @@
 """An image and its ATR label map painted together, and the shapes the painters fill."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,15 @@ class Canvas:
         draw(self.scratch)
         return self.scratch.astype(bool)
 
-    def paint(self, region: np.ndarray, color, label: int | None, pattern: str = "solid",
-              scale: float = 10.0, mask: np.ndarray | None = None) -> None:
+    def paint(
+        self,
+        region: np.ndarray,
+        color,
+        label: int | None,
+        pattern: str = "solid",
+        scale: float = 10.0,
+        mask: np.ndarray | None = None,
+    ) -> None:
         """Fill ``region`` with ``color`` (optionally patterned) and write ``label`` into the mask."""
         target = self.mask if mask is None else mask
         self.img[region] = color
@@ -53,8 +61,15 @@ class Canvas:
         if label is not None:
             target[region] = label
 
-    def fill(self, draw, color, label: int | None, pattern: str = "solid", scale: float = 10.0,
-             mask: np.ndarray | None = None) -> np.ndarray:
+    def fill(
+        self,
+        draw,
+        color,
+        label: int | None,
+        pattern: str = "solid",
+        scale: float = 10.0,
+        mask: np.ndarray | None = None,
+    ) -> np.ndarray:
         reg = self.region(draw)
         self.paint(reg, color, label, pattern, scale, mask)
         return reg
@@ -81,6 +96,7 @@ def _union(*draws):
     def draw(a):
         for d in draws:
             d(a)
+
     return draw
 
 
@@ -93,13 +109,15 @@ def _seg(p0, p1, thickness):
     dx, dy = p1[0] - p0[0], p1[1] - p0[1]
     n = math.hypot(dx, dy) or 1.0
     ox, oy = -dy / n * thickness / 2, dx / n * thickness / 2
-    return _poly([(p0[0] + ox, p0[1] + oy), (p1[0] + ox, p1[1] + oy), (p1[0] - ox, p1[1] - oy),
-                  (p0[0] - ox, p0[1] - oy)])
+    return _poly(
+        [(p0[0] + ox, p0[1] + oy), (p1[0] + ox, p1[1] + oy), (p1[0] - ox, p1[1] - oy), (p0[0] - ox, p0[1] - oy)]
+    )
 
 
 def _arc(cx, cy, ax, ay, start, end, thickness):
-    return lambda a: cv2.ellipse(a, _pt(cx, cy), _pt(max(ax, 1), max(ay, 1)), 0, start, end, 1,
-                                 max(1, int(round(thickness))))
+    return lambda a: cv2.ellipse(
+        a, _pt(cx, cy), _pt(max(ax, 1), max(ay, 1)), 0, start, end, 1, max(1, int(round(thickness)))
+    )
 
 
 def _rect(x0, y0, x1, y1):
@@ -108,6 +126,7 @@ def _rect(x0, y0, x1, y1):
 
 def _clip_y(points, y0, y1):
     """The part of the polygon ``points`` with y0 <= y <= y1 (Sutherland-Hodgman on two half-planes)."""
+
     def clip(pts, keep, cut):
         out = []
         for i, p in enumerate(pts):

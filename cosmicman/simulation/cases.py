@@ -1,5 +1,6 @@
 """The cases the filter chain must reject, and how the world builds each so that the chain's pixel detectors
 reject it for exactly that reason (the table is in :mod:`cosmicman.simulation.world`)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,8 +16,9 @@ CASES = ("kept", "corrupt", "too_small", "fake_person", "low_quality", "no_perso
 NEGATIVE_CASES = CASES[1:]
 
 
-def render_options(case: str, attrs: dict[str, str], rng: np.random.Generator, width: int,
-                   height: int) -> dict[str, Any]:
+def render_options(
+    case: str, attrs: dict[str, str], rng: np.random.Generator, width: int, height: int
+) -> dict[str, Any]:
     """The ``SyntheticWorld.render`` options that make a person image fail ``case``'s rule (``attrs`` may be
     changed to match: a person-less scene gets a background with texture)."""
     options: dict[str, Any] = {}

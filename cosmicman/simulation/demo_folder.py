@@ -1,4 +1,5 @@
 """A small folder dataset of synthetic people, so the local flywheel exercises the folder source too."""
+
 from __future__ import annotations
 
 import json

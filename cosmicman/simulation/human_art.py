@@ -1,5 +1,6 @@
 """A Human-Art stand-in: a small folder of synthetic renders in the Human-Art layout, for the local
 fake-person head (real = photographic renders, fake = flat cartoon people)."""
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ def write_synthetic_humanart_folder(store: Store, seed: int, size: int) -> str:
             group, scenario = synthetic_humanart_scenario(case)
             data = world.sample(i, case=case).image_bytes
             store.write_bytes(f"{prefix}/images/{group}/{scenario}/{i:012d}.{image_format_ext(data)}", data)
-        store.write_bytes(manifest, json.dumps({"seed": seed, "mix": FAKE_HEAD_MIX, "images": len(cases)},
-                                               sort_keys=True).encode())
+        store.write_bytes(
+            manifest, json.dumps({"seed": seed, "mix": FAKE_HEAD_MIX, "images": len(cases)}, sort_keys=True).encode()
+        )
     return store.uri(prefix)

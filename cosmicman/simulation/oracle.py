@@ -1,4 +1,5 @@
 """The simulated human labeller: answers from the synthetic world's ground truth with a set error rate."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,9 @@ class SimulatedOracle:
     garment exists). Deterministic in ``seed`` and the (image, category, round) asked.
     """
 
-    def __init__(self, error_rate: float = 0.05, seed: int = 0, protocol: Protocol | None = None,
-                 source: LabelSource = "oracle"):
+    def __init__(
+        self, error_rate: float = 0.05, seed: int = 0, protocol: Protocol | None = None, source: LabelSource = "oracle"
+    ):
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError("error_rate must be in [0, 1]")
         self.error_rate = float(error_rate)
@@ -50,8 +52,7 @@ class SimulatedOracle:
         """Questions a full manual pass over ``items`` asks: exact, from their truth."""
         return full_manual_label_count([it.attributes for it in items], self.protocol)
 
-    def label(self, items: Sequence[AnnotationItem], categories: Sequence[str], round: int = 0
-              ) -> list[LabelRecord]:
+    def label(self, items: Sequence[AnnotationItem], categories: Sequence[str], round: int = 0) -> list[LabelRecord]:
         out = []
         for item in items:
             if item.attributes is None:
@@ -61,4 +62,3 @@ class SimulatedOracle:
                 if ans is not None:
                     out.append(LabelRecord(item.image_sha256, name, ans, self.source, round))
         return out
-

@@ -1,5 +1,6 @@
 """The file inbox whose human is the simulated oracle: it answers every task at submission, from the
 synthetic pool's ground truth (the labelling backend of the local environment)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -36,8 +37,17 @@ class SimulatedOracleInbox(FileInbox):
         rows = []
         for t in tasks:
             attrs = self.truth[t.image_sha256]
-            answers = {c: a for c in t.categories
-                       if (a := self.oracle.answer(t.image_sha256, attrs, c, round_number)) is not None}
-            rows.append({"task_id": t.task_id, "image_sha256": t.image_sha256, "answers": answers,
-                         "annotator": "simulated-oracle"})
+            answers = {
+                c: a
+                for c in t.categories
+                if (a := self.oracle.answer(t.image_sha256, attrs, c, round_number)) is not None
+            }
+            rows.append(
+                {
+                    "task_id": t.task_id,
+                    "image_sha256": t.image_sha256,
+                    "answers": answers,
+                    "annotator": "simulated-oracle",
+                }
+            )
         self.store.write_bytes(self._key(round_id, "answers/oracle.jsonl"), jsonl_bytes(rows))

@@ -1,4 +1,5 @@
 """The synthetic world's parsing backend: the renderer's exact label maps, for synthetic images only."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,8 @@ class SyntheticTruthParser:
         if not self.store.exists(key):
             raise ParserUnavailableError(
                 f"{sha256} is not a synthetic image, so the synthetic-truth parser has no mask for it; "
-                "configure a segmentation model (parser.model_id) for real images")
+                "configure a segmentation model (parser.model_id) for real images"
+            )
         mask = read_mask(self.store.read_bytes(key))
         if mask.shape != (image.height, image.width):
             raise ParserUnavailableError(f"truth mask {mask.shape} does not match image {image.size[::-1]}")

@@ -1,5 +1,6 @@
 """Synthetic people for the annotation stage: I_e and the round-0 pretraining set (rendered with their
 truth), a lazily rendered pool, and the ground truth of the synthetic pool images in the store."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def synthetic_pool(seed: int, count: int) -> list[AnnotationItem]:
     hundred."""
     world = SyntheticWorld(seed=seed)
     truths = map_in_workers(world.attributes, count, min_per_worker=1000)
-    return [AnnotationItem.lazy(f"synth-{seed}-{i}", partial(_rendered, world, i), truth)
-            for i, truth in enumerate(truths)]
+    return [
+        AnnotationItem.lazy(f"synth-{seed}-{i}", partial(_rendered, world, i), truth) for i, truth in enumerate(truths)
+    ]
 
 
 def synthetic_truth(store: Store) -> dict[str, dict[str, str]]:

@@ -1,11 +1,11 @@
 """Draws one person from protocol attributes onto a canvas, with the person's boxes and keypoints."""
+
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from cosmicman.simulation.canvas import (
@@ -22,6 +22,7 @@ from cosmicman.simulation.canvas import (
     _seg,
     _union,
 )
+from cosmicman.simulation.face_renderer import draw_face
 from cosmicman.simulation.palette import (
     AGE_BODY,
     BAG,
@@ -34,7 +35,6 @@ from cosmicman.simulation.palette import (
     HAIR_COLORS,
     HAT,
     LARM,
-    LIPSTICK,
     LLEG,
     LSHOE,
     NECKLACE,
@@ -53,21 +53,42 @@ from cosmicman.simulation.palette import (
 )
 
 KEYPOINT_NAMES = (
-    "head", "neck", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist",
-    "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "head",
+    "neck",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 )
 
 
 @dataclass
 class PersonTruth:
     """What ``draw_person`` drew: boxes and keypoints in image pixels."""
+
     bbox: tuple[int, int, int, int]
     face_bbox: tuple[int, int, int, int]
     keypoints: dict[str, tuple[int, int]]
 
 
-def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generator, cx: float, top: float,
-                height_px: float, cartoon: bool = False, mask: np.ndarray | None = None) -> PersonTruth:
+def draw_person(
+    canvas: Canvas,
+    attrs: Mapping[str, str],
+    rng: np.random.Generator,
+    cx: float,
+    top: float,
+    height_px: float,
+    cartoon: bool = False,
+    mask: np.ndarray | None = None,
+) -> PersonTruth:
     """Draw one standing, front-facing person whose body spans ``height_px`` from ``top`` (head top).
 
     Painter's order, back to front; every region writes its ATR label into ``mask`` (the canvas mask by
@@ -81,7 +102,7 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     heads, _, sw_heads = AGE_BODY[attrs["age"]]
     bf = BODY_SHAPE[attrs["body_shape"]]
     woman = attrs["gender"] == "woman"
-    h = height_px / heads                      # head height in pixels
+    h = height_px / heads  # head height in pixels
     body = height_px - h
     skin = SKIN_TONES[attrs["skin_tone"]]
     neck_rgb = tuple(int(c * 0.88) for c in skin)
@@ -125,16 +146,36 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     hair = g("hair_exists") == "yes"
     hair_rgb = HAIR_COLORS[attrs["hair_color"]] if hair else None
     if hair and attrs["hair_length"] == "long":
-        paint(_union(_ellipse(hx, hy, 0.5 * h, 0.56 * h),
-                     _poly([(hx - 0.5 * h, hy), (hx + 0.5 * h, hy), (hx + 0.56 * h, sy + 0.9 * h),
-                            (hx - 0.56 * h, sy + 0.9 * h)])), hair_rgb, HAIR)
+        paint(
+            _union(
+                _ellipse(hx, hy, 0.5 * h, 0.56 * h),
+                _poly(
+                    [
+                        (hx - 0.5 * h, hy),
+                        (hx + 0.5 * h, hy),
+                        (hx + 0.56 * h, sy + 0.9 * h),
+                        (hx - 0.56 * h, sy + 0.9 * h),
+                    ]
+                ),
+            ),
+            hair_rgb,
+            HAIR,
+        )
 
     # -- legs (skin, or opaque stockings / tights); bare feet are part of the leg
     leg_rgb = STOCKINGS[attrs["stockings_color"]] if g("stockings_exists") == "yes" else skin
-    for (hp, kp, ap, lab) in ((lh, lk, la, LLEG), (rh, rk, ra, RLEG)):
+    for hp, kp, ap, lab in ((lh, lk, la, LLEG), (rh, rk, ra, RLEG)):
         out = 1 if lab == LLEG else -1
-        paint(_union(_line(hp, kp, leg_t), _line(kp, ap, leg_t * 0.76), _circle(*kp, leg_t * 0.42),
-                     _ellipse(ap[0] + out * 0.08 * h, ap[1] + 0.12 * h, 0.17 * h, 0.09 * h)), leg_rgb, lab)
+        paint(
+            _union(
+                _line(hp, kp, leg_t),
+                _line(kp, ap, leg_t * 0.76),
+                _circle(*kp, leg_t * 0.42),
+                _ellipse(ap[0] + out * 0.08 * h, ap[1] + 0.12 * h, 0.17 * h, 0.09 * h),
+            ),
+            leg_rgb,
+            lab,
+        )
 
     # -- shoes (boots have a shaft up the shin, cut flat); every shoe has a light or dark sole
     if g("shoes_exists") == "yes":
@@ -149,10 +190,18 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
             paint(_ellipse(ap[0] + out * 0.1 * h, ap[1] + 0.18 * h, 0.215 * h, 0.055 * h), sole_rgb, lab)
 
     # -- torso outline (tight fit) and what the top covers
-    torso = [(cx - 0.2 * h, sy - 0.06 * h), (cx + 0.2 * h, sy - 0.06 * h), (ls[0], sy + 0.02 * h),
-             (ls[0] - 0.05 * h, sy + 0.35 * h), (cx + waist_hw, waist_y), (cx + hw, hip_y + 0.08 * h),
-             (cx - hw, hip_y + 0.08 * h), (cx - waist_hw, waist_y), (rs[0] + 0.05 * h, sy + 0.35 * h),
-             (rs[0], sy + 0.02 * h)]
+    torso = [
+        (cx - 0.2 * h, sy - 0.06 * h),
+        (cx + 0.2 * h, sy - 0.06 * h),
+        (ls[0], sy + 0.02 * h),
+        (ls[0] - 0.05 * h, sy + 0.35 * h),
+        (cx + waist_hw, waist_y),
+        (cx + hw, hip_y + 0.08 * h),
+        (cx - hw, hip_y + 0.08 * h),
+        (cx - waist_hw, waist_y),
+        (rs[0] + 0.05 * h, sy + 0.35 * h),
+        (rs[0], sy + 0.02 * h),
+    ]
     top = g("top_exists") == "yes"
     dress = g("dress_exists") == "yes"
     cropped = top and g("top_length") == "cropped"
@@ -163,14 +212,23 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     # -- pants (flat hems; skinny / regular / wide legs, wide ones flaring outwards)
     if g("pants_exists") == "yes":
         frac = {"shorts": 0.4, "cropped": 0.72, "long": 1.06}[attrs["pants_length"]]
-        wt, ws, kr = {"skinny": (1.04, 0.84, 0.52), "regular": (1.22, 1.05, 0.58),
-                      "wide": (1.5, 1.5, 0.75)}[g("pants_fit", "regular")]
+        wt, ws, kr = {"skinny": (1.04, 0.84, 0.52), "regular": (1.22, 1.05, 0.58), "wide": (1.5, 1.5, 0.75)}[
+            g("pants_fit", "regular")
+        ]
         # widths in leg_t, kept >= 3 px wider than the skin they cover (no skin slivers on small people)
         wt, ws, kr = max(wt, 1 + 3 / leg_t), max(ws, 0.76 + 3 / leg_t), max(kr, 0.5 + 1.5 / leg_t)
-        draws = [_poly([(cx - waist_hw, waist_y), (cx + waist_hw, waist_y), (cx + hw, hip_y + 0.3 * h),
-                        (cx - hw, hip_y + 0.3 * h)])]
+        draws = [
+            _poly(
+                [
+                    (cx - waist_hw, waist_y),
+                    (cx + waist_hw, waist_y),
+                    (cx + hw, hip_y + 0.3 * h),
+                    (cx - hw, hip_y + 0.3 * h),
+                ]
+            )
+        ]
         for hp, kp, ap, out in ((lh, lk, la, 1), (rh, rk, ra, -1)):
-            dt = out * max(0.0, wt - 1.22) / 2 * leg_t   # wide legs keep the inner edge, widen outwards
+            dt = out * max(0.0, wt - 1.22) / 2 * leg_t  # wide legs keep the inner edge, widen outwards
             ds = out * max(0.0, ws - 1.05) / 2 * leg_t
             hp2, kp_t, kp_s = (hp[0] + dt, hp[1]), (kp[0] + dt, kp[1]), (kp[0] + ds, kp[1])
             t_knee = (kp[1] - hp[1]) / (ap[1] - hp[1])
@@ -179,25 +237,48 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
                 draws.append(_seg(hp2, _lerp(hp2, kp_t, frac / t_knee), wt * leg_t))
             else:
                 ap_s = (ap[0] + ds, ap[1])
-                draws += [_seg(hp2, kp_t, wt * leg_t), _circle(*kp_s, kr * leg_t),
-                          _seg(kp_s, _lerp(kp_s, ap_s, (frac - t_knee) / (1 - t_knee)), ws * leg_t)]
+                draws += [
+                    _seg(hp2, kp_t, wt * leg_t),
+                    _circle(*kp_s, kr * leg_t),
+                    _seg(kp_s, _lerp(kp_s, ap_s, (frac - t_knee) / (1 - t_knee)), ws * leg_t),
+                ]
         paint(_union(*draws), COLORS[attrs["pants_color"]], PANTS, attrs["pants_pattern"])
 
     # -- skirt / dress below the waist: covers the hips and thighs, straight (fitted) or flared
     def lower(bottom, flared):
         hip_half = max(hw + 0.05 * h, hw * 0.55 + 0.5 * leg_t + 0.06 * h)
         bot = hip_half + (0.2 if flared else 0.03) * (bottom - hip_y)
-        return [(cx + waist_hw, waist_y), (cx + hip_half, hip_y + 0.05 * h), (cx + bot, bottom),
-                (cx - bot, bottom), (cx - hip_half, hip_y + 0.05 * h), (cx - waist_hw, waist_y)]
+        return [
+            (cx + waist_hw, waist_y),
+            (cx + hip_half, hip_y + 0.05 * h),
+            (cx + bot, bottom),
+            (cx - bot, bottom),
+            (cx - hip_half, hip_y + 0.05 * h),
+            (cx - waist_hw, waist_y),
+        ]
 
     if g("skirt_exists") == "yes":
         bottom = {"mini": hip_y + 0.7 * h, "knee": knee_y + 0.1 * h, "long": ankle_y - 0.03 * h}[attrs["skirt_length"]]
-        paint(_poly(lower(bottom, g("skirt_shape", "flared") == "flared")), COLORS[attrs["skirt_color"]], SKIRT,
-              attrs["skirt_pattern"])
+        paint(
+            _poly(lower(bottom, g("skirt_shape", "flared") == "flared")),
+            COLORS[attrs["skirt_color"]],
+            SKIRT,
+            attrs["skirt_pattern"],
+        )
 
     # -- neck (skin, labelled Face as head skin)
-    paint(_poly([(cx - 0.14 * h, hy + 0.3 * h), (cx + 0.14 * h, hy + 0.3 * h), (cx + 0.17 * h, sy + 0.05 * h),
-                 (cx - 0.17 * h, sy + 0.05 * h)]), neck_rgb, FACE)
+    paint(
+        _poly(
+            [
+                (cx - 0.14 * h, hy + 0.3 * h),
+                (cx + 0.14 * h, hy + 0.3 * h),
+                (cx + 0.17 * h, sy + 0.05 * h),
+                (cx - 0.17 * h, sy + 0.05 * h),
+            ]
+        ),
+        neck_rgb,
+        FACE,
+    )
 
     # -- arms (skin), upper arm + forearm + hand; gloves over the hands and wrists
     gloves_rgb = COLORS[attrs["gloves_color"]] if g("gloves_exists") == "yes" else None
@@ -210,8 +291,16 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
             paint(_union(_circle(*hand_c, 0.17 * h), _seg(_lerp(ep, wp, 0.86), hand_c, fore_t * 1.08)), gloves_rgb, lab)
 
     for sp, ep, wp, lab in arms:
-        paint(_union(_line(sp, ep, arm_t), _circle(ep[0], ep[1], arm_t * 0.5), _line(ep, wp, fore_t),
-                     _circle(*_lerp(ep, wp, 1.12), 0.17 * h)), skin, lab)
+        paint(
+            _union(
+                _line(sp, ep, arm_t),
+                _circle(ep[0], ep[1], arm_t * 0.5),
+                _line(ep, wp, fore_t),
+                _circle(*_lerp(ep, wp, 1.12), 0.17 * h),
+            ),
+            skin,
+            lab,
+        )
 
     def sleeves(kind, k=1.0):
         draws = []
@@ -219,28 +308,43 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
             if kind == "short":
                 draws.append(_line(sp, _lerp(sp, ep, 0.5), arm_t * 1.25 * k))
             elif kind == "long":
-                draws += [_line(sp, ep, arm_t * 1.2 * k), _circle(*ep, arm_t * 0.6 * k),
-                          _line(ep, wp, fore_t * 1.25 * k)]
+                draws += [
+                    _line(sp, ep, arm_t * 1.2 * k),
+                    _circle(*ep, arm_t * 0.6 * k),
+                    _line(ep, wp, fore_t * 1.25 * k),
+                ]
         return draws
 
     # -- dress (bodice + skirt part, with sleeves)
     garment = None  # (colour, label, pattern, sleeve kind, sleeve width factor) of the torso garment
     if dress:
-        bottom = {"short": hip_y + 0.75 * h, "knee": knee_y + 0.1 * h,
-                  "long": ankle_y - 0.03 * h}[attrs["dress_length"]]
+        bottom = {"short": hip_y + 0.75 * h, "knee": knee_y + 0.1 * h, "long": ankle_y - 0.03 * h}[
+            attrs["dress_length"]
+        ]
         garment = (COLORS[attrs["dress_color"]], DRESS, attrs["dress_pattern"], g("dress_sleeve", "sleeveless"), 1.0)
         body_pts = torso[:4] + lower(bottom, g("dress_fit", "flared") == "flared") + torso[-2:]
         paint(_union(_poly(body_pts), *sleeves(garment[3])), garment[0], DRESS, garment[2])
     # -- top (torso + sleeves): tight or loose, cropped or regular length
     if top:
         loose = g("top_fit") == "loose"
-        garment = (COLORS[attrs["top_color"]], UPPER, attrs["top_pattern"], attrs["sleeve_length"],
-                   1.15 if loose else 1.0)
+        garment = (
+            COLORS[attrs["top_color"]],
+            UPPER,
+            attrs["top_pattern"],
+            attrs["sleeve_length"],
+            1.15 if loose else 1.0,
+        )
         shape = torso
         if loose:
-            shape = torso[:3] + [(ls[0], sy + 0.35 * h), (cx + hw + 0.12 * h, waist_y),
-                                 (cx + hw + 0.16 * h, hip_y + 0.12 * h), (cx - hw - 0.16 * h, hip_y + 0.12 * h),
-                                 (cx - hw - 0.12 * h, waist_y), (rs[0], sy + 0.35 * h), torso[-1]]
+            shape = torso[:3] + [
+                (ls[0], sy + 0.35 * h),
+                (cx + hw + 0.12 * h, waist_y),
+                (cx + hw + 0.16 * h, hip_y + 0.12 * h),
+                (cx - hw - 0.16 * h, hip_y + 0.12 * h),
+                (cx - hw - 0.12 * h, waist_y),
+                (rs[0], sy + 0.35 * h),
+                torso[-1],
+            ]
         if cropped:
             shape = _clip_y(shape, -1e9, hem_y)
         top_region = paint(_union(_poly(shape), *sleeves(garment[3], garment[4])), garment[0], UPPER, garment[2])
@@ -273,25 +377,42 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
     # -- scarf (around the neck, one end hanging short or long)
     if g("scarf_exists") == "yes":
         end = sy + (0.5 if g("scarf_length") == "short" else 1.4) * h
-        paint(_union(_ellipse(cx, sy - 0.02 * h, 0.32 * h, 0.14 * h),
-                     _poly([(cx + 0.05 * h, sy), (cx + 0.26 * h, sy), (cx + 0.24 * h, end), (cx + 0.04 * h, end)])),
-              COLORS[attrs["scarf_color"]], SCARF, attrs["scarf_pattern"])
+        paint(
+            _union(
+                _ellipse(cx, sy - 0.02 * h, 0.32 * h, 0.14 * h),
+                _poly([(cx + 0.05 * h, sy), (cx + 0.26 * h, sy), (cx + 0.24 * h, end), (cx + 0.04 * h, end)]),
+            ),
+            COLORS[attrs["scarf_color"]],
+            SCARF,
+            attrs["scarf_pattern"],
+        )
     # -- necklace: a gold chain with a pendant (Face, like the neck it sits on)
     elif g("necklace_exists") == "yes":
-        paint(_union(_arc(cx, sy - 0.12 * h, 0.19 * h, 0.28 * h, 15, 165, 0.045 * h),
-                     _circle(cx, sy + 0.17 * h, 0.06 * h)), NECKLACE, FACE)
+        paint(
+            _union(
+                _arc(cx, sy - 0.12 * h, 0.19 * h, 0.28 * h, 15, 165, 0.045 * h), _circle(cx, sy + 0.17 * h, 0.06 * h)
+            ),
+            NECKLACE,
+            FACE,
+        )
 
     # -- head: ears, face, features
-    face_region = paint(_union(_ellipse(hx, hy, 0.39 * h, 0.5 * h),
-                               _ellipse(hx - 0.39 * h, hy + 0.02 * h, 0.07 * h, 0.11 * h),
-                               _ellipse(hx + 0.39 * h, hy + 0.02 * h, 0.07 * h, 0.11 * h)), skin, FACE)
+    face_region = paint(
+        _union(
+            _ellipse(hx, hy, 0.39 * h, 0.5 * h),
+            _ellipse(hx - 0.39 * h, hy + 0.02 * h, 0.07 * h, 0.11 * h),
+            _ellipse(hx + 0.39 * h, hy + 0.02 * h, 0.07 * h, 0.11 * h),
+        ),
+        skin,
+        FACE,
+    )
     if not cartoon:  # face shading: darker towards the sides and the chin, light nose bridge
         ys, xs = np.nonzero(face_region)
         r2 = ((xs - hx) / (0.42 * h)) ** 2 + ((ys - hy + 0.1 * h) / (0.6 * h)) ** 2
         gain = 1.2 if attrs["skin_tone"] == "dark" else 1.08
         shade = np.clip(gain - 0.36 * r2, 0.6, 1.25)
         canvas.img[ys, xs] = np.clip(canvas.img[ys, xs] * shade[:, None], 0, 255).astype(np.uint8)
-    _draw_face(canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon, woman, m)
+    draw_face(canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon, woman, m)
 
     # -- hair on the head (not covering the eyes): cap, side locks, bangs, bun
     if hair:
@@ -299,20 +420,42 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         cap = canvas.region(_ellipse(hx, hy - 0.02 * h, 0.45 * h, 0.55 * h, 0, 180, 360))
         # keep rows above hy - 0.3h, and the sides (|x - hx| > 0.34h) down to hy - 0.1h: the face shows
         x0, x1 = max(0, int(math.ceil(hx - 0.34 * h))), max(0, int(math.floor(hx + 0.34 * h)) + 1)
-        cap[max(0, int(math.ceil(hy - 0.3 * h))):, x0:x1] = False
-        cap[max(0, int(math.ceil(hy - 0.1 * h))):] = False
+        cap[max(0, int(math.ceil(hy - 0.3 * h))) :, x0:x1] = False
+        cap[max(0, int(math.ceil(hy - 0.1 * h))) :] = False
         canvas.paint(cap, hair_rgb, HAIR, mask=m)
         draws = []
         if length in ("medium", "long"):
             end = hy + (0.3 if length == "medium" else 0.55) * h
-            draws += [_poly([(hx - 0.46 * h, hy - 0.25 * h), (hx - 0.36 * h, hy - 0.25 * h), (hx - 0.37 * h, end),
-                             (hx - 0.5 * h, end)]),
-                      _poly([(hx + 0.46 * h, hy - 0.25 * h), (hx + 0.36 * h, hy - 0.25 * h), (hx + 0.37 * h, end),
-                             (hx + 0.5 * h, end)])]
+            draws += [
+                _poly(
+                    [
+                        (hx - 0.46 * h, hy - 0.25 * h),
+                        (hx - 0.36 * h, hy - 0.25 * h),
+                        (hx - 0.37 * h, end),
+                        (hx - 0.5 * h, end),
+                    ]
+                ),
+                _poly(
+                    [
+                        (hx + 0.46 * h, hy - 0.25 * h),
+                        (hx + 0.36 * h, hy - 0.25 * h),
+                        (hx + 0.37 * h, end),
+                        (hx + 0.5 * h, end),
+                    ]
+                ),
+            ]
         if g("hair_bangs") == "yes":  # a side-swept fringe, deepest over the left brow (image right)
-            draws.append(_poly([(hx - 0.4 * h, hy - 0.36 * h), (hx + 0.4 * h, hy - 0.36 * h),
-                                (hx + 0.38 * h, hy - 0.16 * h), (hx - 0.1 * h, hy - 0.27 * h),
-                                (hx - 0.4 * h, hy - 0.27 * h)]))
+            draws.append(
+                _poly(
+                    [
+                        (hx - 0.4 * h, hy - 0.36 * h),
+                        (hx + 0.4 * h, hy - 0.36 * h),
+                        (hx + 0.38 * h, hy - 0.16 * h),
+                        (hx - 0.1 * h, hy - 0.27 * h),
+                        (hx - 0.4 * h, hy - 0.27 * h),
+                    ]
+                )
+            )
         if g("hair_style") == "bun":
             draws.append(_circle(hx, hy - 0.64 * h, 0.19 * h))
         if draws:
@@ -332,14 +475,20 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
             crown = _ellipse(hx, hy - 0.3 * h, 0.45 * h, 0.4 * h, 0, 180, 360)
             brim = _rect(hx - 0.46 * h, hy - 0.38 * h, hx + 0.46 * h, hy - 0.27 * h)
         elif kind == "wide brim":
-            crown = _poly([(hx - 0.36 * h, hy - 0.36 * h), (hx + 0.36 * h, hy - 0.36 * h),
-                           (hx + 0.32 * h, hy - 0.8 * h), (hx - 0.32 * h, hy - 0.8 * h)])
+            crown = _poly(
+                [
+                    (hx - 0.36 * h, hy - 0.36 * h),
+                    (hx + 0.36 * h, hy - 0.36 * h),
+                    (hx + 0.32 * h, hy - 0.8 * h),
+                    (hx - 0.32 * h, hy - 0.8 * h),
+                ]
+            )
             brim = _ellipse(hx, hy - 0.37 * h, 0.8 * h, 0.08 * h)
         else:
             raise ValueError(f"unknown hat type {kind!r}")
         region = paint(crown, hat_rgb, HAT)
         if hat_pattern != "solid":
-            region[max(0, int(hy - 0.5 * h)):] = False
+            region[max(0, int(hy - 0.5 * h)) :] = False
             canvas.paint(region, hat_rgb, HAT, hat_pattern, scale=0.16 * h, mask=m)
         paint(brim, tuple(int(c * 0.72) for c in hat_rgb) if kind == "beanie" else hat_rgb, HAT)
 
@@ -348,8 +497,10 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         ey = hy - 0.04 * h
         rgb = SUNGLASSES_TINTS[g("sunglasses_color", "black")]
         if g("sunglasses_shape") == "square":
-            lenses = [_rect(hx + s * 0.165 * h - 0.115 * h, ey - 0.07 * h,
-                            hx + s * 0.165 * h + 0.115 * h, ey + 0.075 * h) for s in (-1, 1)]
+            lenses = [
+                _rect(hx + s * 0.165 * h - 0.115 * h, ey - 0.07 * h, hx + s * 0.165 * h + 0.115 * h, ey + 0.075 * h)
+                for s in (-1, 1)
+            ]
         else:
             lenses = [_circle(hx + s * 0.165 * h, ey, 0.1 * h) for s in (-1, 1)]
         bridge = _line((hx - 0.05 * h, ey - 0.03 * h), (hx + 0.05 * h, ey - 0.03 * h), 0.03 * h)
@@ -363,81 +514,58 @@ def draw_person(canvas: Canvas, attrs: Mapping[str, str], rng: np.random.Generat
         if attrs["bag_type"] == "handbag":
             hand_b = _lerp(re, rw, 1.15)
             bw2, bh2, top_y = 0.3 * h * k, 0.45 * h * k, hand_b[1] + 0.12 * h
-            paint(_union(_ellipse(hand_b[0], top_y, 0.16 * h * k, 0.14 * h, 0, 180, 360),
-                         _poly([(hand_b[0] - bw2, top_y), (hand_b[0] + bw2, top_y),
-                                (hand_b[0] + bw2 * 1.1, top_y + bh2), (hand_b[0] - bw2 * 1.1, top_y + bh2)])),
-                  bag_rgb, BAG, bag_pattern, 0.16)
+            paint(
+                _union(
+                    _ellipse(hand_b[0], top_y, 0.16 * h * k, 0.14 * h, 0, 180, 360),
+                    _poly(
+                        [
+                            (hand_b[0] - bw2, top_y),
+                            (hand_b[0] + bw2, top_y),
+                            (hand_b[0] + bw2 * 1.1, top_y + bh2),
+                            (hand_b[0] - bw2 * 1.1, top_y + bh2),
+                        ]
+                    ),
+                ),
+                bag_rgb,
+                BAG,
+                bag_pattern,
+                0.16,
+            )
         else:  # shoulder bag: strap across the chest, bag at the right hip
             bag_c = (rh[0] - hw * 0.7, hip_y)
-            paint(_union(_line((ls[0] - 0.15 * h, sy - 0.02 * h), bag_c, 0.08 * h),
-                         _rect(bag_c[0] - 0.35 * h * k, bag_c[1] - 0.1 * h,
-                               bag_c[0] + 0.3 * h * k, bag_c[1] + (0.55 * k - 0.1) * h)),
-                  bag_rgb, BAG, bag_pattern, 0.16)
+            paint(
+                _union(
+                    _line((ls[0] - 0.15 * h, sy - 0.02 * h), bag_c, 0.08 * h),
+                    _rect(
+                        bag_c[0] - 0.35 * h * k,
+                        bag_c[1] - 0.1 * h,
+                        bag_c[0] + 0.3 * h * k,
+                        bag_c[1] + (0.55 * k - 0.1) * h,
+                    ),
+                ),
+                bag_rgb,
+                BAG,
+                bag_pattern,
+                0.16,
+            )
 
-    keypoints = {"head": _pt(hx, hy), "neck": _pt(*neck), "left_shoulder": _pt(*ls), "right_shoulder": _pt(*rs),
-                 "left_elbow": _pt(*le), "right_elbow": _pt(*re), "left_wrist": _pt(*lw), "right_wrist": _pt(*rw),
-                 "left_hip": _pt(*lh), "right_hip": _pt(*rh), "left_knee": _pt(*lk), "right_knee": _pt(*rk),
-                 "left_ankle": _pt(*la), "right_ankle": _pt(*ra)}
+    keypoints = {
+        "head": _pt(hx, hy),
+        "neck": _pt(*neck),
+        "left_shoulder": _pt(*ls),
+        "right_shoulder": _pt(*rs),
+        "left_elbow": _pt(*le),
+        "right_elbow": _pt(*re),
+        "left_wrist": _pt(*lw),
+        "right_wrist": _pt(*rw),
+        "left_hip": _pt(*lh),
+        "right_hip": _pt(*rh),
+        "left_knee": _pt(*lk),
+        "right_knee": _pt(*rk),
+        "left_ankle": _pt(*la),
+        "right_ankle": _pt(*ra),
+    }
     ys, xs = np.nonzero(m)
     bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
     fbox = (int(hx - 0.39 * h), int(hy - 0.5 * h), int(math.ceil(hx + 0.39 * h)), int(math.ceil(hy + 0.5 * h)))
     return PersonTruth(bbox, fbox, keypoints)
-
-
-def _draw_face(canvas: Canvas, attrs, hx, hy, h, skin, hair_rgb, cartoon: bool, woman: bool,
-               mask: np.ndarray | None = None) -> None:
-    img = canvas.img
-    dark = tuple(int(c * 0.72) for c in skin)
-    ey = hy - 0.04 * h
-    if not cartoon:  # eye sockets and the nose shadow
-        for sx in (-1, 1):
-            cv2.ellipse(img, _pt(hx + sx * 0.17 * h, ey - 0.01 * h), _pt(0.14 * h, 0.09 * h), 0, 0, 360,
-                        tuple(int(c * 0.66) for c in skin), -1)
-        cv2.line(img, _pt(hx + 0.04 * h, ey + 0.02 * h), _pt(hx + 0.06 * h, hy + 0.17 * h), dark,
-                 max(1, int(0.035 * h)))
-        cv2.ellipse(img, _pt(hx, hy + 0.06 * h), _pt(0.035 * h, 0.12 * h), 0, 0, 360,
-                    tuple(min(255, int(c * 1.08)) for c in skin), -1)
-    brow_rgb = tuple(int(c * 0.6) for c in (hair_rgb or (70, 45, 30)))
-    for sx in (-1, 1):
-        exc = hx + sx * 0.17 * h
-        # sclera dimmed towards the skin: in photos lids shade the eye, so the eye band stays darker
-        # than the cheeks for every skin tone (the cue frontal-face detectors rely on)
-        sclera = tuple(int(0.55 * 245 + 0.45 * c) for c in skin)
-        cv2.ellipse(img, _pt(exc, ey), _pt(0.075 * h, 0.036 * h), 0, 0, 360, sclera, -1)
-        cv2.circle(img, _pt(exc, ey), max(1, int(round(0.042 * h))), (60, 40, 28), -1)
-        cv2.circle(img, _pt(exc, ey), max(1, int(round(0.02 * h))), (10, 10, 10), -1)
-        cv2.line(img, _pt(exc - 0.1 * h, ey - 0.1 * h + sx * 0), _pt(exc + 0.1 * h, ey - 0.12 * h), brow_rgb,
-                 max(2, int(round((0.04 if not woman else 0.03) * h))))
-        if woman:
-            cv2.line(img, _pt(exc - 0.09 * h, ey - 0.02 * h), _pt(exc + 0.09 * h, ey - 0.035 * h), (20, 20, 20),
-                     max(1, int(0.015 * h)))
-    facial_hair = attrs.get("facial_hair", "none")
-    # the hair's colour, always darker than the skin (a blonde beard would light up a dark face)
-    beard_rgb = tuple(int(min(0.45 * c + 0.4 * k, 0.65 * k)) for c, k in zip(hair_rgb or (66, 46, 34), skin))
-    if facial_hair == "beard":  # chin and jaw below the mouth; cheeks stay bare for face detectors (Face)
-        canvas.fill(_ellipse(hx, hy + 0.34 * h, 0.27 * h, 0.17 * h, 0, 0, 180), beard_rgb, FACE, mask=mask)
-    # nostrils and mouth
-    for sx in (-1, 1):
-        cv2.circle(img, _pt(hx + sx * 0.045 * h, hy + 0.17 * h), max(1, int(0.022 * h)),
-                   tuple(int(c * 0.5) for c in skin), -1)
-    if facial_hair in ("beard", "mustache"):
-        cv2.ellipse(img, _pt(hx, hy + 0.235 * h), _pt(0.16 * h, 0.045 * h), 0, 0, 360, beard_rgb, -1)
-    lip = LIPSTICK if attrs.get("lipstick") == "yes" else (int(skin[0] * 0.8), int(skin[1] * 0.55), int(skin[2] * 0.55))
-    if attrs.get("expression") == "smiling":  # closed lips curved up into a crescent, corners raised (no
-        # bright teeth, no wide dark line: on small dark faces those break frontal-face detectors)
-        my, ax = hy + 0.24 * h, 0.155 * h
-        ts = np.linspace(0, np.pi, 13)
-        lower = [(hx + ax * math.cos(t), my + 0.085 * h * math.sin(t)) for t in ts]
-        upper = [(hx + ax * math.cos(t), my + 0.035 * h * math.sin(t)) for t in ts]
-        cv2.fillPoly(img, [np.array([_pt(*p) for p in lower + upper[::-1]], np.int32)], lip)
-        cv2.polylines(img, [np.array([_pt(*p) for p in upper], np.int32)], False, (60, 20, 24), max(1, int(0.015 * h)))
-    else:
-        cv2.ellipse(img, _pt(hx, hy + 0.3 * h), _pt(0.12 * h, 0.04 * h), 0, 0, 360, lip, -1)
-        cv2.line(img, _pt(hx - 0.12 * h, hy + 0.3 * h), _pt(hx + 0.12 * h, hy + 0.3 * h), (60, 20, 24),
-                 max(1, int(0.015 * h)))
-    if attrs["age"] == "elderly" and not cartoon:  # forehead and smile lines
-        for k in range(2):
-            y = hy - (0.27 + 0.06 * k) * h
-            cv2.line(img, _pt(hx - 0.16 * h, y), _pt(hx + 0.16 * h, y), dark, 1)
-        for sx in (-1, 1):
-            cv2.line(img, _pt(hx + sx * 0.1 * h, hy + 0.14 * h), _pt(hx + sx * 0.16 * h, hy + 0.3 * h), dark, 1)

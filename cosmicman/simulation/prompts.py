@@ -1,4 +1,5 @@
 """Test prompts drawn from the synthetic world: held-out people with exact attributes."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Backgrounds, and the camera finish (shading, blur, sensor noise, exposure) or the flat cartoon finish."""
+
 from __future__ import annotations
 
 import cv2
@@ -9,8 +10,9 @@ from cosmicman.simulation.canvas import Canvas, _pt
 from cosmicman.simulation.palette import BACKDROPS, COLORS, FLOORS, GROUNDS, PLAIN_BACKGROUNDS, WALLS
 
 
-def draw_background(canvas: Canvas, kind: str, rng: np.random.Generator, cartoon: bool = False,
-                    color: str | None = None) -> None:
+def draw_background(
+    canvas: Canvas, kind: str, rng: np.random.Generator, cartoon: bool = False, color: str | None = None
+) -> None:
     """Plain colour (``color``, a ``BACKDROPS`` name, else a random pastel), indoor (wall + floor, a frame
     or window) or outdoor (sky + ground, horizon)."""
     h, w = canvas.h, canvas.w
@@ -60,8 +62,16 @@ def draw_background(canvas: Canvas, kind: str, rng: np.random.Generator, cartoon
         for _ in range(int(rng.integers(1, 3))):
             cx, cy = rng.uniform(0, w), rng.uniform(0.05, 0.3) * h
             for k in range(3):
-                cv2.ellipse(img, _pt(cx + (k - 1) * w * 0.07, cy + (k % 2) * 4), _pt(w * 0.08, h * 0.02), 0, 0, 360,
-                            (244, 246, 250), -1)
+                cv2.ellipse(
+                    img,
+                    _pt(cx + (k - 1) * w * 0.07, cy + (k % 2) * 4),
+                    _pt(w * 0.08, h * 0.02),
+                    0,
+                    0,
+                    360,
+                    (244, 246, 250),
+                    -1,
+                )
         for _ in range(int(rng.integers(2, 5))):
             bx = rng.uniform(0, w)
             bw = w * rng.uniform(0.06, 0.14)
@@ -70,9 +80,14 @@ def draw_background(canvas: Canvas, kind: str, rng: np.random.Generator, cartoon
         raise ValueError(f"unknown background {kind!r}")
 
 
-
-def photo_finish(canvas: Canvas, rng: np.random.Generator, noise: np.ndarray, fg: np.ndarray | None,
-                  person_h: float, brightness: float = 1.0) -> np.ndarray:
+def photo_finish(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    noise: np.ndarray,
+    fg: np.ndarray | None,
+    person_h: float,
+    brightness: float = 1.0,
+) -> np.ndarray:
     """Shading near part borders, a directional light, optical blur, the scene's ``brightness``
     and sensor noise -> float image."""
     img: np.ndarray = canvas.img.astype(np.float32)
@@ -98,15 +113,15 @@ def _noise_patch(noise: np.ndarray, h: int, w: int, rng: np.random.Generator) ->
     if nh < h or nw < w:
         return rng.standard_normal((h, w, 3), dtype=np.float32)
     y, x = int(rng.integers(0, nh - h + 1)), int(rng.integers(0, nw - w + 1))
-    return noise[y:y + h, x:x + w]
+    return noise[y : y + h, x : x + w]
 
 
 def cartoon_finish(canvas: Canvas, fg: np.ndarray) -> np.ndarray:
     """Black outlines on every label border of the person; flat colours otherwise."""
     lab = fg.astype(np.int16)
     edge: np.ndarray = np.zeros(lab.shape, np.uint8)
-    edge[:, 1:] |= (lab[:, 1:] != lab[:, :-1])
-    edge[1:, :] |= (lab[1:, :] != lab[:-1, :])
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
     edge = cv2.dilate(edge, np.ones((2, 2), np.uint8))
     img = canvas.img.copy()
     img[edge > 0] = (16, 16, 16)

@@ -1,4 +1,5 @@
 """The synthetic world as an image source: renders instead of downloads, and its truth kept beside the pool."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,14 @@ class SyntheticSource:
         items = []
         for i in range(batch_index * size, (batch_index + 1) * size):
             case = world.case_of(i, self.negative_fraction)
-            items.append(SourceItem(self.name, f"synth-{self.seed}-{i}", f"synthetic://{self.seed}/{i}?case={case}",
-                                    licence="CC0 (synthetic)"))
+            items.append(
+                SourceItem(
+                    self.name,
+                    f"synth-{self.seed}-{i}",
+                    f"synthetic://{self.seed}/{i}?case={case}",
+                    licence="CC0 (synthetic)",
+                )
+            )
         return items
 
     def render(self, item: SourceItem) -> SyntheticSample:
@@ -53,7 +60,8 @@ class SyntheticSource:
 
     def record_stored(self, batch: str, stored: list[tuple[SourceItem, str]], store: Store) -> None:
         """The batch's truth table and truth masks (see :func:`~cosmicman.simulation.truth.store_truth`)."""
-        samples = [(self._rendered[item.url] if item.url in self._rendered else self.render(item), sha)
-                   for item, sha in stored]
+        samples = [
+            (self._rendered[item.url] if item.url in self._rendered else self.render(item), sha) for item, sha in stored
+        ]
         self._rendered.clear()
         store_truth(batch, samples, store)

@@ -38,6 +38,7 @@ The parts: :mod:`~cosmicman.simulation.attributes` (the answers), :mod:`~cosmicm
 Filters look at pixels, never at this truth; it is only for tests, the simulated annotation oracle
 and the evaluation set.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -89,9 +90,18 @@ class SyntheticWorld:
         return random_attributes(self.protocol, rng)
 
     # -- rendering --------------------------------------------------------------------------
-    def render(self, attributes: Mapping[str, str], rng: np.random.Generator, *, width: int | None = None,
-               height: int | None = None, style: str = "photo", scale: float = 1.0, n_people: int = 1,
-               person: bool = True) -> tuple[Image.Image, np.ndarray | None, dict[str, Any]]:
+    def render(
+        self,
+        attributes: Mapping[str, str],
+        rng: np.random.Generator,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        style: str = "photo",
+        scale: float = 1.0,
+        n_people: int = 1,
+        person: bool = True,
+    ) -> tuple[Image.Image, np.ndarray | None, dict[str, Any]]:
         """Render ``attributes`` (the main person) on its background.
 
         ``scale`` multiplies the person's height (small people for ``small_face``); ``n_people`` > 1
@@ -106,8 +116,9 @@ class SyntheticWorld:
         cartoon = style == "cartoon"
         canvas = Canvas(w, h)
         kind = attributes["background"]
-        draw_background(canvas, kind, rng, cartoon=cartoon,
-                        color=attributes.get("background_color") if kind == "plain" else None)
+        draw_background(
+            canvas, kind, rng, cartoon=cartoon, color=attributes.get("background_color") if kind == "plain" else None
+        )
         # the scene's brightness (a person-less scene is not a sample of the protocol: its lighting is unset)
         light = float(rng.uniform(*LIGHTING[attributes.get("lighting", "bright") if person else "bright"]))
         truth: dict[str, Any] = {"bbox": None, "face_bbox": None, "keypoints": None, "n_people": 0, "boxes": []}
@@ -190,10 +201,20 @@ class SyntheticWorld:
         if case == "low_quality":
             img = degrade(img, rng)
         data = encode_jpeg(img, quality=92)
-        return SyntheticSample(sid, case, data, img.width, img.height, mask, None if case == "no_person" else attrs,
-                               truth["bbox"], truth["face_bbox"], truth["keypoints"], truth["n_people"],
-                               list(truth["boxes"]))
+        return SyntheticSample(
+            sid,
+            case,
+            data,
+            img.width,
+            img.height,
+            mask,
+            None if case == "no_person" else attrs,
+            truth["bbox"],
+            truth["face_bbox"],
+            truth["keypoints"],
+            truth["n_people"],
+            list(truth["boxes"]),
+        )
 
     def batch(self, start: int, count: int, negative_fraction: float = 0.3) -> list[SyntheticSample]:
         return [self.sample(i, self.case_of(i, negative_fraction)) for i in range(start, start + count)]
-

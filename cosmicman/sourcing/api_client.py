@@ -8,6 +8,7 @@ Secrets: Flickr and Pixabay take the key in the query string, Unsplash in a head
 put in an exception, a log record (httpx logs full request URLs, so its logger gets a redacting
 filter) or the store (cached requests are keyed without it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,15 @@ class ApiError(Exception):
     """One request that did not yield a usable page. ``reason`` is a short machine-readable word;
     the message never contains the key."""
 
-    def __init__(self, reason: str, message: str, *, retry_after: str | None = None,
-                 remaining: int | None = None, reset_s: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        retry_after: str | None = None,
+        remaining: int | None = None,
+        reset_s: float | None = None,
+    ) -> None:
         super().__init__(redact(message))
         self.reason = reason
         self.retry_after = retry_after
@@ -107,8 +115,9 @@ class WebApiClient(ABC):
     # How long a response may be reused instead of asking again (None: never cached).
     cache_ttl_s: ClassVar[float | None] = None
 
-    def __init__(self, api_key: str, *, base_url: str | None, per_page: int, rate_limit: RateLimit,
-                 timeout_s: float) -> None:
+    def __init__(
+        self, api_key: str, *, base_url: str | None, per_page: int, rate_limit: RateLimit, timeout_s: float
+    ) -> None:
         if not api_key:
             raise ValueError(f"{self.name}: the API key is empty")
         low, high = self.per_page_range
@@ -176,10 +185,20 @@ class WebApiClient(ABC):
         remaining, reset_s = self._rate_headers(response.headers)
         status = response.status_code
         if status >= 400:
-            reason = ("rate_limited" if status == 429 else "server_error" if status >= 500
-                      else self._client_error_reason(response))
-            raise ApiError(reason, f"{what}: HTTP {status} {response.text[:200]!r}",
-                           retry_after=response.headers.get("Retry-After"), remaining=remaining, reset_s=reset_s)
+            reason = (
+                "rate_limited"
+                if status == 429
+                else "server_error"
+                if status >= 500
+                else self._client_error_reason(response)
+            )
+            raise ApiError(
+                reason,
+                f"{what}: HTTP {status} {response.text[:200]!r}",
+                retry_after=response.headers.get("Retry-After"),
+                remaining=remaining,
+                reset_s=reset_s,
+            )
         if "html" in response.headers.get("content-type", "") or response.text.lstrip().startswith("<"):
             raise ApiError("html_page", f"{what}: an HTML page instead of JSON (HTTP {status})")
         try:

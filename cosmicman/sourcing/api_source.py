@@ -6,6 +6,7 @@ records in the store where every batch started and ended, so a re-planned batch 
 returned the first time and the next batch continues after them. It also reports downloads where an
 API's terms require it (Unsplash).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,6 +68,7 @@ class ResponseCache:
 class PlanReport:
     """What planning one batch (or tracking its downloads) cost and met. ``stopped_because``:
     size_reached, terms_exhausted, rate_limited or auth_failed (``done`` for tracking)."""
+
     source: str
     batch_index: int
     items: int = 0
@@ -89,6 +91,7 @@ class PlanReport:
 @dataclass
 class Cursor:
     """Where the walk over terms and pages stands between batches."""
+
     term: str | None = None  # the term being walked
     page: int = 1  # its next page to fetch
     last_page: int | None = None
@@ -110,6 +113,7 @@ T = TypeVar("T")
 @dataclass
 class _Plan:
     """The state of one ``plan`` call."""
+
     cursor: Cursor
     report: PlanReport
     limiter: SlidingWindowLimiter
@@ -124,10 +128,20 @@ class ApiSource:
     using that API) and ``<client.name>/cache/<sha256>.json`` (cached responses, Pixabay).
     """
 
-    def __init__(self, client: WebApiClient, terms: Sequence[str], *, name: str | None = None,
-                 max_wait_s: float = 60.0, retries: int = 3, backoff_base_s: float = 1.0,
-                 backoff_max_s: float = 60.0, max_pages_without_items: int = 3,
-                 clock: Clock = time.time, sleep: Sleep = time.sleep) -> None:
+    def __init__(
+        self,
+        client: WebApiClient,
+        terms: Sequence[str],
+        *,
+        name: str | None = None,
+        max_wait_s: float = 60.0,
+        retries: int = 3,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        max_pages_without_items: int = 3,
+        clock: Clock = time.time,
+        sleep: Sleep = time.sleep,
+    ) -> None:
         if not terms:
             raise ValueError(f"{client.name}: no search terms")
         self.client = client
@@ -146,8 +160,14 @@ class ApiSource:
         return api_batch_key(self.name, batch_index)
 
     def _limiter(self, store: Store) -> SlidingWindowLimiter:
-        return SlidingWindowLimiter(store, api_rate_limit_key(self.client.name), self.client.rate_limit,
-                                    max_wait_s=self.max_wait_s, clock=self.clock, sleep=self.sleep)
+        return SlidingWindowLimiter(
+            store,
+            api_rate_limit_key(self.client.name),
+            self.client.rate_limit,
+            max_wait_s=self.max_wait_s,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
 
     def plan(self, batch_index: int, size: int, store: Store) -> list[SourceItem]:
         """Up to ``size`` items for batch ``batch_index``; fewer when the terms run out or the rate
@@ -165,15 +185,29 @@ class ApiSource:
             self.last_report = PlanReport(**{**record["report"], "replayed": True})
             return [SourceItem(**item) for item in record["items"]]
         start = self._start_cursor(batch_index, store)
-        state = _Plan(Cursor(**asdict(start)), PlanReport(self.name, batch_index), self._limiter(store),
-                      ResponseCache(store, api_cache_prefix(self.client.name), self.client.cache_ttl_s, self.clock)
-                      if self.client.cache_ttl_s else None)
+        state = _Plan(
+            Cursor(**asdict(start)),
+            PlanReport(self.name, batch_index),
+            self._limiter(store),
+            ResponseCache(store, api_cache_prefix(self.client.name), self.client.cache_ttl_s, self.clock)
+            if self.client.cache_ttl_s
+            else None,
+        )
         self.last_report = state.report
         items, locations = self._fill(state, size)
         state.report.items = len(items)
-        store.write_json(key, {"batch": batch_index, "size": size, "start": asdict(start),
-                               "end": asdict(state.cursor), "items": [asdict(i) for i in items],
-                               "download_locations": locations, "report": asdict(state.report)})
+        store.write_json(
+            key,
+            {
+                "batch": batch_index,
+                "size": size,
+                "start": asdict(start),
+                "end": asdict(state.cursor),
+                "items": [asdict(i) for i in items],
+                "download_locations": locations,
+                "report": asdict(state.report),
+            },
+        )
         return items
 
     def _start_cursor(self, batch_index: int, store: Store) -> Cursor:
@@ -243,16 +277,22 @@ class ApiSource:
             report.photos_skipped += page.skipped
             cursor.seen_ids.extend(item.source_id for item in fresh)
             cursor.pending.extend(asdict(item) for item in fresh)
-            cursor.pending_download_locations.update({
-                i.source_id: page.download_locations[i.source_id]
-                for i in fresh if i.source_id in page.download_locations})
+            cursor.pending_download_locations.update(
+                {
+                    i.source_id: page.download_locations[i.source_id]
+                    for i in fresh
+                    if i.source_id in page.download_locations
+                }
+            )
             cursor.last_page = page.last_page
         cursor.pages_without_items = 0 if fresh else cursor.pages_without_items + 1
         if page is not None and page.photos_listed == 0:  # past the last result
             cursor.finish_term()
         elif cursor.pages_without_items >= self.max_pages_without_items:
-            report.warn(f"leaving term {term!r} after {cursor.pages_without_items} pages in a row "
-                        "that failed or held no usable photo")
+            report.warn(
+                f"leaving term {term!r} after {cursor.pages_without_items} pages in a row "
+                "that failed or held no usable photo"
+            )
             cursor.finish_term()
         elif cursor.last_page is not None and cursor.page >= cursor.last_page:
             cursor.finish_term()
@@ -268,8 +308,9 @@ class ApiSource:
             return self.client.parse_search(body)
         what = f"{self.name} {term!r} page {page_number}"
         try:
-            fetched = self._call(state.limiter, state.report, self.client.search_url, params, what,
-                                 self.client.parse_search)
+            fetched = self._call(
+                state.limiter, state.report, self.client.search_url, params, what, self.client.parse_search
+            )
         except ApiError:  # page_out_of_range: the result count shrank since the last page was read
             return SearchPage([], last_page=page_number - 1)
         if fetched is None:
@@ -279,8 +320,15 @@ class ApiSource:
             state.cache.put(request, body)
         return page
 
-    def _call(self, limiter: SlidingWindowLimiter, report: PlanReport, url: str, params: dict[str, str],
-              what: str, parse: Callable[[Any], T]) -> tuple[Any, T] | None:
+    def _call(
+        self,
+        limiter: SlidingWindowLimiter,
+        report: PlanReport,
+        url: str,
+        params: dict[str, str],
+        what: str,
+        parse: Callable[[Any], T],
+    ) -> tuple[Any, T] | None:
         """GET and parse with retries inside the rate limit. Returns ``None`` (recorded in the report)
         when the last try fails for a retryable reason or any try for another; raises
         ``ApiKeyRejected`` for a refused key and ``ApiError`` for ``page_out_of_range``."""
@@ -342,8 +390,9 @@ class ApiSource:
             if source_id not in locations:
                 continue
             try:
-                tracked = self._call(limiter, report, locations[source_id], {},
-                                     f"{self.name} download of {source_id}", lambda body: body)
+                tracked = self._call(
+                    limiter, report, locations[source_id], {}, f"{self.name} download of {source_id}", lambda body: body
+                )
             except RateLimitExhausted as exc:
                 report.warn(f"stopped: {exc}")
                 report.stopped_because = "rate_limited"
@@ -354,8 +403,9 @@ class ApiSource:
         return report
 
 
-def report_downloads(store: Store, batch_index: int, sources: Sequence[tuple[ImageSource, int]],
-                     stored: pl.DataFrame) -> int:
+def report_downloads(
+    store: Store, batch_index: int, sources: Sequence[tuple[ImageSource, int]], stored: pl.DataFrame
+) -> int:
     """Tell each web API which of its photos a batch stored, where its terms require it (Unsplash's
     ``download_location``); ``stored`` has the batch's ``source`` and ``source_id`` columns."""
     tracked = 0

@@ -15,6 +15,7 @@ Near-duplicates: phash Hamming distance <= ``max_distance``. Multi-index hashing
 band, so each band is a sorted array searched with ``searchsorted``, and only those candidates are
 compared bit by bit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class NearDupIndex:
         if best is not None:
             return best
         if self._n_pending:
-            hits = np.flatnonzero(np.bitwise_count(self._pending[:self._n_pending] ^ q) <= self.max_distance)
+            hits = np.flatnonzero(np.bitwise_count(self._pending[: self._n_pending] ^ q) <= self.max_distance)
             if len(hits):
                 return len(self._hashes) + int(hits[0])
         return None
@@ -96,7 +97,7 @@ class NearDupIndex:
         self._pending[self._n_pending] = h
         self._n_pending += 1
         if self._n_pending >= self.rebuild_at:
-            self._build(np.concatenate([self._hashes, self._pending[:self._n_pending]]))
+            self._build(np.concatenate([self._hashes, self._pending[: self._n_pending]]))
             self._n_pending = 0
 
 
@@ -118,8 +119,11 @@ class PoolIndex:
         prefixes = table["sha_prefix"].to_numpy().astype(np.uint64)
         self._exact = np.sort(prefixes)
         self._new: dict[int, str] = {}
-        self._near = (NearDupIndex(table["phash"].to_numpy().astype(np.uint64), max_distance)
-                      if max_distance is not None else None)
+        self._near = (
+            NearDupIndex(table["phash"].to_numpy().astype(np.uint64), max_distance)
+            if max_distance is not None
+            else None
+        )
         self._near_prefix = prefixes  # the prefix of the image at each near-index position
         self._near_new: list[int] = []
 
@@ -162,8 +166,7 @@ def resolve_shas(store: Store, prefixes: set[int]) -> dict[int, str]:
     return dict(zip(hits["sha_prefix"].to_list(), hits["sha256"].to_list()))
 
 
-def load_index_table(store: Store, exclude_batch: str | None = None,
-                     columns: list[str] | None = None) -> pl.DataFrame:
+def load_index_table(store: Store, exclude_batch: str | None = None, columns: list[str] | None = None) -> pl.DataFrame:
     """Every stored image's index row: the compacted file plus the segments it does not cover."""
     columns = list(dict.fromkeys([*(columns or SEGMENT_SCHEMA), "batch"]))
     frames, covered = [], set()
@@ -185,10 +188,15 @@ def write_segment(store: Store, batch: str, stored: pl.DataFrame) -> None:
     segment = stored.select(
         pl.col("sha256").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("sha_prefix"),
         pl.col("phash").str.to_integer(base=16, dtype=pl.UInt64).alias("phash"),
-        pl.col("sha256"), pl.lit(batch).alias("batch"))
+        pl.col("sha256"),
+        pl.lit(batch).alias("batch"),
+    )
     store.write_table(pool_index_segment_key(batch), segment)
-    covered = (set(store.read_table(POOL_INDEX_COMPACTED_KEY, columns=["batch"])["batch"].unique().to_list())
-               if store.exists(POOL_INDEX_COMPACTED_KEY) else set())
+    covered = (
+        set(store.read_table(POOL_INDEX_COMPACTED_KEY, columns=["batch"])["batch"].unique().to_list())
+        if store.exists(POOL_INDEX_COMPACTED_KEY)
+        else set()
+    )
     segments = store.list(POOL_INDEX_SEGMENTS_PREFIX)
     if sum(_segment_batch(k) not in covered for k in segments) >= COMPACT_EVERY:
         store.write_table(POOL_INDEX_COMPACTED_KEY, pl.concat([store.read_table(k) for k in segments]))

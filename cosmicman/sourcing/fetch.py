@@ -1,4 +1,5 @@
 """HTTP fetching: the retry policy shared with the web-API clients, and the concurrent image fetch engine."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def backoff_delay(attempt: int, retry_after: str | None, base_s: float, max_s: float,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, retry_after: str | None, base_s: float, max_s: float, rng: random.Random | None = None
+) -> float:
     """Delay before retry number ``attempt`` (1-based): the server's ``Retry-After`` when it gives one,
     else exponential backoff with full jitter, capped at ``max_s``."""
     told = parse_retry_after(retry_after)
@@ -44,11 +46,11 @@ def backoff_delay(attempt: int, retry_after: str | None, base_s: float, max_s: f
 
 @dataclass(frozen=True)
 class FetchConfig:
-    max_in_flight: int = 64           # requests in flight overall
-    per_host: int = 16                # requests in flight per host:port
+    max_in_flight: int = 64  # requests in flight overall
+    per_host: int = 16  # requests in flight per host:port
     connect_timeout_s: float = 10.0
-    read_timeout_s: float = 30.0      # one whole attempt: connect, headers and body
-    retries: int = 3                  # extra attempts for retryable failures within this batch
+    read_timeout_s: float = 30.0  # one whole attempt: connect, headers and body
+    retries: int = 3  # extra attempts for retryable failures within this batch
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0  # a longer wait fails the item now as rate_limited; a later batch re-queues it
@@ -60,12 +62,12 @@ class FetchConfig:
 class FetchResult:
     key: str
     url: str
-    data: bytes | None        # the body when the fetch succeeded
-    reason: str | None        # why it failed; None exactly when data is not None
-    http_status: int | None   # of the last response, when one came
-    attempts: int             # requests sent (0 for a bad URL or a host still rate-limited)
+    data: bytes | None  # the body when the fetch succeeded
+    reason: str | None  # why it failed; None exactly when data is not None
+    http_status: int | None  # of the last response, when one came
+    attempts: int  # requests sent (0 for a bad URL or a host still rate-limited)
     content_type: str | None
-    elapsed_s: float          # from the start of this item, waits for host slots and backoff included
+    elapsed_s: float  # from the start of this item, waits for host slots and backoff included
 
 
 # Results fetched ahead of the caller; with max_in_flight it bounds how many inputs are held at once.
@@ -78,6 +80,7 @@ NOT_IMAGE_SUBTYPES = frozenset({"json", "xml"})
 @dataclass(frozen=True)
 class Outcome:
     """One attempt's result; ``retry_after`` is the raw header of a failed response."""
+
     data: bytes | None
     reason: str | None
     http_status: int | None = None
@@ -89,7 +92,7 @@ class Outcome:
 class HostState:
     slots: asyncio.Semaphore
     resume_at: float = 0.0  # monotonic time before which nothing more is sent (the host answered 429)
-    users: int = 0          # items holding this state; it is dropped at zero so the table stays bounded
+    users: int = 0  # items holding this state; it is dropped at zero so the table stays bounded
 
 
 class Hosts:
@@ -192,8 +195,16 @@ class Fetcher:
             outcome, attempts = await self.fetch_with_retries(parsed, state)
         finally:
             self.hosts.checkin(host, state)
-        return FetchResult(key, url, outcome.data, outcome.reason, outcome.http_status, attempts,
-                           outcome.content_type, time.monotonic() - started)
+        return FetchResult(
+            key,
+            url,
+            outcome.data,
+            outcome.reason,
+            outcome.http_status,
+            attempts,
+            outcome.content_type,
+            time.monotonic() - started,
+        )
 
     async def fetch_with_retries(self, url: URL, state: HostState) -> tuple[Outcome, int]:
         attempts = 0
@@ -211,11 +222,15 @@ class Fetcher:
             if outcome.http_status == 429 and told_s is not None:
                 # The whole host asked for a pause, so every item bound for it waits (or fails when too long).
                 state.resume_at = max(state.resume_at, time.monotonic() + told_s)
-            if (outcome.reason not in RETRYABLE_REASONS or attempts > self.config.retries
-                    or (told_s is not None and told_s > self.config.max_retry_after_s)):
+            if (
+                outcome.reason not in RETRYABLE_REASONS
+                or attempts > self.config.retries
+                or (told_s is not None and told_s > self.config.max_retry_after_s)
+            ):
                 return outcome, attempts
-            await asyncio.sleep(backoff_delay(attempts, outcome.retry_after, self.config.backoff_s,
-                                              self.config.backoff_max_s))
+            await asyncio.sleep(
+                backoff_delay(attempts, outcome.retry_after, self.config.backoff_s, self.config.backoff_max_s)
+            )
 
     async def attempt(self, url: URL) -> Outcome:
         try:
@@ -239,13 +254,15 @@ class Done:
         self.error = error
 
 
-async def run_fetches(requests: Iterable[tuple[str, str]], config: FetchConfig,
-                      results: queue.SimpleQueue, unclaimed: asyncio.Semaphore) -> None:
+async def run_fetches(
+    requests: Iterable[tuple[str, str]], config: FetchConfig, results: queue.SimpleQueue, unclaimed: asyncio.Semaphore
+) -> None:
     """Pull a request whenever ``unclaimed`` has room and fetch it, putting results on ``results`` as they
     complete; the consumer releases ``unclaimed`` per result taken, which bounds what is held in memory."""
     connector = aiohttp.TCPConnector(limit=config.max_in_flight, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": config.user_agent},
-                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"User-Agent": config.user_agent}, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
         fetcher = Fetcher(session, config)
         tasks: set[asyncio.Task] = set()
 

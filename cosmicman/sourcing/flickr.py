@@ -1,4 +1,5 @@
 """The Flickr photo search API (``flickr.photos.search``)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,9 +38,17 @@ class FlickrClient(WebApiClient):
     search_path = "/"
     per_page_range = (1, 500)
 
-    def __init__(self, api_key: str, *, base_url: str | None = None, per_page: int = 500,
-                 licences: Sequence[int] = (), sort: str = "date-posted-asc",
-                 rate_limit: RateLimit = FLICKR_RATE_LIMIT, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        per_page: int = 500,
+        licences: Sequence[int] = (),
+        sort: str = "date-posted-asc",
+        rate_limit: RateLimit = FLICKR_RATE_LIMIT,
+        timeout_s: float = 30.0,
+    ) -> None:
         """``per_page`` defaults to Flickr's maximum: the most photos per query of the hourly budget.
         ``licences``: only photos under these licence ids (empty: any). ``sort`` defaults to oldest
         first because new uploads then land after the pages already walked instead of shifting them."""
@@ -48,9 +57,17 @@ class FlickrClient(WebApiClient):
         self.sort = sort
 
     def search_params(self, term: str, page: int) -> dict[str, str]:
-        params = {"method": "flickr.photos.search", "text": term, "media": "photos", "sort": self.sort,
-                  "extras": "license,owner_name," + ",".join(f"url_{s}" for s in _FLICKR_SIZES),
-                  "per_page": str(self.per_page), "page": str(page), "format": "json", "nojsoncallback": "1"}
+        params = {
+            "method": "flickr.photos.search",
+            "text": term,
+            "media": "photos",
+            "sort": self.sort,
+            "extras": "license,owner_name," + ",".join(f"url_{s}" for s in _FLICKR_SIZES),
+            "per_page": str(self.per_page),
+            "page": str(page),
+            "format": "json",
+            "nojsoncallback": "1",
+        }
         if self.licences:
             params["license"] = ",".join(str(i) for i in self.licences)
         return params
@@ -61,8 +78,9 @@ class FlickrClient(WebApiClient):
     def _check_body(self, body: Any, what: str) -> None:
         if isinstance(body, dict) and body.get("stat") == "fail":
             code = int_or_none(body.get("code"))
-            raise ApiError(_FLICKR_ERROR_REASONS.get(code, "api_error"),
-                           f"{what}: Flickr error {code}: {body.get('message', '')}")
+            raise ApiError(
+                _FLICKR_ERROR_REASONS.get(code, "api_error"), f"{what}: Flickr error {code}: {body.get('message', '')}"
+            )
 
     def _parse_search(self, body: Any) -> SearchPage:
         photos = body["photos"]
@@ -74,10 +92,17 @@ class FlickrClient(WebApiClient):
                 continue
             photo_id, owner = str(photo["id"]), str(photo["owner"])
             licence_id = str(photo.get("license", ""))
-            items.append(SourceItem(
-                source=self.name, source_id=photo_id, url=photo[f"url_{size}"],
-                licence=FLICKR_LICENCES.get(licence_id, f"Flickr licence {licence_id or 'unknown'}"),
-                alt_text=photo.get("title") or "", author=photo.get("ownername") or owner,
-                page_url=f"https://www.flickr.com/photos/{owner}/{photo_id}",
-                width=int_or_none(photo.get(f"width_{size}")), height=int_or_none(photo.get(f"height_{size}"))))
+            items.append(
+                SourceItem(
+                    source=self.name,
+                    source_id=photo_id,
+                    url=photo[f"url_{size}"],
+                    licence=FLICKR_LICENCES.get(licence_id, f"Flickr licence {licence_id or 'unknown'}"),
+                    alt_text=photo.get("title") or "",
+                    author=photo.get("ownername") or owner,
+                    page_url=f"https://www.flickr.com/photos/{owner}/{photo_id}",
+                    width=int_or_none(photo.get(f"width_{size}")),
+                    height=int_or_none(photo.get(f"height_{size}")),
+                )
+            )
         return SearchPage(items, last_page=int(photos["pages"]), page=int(photos["page"]), skipped=skipped)

@@ -22,6 +22,7 @@ The failed-URL table (``sourcing/failed_urls.parquet``) keeps every failure with
 ones (timeouts, 5xx, 429, connection errors) are re-queued by later batches until ``max_url_attempts``
 batches have tried them (img2dataset never retries a failed URL later, its issue #333).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,19 +56,70 @@ from cosmicman.sourcing.sources import (
     StoredItemsRecorder,
 )
 
-ITEM_SCHEMA = {"position": pl.Int64, "source": pl.Utf8, "source_id": pl.Utf8, "url": pl.Utf8, "licence": pl.Utf8,
-               "alt_text": pl.Utf8, "author": pl.Utf8, "page_url": pl.Utf8, "stated_width": pl.Int32,
-               "stated_height": pl.Int32, "url_attempt": pl.Int32}
-OUTCOME_SCHEMA = {**ITEM_SCHEMA, "status": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8, "http_status": pl.Int32,
-                  "fetch_attempts": pl.Int32, "sha256": pl.Utf8, "blob_key": pl.Utf8, "ext": pl.Utf8,
-                  "width": pl.Int32, "height": pl.Int32, "n_bytes": pl.Int64, "phash": pl.Utf8,
-                  "duplicate_of": pl.Utf8, "batch": pl.Utf8}
-RAW_COLUMNS = ["sha256", "blob_key", "ext", "source", "source_id", "url", "licence", "alt_text", "author", "page_url",
-               "width", "height", "n_bytes", "phash", "batch"]
-FAILED_SCHEMA = {"url": pl.Utf8, "source": pl.Utf8, "source_id": pl.Utf8, "licence": pl.Utf8, "alt_text": pl.Utf8,
-                 "author": pl.Utf8, "page_url": pl.Utf8, "stated_width": pl.Int32, "stated_height": pl.Int32,
-                 "reason": pl.Utf8, "http_status": pl.Int32, "attempts": pl.Int32, "first_batch": pl.Utf8,
-                 "last_batch": pl.Utf8, "state": pl.Utf8}
+ITEM_SCHEMA = {
+    "position": pl.Int64,
+    "source": pl.Utf8,
+    "source_id": pl.Utf8,
+    "url": pl.Utf8,
+    "licence": pl.Utf8,
+    "alt_text": pl.Utf8,
+    "author": pl.Utf8,
+    "page_url": pl.Utf8,
+    "stated_width": pl.Int32,
+    "stated_height": pl.Int32,
+    "url_attempt": pl.Int32,
+}
+OUTCOME_SCHEMA = {
+    **ITEM_SCHEMA,
+    "status": pl.Utf8,
+    "reason": pl.Utf8,
+    "detail": pl.Utf8,
+    "http_status": pl.Int32,
+    "fetch_attempts": pl.Int32,
+    "sha256": pl.Utf8,
+    "blob_key": pl.Utf8,
+    "ext": pl.Utf8,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "n_bytes": pl.Int64,
+    "phash": pl.Utf8,
+    "duplicate_of": pl.Utf8,
+    "batch": pl.Utf8,
+}
+RAW_COLUMNS = [
+    "sha256",
+    "blob_key",
+    "ext",
+    "source",
+    "source_id",
+    "url",
+    "licence",
+    "alt_text",
+    "author",
+    "page_url",
+    "width",
+    "height",
+    "n_bytes",
+    "phash",
+    "batch",
+]
+FAILED_SCHEMA = {
+    "url": pl.Utf8,
+    "source": pl.Utf8,
+    "source_id": pl.Utf8,
+    "licence": pl.Utf8,
+    "alt_text": pl.Utf8,
+    "author": pl.Utf8,
+    "page_url": pl.Utf8,
+    "stated_width": pl.Int32,
+    "stated_height": pl.Int32,
+    "reason": pl.Utf8,
+    "http_status": pl.Int32,
+    "attempts": pl.Int32,
+    "first_batch": pl.Utf8,
+    "last_batch": pl.Utf8,
+    "state": pl.Utf8,
+}
 STATUSES = ("stored", "duplicate", "near_duplicate", "failed")
 
 
@@ -82,6 +134,7 @@ class IngestConfig:
     - ``max_url_attempts``: batches that may try a URL whose failure is retryable.
     - ``max_requeue_fraction``: share of a batch's size given to re-queued URLs.
     """
+
     chunk_size: int = 512
     workers: int | None = None
     resize_to: int | None = None
@@ -110,18 +163,38 @@ class BatchReport:
 
 
 def _item_row(position: int, item: SourceItem, url_attempt: int) -> dict:
-    return {"position": position, "source": item.source, "source_id": item.source_id, "url": item.url,
-            "licence": item.licence, "alt_text": item.alt_text, "author": item.author, "page_url": item.page_url,
-            "stated_width": item.width, "stated_height": item.height, "url_attempt": url_attempt}
+    return {
+        "position": position,
+        "source": item.source,
+        "source_id": item.source_id,
+        "url": item.url,
+        "licence": item.licence,
+        "alt_text": item.alt_text,
+        "author": item.author,
+        "page_url": item.page_url,
+        "stated_width": item.width,
+        "stated_height": item.height,
+        "url_attempt": url_attempt,
+    }
 
 
 def _row_item(row: dict) -> SourceItem:
-    return SourceItem(row["source"], row["source_id"], row["url"], row["licence"], row["alt_text"], row["author"],
-                      row["page_url"], row["stated_width"], row["stated_height"])
+    return SourceItem(
+        row["source"],
+        row["source_id"],
+        row["url"],
+        row["licence"],
+        row["alt_text"],
+        row["author"],
+        row["page_url"],
+        row["stated_width"],
+        row["stated_height"],
+    )
 
 
-def plan_batch(store: Store, batch: str, batch_index: int, sources: Sequence[tuple[ImageSource, int]],
-               config: IngestConfig) -> pl.DataFrame:
+def plan_batch(
+    store: Store, batch: str, batch_index: int, sources: Sequence[tuple[ImageSource, int]], config: IngestConfig
+) -> pl.DataFrame:
     """The batch's items, written once: re-queued failed URLs first, then each source's share."""
     key = f"{sourcing_staging_prefix(batch)}/plan.parquet"
     if store.exists(key):
@@ -129,8 +202,11 @@ def plan_batch(store: Store, batch: str, batch_index: int, sources: Sequence[tup
     rows: list[dict] = []
     total = sum(size for _, size in sources)
     if store.exists(FAILED_URLS_KEY):
-        pending = store.read_table(FAILED_URLS_KEY).filter(
-            (pl.col("state") == "pending") & (pl.col("last_batch") != batch)).sort("last_batch", "url")
+        pending = (
+            store.read_table(FAILED_URLS_KEY)
+            .filter((pl.col("state") == "pending") & (pl.col("last_batch") != batch))
+            .sort("last_batch", "url")
+        )
         for r in pending.head(math.floor(total * config.max_requeue_fraction)).iter_rows(named=True):
             rows.append(_item_row(len(rows), _row_item(r), r["attempts"] + 1))
     for source, size in sources:
@@ -151,8 +227,9 @@ class _Fetched:
     attempts: int = 1
 
 
-def _fetch_items(plan_rows: list[dict], sources: Sequence[ImageSource],
-                 fetch_config: FetchConfig) -> Iterator[_Fetched]:
+def _fetch_items(
+    plan_rows: list[dict], sources: Sequence[ImageSource], fetch_config: FetchConfig
+) -> Iterator[_Fetched]:
     """Bytes for each pending item: what sources read themselves (dataset files, renders) first, then
     HTTP downloads. Any other URL that is not http(s) is a ``bad_url``."""
     readers = {s.name: s for s in sources if isinstance(s, ItemReader)}
@@ -169,8 +246,14 @@ def _fetch_items(plan_rows: list[dict], sources: Sequence[ImageSource],
         except (OSError, ValueError) as exc:
             yield _Fetched(r["position"], None, "read_error", f"{type(exc).__name__}: {exc}")
     for res in fetch_all(((str(r["position"]), r["url"]) for r in http), fetch_config):
-        yield _Fetched(int(res.key), res.data, res.reason, "" if res.data is not None else res.reason or "",
-                       res.http_status, res.attempts)
+        yield _Fetched(
+            int(res.key),
+            res.data,
+            res.reason,
+            "" if res.data is not None else res.reason or "",
+            res.http_status,
+            res.attempts,
+        )
 
 
 def claimed_extension(url: str | None) -> str | None:
@@ -188,8 +271,9 @@ class _Checker:
 
     def __init__(self, workers: int, resize_to: int | None) -> None:
         self.resize_to = resize_to
-        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-                     if workers > 0 else None)
+        self.pool = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 0 else None
+        )
         self.window = max(1, workers * 8)
         self.in_flight: dict[Future, tuple[_Fetched, bytes]] = {}
 
@@ -231,15 +315,21 @@ class _ChunkWriter:
 
     def flush(self) -> None:
         if self.rows:
-            self.store.write_table(f"{self.prefix}/chunk-{self.next_index:05d}.parquet",
-                                   pl.DataFrame(self.rows, schema=OUTCOME_SCHEMA))
+            self.store.write_table(
+                f"{self.prefix}/chunk-{self.next_index:05d}.parquet", pl.DataFrame(self.rows, schema=OUTCOME_SCHEMA)
+            )
             self.next_index += 1
             self.rows = []
 
 
-def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[tuple[ImageSource, int]],
-                 config: IngestConfig = IngestConfig(),
-                 progress: Callable[[int, int], None] | None = None) -> BatchReport:
+def source_batch(
+    store: Store,
+    batch: str,
+    batch_index: int,
+    sources: Sequence[tuple[ImageSource, int]],
+    config: IngestConfig = IngestConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchReport:
     """Run (or resume, or re-read) one sourcing batch; see the module docstring."""
     t0 = time.monotonic()
     if store.exists(sourcing_log_key(batch)) and not store.exists(f"{sourcing_staging_prefix(batch)}/plan.parquet"):
@@ -261,18 +351,31 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
 
     def outcome(fetched: _Fetched, data: bytes | None, checked: CheckedImage | None) -> None:
         nonlocal created, n_done
-        row = {**by_position.pop(fetched.position), "batch": batch, "http_status": fetched.http_status,
-               "fetch_attempts": fetched.attempts, "detail": fetched.detail}
+        row = {
+            **by_position.pop(fetched.position),
+            "batch": batch,
+            "http_status": fetched.http_status,
+            "fetch_attempts": fetched.attempts,
+            "detail": fetched.detail,
+        }
         if data is None or checked is None:
             row.update(status="failed", reason=fetched.reason)
         elif checked.reason is not None:
-            row.update(status="failed", reason=checked.reason, detail=checked.detail, sha256=checked.sha256,
-                       n_bytes=len(data))
+            row.update(
+                status="failed", reason=checked.reason, detail=checked.detail, sha256=checked.sha256, n_bytes=len(data)
+            )
         else:
             stored = checked.stored_bytes if checked.stored_bytes is not None else data
             sha = checked.sha256 if checked.stored_bytes is None else sha256_hex(stored)
-            row.update(sha256=sha, ext=checked.ext, width=checked.width, height=checked.height,
-                       n_bytes=len(stored), phash=checked.phash, detail=checked.detail)
+            row.update(
+                sha256=sha,
+                ext=checked.ext,
+                width=checked.width,
+                height=checked.height,
+                n_bytes=len(stored),
+                phash=checked.phash,
+                detail=checked.detail,
+            )
             match = index.match(sha, checked.phash)
             if match is not None:
                 row.update(status=match.kind, duplicate_of=match.sha256 or f"{match.sha_prefix:016x}")
@@ -299,8 +402,9 @@ def source_batch(store: Store, batch: str, batch_index: int, sources: Sequence[t
         writer.flush()
     finally:
         checker.close()
-    log = pl.concat([store.read_table(k) for k in store.list(f"{sourcing_staging_prefix(batch)}/done")]
-                    ).sort("position")
+    log = pl.concat([store.read_table(k) for k in store.list(f"{sourcing_staging_prefix(batch)}/done")]).sort(
+        "position"
+    )
     if len(log) != len(plan):
         raise RuntimeError(f"batch {batch}: {len(log)} outcomes for {len(plan)} planned items")
     log = _resolve_near_duplicates(store, log)
@@ -317,8 +421,9 @@ def _resolve_near_duplicates(store: Store, log: pl.DataFrame) -> pl.DataFrame:
     return log.with_columns(pl.col("duplicate_of").replace(full))
 
 
-def _finish(store: Store, batch: str, log: pl.DataFrame, sources: Sequence[tuple[ImageSource, int]],
-            config: IngestConfig) -> None:
+def _finish(
+    store: Store, batch: str, log: pl.DataFrame, sources: Sequence[tuple[ImageSource, int]], config: IngestConfig
+) -> None:
     stored = log.filter(pl.col("status") == "stored")
     store.write_table(raw_table_key(batch), stored.select(RAW_COLUMNS))
     for source, _ in sources:
@@ -346,10 +451,20 @@ def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_atte
                 changed = True
             continue
         attempts = r["url_attempt"]
-        state = ("pending" if r["reason"] in RETRYABLE_REASONS and attempts < max_url_attempts
-                 else "exhausted" if r["reason"] in RETRYABLE_REASONS else "final")
-        known[r["url"]] = {**{k: r[k] for k in FAILED_SCHEMA if k in r}, "attempts": attempts, "state": state,
-                           "first_batch": prev["first_batch"] if prev else batch, "last_batch": batch}
+        state = (
+            "pending"
+            if r["reason"] in RETRYABLE_REASONS and attempts < max_url_attempts
+            else "exhausted"
+            if r["reason"] in RETRYABLE_REASONS
+            else "final"
+        )
+        known[r["url"]] = {
+            **{k: r[k] for k in FAILED_SCHEMA if k in r},
+            "attempts": attempts,
+            "state": state,
+            "first_batch": prev["first_batch"] if prev else batch,
+            "last_batch": batch,
+        }
         changed = True
     if changed:
         store.write_table(FAILED_URLS_KEY, pl.DataFrame(list(known.values()), schema=FAILED_SCHEMA))
@@ -359,10 +474,18 @@ def _report(store: Store, batch: str, log: pl.DataFrame, created: int, resumed: 
     counts = Counter(log["status"].to_list())
     failed = log.filter(pl.col("status") == "failed")
     return BatchReport(
-        batch, len(log), {s: counts.get(s, 0) for s in STATUSES},
+        batch,
+        len(log),
+        {s: counts.get(s, 0) for s in STATUSES},
         dict(sorted(Counter(failed["reason"].to_list()).items())),
-        dict(sorted(Counter(log["source"].to_list()).items())), int((log["url_attempt"] > 1).sum()), created,
-        resumed, time.monotonic() - t0, log.filter(pl.col("status") == "stored").select(RAW_COLUMNS), log)
+        dict(sorted(Counter(log["source"].to_list()).items())),
+        int((log["url_attempt"] > 1).sum()),
+        created,
+        resumed,
+        time.monotonic() - t0,
+        log.filter(pl.col("status") == "stored").select(RAW_COLUMNS),
+        log,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,8 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     index = int(args.batch.rpartition("-")[2])
     fetch = dataclasses.replace(FetchConfig(), max_in_flight=args.max_in_flight, per_host=args.per_host)
-    config = IngestConfig(workers=args.workers, resize_to=args.resize_to, near_dup_distance=args.near_dup_distance,
-                          chunk_size=args.chunk_size, fetch=fetch)
+    config = IngestConfig(
+        workers=args.workers,
+        resize_to=args.resize_to,
+        near_dup_distance=args.near_dup_distance,
+        chunk_size=args.chunk_size,
+        fetch=fetch,
+    )
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -390,8 +518,9 @@ def main(argv: list[str] | None = None) -> int:
             last[0] = time.monotonic()
             print(f"sourcing {args.batch}: {done}/{total}", file=sys.stderr, flush=True)
 
-    report = source_batch(Store(args.store), args.batch, index, [(ParquetSource(args.parquet), args.limit)],
-                          config, progress)
+    report = source_batch(
+        Store(args.store), args.batch, index, [(ParquetSource(args.parquet), args.limit)], config, progress
+    )
     print(json.dumps(report.summary()))
     return 0
 

@@ -1,4 +1,5 @@
 """The Pixabay image search API."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,15 @@ class PixabayClient(WebApiClient):
     per_page_range = (3, 200)
     cache_ttl_s = 24 * 3600.0  # Pixabay's terms: cache responses for 24 hours
 
-    def __init__(self, api_key: str, *, base_url: str | None = None, per_page: int = 200,
-                 rate_limit: RateLimit = PIXABAY_RATE_LIMIT, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        per_page: int = 200,
+        rate_limit: RateLimit = PIXABAY_RATE_LIMIT,
+        timeout_s: float = 30.0,
+    ) -> None:
         super().__init__(api_key, base_url=base_url, per_page=per_page, rate_limit=rate_limit, timeout_s=timeout_s)
 
     def search_params(self, term: str, page: int) -> dict[str, str]:
@@ -51,8 +59,17 @@ class PixabayClient(WebApiClient):
         for hit in body["hits"]:
             width, height = int(hit["imageWidth"]), int(hit["imageHeight"])
             scale = min(1.0, _PIXABAY_LARGE_PX / max(width, height, 1))
-            items.append(SourceItem(
-                source=self.name, source_id=str(hit["id"]), url=hit["largeImageURL"], licence=self.licence,
-                alt_text=hit.get("tags") or "", author=hit.get("user") or f"Pixabay user {hit.get('user_id')}",
-                page_url=hit["pageURL"], width=round(width * scale), height=round(height * scale)))
+            items.append(
+                SourceItem(
+                    source=self.name,
+                    source_id=str(hit["id"]),
+                    url=hit["largeImageURL"],
+                    licence=self.licence,
+                    alt_text=hit.get("tags") or "",
+                    author=hit.get("user") or f"Pixabay user {hit.get('user_id')}",
+                    page_url=hit["pageURL"],
+                    width=round(width * scale),
+                    height=round(height * scale),
+                )
+            )
         return SearchPage(items, last_page=math.ceil(int(body["totalHits"]) / self.per_page))

@@ -5,6 +5,7 @@ counts (one LIST request per 1000 batches on S3). Each batch writes only its own
 batches never overwrite each other, and nothing is read, changed and written back. Re-recording a
 batch writes a newer marker and removes the older ones; should a removal be missed, the newest wins.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -25,6 +26,7 @@ class PoolStats:
 @dataclass(frozen=True)
 class BatchMarker:
     """``pool/recorded/<batch>.<recorded_ns>.<raw>.<kept>``"""
+
     key: str
     batch: str
     recorded_ns: int
@@ -85,5 +87,6 @@ def decide_sourcing(stats: PoolStats, threshold: int, partitions: list[str]) -> 
         return SourcingDecision(None, f"pool holds {stats.kept} kept images, at or above the threshold {threshold}")
     numbers = [int(p.rpartition("-")[2]) for p in partitions if p.rpartition("-")[2].isdigit()]
     new = f"batch-{(max(numbers) + 1) if numbers else 0:05d}"
-    return SourcingDecision(new, f"pool holds {stats.kept} kept images, under the threshold {threshold}: "
-                                 f"sourcing {new}")
+    return SourcingDecision(
+        new, f"pool holds {stats.kept} kept images, under the threshold {threshold}: sourcing {new}"
+    )

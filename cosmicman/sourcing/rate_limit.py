@@ -9,6 +9,7 @@ The log is read and rewritten around every call: processes planning one after an
 exactly; processes planning at the same instant could both take the last slot, which is why the
 limiter also obeys the server's own remaining/reset headers and 429 ``Retry-After``.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,6 +25,7 @@ Sleep = Callable[[float], None]
 @dataclass(frozen=True)
 class RateLimit:
     """At most ``calls`` requests in any ``period_s`` seconds."""
+
     calls: int
     period_s: float
 
@@ -47,8 +49,16 @@ class SlidingWindowLimiter:
     """Grants a call only when fewer than ``limit.calls`` calls were made in the last ``limit.period_s``
     seconds and no server-imposed pause is running; waits for a slot up to ``max_wait_s``."""
 
-    def __init__(self, store: Store, key: str, limit: RateLimit, *, max_wait_s: float = 60.0,
-                 clock: Clock = time.time, sleep: Sleep = time.sleep) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        limit: RateLimit,
+        *,
+        max_wait_s: float = 60.0,
+        clock: Clock = time.time,
+        sleep: Sleep = time.sleep,
+    ) -> None:
         self.store = store
         self.key = key
         self.limit = limit

@@ -5,6 +5,7 @@ A source plans a batch as a list of :class:`SourceItem` (URL plus the metadata k
 datasets (plain, SHHQ, DeepFashion-MultiModal) and LAION-style parquet url lists; the web APIs (Flickr,
 Unsplash, Pixabay) are in :mod:`cosmicman.sourcing.web_apis`.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ class SourceItem:
     the bytes is kept on the image's pool row, so licence, author and page URL survive to the dataset's
     manifest.
     """
+
     source: str
     source_id: str
     url: str
@@ -45,6 +47,7 @@ class SourceItem:
 class ImageSource(Protocol):
     """Offers the items of one sourcing batch. ``plan`` must be deterministic per batch: a batch re-run
     after a crash reuses its stored plan, and batch ``b + 1`` continues where ``b`` ended."""
+
     name: str
 
     def plan(self, batch_index: int, size: int, store: Store) -> list[SourceItem]: ...
@@ -142,15 +145,26 @@ class FolderSource:
     def plan(self, batch_index: int, size: int, store: Store | None = None) -> list[SourceItem]:
         fs, root = self._fs()
         captions = self.captions()
-        return [SourceItem(self.name, rel, fs.unstrip_protocol(f"{root}/{rel}"), licence=self.licence,
-                           alt_text=captions.get(rel, ""))
-                for rel in self.files(store)[batch_index * size:(batch_index + 1) * size]]
+        return [
+            SourceItem(
+                self.name,
+                rel,
+                fs.unstrip_protocol(f"{root}/{rel}"),
+                licence=self.licence,
+                alt_text=captions.get(rel, ""),
+            )
+            for rel in self.files(store)[batch_index * size : (batch_index + 1) * size]
+        ]
 
 
 # Column names of LAION-style parquet files, first match wins (LAION-400M/5B use upper case).
-PARQUET_COLUMNS = {"url": ("url", "URL"), "caption": ("caption", "TEXT", "text", "alt", "alt_text"),
-                   "width": ("width", "WIDTH"), "height": ("height", "HEIGHT"),
-                   "licence": ("license", "LICENSE", "licence")}
+PARQUET_COLUMNS = {
+    "url": ("url", "URL"),
+    "caption": ("caption", "TEXT", "text", "alt", "alt_text"),
+    "width": ("width", "WIDTH"),
+    "height": ("height", "HEIGHT"),
+    "licence": ("license", "LICENSE", "licence"),
+}
 
 
 @dataclass
@@ -195,8 +209,9 @@ class ParquetSource:
         names = set(pf.schema_arrow.names)
         cols = {k: next((c for c in cands if c in names), None) for k, cands in PARQUET_COLUMNS.items()}
         if cols["url"] is None:
-            raise ValueError(f"{path!r} has no url column (looked for {PARQUET_COLUMNS['url']}); "
-                             f"columns: {sorted(names)}")
+            raise ValueError(
+                f"{path!r} has no url column (looked for {PARQUET_COLUMNS['url']}); columns: {sorted(names)}"
+            )
         groups: list[int] = []
         first, row0 = 0, 0
         for g in range(pf.num_row_groups):
@@ -211,10 +226,18 @@ class ParquetSource:
         table = table.slice(lo, stop - start)
         data = {k: table.column(c).to_pylist() if c else [None] * table.num_rows for k, c in cols.items()}
         base = posixpath.basename(path)
-        return [SourceItem(self.name, f"{base}:{start - offset + i}", url or "", alt_text=data["caption"][i] or "",
-                           licence=data["licence"][i] or self.default_licence,
-                           width=int_or_none(data["width"][i]), height=int_or_none(data["height"][i]))
-                for i, url in enumerate(data["url"])]
+        return [
+            SourceItem(
+                self.name,
+                f"{base}:{start - offset + i}",
+                url or "",
+                alt_text=data["caption"][i] or "",
+                licence=data["licence"][i] or self.default_licence,
+                width=int_or_none(data["width"][i]),
+                height=int_or_none(data["height"][i]),
+            )
+            for i, url in enumerate(data["url"])
+        ]
 
 
 def int_or_none(v: Any) -> int | None:
@@ -223,5 +246,3 @@ def int_or_none(v: Any) -> int | None:
         return int(v) if v is not None else None
     except (TypeError, ValueError):
         return None
-
-

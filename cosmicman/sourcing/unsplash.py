@@ -1,4 +1,5 @@
 """The Unsplash photo search API (``/search/photos``)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,15 @@ class UnsplashClient(WebApiClient):
     search_path = "/search/photos"
     per_page_range = (1, 30)
 
-    def __init__(self, api_key: str, *, base_url: str | None = None, per_page: int = 30,
-                 rate_limit: RateLimit = UNSPLASH_DEMO_RATE_LIMIT, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        per_page: int = 30,
+        rate_limit: RateLimit = UNSPLASH_DEMO_RATE_LIMIT,
+        timeout_s: float = 30.0,
+    ) -> None:
         """``rate_limit``: ``UNSPLASH_PRODUCTION_RATE_LIMIT`` once Unsplash approves the application."""
         super().__init__(api_key, base_url=base_url, per_page=per_page, rate_limit=rate_limit, timeout_s=timeout_s)
 
@@ -51,13 +59,19 @@ class UnsplashClient(WebApiClient):
                 continue
             photo_id = str(photo["id"])
             full = url == urls.get("full")  # width/height describe the full image, not the 1080 px "regular"
-            items.append(SourceItem(
-                source=self.name, source_id=photo_id, url=url, licence=self.licence,
-                alt_text=photo.get("alt_description") or photo.get("description") or "",
-                author=user.get("name") or user.get("username") or "unknown Unsplash user",
-                page_url=links.get("html") or f"https://unsplash.com/photos/{photo_id}",
-                width=int_or_none(photo.get("width")) if full else None,
-                height=int_or_none(photo.get("height")) if full else None))
+            items.append(
+                SourceItem(
+                    source=self.name,
+                    source_id=photo_id,
+                    url=url,
+                    licence=self.licence,
+                    alt_text=photo.get("alt_description") or photo.get("description") or "",
+                    author=user.get("name") or user.get("username") or "unknown Unsplash user",
+                    page_url=links.get("html") or f"https://unsplash.com/photos/{photo_id}",
+                    width=int_or_none(photo.get("width")) if full else None,
+                    height=int_or_none(photo.get("height")) if full else None,
+                )
+            )
             if links.get("download_location"):
                 locations[photo_id] = links["download_location"]
         return SearchPage(items, last_page=int(body["total_pages"]), skipped=skipped, download_locations=locations)

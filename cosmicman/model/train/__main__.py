@@ -1,6 +1,7 @@
 """Daring trainer: train and publish one model from a JSON config (path or fsspec URL).
 
 The package doc says how it works. Under Dagster Pipes rank 0 reports the run as one asset materialization."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,7 @@ def _config_from(arg: str | None, extras: dict[str, Any] | None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosmicman.model.train",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cosmicman.model.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="JSON config: local path or fsspec URL")
     # the `deepspeed` launcher passes --local_rank; the rank comes from the environment it also sets
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(msg, file=sys.stderr, flush=True)
 
             record = train(cfg, log_fn=say)
-            context.report_asset_materialization(metadata={
-                k: {"raw_value": v, "type": "json"} if isinstance(v, dict) else v for k, v in summary(record).items()})
+            context.report_asset_materialization(
+                metadata={
+                    k: {"raw_value": v, "type": "json"} if isinstance(v, dict) else v
+                    for k, v in summary(record).items()
+                }
+            )
         return 0
     if not args.config and PipesEnvVarParamsLoader().is_dagster_pipes_process():
         # a non-zero rank under Pipes: the config comes from the extras rank 0 reads; read them too

@@ -3,6 +3,7 @@ line, the Dagster resource, the named recipes in ``recipes.py``) builds this dat
 
 The module stays free of torch and diffusers at import time, so the Dagster code location can read the
 schema cheaply; the checks that need the model code import it when a config is built."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,58 +21,58 @@ PER_RUN_FIELDS = ("shards", "output_url", "cache_url", "resume")
 @dataclass
 class TrainConfig:
     shards: list[str] = field(default_factory=list)  # shard URLs (brace / glob / directory expanded)
-    output_url: str = ""                   # where the diffusers folder is published (path, file://, s3://)
-    pretrained: str | None = None          # hub id / local diffusers folder (SD or SDXL); None: tiny components
-    family: str = "sd"                     # tiny components' family ("sd" | "sdxl"); pretrained: detected
-    resolution: int = 512                  # square side, or the buckets' target area side (pixels)
-    steps: int = 1000                      # optimizer steps
-    batch_size: int = 4                    # micro-batch per rank
-    grad_accum: int = 1                    # micro-batches per optimizer step (released: 4)
+    output_url: str = ""  # where the diffusers folder is published (path, file://, s3://)
+    pretrained: str | None = None  # hub id / local diffusers folder (SD or SDXL); None: tiny components
+    family: str = "sd"  # tiny components' family ("sd" | "sdxl"); pretrained: detected
+    resolution: int = 512  # square side, or the buckets' target area side (pixels)
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 4  # micro-batch per rank
+    grad_accum: int = 1  # micro-batches per optimizer step (released: 4)
     lr: float = 1e-5
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0             # 0 disables clipping
-    alpha: float = 1.0                     # weight of L_noise
-    beta: float = 1.0                      # weight of L_HOLA (0: plain fine-tuning, no capture)
-    hola_reduction: str = "released"       # "released" | "paper"
-    hola_map_factor: int = 16              # HOLA maps at (H/f, W/f) of the image; tiny 64px models use 8
-    mask_resize: str = "area"              # "area" (one-hot then area) | "nearest"
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    alpha: float = 1.0  # weight of L_noise
+    beta: float = 1.0  # weight of L_HOLA (0: plain fine-tuning, no capture)
+    hola_reduction: str = "released"  # "released" | "paper"
+    hola_map_factor: int = 16  # HOLA maps at (H/f, W/f) of the image; tiny 64px models use 8
+    mask_resize: str = "area"  # "area" (one-hot then area) | "nearest"
     gradient_checkpointing: bool = False
     seed: int = 0
-    act_fn: str = "silu"                   # any name in model.activations.ACTIVATIONS (Prime)
-    ff_act_fn: str | None = None           # also replace the feed-forward GEGLU's GELU (None: keep it)
+    act_fn: str = "silu"  # any name in model.activations.ACTIVATIONS (Prime)
+    ff_act_fn: str | None = None  # also replace the feed-forward GEGLU's GELU (None: keep it)
     shuffle_buffer: int = 64
     log_every: int = 10
-    device: str = "auto"                   # "auto" | "cpu" | "cuda" | "cuda:1" ... (ranks: cuda:LOCAL_RANK)
-    overwrite: bool = False                # replace a published output_url
-    tiny_seed: int | None = None           # seed of the tiny components (default: seed)
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ... (ranks: cuda:LOCAL_RANK)
+    overwrite: bool = False  # replace a published output_url
+    tiny_seed: int | None = None  # seed of the tiny components (default: seed)
     # -- data geometry / caching -------------------------------------------------------------------
-    buckets: bool = False                  # aspect-ratio buckets of about resolution^2 pixels (released: on)
-    bucket_step: int = 64                  # bucket sides are multiples of this
+    buckets: bool = False  # aspect-ratio buckets of about resolution^2 pixels (released: on)
+    bucket_step: int = 64  # bucket sides are multiples of this
     bucket_max_ratio: float = 2.0
-    cache_url: str | None = None           # latent + text-embedding cache root (None: encode every step)
-    cache_latents: bool = False            # ask the launcher for a cache_url (the asset: the store's shared one)
+    cache_url: str | None = None  # latent + text-embedding cache root (None: encode every step)
+    cache_latents: bool = False  # ask the launcher for a cache_url (the asset: the store's shared one)
     # -- checkpoints / resume --------------------------------------------------------------------
-    checkpoint_every: int = 0              # save a checkpoint every N steps (0: never)
-    checkpoints_keep: int = 3              # keep the last K complete checkpoints (released: 1000 / 3)
-    checkpoint_url: str | None = None      # default: <output_url>.checkpoints
-    resume: bool = False                   # resume from the latest complete checkpoint, if one exists
+    checkpoint_every: int = 0  # save a checkpoint every N steps (0: never)
+    checkpoints_keep: int = 3  # keep the last K complete checkpoints (released: 1000 / 3)
+    checkpoint_url: str | None = None  # default: <output_url>.checkpoints
+    resume: bool = False  # resume from the latest complete checkpoint, if one exists
     # -- EMA ---------------------------------------------------------------------------------------
-    ema_decay: float = 0.9999              # released 0.9999 (diffusers EMAModel warm-up cap); 0 disables
-    save_ema: bool = True                  # publish the EMA weights as unet/ (else the raw weights)
+    ema_decay: float = 0.9999  # released 0.9999 (diffusers EMAModel warm-up cap); 0 disables
+    save_ema: bool = True  # publish the EMA weights as unet/ (else the raw weights)
     # -- loss / conditioning -------------------------------------------------------------------------
-    noise_offset: float = 0.0              # released 0.05
-    caption_dropout: float = 0.0           # per micro-batch (released 0.1): "" prompt, no HOLA for the batch
-    snr_gamma: float | None = None         # min-SNR weighting gamma (None disables)
-    prediction_type: str | None = None     # override the scheduler's: "epsilon" | "v_prediction"
-    mixed_precision: str = "no"            # "bf16": autocast (plain) / bf16 engine (DeepSpeed); fp32 master weights
+    noise_offset: float = 0.0  # released 0.05
+    caption_dropout: float = 0.0  # per micro-batch (released 0.1): "" prompt, no HOLA for the batch
+    snr_gamma: float | None = None  # min-SNR weighting gamma (None disables)
+    prediction_type: str | None = None  # override the scheduler's: "epsilon" | "v_prediction"
+    mixed_precision: str = "no"  # "bf16": autocast (plain) / bf16 engine (DeepSpeed); fp32 master weights
     # -- distribution ----------------------------------------------------------------------------------
-    deepspeed: str | None = None           # "zero2" | "zero2_offload" | JSON path / URL; None: plain PyTorch
+    deepspeed: str | None = None  # "zero2" | "zero2_offload" | JSON path / URL; None: plain PyTorch
     # -- report ------------------------------------------------------------------------------------------
-    alignment_batches: int = 3             # fixed batches for the attention-in-mask share at the end (0: skip)
-    prefetch_batches: int = 2              # batches the loader thread prepares ahead of the step
+    alignment_batches: int = 3  # fixed batches for the attention-in-mask share at the end (0: skip)
+    prefetch_batches: int = 2  # batches the loader thread prepares ahead of the step
 
     def __post_init__(self) -> None:
         # the model code is imported only here: building a config checks names against it
@@ -92,8 +93,9 @@ class TrainConfig:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.buckets and self.bucket_step % self.hola_map_factor:
-            raise ValueError(f"bucket_step {self.bucket_step} must be a multiple of hola_map_factor "
-                             f"{self.hola_map_factor}")
+            raise ValueError(
+                f"bucket_step {self.bucket_step} must be a multiple of hola_map_factor {self.hola_map_factor}"
+            )
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
         if self.mixed_precision not in ("no", "bf16"):

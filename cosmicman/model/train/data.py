@@ -1,5 +1,6 @@
 """The data stream of one rank: deterministic batches (square or aspect buckets, decoded or from the latent
 cache) prepared by a loader thread, with the bookkeeping exact resume needs."""
+
 from __future__ import annotations
 
 import queue
@@ -23,8 +24,14 @@ class DataStream:
     is the lowest pending position (``start``) plus the positions at or above it already used
     (``exclude``): re-reading from ``start`` and dropping ``exclude`` rebuilds the same buffers."""
 
-    def __init__(self, cfg: TrainConfig, trainer: DaringTrainer, dist: DistEnv,
-                 resume: dict[str, Any] | None, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        trainer: DaringTrainer,
+        dist: DistEnv,
+        resume: dict[str, Any] | None,
+        say: Callable[[str], None],
+    ) -> None:
         from cosmicman.model.buckets import aspect_buckets, bucket_batches
 
         self.cfg = cfg
@@ -39,25 +46,39 @@ class DataStream:
         if trainer.store is not None:
             for hw in self.sizes:
                 if not trainer.hola_layers(hw):
-                    raise ValueError(f"no cross-attention layer has maps at 1/{cfg.hola_map_factor} of a {hw} "
-                                     f"image; choose another hola_map_factor / resolution / bucket_step")
+                    raise ValueError(
+                        f"no cross-attention layer has maps at 1/{cfg.hola_map_factor} of a {hw} "
+                        f"image; choose another hola_map_factor / resolution / bucket_step"
+                    )
         self.cache = None
         self.cache_stats: dict[str, int] = {}
         if cfg.cache_url:
             from cosmicman.model.latent_cache import LatentCache, build_cache, cache_fingerprint, weights_digest
 
             c = trainer.comps
-            geometry.update(map_factor=cfg.hola_map_factor, mask_resize=cfg.mask_resize,
-                            vae_factor=trainer.vae_factor)
-            self.cache = LatentCache(cfg.cache_url, cache_fingerprint(weights_digest(c.vae, *c.text_encoders),
-                                                                      c.family, geometry))
-            self.cache_stats = build_cache(self.cache, self._reader(decoding=True), trainer.encode_for_cache,
-                                           cfg.batch_size, dist.rank, dist.world_size, say)
+            geometry.update(map_factor=cfg.hola_map_factor, mask_resize=cfg.mask_resize, vae_factor=trainer.vae_factor)
+            self.cache = LatentCache(
+                cfg.cache_url, cache_fingerprint(weights_digest(c.vae, *c.text_encoders), c.family, geometry)
+            )
+            self.cache_stats = build_cache(
+                self.cache,
+                self._reader(decoding=True),
+                trainer.encode_for_cache,
+                cfg.batch_size,
+                dist.rank,
+                dist.world_size,
+                say,
+            )
             barrier()  # every rank's units are in before anyone reads
             self.cache_url = self.cache.url
-        self.dataset = self._reader(shuffle_buffer=cfg.shuffle_buffer, repeat=True, rank=dist.rank,
-                                    world_size=dist.world_size, start=(resume or {}).get("start", 0),
-                                    exclude=(resume or {}).get("exclude", ()))
+        self.dataset = self._reader(
+            shuffle_buffer=cfg.shuffle_buffer,
+            repeat=True,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            start=(resume or {}).get("start", 0),
+            exclude=(resume or {}).get("exclude", ()),
+        )
         # resume bookkeeping, shared with the loader thread
         self._lock = threading.Lock()
         self.pending: set[int] = set()
@@ -67,8 +88,12 @@ class DataStream:
         self._pin = trainer.device.type == "cuda"
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch_batches))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(bucket_batches(self._tracked(), cfg.batch_size),),
-                                        name="cosmicman-loader", daemon=True)
+        self._thread = threading.Thread(
+            target=self._produce,
+            args=(bucket_batches(self._tracked(), cfg.batch_size),),
+            name="cosmicman-loader",
+            daemon=True,
+        )
         self._thread.start()
 
     def _reader(self, decoding: bool = False, **order: Any):
@@ -83,11 +108,23 @@ class DataStream:
 
             return CachedShardDataset(self.urls, self.cache, **order)
         if cfg.buckets:
-            return BucketedShardDataset(self.urls, self.tokenizer, self.sizes, map_factor=cfg.hola_map_factor,
-                                        mask_resize=cfg.mask_resize, **order)
+            return BucketedShardDataset(
+                self.urls,
+                self.tokenizer,
+                self.sizes,
+                map_factor=cfg.hola_map_factor,
+                mask_resize=cfg.mask_resize,
+                **order,
+            )
         f = cfg.hola_map_factor
-        return ShardDataset(self.urls, self.tokenizer, cfg.resolution, mask_size=(cfg.resolution // f,) * 2,
-                            mask_resize=cfg.mask_resize, **order)
+        return ShardDataset(
+            self.urls,
+            self.tokenizer,
+            cfg.resolution,
+            mask_size=(cfg.resolution // f,) * 2,
+            mask_resize=cfg.mask_resize,
+            **order,
+        )
 
     def fixed_batches(self, n: int) -> list[dict[str, Any]]:
         """The first ``n`` batches of the shards in file order (no shuffle, all ranks' samples)."""

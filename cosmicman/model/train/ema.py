@@ -1,4 +1,5 @@
 """Exponential moving average of the trained weights (published as ``unet/`` when ``save_ema``)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

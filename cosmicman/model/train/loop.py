@@ -1,4 +1,5 @@
 """The training loop: resume, step, checkpoint, report, publish (rank 0)."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,10 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
                 say(f"checkpoint {where} ({time.perf_counter() - t0:.1f} s)")
             if step == progress.start_step + 1 or step == cfg.steps or step % max(1, cfg.log_every) == 0:
                 dt = (time.perf_counter() - t_loop) / (step - progress.start_step)
-                say(f"step {step}/{cfg.steps} loss={rec['loss']:.5f} noise={rec['noise']:.5f} "
-                    f"hola={rec['hola']:.5f} grad_norm={rec['grad_norm']:.3f} ({dt:.3f} s/step)")
+                say(
+                    f"step {step}/{cfg.steps} loss={rec['loss']:.5f} noise={rec['noise']:.5f} "
+                    f"hola={rec['hola']:.5f} grad_norm={rec['grad_norm']:.3f} ({dt:.3f} s/step)"
+                )
     finally:
         data.close()  # the loader thread stops with the loop, also on an error
     train_seconds = time.perf_counter() - t_loop
@@ -62,11 +65,22 @@ def train(cfg: TrainConfig, log_fn: Callable[[str], None] | None = None) -> dict
     if dist.is_main and cfg.alignment_batches > 0:
         t0 = time.perf_counter()
         alignment = trainer.attention_alignment(data.fixed_batches(cfg.alignment_batches))
-        say(f"attention inside group masks: {alignment['mean']:.3f} (chance {alignment['chance']:.3f}, "
-            f"{alignment['n_pairs']} sample-groups; {time.perf_counter() - t0:.1f} s)")
+        say(
+            f"attention inside group masks: {alignment['mean']:.3f} (chance {alignment['chance']:.3f}, "
+            f"{alignment['n_pairs']} sample-groups; {time.perf_counter() - t0:.1f} s)"
+        )
     trainer.finish()
-    record = run_record(trainer, data, progress, dist, train_seconds=train_seconds, data_seconds=t_data,
-                        published=published, hola_layers=hola_layers, alignment=alignment)
+    record = run_record(
+        trainer,
+        data,
+        progress,
+        dist,
+        train_seconds=train_seconds,
+        data_seconds=t_data,
+        published=published,
+        hola_layers=hola_layers,
+        alignment=alignment,
+    )
     if dist.is_main:
         publish_run(trainer.comps, record, cfg.output_url, cfg.overwrite, t_start, say)
     barrier()
@@ -78,8 +92,10 @@ def start_distribution(cfg: TrainConfig) -> DistEnv:
     ensure_dist_env(cfg)
     dist = DistEnv.from_env()
     if dist.world_size > 1 and not cfg.deepspeed:
-        raise ValueError(f"WORLD_SIZE={dist.world_size}: several ranks need a DeepSpeed config "
-                         "(deepspeed: zero2 | zero2_offload | a JSON path); ZeRO stage 0 is plain data parallel")
+        raise ValueError(
+            f"WORLD_SIZE={dist.world_size}: several ranks need a DeepSpeed config "
+            "(deepspeed: zero2 | zero2_offload | a JSON path); ZeRO stage 0 is plain data parallel"
+        )
     return dist
 
 
@@ -89,8 +105,7 @@ def ensure_dist_env(cfg: TrainConfig) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 def rank_logger(dist: DistEnv, log_fn: Callable[[str], None] | None) -> Callable[[str], None]:
@@ -98,14 +113,17 @@ def rank_logger(dist: DistEnv, log_fn: Callable[[str], None] | None) -> Callable
 
     def say(msg: str) -> None:
         base_say(msg if dist.world_size == 1 else f"[rank {dist.rank}] {msg}")
+
     return say
 
 
 def describe(trainer: DaringTrainer, data: DataStream, dist: DistEnv, hola_layers: list[str]) -> str:
     cfg = trainer.cfg
     n_params = sum(p.numel() for p in trainer.params)
-    return (f"training {cfg.pretrained or 'tiny ' + cfg.family} UNet ({n_params / 1e6:.2f}M params) on "
-            f"{trainer.device} x {dist.world_size} for {cfg.steps} steps, micro-batch {cfg.batch_size} x "
-            f"accumulation {cfg.grad_accum}, {len(data.urls)} shard(s), {len(data.sizes)} bucket(s)"
-            f"{', latent cache ' + data.cache_url if cfg.cache_url else ''}; HOLA {cfg.hola_reduction} at "
-            f"1/{cfg.hola_map_factor} over {len(hola_layers)} layers")
+    return (
+        f"training {cfg.pretrained or 'tiny ' + cfg.family} UNet ({n_params / 1e6:.2f}M params) on "
+        f"{trainer.device} x {dist.world_size} for {cfg.steps} steps, micro-batch {cfg.batch_size} x "
+        f"accumulation {cfg.grad_accum}, {len(data.urls)} shard(s), {len(data.sizes)} bucket(s)"
+        f"{', latent cache ' + data.cache_url if cfg.cache_url else ''}; HOLA {cfg.hola_reduction} at "
+        f"1/{cfg.hola_map_factor} over {len(hola_layers)} layers"
+    )

@@ -1,4 +1,5 @@
 """Atomic publishing of the trained pipeline folder; ``training_run.json`` is its completion marker."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,10 @@ from cosmicman.model.components import Components
 def check_output_free(url: str, overwrite: bool) -> None:
     fs, path = fs_and_path(url)
     if fs.exists(posixpath.join(path, TRAINING_RUN_FILE)) and not overwrite:
-        raise FileExistsError(f"{url} already holds a published model ({TRAINING_RUN_FILE}); set overwrite=true "
-                              "or choose another output_url")
+        raise FileExistsError(
+            f"{url} already holds a published model ({TRAINING_RUN_FILE}); set overwrite=true "
+            "or choose another output_url"
+        )
 
 
 def publish_folder(local_dir: str | Path, url: str, overwrite: bool = False) -> None:
@@ -57,9 +60,9 @@ def publish_folder(local_dir: str | Path, url: str, overwrite: bool = False) -> 
             raise
 
 
-
-def publish_run(comps: Components, record: dict[str, Any], url: str, overwrite: bool, t_start: float,
-                say: Callable[[str], None]) -> None:
+def publish_run(
+    comps: Components, record: dict[str, Any], url: str, overwrite: bool, t_start: float, say: Callable[[str], None]
+) -> None:
     """Save the pipeline and the record (its ``metrics.seconds`` now known) and publish them to ``url``."""
     with tempfile.TemporaryDirectory(prefix="cosmicman-train-") as tmp:
         comps.pipeline().save_pretrained(tmp)

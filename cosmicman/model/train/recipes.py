@@ -7,6 +7,7 @@
 - ``released-sdxl``: the same on SDXL at 1024 (HOLA on the 64x64 level), optimizer on the CPU as released.
 
 The per-run fields (``config.PER_RUN_FIELDS``) are never part of a recipe."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,21 +15,60 @@ from typing import Any
 from cosmicman.model.train.config import TrainConfig
 
 _RELEASED: dict[str, Any] = {
-    "lr": 1e-5, "weight_decay": 1e-2, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8,
-    "max_grad_norm": 1.0, "alpha": 1.0, "beta": 1.0, "hola_reduction": "released", "hola_map_factor": 16,
-    "steps": 100_000, "batch_size": 4, "grad_accum": 4, "mixed_precision": "bf16", "deepspeed": "zero2",
-    "buckets": True, "bucket_step": 64, "bucket_max_ratio": 2.0, "cache_latents": True,
-    "gradient_checkpointing": True, "checkpoint_every": 1000, "checkpoints_keep": 3,
-    "ema_decay": 0.9999, "save_ema": True, "noise_offset": 0.05, "caption_dropout": 0.1,
+    "lr": 1e-5,
+    "weight_decay": 1e-2,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_eps": 1e-8,
+    "max_grad_norm": 1.0,
+    "alpha": 1.0,
+    "beta": 1.0,
+    "hola_reduction": "released",
+    "hola_map_factor": 16,
+    "steps": 100_000,
+    "batch_size": 4,
+    "grad_accum": 4,
+    "mixed_precision": "bf16",
+    "deepspeed": "zero2",
+    "buckets": True,
+    "bucket_step": 64,
+    "bucket_max_ratio": 2.0,
+    "cache_latents": True,
+    "gradient_checkpointing": True,
+    "checkpoint_every": 1000,
+    "checkpoints_keep": 3,
+    "ema_decay": 0.9999,
+    "save_ema": True,
+    "noise_offset": 0.05,
+    "caption_dropout": 0.1,
 }
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "tiny": {"pretrained": None, "family": "sd", "resolution": 64, "steps": 30, "batch_size": 4, "lr": 1e-4,
-             "hola_map_factor": 8, "ema_decay": 0.9999, "noise_offset": 0.05, "caption_dropout": 0.1},
-    "released-sd15": {**_RELEASED, "pretrained": "stable-diffusion-v1-5/stable-diffusion-v1-5", "family": "sd",
-                      "resolution": 512},
-    "released-sdxl": {**_RELEASED, "pretrained": "stabilityai/stable-diffusion-xl-base-1.0", "family": "sdxl",
-                      "resolution": 1024, "deepspeed": "zero2_offload"},
+    "tiny": {
+        "pretrained": None,
+        "family": "sd",
+        "resolution": 64,
+        "steps": 30,
+        "batch_size": 4,
+        "lr": 1e-4,
+        "hola_map_factor": 8,
+        "ema_decay": 0.9999,
+        "noise_offset": 0.05,
+        "caption_dropout": 0.1,
+    },
+    "released-sd15": {
+        **_RELEASED,
+        "pretrained": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "family": "sd",
+        "resolution": 512,
+    },
+    "released-sdxl": {
+        **_RELEASED,
+        "pretrained": "stabilityai/stable-diffusion-xl-base-1.0",
+        "family": "sdxl",
+        "resolution": 1024,
+        "deepspeed": "zero2_offload",
+    },
 }
 
 DEFAULT_RECIPE = "tiny"
@@ -45,4 +85,3 @@ def recipe(name: str, **overrides: Any) -> TrainConfig:
     """The config of recipe ``name`` with ``overrides`` applied (field names of ``TrainConfig``)."""
     check_recipe(name, overrides)
     return TrainConfig(**{**RECIPES[name], **overrides})
-

@@ -1,4 +1,5 @@
 """The ``training_run.json`` record of a run: config, shards, code version, metrics and loss history."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,12 +23,16 @@ def code_version() -> str | None:
         return os.environ["COSMICMAN_CODE_VERSION"]
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10)
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -36,14 +41,24 @@ def code_version() -> str | None:
 def package_version(pkg: str) -> str | None:
     try:
         from importlib.metadata import version
+
         return version(pkg)
     except Exception:
         return None
 
 
-def run_record(trainer: DaringTrainer, data: DataStream, progress: Progress, dist: DistEnv, *,
-               train_seconds: float, data_seconds: float, published: str, hola_layers: list[str],
-               alignment: dict[str, Any] | None) -> dict[str, Any]:
+def run_record(
+    trainer: DaringTrainer,
+    data: DataStream,
+    progress: Progress,
+    dist: DistEnv,
+    *,
+    train_seconds: float,
+    data_seconds: float,
+    published: str,
+    hola_layers: list[str],
+    alignment: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The record; ``metrics.seconds`` (the whole run) is filled in just before it is published."""
     cfg = trainer.cfg
     history = progress.history
@@ -51,20 +66,32 @@ def run_record(trainer: DaringTrainer, data: DataStream, progress: Progress, dis
     last = history[-1]
     k = min(10, len(history))
     metrics = {
-        "loss_first": history[0]["loss"], "loss_last": last["loss"],
-        "noise_loss_first": history[0]["noise"], "noise_loss_last": last["noise"],
-        "hola_loss_first": history[0]["hola"], "hola_loss_last": last["hola"],
+        "loss_first": history[0]["loss"],
+        "loss_last": last["loss"],
+        "noise_loss_first": history[0]["noise"],
+        "noise_loss_last": last["noise"],
+        "hola_loss_first": history[0]["hola"],
+        "hola_loss_last": last["hola"],
         "loss_mean_first10": sum(h["loss"] for h in history[:k]) / k,
         "loss_mean_last10": sum(h["loss"] for h in history[-k:]) / k,
-        "steps": cfg.steps, "samples_seen": progress.samples_seen * dist.world_size,
+        "steps": cfg.steps,
+        "samples_seen": progress.samples_seen * dist.world_size,
         "seconds": None,
-        "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, steps_run),
-        "resumed_from_step": progress.start_step, "steps_run": steps_run, "published_unet": published,
+        "train_seconds": train_seconds,
+        "seconds_per_step": train_seconds / max(1, steps_run),
+        "resumed_from_step": progress.start_step,
+        "steps_run": steps_run,
+        "published_unet": published,
         "caption_dropped_batches": sum(h.get("caption_dropped", 0) for h in history),
-        "data_seconds": data_seconds, "world_size": dist.world_size,
-        "hola_layers": hola_layers, "hola_map_factor": cfg.hola_map_factor, "buckets": [list(b) for b in data.sizes],
-        "dataset_stats": dict(data.dataset.stats), "latent_cache": data.cache_stats,
-        "device": str(trainer.device), "attention_alignment": alignment,
+        "data_seconds": data_seconds,
+        "world_size": dist.world_size,
+        "hola_layers": hola_layers,
+        "hola_map_factor": cfg.hola_map_factor,
+        "buckets": [list(b) for b in data.sizes],
+        "dataset_stats": dict(data.dataset.stats),
+        "latent_cache": data.cache_stats,
+        "device": str(trainer.device),
+        "attention_alignment": alignment,
     }
     return {
         "config": dataclasses.asdict(cfg),
@@ -72,7 +99,11 @@ def run_record(trainer: DaringTrainer, data: DataStream, progress: Progress, dis
         "code_version": code_version(),
         "metrics": metrics,
         "loss_history": history,
-        "versions": {"torch": torch.__version__, "diffusers": package_version("diffusers"),
-                     "transformers": package_version("transformers"), "deepspeed": package_version("deepspeed")},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": package_version("diffusers"),
+            "transformers": package_version("transformers"),
+            "deepspeed": package_version("deepspeed"),
+        },
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -2,6 +2,7 @@
 (or DeepSpeed engine) and the EMA, and turns a batch into ``alpha * L_noise + beta * L_HOLA`` (min-SNR
 weighting, noise offset and caption dropout optional), its backward pass and, on the accumulation
 boundary, clipping + AdamW (or the engine's step) + EMA."""
+
 from __future__ import annotations
 
 import math
@@ -41,13 +42,13 @@ def build_components(cfg: TrainConfig) -> Components:
     if cfg.pretrained:
         comps = load_components(cfg.pretrained)
     else:
-        comps = build_tiny_components(cfg.seed if cfg.tiny_seed is None else cfg.tiny_seed,
-                                      resolution=cfg.resolution, family=cfg.family)
+        comps = build_tiny_components(
+            cfg.seed if cfg.tiny_seed is None else cfg.tiny_seed, resolution=cfg.resolution, family=cfg.family
+        )
     # Prime: every SiLU site (SDXL's hard-coded add_embedding included) gets the configured activation;
     # the choice is recorded in the UNet config and survives save / load_unet_with_activation.
     apply_activation(comps.unet, ActivationConfig(cfg.act_fn, cfg.ff_act_fn))
     return comps
-
 
 
 class DaringTrainer:
@@ -59,8 +60,13 @@ class DaringTrainer:
     order: latent sample, noise, offset noise, timesteps (device generator); caption dropout (CPU
     generator, so deciding it never waits for the device)."""
 
-    def __init__(self, cfg: TrainConfig, dist: DistEnv | None = None, comps: Components | None = None,
-                 say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dist: DistEnv | None = None,
+        comps: Components | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.dist = dist or DistEnv()
         self.say = say or (lambda msg: None)
@@ -94,18 +100,28 @@ class DaringTrainer:
         tok = c.tokenizers[0]
         self.max_len = tok.model_max_length if tok.model_max_length < 10_000 else 77
         self.store = install_capture(self.unet) if cfg.beta > 0 else None
-        self.empty_cond = (self.conditioner.encode(tok("", padding="max_length", max_length=self.max_len,
-                                                       truncation=True, return_tensors="pt"
-                                                       ).input_ids.to(self.device))
-                           if cfg.caption_dropout > 0 else None)
+        self.empty_cond = (
+            self.conditioner.encode(
+                tok(
+                    "", padding="max_length", max_length=self.max_len, truncation=True, return_tensors="pt"
+                ).input_ids.to(self.device)
+            )
+            if cfg.caption_dropout > 0
+            else None
+        )
 
         self.params = [p for p in self.unet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                                           fused=self.device.type == "cuda")
-        self.engine: Any = None                      # the DeepSpeed engine, when configured
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        self.engine: Any = None  # the DeepSpeed engine, when configured
         self.model: Any = self.unet
-        self.model_dtype: torch.dtype | None = None   # inputs cast to it (DeepSpeed bf16 engine)
+        self.model_dtype: torch.dtype | None = None  # inputs cast to it (DeepSpeed bf16 engine)
         if cfg.deepspeed:
             self._init_deepspeed(cfg.deepspeed)
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -118,19 +134,27 @@ class DaringTrainer:
         import deepspeed
 
         cfg = self.cfg
-        ds_cfg = load_deepspeed_config(name, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                       grad_clip=cfg.max_grad_norm, bf16=cfg.mixed_precision == "bf16")
+        ds_cfg = load_deepspeed_config(
+            name,
+            micro_batch=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            grad_clip=cfg.max_grad_norm,
+            bf16=cfg.mixed_precision == "bf16",
+        )
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             deepspeed.init_distributed()
-        engine, self.optimizer, _, _ = deepspeed.initialize(model=self.unet, optimizer=self.optimizer,
-                                                            model_parameters=self.params, config=ds_cfg)
+        engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.unet, optimizer=self.optimizer, model_parameters=self.params, config=ds_cfg
+        )
         self.engine = self.model = engine
         self.params = [p for p in engine.module.parameters() if p.requires_grad]
         if ds_cfg["bf16"]["enabled"]:
             self.model_dtype = torch.bfloat16
-        self.say(f"DeepSpeed ZeRO-{ds_cfg['zero_optimization'].get('stage', 0)} on {self.dist.world_size} "
-                 f"rank(s), bf16={ds_cfg['bf16']['enabled']}, offload="
-                 f"{ds_cfg['zero_optimization'].get('offload_optimizer', {}).get('device', 'none')}")
+        self.say(
+            f"DeepSpeed ZeRO-{ds_cfg['zero_optimization'].get('stage', 0)} on {self.dist.world_size} "
+            f"rank(s), bf16={ds_cfg['bf16']['enabled']}, offload="
+            f"{ds_cfg['zero_optimization'].get('offload_optimizer', {}).get('device', 'none')}"
+        )
 
     # -- pieces of a step ---------------------------------------------------------------------------
     def hola_layers(self, image_hw: tuple[int, int]) -> list[str]:
@@ -138,7 +162,8 @@ class DaringTrainer:
         f = self.cfg.hola_map_factor
         want = (image_hw[0] // f) * (image_hw[1] // f)
         counts = cross_attention_query_counts(
-            self.unet, (image_hw[0] // self.vae_factor, image_hw[1] // self.vae_factor))
+            self.unet, (image_hw[0] // self.vae_factor, image_hw[1] // self.vae_factor)
+        )
         return sorted(n for n, q in counts.items() if q == want)
 
     @torch.no_grad()
@@ -150,8 +175,9 @@ class DaringTrainer:
             if not posterior_mean:
                 std = batch["latent_std"].to(self.device, non_blocking=True)
                 # the same draw DiagonalGaussianDistribution.sample makes
-                latents = latents + std * torch.randn(latents.shape, generator=self.gen, device=self.device,
-                                                      dtype=latents.dtype)
+                latents = latents + std * torch.randn(
+                    latents.shape, generator=self.gen, device=self.device, dtype=latents.dtype
+                )
             cond = TextConditioning(batch["hidden"], batch.get("pooled")).to(self.device)
         else:
             posterior = self.vae.encode(batch["pixel_values"].to(self.device, non_blocking=True)).latent_dist
@@ -159,8 +185,9 @@ class DaringTrainer:
             cond = self.conditioner.encode(batch["input_ids"].to(self.device, non_blocking=True))
         return latents * self.scaling, cond
 
-    def encode_for_cache(self, pixels: torch.Tensor, ids: torch.Tensor, batch: dict[str, Any]
-                         ) -> dict[str, torch.Tensor]:
+    def encode_for_cache(
+        self, pixels: torch.Tensor, ids: torch.Tensor, batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             dist = self.vae.encode(pixels.to(self.device)).latent_dist
             cond = self.conditioner.encode(ids.to(self.device))
@@ -169,8 +196,9 @@ class DaringTrainer:
             out["pooled"] = cond.pooled
         return out
 
-    def _unet_inputs(self, batch: dict[str, Any], latents: torch.Tensor, cond: TextConditioning,
-                     capture: bool) -> tuple[dict[str, Any], HolaContext | None]:
+    def _unet_inputs(
+        self, batch: dict[str, Any], latents: torch.Tensor, cond: TextConditioning, capture: bool
+    ) -> tuple[dict[str, Any], HolaContext | None]:
         """UNet keyword arguments (conditioning, SDXL time ids, the HOLA context when capturing)."""
         image_hw = (latents.shape[-2] * self.vae_factor, latents.shape[-1] * self.vae_factor)
         time_ids = None
@@ -197,7 +225,8 @@ class DaringTrainer:
         noise = torch.randn(latents.shape, generator=self.gen, device=self.device, dtype=latents.dtype)
         if cfg.noise_offset > 0:
             noise = noise + cfg.noise_offset * torch.randn(
-                (B, latents.shape[1], 1, 1), generator=self.gen, device=self.device, dtype=latents.dtype)
+                (B, latents.shape[1], 1, 1), generator=self.gen, device=self.device, dtype=latents.dtype
+            )
         # diffusers annotates timesteps as IntTensor; they are int64, as its own training scripts draw them
         t = cast(torch.IntTensor, torch.randint(0, self.n_t, (B,), generator=self.gen, device=self.device).long())
         sched = self.comps.scheduler
@@ -208,8 +237,9 @@ class DaringTrainer:
         if self.store is not None:
             self.store.clear()
         inp = noisy if self.model_dtype is None else noisy.to(self.model_dtype)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=cfg.mixed_precision == "bf16" and self.engine is None):
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16" and self.engine is None
+        ):
             pred = self.model(inp, t, **kwargs).sample
         if cfg.snr_gamma is None:
             noise_loss = F.mse_loss(pred.float(), target.float())
@@ -222,10 +252,13 @@ class DaringTrainer:
             noise_loss = (per * w).mean()
         if self.store is not None and ctx is not None and not dropped:  # ctx: set whenever capturing
             if not self.store.maps:
-                raise ValueError(f"no cross-attention layer has {ctx.map_hw[0]}x{ctx.map_hw[1]} queries for "
-                                 f"latents of {tuple(latents.shape[-2:])} (hola_map_factor={cfg.hola_map_factor})")
-            hola = hola_loss(self.store.maps, batch["group_masks"], batch["spans"],
-                             reduction=cfg.hola_reduction, map_hw=ctx.map_hw)
+                raise ValueError(
+                    f"no cross-attention layer has {ctx.map_hw[0]}x{ctx.map_hw[1]} queries for "
+                    f"latents of {tuple(latents.shape[-2:])} (hola_map_factor={cfg.hola_map_factor})"
+                )
+            hola = hola_loss(
+                self.store.maps, batch["group_masks"], batch["spans"], reduction=cfg.hola_reduction, map_hw=ctx.map_hw
+            )
         else:
             hola = noise_loss.new_zeros(())
         loss = cfg.alpha * noise_loss + cfg.beta * hola
@@ -256,7 +289,8 @@ class DaringTrainer:
                 gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
             else:
                 gnorm = torch.linalg.vector_norm(
-                    torch.stack([p.grad.detach().float().norm() for p in self.params if p.grad is not None]))
+                    torch.stack([p.grad.detach().float().norm() for p in self.params if p.grad is not None])
+                )
         means = torch.stack(self._acc).mean(dim=0)
         if self.dist.world_size > 1:
             # losses reported as the mean over ranks; a NaN on any rank reaches all, so all stop together
@@ -265,10 +299,12 @@ class DaringTrainer:
         values = torch.cat([means, gnorm.detach().float().reshape(1).to(means.device)]).tolist()  # one sync
         self._acc = []
         if not all(map(math.isfinite, values)):
-            raise NonFiniteLossError(f"non-finite loss at step {self.steps_done + 1}/{self.cfg.steps} "
-                                     f"(loss={values[0]} noise={values[1]} hola={values[2]} "
-                                     f"grad_norm={values[3]}; batch keys {batch['keys']}); "
-                                     "stopping without publishing")
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.steps_done + 1}/{self.cfg.steps} "
+                f"(loss={values[0]} noise={values[1]} hola={values[2]} "
+                f"grad_norm={values[3]}; batch keys {batch['keys']}); "
+                "stopping without publishing"
+            )
         if self.engine is None:
             self.optimizer.step()
         if self.ema is not None:
@@ -309,8 +345,9 @@ class DaringTrainer:
         return "raw"
 
     @torch.no_grad()
-    def attention_alignment(self, batches: list[dict[str, Any]],
-                            timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS, seed: int = 0) -> dict[str, Any]:
+    def attention_alignment(
+        self, batches: list[dict[str, Any]], timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS, seed: int = 0
+    ) -> dict[str, Any]:
         """Share of each group's cross-attention mass inside its mask (``cosmicman.model.alignment``), on
         ``batches`` (posterior means noised at ``timesteps``, fixed seed), whatever ``beta`` was."""
         store = self.store if self.store is not None else install_capture(self.unet)
@@ -325,23 +362,31 @@ class DaringTrainer:
                 shares = []
                 for step_t in timesteps:
                     noise = torch.randn(latents.shape, generator=gen, device=self.device, dtype=latents.dtype)
-                    t = cast(torch.IntTensor, torch.full((latents.shape[0],), int(step_t), device=self.device,
-                                                         dtype=torch.long))
+                    t = cast(
+                        torch.IntTensor,
+                        torch.full((latents.shape[0],), int(step_t), device=self.device, dtype=torch.long),
+                    )
                     noisy = self.comps.scheduler.add_noise(latents, noise, t)
                     store.clear()
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                        enabled=self.cfg.mixed_precision == "bf16"):
+                    with torch.autocast(
+                        self.device.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision == "bf16"
+                    ):
                         self.unet(noisy if self.model_dtype is None else noisy.to(self.model_dtype), t, **kwargs)
-                    share, area, valid = mask_mass_share(store.maps, batch["group_masks"].to(self.device),
-                                                         batch["spans"].to(self.device))
+                    share, area, valid = mask_mass_share(
+                        store.maps, batch["group_masks"].to(self.device), batch["spans"].to(self.device)
+                    )
                     shares.append(share)
                 tally.add(torch.stack(shares).mean(0), area, valid, batch["group_names"])
         finally:
             if self.store is None:
                 uninstall_capture(self.unet)
             self.unet.train(was_training)
-        return {**tally.summary(), "timesteps": list(timesteps), "batches": len(batches),
-                "map_factor": self.cfg.hola_map_factor}
+        return {
+            **tally.summary(),
+            "timesteps": list(timesteps),
+            "batches": len(batches),
+            "map_factor": self.cfg.hola_map_factor,
+        }
 
     def finish(self) -> None:
         """Stock attention processors back and the UNet in eval mode, ready to be saved."""
@@ -350,4 +395,3 @@ class DaringTrainer:
         if self.cfg.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()
         self.unet.eval()
-

@@ -1,12 +1,13 @@
 """The ablation variants of one training run: each is a set of ``TrainConfig`` overrides applied on top of
 the run's recipe. Variants share the dataset version, seed and step budget and differ only here, so a
 comparison between them is a fair ablation (Daring's HOLA, Prime's activations)."""
+
 from __future__ import annotations
 
 from typing import Any
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": {"beta": 0.0},             # noise loss only
+    "baseline": {"beta": 0.0},  # noise loss only
     "hola": {},
     "hola-gelu": {"act_fn": "gelu"},
     "hola-mish": {"act_fn": "mish"},

@@ -1,0 +1,222 @@
+"""imageio against hostile files: each gets its recorded outcome, nothing raises anything else, bombs
+are refused before their pixels exist, and --resize-to follows img2dataset's keep_ratio geometry."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from cosmicman.core import imageio
+from cosmicman.core.imageio import (
+    REJECTION_REASONS,
+    CheckedImage,
+    ImageDecodeError,
+    check_image,
+    decode_image,
+    inspect_image,
+    keep_ratio_size,
+)
+from tests.support.hostile_files import (
+    HostileFile,
+    encoded,
+    hostile_files,
+    jpeg_with_orientation,
+    photo,
+    png_16bit_gray,
+    png_16bit_rgb,
+)
+
+CORPUS = hostile_files()
+BOMBS = [h for h in CORPUS if h.reason == imageio.DECOMPRESSION_BOMB]
+
+
+def test_the_corpus_covers_every_rejection_reason_and_normalization():
+    assert {h.reason for h in CORPUS} - {None} == set(REJECTION_REASONS)
+    kept = {n for h in CORPUS for n in h.normalizations}
+    assert {
+        imageio.CMYK_TO_RGB,
+        imageio.SIXTEEN_BIT_TO_8,
+        imageio.EXIF_ROTATED,
+        imageio.PALETTE_TO_RGB,
+        imageio.ALPHA_TO_RGB,
+        imageio.GRAY_TO_RGB,
+        "ext:jpg->png",
+    } <= kept
+    assert len({h.name for h in CORPUS}) == len(CORPUS)
+
+
+@pytest.mark.parametrize("hostile", CORPUS, ids=lambda h: h.name)
+def test_each_hostile_file_gets_its_outcome(hostile: HostileFile):
+    checked = check_image(hostile.data, claimed_ext=hostile.claimed_ext)
+    assert checked.reason == hostile.reason, checked.detail
+    assert checked.ext == hostile.ext
+    assert checked.sha256 == imageio.sha256_hex(hostile.data)
+    assert checked.stored_bytes is None
+    if hostile.reason is not None:
+        assert (checked.width, checked.height, checked.phash) == (0, 0, None)
+        assert checked.detail  # the error text is kept
+        with pytest.raises(ImageDecodeError) as err:
+            decode_image(hostile.data)
+        assert err.value.reason == hostile.reason and str(err.value).startswith(f"{hostile.reason}: ")
+        return
+    assert (checked.width, checked.height) == hostile.size
+    assert checked.detail.split(",") == list(hostile.normalizations) if hostile.normalizations else checked.detail == ""
+    img = decode_image(hostile.data)
+    assert img.mode == "RGB" and img.size == hostile.size
+    assert checked.phash == str(imagehash.phash(img))
+
+
+def test_normalized_pixels_are_right():
+    gray16 = np.asarray(decode_image(png_16bit_gray(64, 16)))
+    # The 16-bit ramp is scaled to 8 bits, not clipped at 255 (Pillow's own I;16 -> L would make it white).
+    assert gray16[0, 0].tolist() == [0, 0, 0] and gray16[0, -1].tolist() == [255, 255, 255]
+    assert 120 <= gray16[0, 32, 0] <= 135
+    rgb16 = np.asarray(decode_image(png_16bit_rgb(64, 16)))
+    assert rgb16[0, 0].tolist() == [0, 0, 0] and rgb16[0, -1].tolist() == [255, 0, 0]  # low bytes dropped
+    by_name = {h.name: h for h in CORPUS}
+    palette = np.asarray(decode_image(by_name["palette_with_transparency"].data))
+    assert palette[0, 0].tolist() == [255, 255, 255] and palette[0, -1].tolist() == [255, 0, 0]
+    rgba = np.asarray(decode_image(by_name["rgba_png"].data))
+    assert rgba[0, 0].tolist() == [255, 255, 255] and rgba[0, -1].tolist() == [0, 0, 255]
+    # CMYK round trip: within JPEG's error of the RGB it came from.
+    cmyk = np.asarray(decode_image(by_name["cmyk_jpeg"].data), dtype=np.int16)
+    assert np.abs(cmyk - np.asarray(photo(120, 80), dtype=np.int16)).mean() < 6
+
+
+def test_exif_orientation_6_turns_the_photo_upright():
+    source = photo(200, 100, seed=3)
+    upright = np.asarray(decode_image(jpeg_with_orientation(source, 6)), dtype=np.int16)
+    expected = np.asarray(source.transpose(Image.Transpose.ROTATE_270), dtype=np.int16)
+    assert upright.shape == expected.shape == (200, 100, 3)
+    assert np.abs(upright - expected).mean() < 4
+    assert np.abs(upright - np.asarray(source.transpose(Image.Transpose.ROTATE_90), dtype=np.int16)).mean() > 20
+
+
+def _mutations(seed: int, count: int) -> list[bytes]:
+    """Truncations, byte flips and spliced headers of valid files of every supported format."""
+    rng = np.random.default_rng(seed)
+    sources = [encoded(photo(64, 48), fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")]
+    sources += [h.data for h in CORPUS if h.data]
+    out = []
+    for i in range(count):
+        data = bytearray(sources[i % len(sources)])
+        kind = i % 3
+        if kind == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        elif kind == 1:
+            for pos in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
+                data[pos] = int(rng.integers(0, 256))
+        else:
+            other = sources[int(rng.integers(0, len(sources)))]
+            cut = int(rng.integers(0, min(len(data), 64)))
+            data = data[:cut] + other[cut:]
+        out.append(bytes(data))
+    return out
+
+
+def test_nothing_raises_anything_but_the_recorded_rejection():
+    outcomes: dict[str | None, int] = {}
+    for data in _mutations(seed=5, count=600):
+        checked = check_image(data, resize_to=32)
+        assert checked.reason in REJECTION_REASONS or checked.reason is None
+        outcomes[checked.reason] = outcomes.get(checked.reason, 0) + 1
+        try:
+            img = decode_image(data)
+        except ImageDecodeError as exc:
+            assert exc.reason == checked.reason
+        else:
+            assert checked.reason is None and img.mode == "RGB"
+    # The mutations reach the decoders, not only the sniffing: several outcomes occur, kept files included.
+    assert outcomes.get(None, 0) > 30 and outcomes.get(imageio.TRUNCATED, 0) > 30 and len(outcomes) >= 5, outcomes
+
+
+def test_bombs_are_refused_before_their_pixels_are_allocated():
+    """In a fresh interpreter (its peak RSS is this check's alone): every bomb is rejected in
+    milliseconds and the process's peak memory barely moves (the smallest bomb would need 81 MB)."""
+    script = textwrap.dedent("""
+        import json, resource, sys, time
+        from cosmicman.core.imageio import check_image
+        from tests.support.hostile_files import hostile_files
+        bombs = [h for h in hostile_files() if h.reason == "decompression_bomb"]
+        check_image(bombs[0].data)  # imports and first-call setup out of the figures
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        timings = {}
+        for h in bombs:
+            start = time.perf_counter()
+            reason = check_image(h.data).reason
+            timings[h.name] = (reason, time.perf_counter() - start)
+        grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(json.dumps({"timings": timings, "grown_kb": grown_kb}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures["timings"]) == {h.name for h in BOMBS}
+    for name, (reason, seconds) in figures["timings"].items():
+        assert reason == "decompression_bomb" and seconds < 0.25, (name, reason, seconds)
+    assert figures["grown_kb"] < 20_000, figures
+
+
+def test_keep_ratio_geometry_is_img2datasets():
+    # albumentations' SmallestMaxSize, which img2dataset's keep_ratio uses: scale = N / short side, each
+    # side rounded half to even (Python's round).
+    assert keep_ratio_size(800, 600, 512) == (683, 512)
+    assert keep_ratio_size(600, 800, 512) == (512, 683)
+    assert keep_ratio_size(1025, 1024, 512) == (512, 512)  # 512.5 rounds to even
+    assert keep_ratio_size(3000, 1000, 512) == (1536, 512)
+    assert keep_ratio_size(10_000, 10, 5) == (5000, 5)
+
+
+def test_resize_to_downscales_the_smaller_side_and_stores_a_jpeg():
+    data = encoded(photo(800, 600, seed=7), "PNG")
+    checked = check_image(data, resize_to=512)
+    assert (checked.width, checked.height, checked.ext, checked.reason) == (683, 512, "jpg", None)
+    assert checked.detail == "resized:800x600->683x512"
+    assert checked.sha256 == imageio.sha256_hex(data)  # the download's identity, not the re-encode's
+    assert checked.phash == str(imagehash.phash(decode_image(data)))  # hashed before the resize
+    stored = Image.open(io.BytesIO(checked.stored_bytes))
+    assert (stored.format, stored.size, stored.mode) == ("JPEG", (683, 512), "RGB")
+    reference = np.asarray(photo(800, 600, seed=7).resize((683, 512), Image.Resampling.BOX), dtype=np.int16)
+    assert np.abs(np.asarray(stored, dtype=np.int16) - reference).mean() < 3
+
+
+def test_resize_to_never_upscales_and_keeps_small_originals_as_they_are():
+    for size in ((640, 480), (512, 900)):
+        data = encoded(photo(*size), "JPEG")
+        checked = check_image(data, resize_to=512)
+        assert checked.stored_bytes is None and (checked.width, checked.height) == size and checked.detail == ""
+
+
+def test_resize_to_applies_exif_orientation_and_normalizations_before_resizing():
+    data = jpeg_with_orientation(photo(1200, 700, seed=2).convert("CMYK"), 6)
+    checked = check_image(data, resize_to=350)
+    assert checked.detail == "exif-rotated,cmyk->rgb,resized:700x1200->350x600"
+    stored = Image.open(io.BytesIO(checked.stored_bytes))
+    assert stored.size == (350, 600) and stored.getexif().get(0x0112) is None
+
+
+def test_checked_images_and_errors_cross_process_boundaries():
+    checked = check_image(encoded(photo(900, 700), "JPEG"), resize_to=512)
+    assert pickle.loads(pickle.dumps(checked)) == checked
+    assert isinstance(checked, CheckedImage) and len(pickle.dumps(check_image(b""))) < 400
+    err = pickle.loads(pickle.dumps(ImageDecodeError(imageio.TRUNCATED, "JPEG: cut")))
+    assert (err.reason, err.detail, str(err)) == ("truncated", "JPEG: cut", "truncated: JPEG: cut")
+
+
+def test_inspect_image_agrees_with_check_image():
+    data = jpeg_with_orientation(photo(300, 200, seed=4), 6)
+    info, img = inspect_image(data)
+    checked = check_image(data)
+    assert (
+        (info.sha256, info.ext, info.width, info.height, info.phash)
+        == (checked.sha256, checked.ext, checked.width, checked.height, checked.phash)
+        == (imageio.sha256_hex(data), "jpg", 200, 300, str(imagehash.phash(img)))
+    )

@@ -1,0 +1,94 @@
+import os
+
+import dagster as dg
+import pytest
+
+from cosmicman.core.keys import POOL_MARKERS_PREFIX
+from cosmicman.core.store import Store
+from cosmicman.environments.simulated_data import SimulatedSourcingResource
+from cosmicman.jobs import pool_threshold_sensor
+from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.sourcing.pool import PoolStats, decide_sourcing, read_pool_stats, record_batch
+
+
+def test_decision_under_threshold_adds_the_next_batch():
+    d = decide_sourcing(
+        PoolStats(frozenset({"batch-00000", "batch-00001"}), 80, 30), 40, ["batch-00000", "batch-00001"]
+    )
+    assert d.new_batch == "batch-00002"
+
+
+def test_decision_waits_for_a_batch_in_flight():
+    d = decide_sourcing(PoolStats(frozenset({"batch-00000"}), 40, 10), 40, ["batch-00000", "batch-00001"])
+    assert d.new_batch is None and "batch-00001" in d.reason
+
+
+def test_pool_stats_sum_batches_and_rewrites_are_idempotent():
+    store = Store(f"memory://pool-{os.urandom(4).hex()}")
+    record_batch(store, "batch-00000", raw=40, kept=25)
+    record_batch(store, "batch-00001", raw=40, kept=20)
+    stats = record_batch(store, "batch-00000", raw=40, kept=25)
+    assert (stats.raw, stats.kept) == (80, 45)
+    assert read_pool_stats(store) == stats
+
+
+def test_re_recording_a_batch_replaces_its_counts_and_leaves_one_marker(tmp_path):
+    store = Store(str(tmp_path))
+    record_batch(store, "batch-00000", raw=40, kept=25)
+    record_batch(store, "batch-00001", raw=40, kept=20)
+    stats = record_batch(store, "batch-00000", raw=44, kept=30)  # re-filtered with another config
+    assert (stats.batches, stats.raw, stats.kept) == (frozenset({"batch-00000", "batch-00001"}), 84, 50)
+    assert len(store.list(POOL_MARKERS_PREFIX)) == 2
+
+
+def test_pool_stats_are_one_listing_without_reading_any_file(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    for i in range(5):
+        record_batch(store, f"batch-{i:05d}", raw=10, kept=i)
+
+    def no_reads(key):
+        raise AssertionError(f"read {key}")
+
+    monkeypatch.setattr(store, "read_bytes", no_reads)
+    assert read_pool_stats(store) == PoolStats(frozenset(f"batch-{i:05d}" for i in range(5)), 50, 10)
+
+
+@pytest.fixture
+def sensor_env(tmp_path):
+    store_url = str(tmp_path / "store")
+    resources = {
+        "object_store": ObjectStoreResource(url=store_url),
+        "sourcing": SimulatedSourcingResource(pool_threshold=40),
+    }
+    with dg.instance_for_test() as instance:
+        yield instance, resources, Store(store_url)
+
+
+def test_sensor_under_threshold_adds_exactly_one_partition_and_one_run(sensor_env):
+    instance, resources, store = sensor_env
+    instance.add_dynamic_partitions("sourcing_batches", ["batch-00000"])
+    record_batch(store, "batch-00000", raw=40, kept=12)
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        result = pool_threshold_sensor(ctx)
+    assert len(result.run_requests) == 1
+    assert result.run_requests[0].partition_key == "batch-00001"
+    (request,) = result.dynamic_partitions_requests
+    assert request.partitions_def_name == "sourcing_batches" and list(request.partition_keys) == ["batch-00001"]
+
+
+def test_sensor_on_an_empty_pool_starts_batch_zero(sensor_env):
+    instance, resources, _ = sensor_env
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        result = pool_threshold_sensor(ctx)
+    assert [r.partition_key for r in result.run_requests] == ["batch-00000"]
+
+
+def test_sensor_above_threshold_skips_with_a_reason(sensor_env):
+    instance, resources, store = sensor_env
+    instance.add_dynamic_partitions("sourcing_batches", ["batch-00000", "batch-00001"])
+    record_batch(store, "batch-00000", raw=40, kept=25)
+    record_batch(store, "batch-00001", raw=40, kept=25)
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        result = pool_threshold_sensor(ctx)
+    assert not result.run_requests and not result.dynamic_partitions_requests
+    assert "50 kept images" in result.skip_reason.skip_message and "threshold 40" in result.skip_reason.skip_message

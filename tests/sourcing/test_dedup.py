@@ -1,0 +1,68 @@
+import os
+
+import numpy as np
+import polars as pl
+
+from cosmicman.core.keys import POOL_INDEX_COMPACTED_KEY
+from cosmicman.core.store import Store
+from cosmicman.sourcing.dedup import (
+    COMPACT_EVERY,
+    NearDupIndex,
+    PoolIndex,
+    load_index_table,
+    resolve_shas,
+    write_segment,
+)
+
+
+def test_near_dup_index_agrees_with_brute_force():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, size=20_000, dtype=np.uint64) * 2
+    index = NearDupIndex(base, max_distance=4, rebuild_at=500)
+    for h in rng.integers(0, 2**63, size=700, dtype=np.uint64):  # some go to the pending list, some rebuild
+        index.add(int(h))
+    everything = np.concatenate([base, index._hashes[len(base) :], index._pending[: index._n_pending]])
+    assert len(index) == len(everything) == 20_700
+    for k in range(7):
+        for _ in range(40):
+            h = int(everything[rng.integers(len(everything))])
+            for bit in rng.choice(64, k, replace=False):
+                h ^= 1 << int(bit)
+            near = np.flatnonzero(np.bitwise_count(everything ^ np.uint64(h)) <= 4)
+            assert index.find(h) == (int(near.min()) if len(near) else None)
+
+
+def _stored(n, seed):
+    rng = np.random.default_rng(seed)
+    sha = [os.urandom(32).hex() for _ in range(n)]
+    phash = [f"{int(v):016x}" for v in rng.integers(0, 2**63, size=n, dtype=np.uint64)]
+    return pl.DataFrame({"sha256": sha, "phash": phash})
+
+
+def test_pool_index_finds_exact_and_near_duplicates_of_earlier_batches():
+    store = Store(f"memory://dedup-{os.urandom(4).hex()}")
+    first = _stored(50, 1)
+    write_segment(store, "batch-00000", first)
+    index = PoolIndex.load(store, max_distance=4)
+    sha, phash = first.row(7)
+    assert index.match(sha, phash).kind == "duplicate"
+    flipped = f"{int(phash, 16) ^ 0b1011:016x}"  # three bits away: a re-encoded copy
+    near = index.match(os.urandom(32).hex(), flipped)
+    assert near.kind == "near_duplicate" and near.sha256 is None
+    assert resolve_shas(store, {near.sha_prefix}) == {near.sha_prefix: sha}
+    assert index.match(os.urandom(32).hex(), f"{int(phash, 16) ^ 0b11111:016x}") is None  # five bits: distinct
+    new_sha = os.urandom(32).hex()
+    index.add(new_sha, "00000000000000ff")
+    assert index.match(os.urandom(32).hex(), "00000000000000fe").sha256 == new_sha
+    assert PoolIndex.load(store, 4, exclude_batch="batch-00000").match(sha, phash) is None
+
+
+def test_segments_are_compacted_and_never_lost():
+    store = Store(f"memory://dedup-{os.urandom(4).hex()}")
+    tables = [_stored(5, i) for i in range(COMPACT_EVERY + 3)]
+    for i, t in enumerate(tables):
+        write_segment(store, f"batch-{i:05d}", t)
+    compacted = store.read_table(POOL_INDEX_COMPACTED_KEY)
+    assert compacted["batch"].n_unique() == COMPACT_EVERY  # compacted when the 32nd segment arrived
+    everything = load_index_table(store)
+    assert sorted(everything["sha256"]) == sorted(pl.concat(tables)["sha256"])
