@@ -6,7 +6,7 @@ import os
 import polars as pl
 import pytest
 
-from cosmicman.cli import run
+from cosmicman.cli.turn import run
 from cosmicman.core.store import Store
 from cosmicman.definitions import build_definitions
 from cosmicman.environments.local import local_resources
@@ -159,7 +159,7 @@ def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
 
 
 def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsys):
-    from cosmicman.cli import main
+    from cosmicman.cli.__main__ import main
     from cosmicman.core.store import Store
     from cosmicman.datasets.layout import read_manifest
 

@@ -1,0 +1,113 @@
+"""The numbers a person wants after a turn of the flywheel, read from the instance and the object store."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cosmicman.core.store import Store
+
+
+def object_store_of(defs: dg.Definitions) -> Store:
+    return (defs.resources or {})["object_store"].store()
+
+
+def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants: list[str]) -> dict:
+    """The numbers a person wants after a turn of the flywheel, read from the latest materializations."""
+    from cosmicman.assets.evaluation import latest_metadata
+
+    def meta(asset: str, partition: str | None = None) -> dict:
+        if partition is not None:
+            return latest_metadata(instance, asset, partition)
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        if event is None or event.asset_materialization is None:
+            return {}
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    partitions = instance.get_dynamic_partitions("sourcing_batches")
+    stages: dict[str, dict] = {}
+    rejections: dict[str, int] = {}
+    for p in partitions:
+        raw, filt, parse = meta("raw_images", p), meta("filtered_images", p), meta("human_parsing", p)
+        stages[p] = {"raw": raw.get("images"), "kept": filt.get("kept"), "parsed": parse.get("parsed")}
+        for reason, n in (raw.get("failed_by_reason") or {}).items():
+            rejections[f"sourcing:{reason}"] = rejections.get(f"sourcing:{reason}", 0) + n
+        for reason, n in (filt.get("decisions") or {}).items():
+            if reason != "kept":
+                rejections[reason] = rejections.get(reason, 0) + n
+    from cosmicman.annotation.ledger import RoundLedger
+
+    hq = meta("cosmicman_hq")
+    ledger = RoundLedger(object_store_of(defs))
+    results, curve = ledger.results(), ledger.curve()
+    return {
+        "batches": stages,
+        "rejections": rejections,
+        "hitl": {
+            "rounds": len(results),
+            "curve": curve,
+            "mean_accuracy_round0": curve[0]["mean_accuracy"] if curve else None,
+            "mean_accuracy_final": curve[-1]["mean_accuracy"] if curve else None,
+            "labels_asked": curve[-1]["labels_asked"] if curve else 0,
+            "manual_share": curve[-1]["manual_share"] if curve else 0.0,
+            "stop_reason": results[-1].stop_reason if results else None,
+        },
+        "dataset": {
+            "version": hq.get("version"),
+            "samples": hq.get("samples"),
+            "reused": hq.get("reused"),
+            "stats": hq.get("stats"),
+        },
+        "variants": {
+            v: {
+                **{
+                    k: meta("daring_unet", v).get(k)
+                    for k in ("loss_first", "loss_last", "steps", "output_url", "reused", "attention_in_mask")
+                },
+                **{
+                    k: meta("evaluation", v).get(k)
+                    for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")
+                },
+            }
+            for v in variants
+        },
+        "ablation_rows": meta("ablation_table").get("variants"),
+    }
+
+
+def print_summary(summary: dict) -> None:
+    print("\n=== CosmicMan flywheel: summary ===")
+    total_raw = total_kept = 0
+    for batch, s in summary["batches"].items():
+        print(f"  {batch}: raw {s['raw']}  kept {s['kept']}  parsed {s['parsed']}")
+        total_raw += s["raw"] or 0
+        total_kept += s["kept"] or 0
+    print(f"  images: raw {total_raw} -> kept {total_kept}")
+    print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["rejections"].items())))
+    h = summary["hitl"]
+    print(
+        f"  annotation: {h['rounds']} rounds, mean accuracy {h['mean_accuracy_round0']:.3f} -> "
+        f"{h['mean_accuracy_final']:.3f}, {h['labels_asked']} human labels ({100 * h['manual_share']:.1f}% of a "
+        f"full manual pass), stop: {h['stop_reason']}"
+    )
+    d = summary["dataset"]
+    stats = d["stats"] or {}
+    reused = " (unchanged, reused)" if d["reused"] else ""
+    print(
+        f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{reused}; "
+        + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400]
+    )
+    print("  daring_unet variants (same data, seed and steps):")
+    print(
+        f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
+        f"{'acc_all':>8} {'FD':>7} {'attn in mask':>12}"
+    )
+    for name, v in summary["variants"].items():
+        print(
+            f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} "
+            f"{v['acc_tex']:>8.3f} {v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
+            f"{v['attention_in_mask'] if v['attention_in_mask'] is None else format(v['attention_in_mask'], '12.3f')}"
+            f"{'  (reused)' if v['reused'] else ''}"
+        )
+    print(f"    models under {next(iter(summary['variants'].values()))['output_url'].rsplit('/', 1)[0]}")
+    print(f"  took {summary['seconds']}s\n")
+    print("Open the UI:  make ui   (then http://127.0.0.1:3000)")
