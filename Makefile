@@ -33,8 +33,9 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
+# the instance make run uses (its dagster.yaml written when absent), with the same settings
 ui: install
-	mkdir -p $(DAGSTER_HOME)
+	$(PY) -c 'import sys, pathlib; from cosmicman.cli.instance import prepare_instance; prepare_instance(pathlib.Path(sys.argv[1]))' $(COSMICMAN_HOME)
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 clean:

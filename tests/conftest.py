@@ -3,6 +3,8 @@
 import pytest
 import webdataset as wds
 
+from tests.support.daemon_turn import turned_flywheel  # noqa: F401  (the slow tests' shared daemon turn)
+
 
 @pytest.fixture(scope="module")
 def mixed_urls(tmp_path_factory):

@@ -38,7 +38,12 @@ def test_every_definition_loads_without_deprecation_warnings():
     deprecations = [str(w.message) for w in caught if "deprecat" in str(w.message).lower()]
     assert not deprecations, deprecations
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSETS
-    assert {s.name for s in defs.sensors} == {"pool_threshold_sensor", "labels_arrived_sensor", "hitl_round_sensor"}
+    assert {s.name for s in defs.sensors} == {
+        "pool_threshold_sensor",
+        "labels_arrived_sensor",
+        "hitl_round_sensor",
+        "flywheel_automation",
+    }
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):

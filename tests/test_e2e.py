@@ -1,4 +1,5 @@
-"""The flywheel turns: the whole asset graph on a small synthetic pool, twice."""
+"""The flywheel turns: the whole asset graph on a small synthetic pool, twice, through Dagster's daemon
+(the turn ``tests/support/daemon_turn.py`` runs for the slow tests)."""
 
 import json
 import os
@@ -6,53 +7,14 @@ import os
 import polars as pl
 import pytest
 
-from cosmicman.cli.turn import run
-from cosmicman.core.store import Store
-from cosmicman.definitions import build_definitions
-from cosmicman.environments.local import local_resources
-from cosmicman.environments.simulated_annotation import SimulatedAnnotatorResource
-from cosmicman.environments.simulated_data import SimulatedEvaluationResource, SimulatedSourcingResource
-from cosmicman.resources.training import TrainingResource
+from tests.support.daemon_turn import VARIANTS
 
 pytestmark = pytest.mark.slow
-VARIANTS = ["baseline", "hola", "hola-mp_silu"]
-
-
-def _census(store: Store) -> dict:
-    """Blob count and row count of every table: what a second run must not grow."""
-    rows = {k: len(df) for k, df in store.iter_tables("tables")}
-    return {
-        "blobs": len(store.list("blobs")),
-        "rows": rows,
-        "datasets": sorted({k.split("/")[2] for k in store.list("datasets/cosmicman-hq") if k.count("/") > 2}),
-        "models": sorted({k.split("/")[2] for k in store.list("models/daring_unet")}),
-    }
 
 
 @pytest.fixture(scope="module")
-def flywheel(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    os.environ["COSMICMAN_HOME"] = str(home)
-    resources = local_resources(store_url=str(home / "store"), folder_url=str(home / "datasets" / "folder"))
-    resources["sourcing"] = SimulatedSourcingResource(
-        batch_size=40, pool_threshold=50, folder_url=str(home / "datasets" / "folder")
-    )
-    resources["training"] = TrainingResource(overrides={"steps": 12, "batch_size": 4})
-    resources["evaluation_config"] = SimulatedEvaluationResource(n_prompts=6, inference_steps=4)
-    resources["annotation"] = SimulatedAnnotatorResource(max_rounds=2, round_sample_size=16)
-    defs = build_definitions(resources)
-    first = run(home, defs, variants=VARIANTS)
-    store = Store(str(home / "store"))
-    census_first = _census(store)
-    second = run(home, defs, variants=VARIANTS)
-    return {
-        "home": home,
-        "store": store,
-        "first": first,
-        "second": second,
-        "census_first": census_first,
-        "census_second": _census(store),
-    }
+def flywheel(turned_flywheel):
+    return turned_flywheel
 
 
 def test_every_raw_image_is_kept_or_rejected_for_its_true_reason(flywheel):
@@ -152,9 +114,13 @@ def test_hitl_rounds_improve_the_annotator_cheaply(flywheel):
 
 
 def test_second_run_adds_no_duplicate_blob_or_row(flywheel):
-    assert flywheel["second"]["new_batches"] == []
-    assert flywheel["second"]["dataset"]["reused"] is True
-    assert all(v["reused"] is True for v in flywheel["second"]["variants"].values())
+    first, second = flywheel["first"], flywheel["second"]
+    assert second["new_batches"] == [] and second["runs"]["launched"] == 0
+    # nothing changed, so nothing re-ran: the same dataset version and models are the latest
+    assert second["dataset"]["version"] == first["dataset"]["version"]
+    assert {v: s["output_url"] for v, s in second["variants"].items()} == {
+        v: s["output_url"] for v, s in first["variants"].items()
+    }
     assert flywheel["census_second"] == flywheel["census_first"]
 
 

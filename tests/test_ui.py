@@ -1,4 +1,5 @@
-"""The README's UI command serves the asset graph: headless Chromium finds the asset names on the page."""
+"""The README's UI command over a turned instance: headless Chromium finds the asset graph, the training
+runs, a native table and an image on an asset page, and the asset checks' results."""
 
 import contextlib
 import os
@@ -9,84 +10,103 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from tests.support.daemon_turn import LOCATION
 from tests.support.servers import free_port, wait_until_serving
 
-pytestmark = pytest.mark.ui
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_dagster_ui_shows_the_asset_graph(tmp_path):
+def _page(url: str, profile: Path, must_contain: str, tries: int = 3) -> str:
+    """The rendered DOM of ``url``; tried again while the UI is still loading the code location."""
+    dom = ""
+    for _ in range(tries):
+        dom = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                # lists render only visible rows: a tall window shows them all
+                "--window-size=1600,4000",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        if must_contain in dom:
+            return dom
+        time.sleep(5)
+    return dom
+
+
+@pytest.fixture(scope="module")
+def ui(turned_flywheel, tmp_path_factory):
+    """``dagster dev`` (the README's ``make ui``) over the turned instance; its base URL."""
+    home = turned_flywheel["home"]
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "COSMICMAN_HOME": str(tmp_path / "home")}
-    (tmp_path / "dagster").mkdir()
-    # The README's command, in its own process group so stopping it stops its code server too.
+    env = {**os.environ, "DAGSTER_HOME": str(home / "dagster"), "COSMICMAN_HOME": str(home)}
+    # in its own process group, so stopping it stops its code server and daemon too
     proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "dev",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "workspace.yaml",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port),
+         "-w", str(home / "workspace.yaml")],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(url + "/server_info", proc, 120.0, "dagster dev")
-        found = ""
-        for _ in range(3):  # the code server may still be loading the location on the first try
-            page = subprocess.run(
-                [
-                    CHROMIUM,
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    # the catalog renders only visible rows: a tall window shows them all
-                    f"--user-data-dir={tmp_path / 'chromium'}",
-                    "--window-size=1600,4000",
-                    "--virtual-time-budget=20000",
-                    "--dump-dom",
-                    f"{url}/assets",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            found = page.stdout
-            if "cosmicman_hq" in found:
-                break
-            time.sleep(5)
-        for name in (
-            "raw_images",
-            "filtered_images",
-            "human_parsing",
-            "captions",
-            "cosmicman_hq",
-            "daring_unet",
-            "evaluation",
-        ):
-            assert name in found, f"{name} not on the assets page"
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        # the webserver, daemon and code servers must not outlive the test
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_assets_page_lists_the_graph(ui, tmp_path):
+    dom = _page(f"{ui}/assets", tmp_path / "chromium", "cosmicman_hq")
+    for name in ("raw_images", "filtered_images", "human_parsing", "captions", "cosmicman_hq", "daring_unet",
+                 "evaluation", "ablation_table"):  # fmt: skip
+        assert name in dom, f"{name} not on the assets page"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_runs_page_shows_the_training_runs(ui, turned_flywheel, tmp_path):
+    # automation launches training in Dagster's implicit asset job, so the runs show under Runs and on the
+    # asset's page rather than under training_job (which stays for launches by hand)
+    with dg.DagsterInstance.from_config(str(turned_flywheel["home"] / "dagster")) as instance:
+        runs = [r for r in instance.get_runs() if dg.AssetKey("daring_unet") in (r.asset_selection or set())]
+    assert runs, "the turn launched no daring_unet run"
+    dom = _page(f"{ui}/runs", tmp_path / "chromium", runs[0].run_id[:8])
+    shown = [r.run_id[:8] for r in runs if r.run_id[:8] in dom]
+    assert shown, "the runs page lists none of the training runs"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_an_asset_page_shows_a_native_table_and_an_image(ui, tmp_path):
+    dom = _page(f"{ui}/assets/ablation_table", tmp_path / "chromium", "acc_all")
+    assert "<th>acc_all</th>" in dom.replace(' class=""', ""), "no native metadata table on ablation_table"
+    assert '<img src="data:image/svg+xml' in dom, "no inline chart on ablation_table"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_check_results_appear(ui, tmp_path):
+    dom = _page(f"{ui}/assets/cosmicman_hq?view=checks", tmp_path / "chromium", "shards_match_manifest")
+    assert "shards_match_manifest" in dom
+    assert "Passed" in dom or "Succeeded" in dom, "the check's result is not on its page"

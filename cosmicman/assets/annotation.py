@@ -1,4 +1,4 @@
-"""Annotate Anyone: the evaluation set, the human-in-the-loop rounds, annotations and captions.
+"""Annotate Anyone: the evaluation set, the human-in-the-loop rounds and the annotated pool.
 
 The rounds are dynamic partitions (``round-001``, ...). Per round, ``labelling_tasks`` measures the
 annotator in force on I_e and submits the round :func:`~cosmicman.annotation.rounds.plan_round` decides;
@@ -10,7 +10,6 @@ next round, or annotates the pool with the final annotator). The rules live in
 labelling backend come from the resources.
 """
 
-import hashlib
 import json
 from collections.abc import Sequence
 
@@ -32,19 +31,15 @@ from cosmicman.annotation.rounds import (
     round_labels,
     training_labels,
 )
-from cosmicman.assets.common import (
-    Progress,
-    content_digest,
-    image_grid_markdown,
-    line_charts_markdown,
-    table_metadata,
-)
+from cosmicman.assets.annotation_metadata import accuracy_by_tag, labels_by_tag, round_history, weakest_categories
+from cosmicman.assets.automation import on_missing
+from cosmicman.assets.common import Progress, content_digest
+from cosmicman.assets.metadata import location, tidy_metadata
+from cosmicman.assets.plots import image_grid
 from cosmicman.core.imageio import decode_image
 from cosmicman.core.keys import annotator_key, table_key, truth_mask_key
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.store import Store
-from cosmicman.core.tokenizer import load_clip_tokenizer
-from cosmicman.datasets.captions import build_caption
 from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
 from cosmicman.resources.storage import ObjectStoreResource
 
@@ -60,19 +55,7 @@ def _kept_pool(store: Store) -> pl.DataFrame:
     return pl.concat(frames).sort("sha256")
 
 
-def _accuracy_table(before: dict[str, float], after: dict[str, float] | None = None) -> pl.DataFrame:
-    protocol = load_protocol()
-    rows = []
-    for cat in protocol.categories:
-        if cat.name in before:
-            row = {"category": cat.name, "tag": cat.tag, "before": before[cat.name]}
-            if after is not None:
-                row["after"] = after.get(cat.name, float("nan"))
-            rows.append(row)
-    return pl.DataFrame(rows)
-
-
-@dg.asset(kinds={"python", "parquet"}, group_name=GROUP, code_version="2")
+@dg.asset(kinds={"python", "parquet"}, group_name=GROUP, code_version="2", automation_condition=on_missing())
 def eval_set(
     context: dg.AssetExecutionContext, object_store: ObjectStoreResource, annotation: AnnotatorResource
 ) -> dg.MaterializeResult:
@@ -113,12 +96,12 @@ def eval_set(
     )
     store.write_table(EVAL_SET_TABLE, df)
     return dg.MaterializeResult(
-        metadata={"images": len(df), "sample": image_grid_markdown(images)},
+        metadata={"images": len(df), "sample": image_grid(images)},
         data_version=dg.DataVersion(content_digest(df["sha256"].to_list())),
     )
 
 
-@dg.asset(kinds={"python"}, group_name=GROUP, code_version="2")
+@dg.asset(kinds={"python"}, group_name=GROUP, code_version="2", automation_condition=on_missing())
 def base_annotator(
     context: dg.AssetExecutionContext, object_store: ObjectStoreResource, annotation: AnnotatorResource
 ) -> dg.MaterializeResult:
@@ -133,7 +116,7 @@ def base_annotator(
             "version": model.version,
             "kind": annotation.kind,
             "trained_on": trained_on,
-            "path": dg.MetadataValue.path(store.uri(key)),
+            "path": location(store.uri(key)),
         },
         data_version=dg.DataVersion(model.version),
     )
@@ -151,23 +134,6 @@ def _labels_behind(store: Store, ledger: RoundLedger, rounds: Sequence[int]) -> 
         plan = ledger.plan(n)
         out += round_labels(plan, plan.sampled, _human_labels(store, n))
     return out
-
-
-def _round_history_metadata(ledger: RoundLedger) -> dict:
-    curve = ledger.curve()
-    if not curve:
-        return {}
-    rounds = [int(p["round"]) for p in curve]
-    return {
-        "curve": table_metadata(pl.DataFrame(curve), limit=100),
-        "curve_plot": line_charts_markdown(
-            rounds,
-            {
-                "mean accuracy on I_e": [p["mean_accuracy"] for p in curve],
-                "labels asked, % of a full manual pass": [100 * p["manual_share"] for p in curve],
-            },
-        ),
-    }
 
 
 @dg.asset(
@@ -229,16 +195,19 @@ def labelling_tasks(
     ledger.write_plan(plan)
     context.log.info(f"{context.partition_key}: {len(plan.categories_sent)} categories sent, {len(tasks)} tasks")
     return dg.MaterializeResult(
-        metadata={
-            "round": number,
-            "annotator": before.version,
-            "mean_accuracy": mean_accuracy(acc),
-            "categories_sent": dg.MetadataValue.json(list(plan.categories_sent)),
-            "tasks": len(tasks),
-            "questions_asked_max": len(tasks) * len(plan.categories_sent),
-            "full_manual_labels": plan.full_manual_labels,
-            "accuracy": table_metadata(_accuracy_table(acc), limit=100),
-        }
+        metadata=tidy_metadata(
+            {
+                "round": number,
+                "annotator": before.version,
+                "mean_accuracy": mean_accuracy(acc),
+                "categories_sent": len(plan.categories_sent),
+                "tasks": len(tasks),
+                "questions_asked_max": len(tasks) * len(plan.categories_sent),
+                "full_manual_labels": plan.full_manual_labels,
+                "accuracy_by_tag": accuracy_by_tag(acc, None, annotation.rules().threshold),
+                "weakest_categories": weakest_categories(acc, None, plan.categories_sent),
+            }
+        )
     )
 
 
@@ -268,13 +237,15 @@ def human_labels(
     plan = RoundLedger(store).plan(number)
     share = len(df) / plan.full_manual_labels if plan.full_manual_labels else 0.0
     return dg.MaterializeResult(
-        metadata={
-            "round": number,
-            "labels": len(df),
-            "images": df["image_sha256"].n_unique() if len(df) else 0,
-            "manual_share": share,
-            "by_category": dg.MetadataValue.json(dict(df.group_by("category").len().iter_rows())),
-        },
+        metadata=tidy_metadata(
+            {
+                "round": number,
+                "labels": len(df),
+                "images": df["image_sha256"].n_unique() if len(df) else 0,
+                "manual_share": share,
+                "labels_by_tag": labels_by_tag(dict(df.group_by("category").len().iter_rows())),
+            }
+        ),
         data_version=dg.DataVersion(
             content_digest(f"{a}|{b}|{c}" for a, b, c in df.select("image_sha256", "category", "answer").iter_rows())
         ),
@@ -324,25 +295,30 @@ def annotator(
     ledger.write_result(result)
     asked_total = sum(r.labels_asked for r in ledger.results())
     return dg.MaterializeResult(
-        metadata={
-            "round": plan.round,
-            "version": result.annotator_after,
-            "adopted": result.adopted,
-            "annotator_in_force": result.annotator_in_force,
-            "mean_accuracy_before": result.mean_accuracy_before,
-            "mean_accuracy_after": result.mean_accuracy_after,
-            "gain_points": 100 * result.gain,
-            "labels_asked": asked,
-            "manual_share": result.cost_share,
-            "labels_asked_total": asked_total,
-            "manual_share_total": asked_total / plan.full_manual_labels if plan.full_manual_labels else 0.0,
-            "stop": result.stop,
-            "stop_reason": result.stop_reason,
-            "accuracy": table_metadata(
-                _accuracy_table(dict(plan.accuracy_before), dict(result.accuracy_after)), limit=100
-            ),
-            **_round_history_metadata(ledger),
-        },
+        metadata=tidy_metadata(
+            {
+                "round": plan.round,
+                "version": result.annotator_after,
+                "adopted": result.adopted,
+                "annotator_in_force": result.annotator_in_force,
+                "mean_accuracy_before": result.mean_accuracy_before,
+                "mean_accuracy_after": result.mean_accuracy_after,
+                "gain_points": 100 * result.gain,
+                "labels_asked": asked,
+                "manual_share": result.cost_share,
+                "labels_asked_total": asked_total,
+                "manual_share_total": asked_total / plan.full_manual_labels if plan.full_manual_labels else 0.0,
+                "stop": result.stop,
+                "stop_reason": result.stop_reason,
+                "accuracy_by_tag": accuracy_by_tag(
+                    dict(plan.accuracy_before), dict(result.accuracy_after), annotation.rules().threshold
+                ),
+                "weakest_categories": weakest_categories(
+                    dict(plan.accuracy_before), dict(result.accuracy_after), plan.categories_sent
+                ),
+                **round_history(ledger),
+            }
+        ),
         data_version=dg.DataVersion(result.annotator_in_force),
     )
 
@@ -398,44 +374,10 @@ def annotations(context: dg.AssetExecutionContext, object_store: ObjectStoreReso
             "images": len(df),
             "annotator": model.version,
             "annotator_round": in_force.round,
-            "label_rounds": dg.MetadataValue.json(list(in_force.label_rounds)),
+            "label_rounds": ", ".join(str(n) for n in in_force.label_rounds) or "none",
             "images_with_human_answers": int((df["human_answers"] > 0).sum()),
         },
         data_version=dg.DataVersion(
             content_digest(f"{s}|{a}" for s, a in df.select("sha256", "attributes").iter_rows())
         ),
-    )
-
-
-@dg.asset(deps=["annotations"], kinds={"python", "parquet"}, group_name=GROUP, code_version="1")
-def captions(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    """Daring's discretized captions: groups, token spans in the CLIP prompt, and their ATR labels."""
-    store = object_store.store()
-    ann = store.read_table(table_key("annotations"))
-    tokenizer = load_clip_tokenizer()
-    rows = []
-    for sha, attrs in ann.select("sha256", "attributes").iter_rows():
-        seed = int.from_bytes(hashlib.sha256(sha.encode()).digest()[:8], "little")
-        cap = build_caption(json.loads(attrs), tokenizer=tokenizer, rng=seed)
-        rows.append(
-            {
-                "sha256": sha,
-                "caption": cap.text,
-                "groups": json.dumps(cap.to_json(), sort_keys=True),
-                "n_groups": len(cap.groups),
-                "n_spans": sum(g.span is not None for g in cap.groups),
-                "n_tokens": len(tokenizer(cap.text)["input_ids"]),
-            }
-        )
-    df = pl.DataFrame(rows)
-    store.write_table(table_key("captions"), df)
-    return dg.MaterializeResult(
-        metadata={
-            "captions": len(df),
-            "mean_groups": float(df["n_groups"].cast(pl.Float64).sum()) / max(len(df), 1),
-            "mean_tokens": float(df["n_tokens"].cast(pl.Float64).sum()) / max(len(df), 1),
-            "groups_without_span": int((df["n_groups"] - df["n_spans"]).sum()),
-            "examples": dg.MetadataValue.md("\n".join(f"- {c}" for c in df["caption"].head(8).to_list())),
-        },
-        data_version=dg.DataVersion(content_digest(f"{s}|{g}" for s, g in df.select("sha256", "groups").iter_rows())),
     )

@@ -1,21 +1,29 @@
-"""CosmicMan-HQ: immutable dataset versions built from the captioned, parsed, annotated pool."""
+"""Daring's captions of the annotated pool, and CosmicMan-HQ: immutable dataset versions built from the
+captioned, parsed, annotated pool."""
 
+import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 import polars as pl
 
+from cosmicman.assets.automation import on_newly_annotated_images
 from cosmicman.assets.common import content_digest
+from cosmicman.assets.metadata import counts_table, frame_table, location, table, tidy, tidy_metadata
 from cosmicman.core.keys import LATEST_DATASET_KEY, dataset_version_prefix, table_key, table_prefix
 from cosmicman.core.masks import read_mask
 from cosmicman.core.store import Store
+from cosmicman.core.tokenizer import load_clip_tokenizer
+from cosmicman.datasets.captions import build_caption
 from cosmicman.datasets.diff import diff_versions
 from cosmicman.datasets.layout import DATACARD, list_versions, next_version_name, read_manifest, read_stats
 from cosmicman.datasets.lineage import dataset_lineage
 from cosmicman.datasets.samples import DatasetSample
-from cosmicman.datasets.shards import verify_shards
 from cosmicman.datasets.version import write_dataset_version
+from cosmicman.environments.settings import new_images_per_version
 from cosmicman.resources.storage import ObjectStoreResource
 
 
@@ -51,7 +59,7 @@ def _fingerprint(pool: pl.DataFrame) -> str:
     kinds={"python", "webdataset"},
     group_name="datasets",
     code_version="1",
-    check_specs=[dg.AssetCheckSpec("shards_match_manifest", asset="cosmicman_hq", blocking=True)],
+    automation_condition=on_newly_annotated_images(new_images_per_version()),
 )
 def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
     """A new immutable CosmicMan-HQ version: WebDataset shards, manifest, stats, datacard. When the
@@ -108,26 +116,94 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
             context.log.info(f"{version} vs {previous}: {changes}")
     stats = read_stats(store.url, version, store.storage_options)
     manifest = read_manifest(store.url, version, store.storage_options)
-    problems = verify_shards(store.url, version, store.storage_options)
     return dg.MaterializeResult(
-        metadata={
-            "version": version,
-            "reused": reused,
-            "samples": len(manifest),
-            "fingerprint": fingerprint,
-            "stats": dg.MetadataValue.json(stats),
-            # added / removed / relabelled samples against the version before it (none for the first)
-            "changes": dg.MetadataValue.json(changes or {}),
-            "lineage": dg.MetadataValue.json(dataset_lineage(store.url, version, store.storage_options)),
-            "url": dg.MetadataValue.path(store.uri(dataset_version_prefix(version))),
-            "datacard": dg.MetadataValue.md(store.read_bytes(f"{dataset_version_prefix(version)}/{DATACARD}").decode()),
-        },
+        metadata=tidy_metadata(
+            {
+                "version": version,
+                "reused": reused,
+                "samples": len(manifest),
+                "fingerprint": fingerprint,
+                "statistics": _statistics(stats),
+                "sources": counts_table(stats.get("sources", {}), "source"),
+                "caption_groups": _caption_groups(stats),
+                # added / removed / relabelled samples against the version before it (none for the first)
+                "changes": _changes(changes),
+                # the whole stats.json, for scripts (the CLI summary prints its numbers)
+                "stats": dg.MetadataValue.json(stats),
+                "lineage": dg.MetadataValue.json(dataset_lineage(store.url, version, store.storage_options)),
+                "url": location(store.uri(dataset_version_prefix(version))),
+                "datacard": dg.MetadataValue.md(
+                    store.read_bytes(f"{dataset_version_prefix(version)}/{DATACARD}").decode()
+                ),
+            }
+        ),
         data_version=dg.DataVersion(f"{version}-{fingerprint}"),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="shards_match_manifest",
-                passed=not problems,
-                metadata={"problems": dg.MetadataValue.json(problems)},
-            )
+    )
+
+
+def _statistics(stats: Mapping[str, Any]) -> dg.TableMetadataValue:
+    """The version's single-number statistics (the paper's Table 1 columns), one row each."""
+    rows = [
+        {"statistic": k, "value": str(tidy(v))}
+        for k, v in stats.items()
+        if isinstance(v, int | float | str) and not k.endswith("_note")
+    ]
+    return table(rows, columns=["statistic", "value"])
+
+
+def _caption_groups(stats: Mapping[str, Any]) -> dg.TableMetadataValue:
+    """How often each caption group is present, and how often it was dropped, per image."""
+    present, dropped = stats.get("group_frequency", {}), stats.get("group_dropped_frequency", {})
+    return table(
+        [{"group": g, "frequency": f, "dropped": dropped.get(g, 0.0)} for g, f in present.items()],
+        columns=["group", "frequency", "dropped"],
+        descriptions={"dropped": "frequency of the group dropped from the caption"},
+    )
+
+
+def _changes(changes: Mapping[str, Any] | None) -> dg.MetadataValue:
+    if not changes:
+        return dg.MetadataValue.text("first version: nothing before it to compare with")
+    return table(
+        [
+            {"against": changes["old"], "change": k, "samples": changes[k]}
+            for k in ("added", "removed", "relabelled", "unchanged")
         ],
+        columns=["against", "change", "samples"],
+    )
+
+
+@dg.asset(deps=["annotations"], kinds={"python", "parquet"}, group_name="datasets", code_version="1")
+def captions(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
+    """Daring's discretized captions: groups, token spans in the CLIP prompt, and their ATR labels."""
+    store = object_store.store()
+    ann = store.read_table(table_key("annotations"))
+    tokenizer = load_clip_tokenizer()
+    rows = []
+    for sha, attrs in ann.select("sha256", "attributes").iter_rows():
+        seed = int.from_bytes(hashlib.sha256(sha.encode()).digest()[:8], "little")
+        cap = build_caption(json.loads(attrs), tokenizer=tokenizer, rng=seed)
+        rows.append(
+            {
+                "sha256": sha,
+                "caption": cap.text,
+                "groups": json.dumps(cap.to_json(), sort_keys=True),
+                "n_groups": len(cap.groups),
+                "n_spans": sum(g.span is not None for g in cap.groups),
+                "n_tokens": len(tokenizer(cap.text)["input_ids"]),
+            }
+        )
+    df = pl.DataFrame(rows)
+    store.write_table(table_key("captions"), df)
+    return dg.MaterializeResult(
+        metadata=tidy_metadata(
+            {
+                "captions": len(df),
+                "mean_groups": float(df["n_groups"].cast(pl.Float64).sum()) / max(len(df), 1),
+                "mean_tokens": float(df["n_tokens"].cast(pl.Float64).sum()) / max(len(df), 1),
+                "groups_without_span": int((df["n_groups"] - df["n_spans"]).sum()),
+                "examples": frame_table(df.select("caption"), limit=8),  # one column: the page is narrow
+            }
+        ),
+        data_version=dg.DataVersion(content_digest(f"{s}|{g}" for s, g in df.select("sha256", "groups").iter_rows())),
     )

@@ -1,13 +1,16 @@
 """Evaluation of a trained model: semantic accuracy (Acc_obj/tex/shape/all) and a Fréchet distance."""
 
 import math
+from typing import Any
 
 import dagster as dg
 
 from cosmicman.annotation.annotator import load_annotator
 from cosmicman.annotation.eval_set import read_eval_items
 from cosmicman.annotation.ledger import RoundLedger
-from cosmicman.assets.common import image_grid_markdown
+from cosmicman.assets.automation import on_new_data_version_of, once_deps_settle
+from cosmicman.assets.metadata import location, table, tidy_metadata
+from cosmicman.assets.plots import bar_chart, image_grid
 from cosmicman.assets.training import training_variants
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import build_caption
@@ -33,6 +36,7 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) ->
     kinds={"pytorch"},
     group_name="evaluation",
     code_version="1",
+    automation_condition=on_new_data_version_of("daring_unet"),
 )
 def evaluation(
     context: dg.AssetExecutionContext, object_store: ObjectStoreResource, evaluation_config: EvaluationResource
@@ -44,9 +48,12 @@ def evaluation(
     from cosmicman.model.generate import generate, load_pipeline, local_model_dir  # diffusers pipelines: heavy
 
     store = object_store.store()
-    model_url = latest_metadata(context.instance, "daring_unet", context.partition_key).get("output_url")
-    if not model_url:
-        raise dg.Failure(f"daring_unet[{context.partition_key}] has no materialization with an output_url")
+    unet = latest_metadata(context.instance, "daring_unet", context.partition_key)
+    model_url, dataset_version = unet.get("output_url"), unet.get("dataset_version")
+    if not model_url or not dataset_version:
+        raise dg.Failure(
+            f"daring_unet[{context.partition_key}] has no materialization with an output_url and dataset_version"
+        )
     truths = evaluation_config.test_attributes()
     tokenizer = load_clip_tokenizer()
     prompts = [build_caption(t, tokenizer=tokenizer, rng=i, group_dropout=0.0).text for i, t in enumerate(truths)]
@@ -72,25 +79,47 @@ def evaluation(
     if bad:
         raise dg.Failure(f"evaluation produced non-finite metrics: {bad}")
     return dg.MaterializeResult(
-        metadata={
-            **metrics,
-            "variant": context.partition_key,
-            "feature_extractor": features.name,
-            "model_url": model_url,
-            "n_prompts": len(prompts),
-            "real_images_ceiling": dg.MetadataValue.json(real),
-            "samples": image_grid_markdown(images[:12], prompts[:12], thumb=(96, 96)),
-        }
+        metadata=tidy_metadata(
+            {
+                **metrics,
+                # the same accuracies of the annotator on real I_e images: the most the VQA backend can give
+                **{f"ceiling_{k}": v for k, v in real.items()},
+                "metrics": table(
+                    [{"metric": k, "generated": v, "real_images": real.get(k)} for k, v in metrics.items()],
+                    columns=["metric", "generated", "real_images"],
+                ),
+                "accuracy_chart": bar_chart(
+                    generated,
+                    title=f"{context.partition_key}: semantic accuracy",
+                    references=real,
+                    reference_label="real images",
+                ),
+                "variant": context.partition_key,
+                # what evaluation_not_worse_than_previous_version compares across (cosmicman.assets.evaluation_checks)
+                "dataset_version": dataset_version,
+                "feature_extractor": features.name,
+                "model_url": model_url,
+                "model": location(model_url),
+                "n_prompts": len(prompts),
+                "samples": image_grid(images[:12], prompts[:12], thumb=(192, 192), cols=4),
+            }
+        )
     )
 
 
 ABLATION_METRICS = ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")
 
 
-@dg.asset(deps=["evaluation"], kinds={"python"}, group_name="evaluation", code_version="1")
+@dg.asset(
+    deps=["evaluation"],
+    kinds={"python"},
+    group_name="evaluation",
+    code_version="1",
+    automation_condition=once_deps_settle(),
+)
 def ablation_table(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Every evaluated variant side by side, with its training loss: Daring's and Prime's ablation."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for variant in VARIANTS:
         ev = latest_metadata(context.instance, "evaluation", variant)
         if not ev:
@@ -103,21 +132,44 @@ def ablation_table(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 "loss_last": unet.get("loss_last"),
                 "attention_in_mask": unet.get("attention_in_mask"),
                 "act_fn": unet.get("act_fn"),
-                "model": ev.get("model_url"),
+                "ceiling_acc_all": ev.get("ceiling_acc_all"),
             }
         )
     if not rows:
         raise dg.Failure("no variant has been evaluated yet: materialize evaluation partitions first")
     # attention_in_mask: share of each caption group's cross-attention inside its parsing mask (HOLA's aim)
-    header = ["variant", *ABLATION_METRICS, "loss_last", "attention_in_mask"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += [
-        "| " + " | ".join(f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |" for r in rows
-    ]
+    # two narrow tables rather than one wide one: each fits the asset page's value column
+    ceilings = {r["variant"]: r["ceiling_acc_all"] for r in rows if r["ceiling_acc_all"] is not None}
     return dg.MaterializeResult(
-        metadata={
-            "variants": len(rows),
-            "table": dg.MetadataValue.md("\n".join(lines)),
-            "rows": dg.MetadataValue.json(rows),
-        }
+        metadata=tidy_metadata(
+            {
+                "variants": len(rows),
+                "table": table(rows, columns=["variant", "acc_obj", "acc_tex", "acc_shape", "acc_all"]),
+                "fidelity_and_training": table(
+                    [
+                        {
+                            "variant": r["variant"],
+                            "fd": r["frechet_distance"],
+                            "loss_last": r["loss_last"],
+                            "attn_in_mask": r["attention_in_mask"],
+                        }
+                        for r in rows
+                    ],
+                    columns=["variant", "fd", "loss_last", "attn_in_mask"],
+                    descriptions={
+                        "fd": "Frechet distance to real I_e images (lower is better)",
+                        "attn_in_mask": "share of each caption group's cross-attention inside its parsing mask",
+                    },
+                ),
+                "acc_all_chart": bar_chart(
+                    {r["variant"]: r["acc_all"] for r in rows},
+                    title="acc_all per variant",
+                    references=ceilings,
+                    reference_label="real images",
+                ),
+                "frechet_distance_chart": bar_chart(
+                    {r["variant"]: r["frechet_distance"] for r in rows}, title="Frechet distance (lower is better)"
+                ),
+            }
+        )
     )

@@ -10,8 +10,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
-from cosmicman.assets.common import Progress, content_digest, image_grid_markdown, sourcing_batches
+from cosmicman.assets.automation import on_missing
+from cosmicman.assets.common import Progress, content_digest, sourcing_batches
+from cosmicman.assets.metadata import counts_table, location, table, tidy_metadata
+from cosmicman.assets.plots import histogram, image_grid
 from cosmicman.core.keys import FAKE_HEAD_KEY, raw_table_key, table_key
 from cosmicman.filtering.batch import (
     ImageFilter,
@@ -31,7 +35,7 @@ from cosmicman.sourcing.pool import record_batch
 FILTERED_IMAGES_CODE_VERSION = "2"
 
 
-@dg.asset(kinds={"python"}, group_name="filtering", code_version="1")
+@dg.asset(kinds={"python"}, group_name="filtering", code_version="1", automation_condition=on_missing())
 def fake_person_classifier(
     context: dg.AssetExecutionContext, object_store: ObjectStoreResource, filters: FilterResource
 ) -> dg.MaterializeResult:
@@ -40,8 +44,26 @@ def fake_person_classifier(
     head_bytes, metrics = filters.train_fake_person_head(store)
     store.write_bytes(FAKE_HEAD_KEY, head_bytes)
     return dg.MaterializeResult(
-        metadata={k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()},
+        metadata=tidy_metadata(
+            {
+                **{k: v for k, v in metrics.items() if "/" not in k and k != "train_url"},
+                "train_url": location(str(metrics["train_url"])),
+                "held_out_accuracy": _held_out_accuracy(metrics),
+            }
+        ),
         data_version=dg.DataVersion(content_digest([head_bytes.hex()])),
+    )
+
+
+def _held_out_accuracy(metrics: dict) -> dg.TableMetadataValue:
+    """The head's per-group and per-scenario metrics (``val_accuracy/real_human/dance``, ``n_val/...``) as rows."""
+    groups = sorted(k.removeprefix("val_accuracy/") for k in metrics if k.startswith("val_accuracy/"))
+    return table(
+        [
+            {"group": g, "accuracy": metrics[f"val_accuracy/{g}"], "held_out_images": metrics.get(f"n_val/{g}")}
+            for g in groups
+        ],
+        columns=["group", "accuracy", "held_out_images"],
     )
 
 
@@ -109,22 +131,56 @@ def merge_filter_shards(
     kept = counts.get("kept", 0)
     pool = record_batch(store, batch, raw=len(df), kept=kept)
     examples = pick_examples(df)
+    thresholds = filters.thresholds()
     return dg.MaterializeResult(
-        metadata={
-            "raw": len(df),
-            "kept": kept,
-            "rejected": len(df) - kept,
-            "shards": len(shards),
-            "decisions": dg.MetadataValue.json(counts),
-            "pool_kept_total": pool.kept,
-            "thresholds": dg.MetadataValue.json(filters.thresholds()),
-            "kept_sample": image_grid_markdown(thumbnails(store.read_bytes, examples.kept)),
-            "rejected_examples": image_grid_markdown(
-                thumbnails(store.read_bytes, examples.rejected.values()), examples.rejected.keys()
-            ),
-        },
+        metadata=tidy_metadata(
+            {
+                "raw": len(df),
+                "kept": kept,
+                "rejected": len(df) - kept,
+                "shards": len(shards),
+                "decision_counts": counts_table(counts, "decision"),
+                # the same counts as a plain dict, for scripts (the CLI summary adds them up over batches)
+                "decisions": dg.MetadataValue.json(counts),
+                "pool_kept_total": pool.kept,
+                "thresholds": table(
+                    [{"setting": k, "value": v} for k, v in thresholds.items()], columns=["setting", "value"]
+                ),
+                **_score_histograms(df, thresholds),
+                "kept_sample": image_grid(thumbnails(store.read_bytes, examples.kept, GRID_THUMB), thumb=GRID_THUMB),
+                "rejected_examples": image_grid(
+                    thumbnails(store.read_bytes, examples.rejected.values(), GRID_THUMB),
+                    examples.rejected.keys(),
+                    thumb=GRID_THUMB,
+                ),
+            }
+        ),
         data_version=dg.DataVersion(content_digest(f"{s}|{d}" for s, d in df.select("sha256", "decision").iter_rows())),
     )
+
+
+GRID_THUMB = (128, 256)  # people are portrait: six across fill the UI's markdown dialog
+# score column -> (what the chart says, the threshold setting that decides on it)
+SCORE_HISTOGRAMS = {
+    "score_fake_score": ("P(fake person)", "max_fake_score"),
+    "score_quality": ("quality", "min_quality"),
+    "score_max_face_px": ("largest face, px", "min_face_px"),
+}
+
+
+def _score_histograms(df: pl.DataFrame, thresholds: dict) -> dict[str, dg.MetadataValue]:
+    """One histogram per filter score over the images that reached it, with the filter's threshold; a score
+    no image reached says so."""
+    out: dict[str, dg.MetadataValue] = {}
+    for column, (title, setting) in SCORE_HISTOGRAMS.items():
+        name = f"{column.removeprefix('score_')}_histogram"
+        values = df[column].drop_nulls().to_list() if column in df.columns else []
+        out[name] = (
+            histogram(values, title=title, threshold=thresholds.get(setting))
+            if values
+            else dg.MetadataValue.text(f"no image of this batch reached the {title} filter")
+        )
+    return out
 
 
 def build_filtered_images(filter_step_tags: Mapping[str, Any] | None = None) -> dg.AssetsDefinition:

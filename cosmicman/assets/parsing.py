@@ -4,10 +4,11 @@ import dagster as dg
 import polars as pl
 
 from cosmicman.assets.common import Progress, content_digest, sourcing_batches
+from cosmicman.assets.metadata import counts_table, table, tidy_metadata
 from cosmicman.core.imageio import decode_image
 from cosmicman.core.keys import parsing_mask_key, table_key
 from cosmicman.core.masks import mask_png
-from cosmicman.parsing.parsers import ParserUnavailableError
+from cosmicman.parsing.parsers import ParserUnavailableError, unparsed_by_reason
 from cosmicman.resources.parsing import ParserResource
 from cosmicman.resources.storage import ObjectStoreResource
 
@@ -52,14 +53,24 @@ def human_parsing(
         schema={"sha256": pl.Utf8, "mask_key": pl.Utf8, "parser_version": pl.Utf8, "foreground_fraction": pl.Float64},
     )
     store.write_table(table_key("human_parsing", batch), df)
-    if failures:
-        context.log.warning(f"{len(failures)} kept images could not be parsed and stay out of datasets")
+    by_reason = unparsed_by_reason(failures)
+    for reason, count in by_reason.items():
+        context.log.warning(f"{count} kept images not parsed, so they stay out of datasets: {reason}")
     return dg.MaterializeResult(
-        metadata={
-            "parsed": len(df),
-            "unparsed": len(failures),
-            "parser": backend.version,
-            "unparsed_reasons": dg.MetadataValue.json(dict(list(failures.items())[:10])),
-        },
+        metadata=tidy_metadata(
+            {
+                "parsed": len(df),
+                "unparsed": len(failures),
+                # every unparsed image counted by its reason (the summary of `make run` prints these)
+                "unparsed_by_reason": dg.MetadataValue.json(by_reason),
+                "unparsed_reasons": counts_table(by_reason, "reason"),
+                "unparsed_examples": table(
+                    [{"image_sha256": sha, "reason": why} for sha, why in list(failures.items())[:10]],
+                    columns=["image_sha256", "reason"],
+                ),
+                "parser": backend.version,
+                "mean_foreground_fraction": sum(r["foreground_fraction"] for r in rows) / len(rows) if rows else 0.0,
+            }
+        ),
         data_version=dg.DataVersion(content_digest(df["sha256"].to_list())),
     )

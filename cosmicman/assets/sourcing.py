@@ -1,6 +1,9 @@
+"""Sourcing: each batch of every source fetched, decode-checked, de-duplicated and stored."""
+
 import dagster as dg
 
 from cosmicman.assets.common import content_digest, sourcing_batches
+from cosmicman.assets.metadata import counts_table, location, tidy_metadata
 from cosmicman.core.keys import raw_table_key, sourcing_log_key
 from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
@@ -39,19 +42,25 @@ def raw_images(
     if report.resumed_outcomes:
         context.log.info(f"resumed {batch}: {report.resumed_outcomes} outcomes were already durable")
     return dg.MaterializeResult(
-        metadata={
-            "images": len(report.raw),
-            "requested": report.requested,
-            **report.counts,
-            "failed_by_reason": dg.MetadataValue.json(report.failed_by_reason),
-            "per_source": dg.MetadataValue.json(report.per_source),
-            "requeued_urls": report.requeued,
-            "blobs_created": report.blobs_created,
-            "resumed_outcomes": report.resumed_outcomes,
-            "api_downloads_tracked": tracked,
-            "images_per_s": round(report.requested / max(report.elapsed_s, 1e-9), 1),
-            "table": dg.MetadataValue.path(store.uri(raw_table_key(batch))),
-            "sourcing_log": dg.MetadataValue.path(store.uri(sourcing_log_key(batch))),
-        },
+        metadata=tidy_metadata(
+            {
+                "images": len(report.raw),
+                "requested": report.requested,
+                **report.counts,
+                "outcomes": counts_table(report.counts, "outcome", "items"),
+                "failures": counts_table(report.failed_by_reason, "reason", "items"),
+                "sources": counts_table(report.per_source, "source", "images"),
+                # the same counts as plain dicts, for scripts (the CLI summary adds them up over batches)
+                "failed_by_reason": dg.MetadataValue.json(report.failed_by_reason),
+                "per_source": dg.MetadataValue.json(report.per_source),
+                "requeued_urls": report.requeued,
+                "blobs_created": report.blobs_created,
+                "resumed_outcomes": report.resumed_outcomes,
+                "api_downloads_tracked": tracked,
+                "images_per_s": report.requested / max(report.elapsed_s, 1e-9),
+                "table": location(store.uri(raw_table_key(batch))),
+                "sourcing_log": location(store.uri(sourcing_log_key(batch))),
+            }
+        ),
         data_version=dg.DataVersion(content_digest(report.raw["sha256"].to_list())),
     )

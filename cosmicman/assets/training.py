@@ -6,7 +6,11 @@ import json
 
 import dagster as dg
 
+from cosmicman.assets.automation import on_new_data_version_of
+from cosmicman.assets.metadata import table, tidy_metadata
+from cosmicman.assets.plots import line_chart
 from cosmicman.core.keys import LATENT_CACHE_PREFIX, LATEST_DATASET_KEY, model_prefix, training_run_key
+from cosmicman.core.store import Store
 from cosmicman.datasets.layout import shard_urls
 from cosmicman.datasets.lineage import model_lineage
 from cosmicman.model.run_record import summary
@@ -39,6 +43,7 @@ def _lineage(store, key: str) -> dg.MetadataValue:
     kinds={"pytorch", "diffusers"},
     group_name="training",
     code_version="1",
+    automation_condition=on_new_data_version_of("cosmicman_hq"),
 )
 def daring_unet(
     context: dg.AssetExecutionContext,
@@ -64,23 +69,57 @@ def daring_unet(
         context.log.info(f"{key} already trained from {version} with this config: reusing it")
         reported = {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in summary(record).items()}
         return dg.MaterializeResult(
-            metadata={
-                **reported,
-                "dataset_version": version,
-                "variant": variant,
-                "reused": True,
-                "lineage": _lineage(store, key),
-            },
+            metadata=tidy_metadata(
+                {
+                    **reported,
+                    **_run_charts(store, name),
+                    "dataset_version": version,
+                    "variant": variant,
+                    "reused": True,
+                    "lineage": _lineage(store, key),
+                }
+            ),
             data_version=dg.DataVersion(name),
         )
     result = training_launcher.launch(context, dataclasses.asdict(config))
     return dg.MaterializeResult(
-        metadata={
-            **(result.metadata or {}),
-            "dataset_version": version,
-            "variant": variant,
-            "reused": False,
-            "lineage": _lineage(store, key),
-        },
+        metadata=tidy_metadata(
+            {
+                **(result.metadata or {}),
+                **_run_charts(store, name),
+                "dataset_version": version,
+                "variant": variant,
+                "reused": False,
+                "lineage": _lineage(store, key),
+            }
+        ),
         data_version=dg.DataVersion(name),
     )
+
+
+def _run_charts(store: Store, name: str) -> dict[str, dg.MetadataValue]:
+    """From the run's ``training_run.json``: its loss curve (total, noise and HOLA terms per step) and the
+    share of each caption group's cross-attention inside its mask, against chance."""
+    key = training_run_key(name)
+    if not store.exists(key):
+        return {"loss_curve": dg.MetadataValue.text(f"no loss curve: the trainer published no {key}")}
+    record = store.read_json(key)
+    history = record["loss_history"]
+    out: dict[str, dg.MetadataValue] = {
+        "loss_curve": line_chart(
+            [float(h["step"]) for h in history],
+            {term: [float(h[term]) for h in history] for term in ("loss", "noise", "hola")},
+            title="training loss",
+            x_label="step",
+        )
+    }
+    alignment = record["metrics"].get("attention_alignment")
+    if alignment:
+        out["attention_in_mask_by_group"] = table(
+            [
+                {"group": g, "share_in_mask": share, "chance": alignment["chance_groups"].get(g)}
+                for g, share in alignment["groups"].items()
+            ],
+            columns=["group", "share_in_mask", "chance"],
+        )
+    return out

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
+from cosmicman.cli.environment import resolved
 from cosmicman.core.store import Store
 
 
 def object_store_of(defs: dg.Definitions) -> Store:
-    return (defs.resources or {})["object_store"].store()
+    """The environment's object store, its ``dg.EnvVar`` fields read (a missing one is a one-line error)."""
+    return resolved((defs.resources or {})["object_store"], "object store").store()
+
+
+def unparsed_images(instance: dg.DagsterInstance, batches: Sequence[str]) -> dict[str, int]:
+    """Kept images that ``human_parsing`` could not parse (so they reach no dataset), counted by reason over
+    ``batches`` (its ``unparsed_by_reason`` metadata), most frequent first."""
+    from cosmicman.assets.evaluation import latest_metadata
+
+    counts: dict[str, int] = {}
+    for batch in batches:
+        for reason, n in (latest_metadata(instance, "human_parsing", batch).get("unparsed_by_reason") or {}).items():
+            counts[reason] = counts.get(reason, 0) + n
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants: list[str]) -> dict:
@@ -42,6 +58,7 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
     return {
         "batches": stages,
         "rejections": rejections,
+        "unparsed": unparsed_images(instance, partitions),
         "hitl": {
             "rounds": len(results),
             "curve": curve,
@@ -83,6 +100,8 @@ def print_summary(summary: dict) -> None:
         total_kept += s["kept"] or 0
     print(f"  images: raw {total_raw} -> kept {total_kept}")
     print("  rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["rejections"].items())))
+    for reason, n in summary["unparsed"].items():
+        print(f"  {n} images not parsed: {reason}")
     h = summary["hitl"]
     print(
         f"  annotation: {h['rounds']} rounds, mean accuracy {h['mean_accuracy_round0']:.3f} -> "
@@ -109,5 +128,8 @@ def print_summary(summary: dict) -> None:
             f"{'  (reused)' if v['reused'] else ''}"
         )
     print(f"    models under {next(iter(summary['variants'].values()))['output_url'].rsplit('/', 1)[0]}")
-    print(f"  took {summary['seconds']}s\n")
+    runs = summary["runs"]
+    by = ", ".join(f"{n} by {name}" for name, n in runs["by"].items())
+    print(f"  runs launched this turn: {runs['launched']} ({by or 'nothing new to do'})")
+    print(f"  took {summary['seconds']}s; the daemon's log: {summary['daemon_log']}\n")
     print("Open the UI:  make ui   (then http://127.0.0.1:3000)")

@@ -1,151 +1,147 @@
-"""One turn of the whole flywheel on the local environment (``python -m cosmicman.cli run``).
+"""One turn of the whole flywheel (``python -m cosmicman.cli run``), driven by Dagster's daemon.
 
-The pool-threshold sensor decides each sourcing batch (exactly as it would under ``dagster dev``); every
-stage then runs as its Dagster job against the persistent instance under ``.cosmicman/dagster``, so the
-UI shows the same runs and materializations afterwards.
+The instance lives under ``$COSMICMAN_HOME/dagster``; ``dagster-daemon`` loads the code location from the
+workspace file, and the sensors and the automation sensor are turned on: from there on every run is one a
+sensor or automation asked for, in the code location, as under ``dagster dev``. This process only watches
+the instance until the flywheel is quiet, then prints the summary and stops the daemon it started (also on
+Ctrl-C or a failed run, cancelling the runs left in flight).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
+import yaml
 
-from cosmicman.cli.summary import object_store_of
+from cosmicman.cli.daemon import Daemon, turn_on_sensors
+from cosmicman.cli.errors import UserError
+from cosmicman.cli.instance import dagster_home, prepare_instance
+from cosmicman.cli.progress import (
+    IN_FLIGHT,
+    TurnFailed,
+    TurnState,
+    Watcher,
+    expected_variants,
+    launcher,
+    observe,
+    partitioned_assets,
+)
+from cosmicman.cli.summary import collect_summary
+from cosmicman.environments.settings import VARIANTS_VAR, parse_variants
+
+WORKSPACE = Path("workspace.yaml")
+POLL_S = 2.0
+# far above a local turn (minutes): only a flywheel that never goes quiet reaches it
+TIMEOUT_S = 3600.0
 
 
-def _instance(home: Path) -> dg.DagsterInstance:
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(dagster_home.resolve())
-    return dg.DagsterInstance.get()
+def code_location(workspace: Path) -> dg.Definitions:
+    """The definitions the workspace file loads: its one ``python_module`` entry (as ours), the module's
+    ``attribute`` when it names one, else its ``defs``."""
+    entries = (yaml.safe_load(workspace.read_text()) or {}).get("load_from") or []
+    modules = [e["python_module"] for e in entries if isinstance(e, dict) and "python_module" in e]
+    if len(entries) != 1 or len(modules) != 1:
+        raise TurnFailed(f"{workspace} must load one code location from a python_module; it has {entries}")
+    entry = modules[0] if isinstance(modules[0], dict) else {"module_name": modules[0]}
+    defs = getattr(importlib.import_module(str(entry["module_name"])), str(entry.get("attribute", "defs")))
+    if not isinstance(defs, dg.Definitions):
+        raise TurnFailed(f"{workspace}: {entry} is a {type(defs).__name__}, not a dg.Definitions")
+    return defs
 
 
-def _run(
-    defs: dg.Definitions,
+def turn_environment(home: Path, variants: list[str] | None) -> dict[str, str]:
+    """The process environment of the daemon, its code server and runs: the same home, instance and variants."""
+    env = {**os.environ, "COSMICMAN_HOME": str(home), "DAGSTER_HOME": str(dagster_home(home))}
+    if variants is not None:
+        try:
+            env[VARIANTS_VAR] = ",".join(parse_variants(",".join(variants)))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return env
+
+
+def wait_until_quiet(
     instance: dg.DagsterInstance,
-    job: str,
-    partition_key: str | None = None,
-    run_key: str | None = None,
-) -> None:
-    started = time.monotonic()
-    label = f"{job}[{partition_key}]" if partition_key else job
-    print(f"==> {label}", flush=True)
-    result = defs.resolve_job_def(job).execute_in_process(
-        instance=instance,
-        partition_key=partition_key,
-        raise_on_error=True,
-        tags={"dagster/run_key": run_key} if run_key else None,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
-    print(f"<== {label}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
+    assets: dict[dg.AssetKey, dg.PartitionsDefinition | None],
+    sensors: set[str],
+    daemon: Daemon,
+    started: float,
+    timeout_s: float,
+) -> TurnState:
+    watcher = Watcher()
+    while True:
+        code = daemon.exit_code()
+        if code is not None:
+            raise TurnFailed(f"dagster-daemon exited with code {code}: see {daemon.log_path}")
+        state = observe(instance, assets, sensors, started)
+        watcher.report(state, time.time() - started)
+        if state.quiet:
+            return state
+        if time.time() - started > timeout_s:
+            k, name = state.stage
+            raise TurnFailed(
+                f"the flywheel is not quiet after {timeout_s:.0f}s (stage {k}, {name}): see {daemon.log_path}"
+            )
+        time.sleep(POLL_S)
 
 
-def _evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, sensor: dg.SensorDefinition) -> dg.SensorResult:
-    """One evaluation of a sensor, as the daemon would run it (the flywheel's sensors return a SensorResult)."""
-    with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
-        result = sensor(ctx)
-    if not isinstance(result, dg.SensorResult):
-        raise TypeError(f"sensor {sensor.name} returned {type(result).__name__}, not a SensorResult")
-    return result
+def cancel_in_flight(instance: dg.DagsterInstance, started: float, reason: str) -> list[str]:
+    """Mark the turn's runs that never finished as canceled (their processes ended with the daemon's)."""
+    records = instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT, created_after=datetime.fromtimestamp(started)))
+    for record in records:
+        instance.report_run_canceled(record.dagster_run, message=reason)
+    return [r.dagster_run.run_id for r in records]
 
 
-def source_until_threshold(defs: dg.Definitions, instance: dg.DagsterInstance, max_batches: int = 20) -> list[str]:
-    """Evaluate the pool sensor and run what it asks for, until it skips."""
-    from cosmicman.jobs import pool_threshold_sensor
-
-    ran: list[str] = []
-    for _ in range(max_batches):
-        result = _evaluate(defs, instance, pool_threshold_sensor)
-        if not result.run_requests:
-            print(f"pool sensor: skip — {result.skip_reason.skip_message if result.skip_reason else ''}", flush=True)
-            return ran
-        for req in result.dynamic_partitions_requests or []:
-            if isinstance(req, dg.AddDynamicPartitionsRequest):
-                instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-        for rr in result.run_requests:
-            if rr.partition_key is None:
-                raise RuntimeError(f"the pool sensor asked for a run without a sourcing batch: {rr}")
-            _run(defs, instance, "pool_job", rr.partition_key)
-            ran.append(rr.partition_key)
-    raise RuntimeError(f"the pool is still under its threshold after {max_batches} batches: check the filters")
-
-
-def _ran(instance: dg.DagsterInstance, run_key: str) -> bool:
-    return bool(instance.get_run_records(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1))
-
-
-def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, sensor) -> list[dg.RunRequest]:
-    """Evaluate a sensor as the daemon would: add its partitions, drop run keys that already ran."""
-    with dg.build_sensor_context(instance=instance, resources=defs.resources) as ctx:
-        result = sensor(ctx)
-    if not result.run_requests:
-        msg = result.skip_reason.skip_message if result.skip_reason else ""
-        print(f"{sensor.name}: skip — {msg}", flush=True)
-        return []
-    for req in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-    return [r for r in result.run_requests if not (r.run_key and _ran(instance, r.run_key))]
-
-
-def annotate_until_stop(defs: dg.Definitions, instance: dg.DagsterInstance, max_ticks: int = 50) -> None:
-    """The labelling loop, driven by its two sensors: open a round, wait for its labels, fine-tune, again,
-    until the loop stops and the pool is annotated by the final annotator."""
-    from cosmicman.jobs import hitl_round_sensor, labels_arrived_sensor
-
-    for _ in range(max_ticks):
-        requests = _tick(defs, instance, labels_arrived_sensor) or _tick(defs, instance, hitl_round_sensor)
-        if not requests:
-            return
-        for rr in requests:
-            job = rr.job_name or "labels_job"
-            _run(defs, instance, job, rr.partition_key, rr.run_key)
-            if job == "annotations_job":
-                return
-    raise RuntimeError(f"the labelling loop did not stop after {max_ticks} sensor ticks")
-
-
-def run(home: Path, defs: dg.Definitions | None = None, variants: list[str] | None = None) -> dict:
-    """Turn the flywheel once. ``defs`` defaults to the code location's (environment from COSMICMAN_ENV);
-    ``variants`` are the training variants to train and evaluate (default: all)."""
-    from cosmicman.model.train.variants import VARIANTS
-
-    variants = list(VARIANTS) if variants is None else variants
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"unknown training variants {unknown}; choose from {list(VARIANTS)}")
+def run(
+    home: Path, variants: list[str] | None = None, workspace: Path = WORKSPACE, timeout_s: float = TIMEOUT_S
+) -> dict:
+    """Turn the flywheel once through the daemon; the summary of what the instance holds afterwards.
+    ``variants`` narrows the training partitions (``COSMICMAN_VARIANTS``; default: the environment's)."""
+    home, workspace = home.resolve(), workspace.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("COSMICMAN_HOME", str(home))
+    env = turn_environment(home, variants)
+    os.environ.update(env)  # this process reads the instance and the code location the daemon uses
+    folder = prepare_instance(home)
     from cosmicman.environments.local import seed_demo_folder
 
     seeded = seed_demo_folder(home)
     if seeded:
         print(f"seeded a demo folder dataset with {seeded} images", flush=True)
-    if defs is None:
-        from cosmicman.definitions import defs as code_location
-
-        defs = code_location
-    instance = _instance(home)
-    started = time.monotonic()
-    _run(defs, instance, "fake_person_job")
-    batches = source_until_threshold(defs, instance)
-    from cosmicman.annotation.ledger import RoundLedger
-
+    defs = code_location(workspace)
+    assets = partitioned_assets(defs)
+    instance = dg.DagsterInstance.get()
+    log_path = home / "logs" / "dagster-daemon.log"
+    print(f"dagster-daemon over the instance {folder} (its log: {log_path})", flush=True)
+    started = time.time()
+    daemon = Daemon(workspace, env, log_path)
+    daemon.start()
     try:
-        RoundLedger(object_store_of(defs)).base()
-    except LookupError:  # round 0 is built once; later turns go on from the rounds already run
-        _run(defs, instance, "hitl_setup_job")
-    annotate_until_stop(defs, instance)
-    _run(defs, instance, "dataset_job")
-    for variant in variants:
-        _run(defs, instance, "training_job", variant)
-        _run(defs, instance, "evaluation_job", variant)
-    _run(defs, instance, "ablation_job")
-    from cosmicman.cli.summary import collect_summary
-
-    summary = collect_summary(defs, instance, variants)
-    summary["new_batches"] = batches
-    summary["seconds"] = round(time.monotonic() - started, 1)
+        turn_on_sensors(workspace, env)
+        print("sensors and automation on; waiting for the flywheel to turn once and go quiet", flush=True)
+        state = wait_until_quiet(instance, assets, {s.name for s in defs.sensors or ()}, daemon, started, timeout_s)
+    finally:
+        daemon.stop()
+        cancelled = cancel_in_flight(instance, started, "the turn stopped before this run finished")
+        if cancelled:
+            print(f"cancelled {len(cancelled)} unfinished run(s): {', '.join(cancelled)}", flush=True)
+    if state.missing:
+        notes = "; ".join(f"{name}: {note}" for name, note in sorted(state.sensor_notes.items()))
+        raise TurnFailed(f"the flywheel went quiet with {', '.join(state.missing)} not materialized ({notes})")
+    summary = collect_summary(defs, instance, expected_variants(assets))
+    summary["new_batches"] = sorted(
+        r.dagster_run.tags["dagster/partition"] for r in state.runs if r.dagster_run.job_name == "pool_job"
+    )
+    launchers = [launcher(r) for r in state.runs]
+    summary["runs"] = {
+        "launched": len(state.runs),
+        "by": {name: launchers.count(name) for name in sorted(set(launchers))},
+    }
+    summary["seconds"] = round(time.time() - started, 1)
+    summary["daemon_log"] = str(log_path)
     return summary

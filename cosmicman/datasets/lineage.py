@@ -5,7 +5,8 @@ For a CosmicMan-HQ version the answer comes from its manifest, where every sampl
 and the labelling rounds behind it). For a trained model it comes from the model's ``training_run.json`` (its shard
 URLs name the dataset version; the trainer's code version and config), then the dataset's lineage. Only
 what the samples actually used is listed: a sourcing batch whose images were all rejected, or a round
-whose labels no sample carries, is not behind the model and is not named.
+whose labels no sample carries, is not behind the model and is not named. A name that does not exist is
+answered with what does (:class:`LineageTargetNotFoundError`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,38 @@ from typing import Any
 
 import fsspec
 
-from cosmicman.core.keys import DATASETS_PREFIX
-from cosmicman.datasets.layout import read_manifest, read_stats
+from cosmicman.core.keys import DATASETS_PREFIX, MODELS_PREFIX, TRAINING_RUN_FILE, model_prefix
+from cosmicman.datasets.layout import list_versions, read_manifest, read_stats, version_exists
 
-RUN_FILE = "training_run.json"
 _SHARD_URL = re.compile(rf"{re.escape(DATASETS_PREFIX)}/(v\d{{4,}})/shard-\d+\.tar$")
+
+
+class LineageTargetNotFoundError(FileNotFoundError):
+    """No published dataset version or model by that name; the message lists the ones the store holds."""
+
+
+def _listed(names: list[str], what: str, where: str) -> str:
+    return f"{what}: {', '.join(names)}" if names else f"{where} holds no {what}"
+
+
+def published_models(store_url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Names of the published models under the store's models prefix (folders holding a training record)."""
+    fs, path = fsspec.core.url_to_fs(store_url, **(storage_options or {}))
+    base = posixpath.join(path.rstrip("/"), MODELS_PREFIX)
+    fs.invalidate_cache(base)  # fsspec instances are shared and cache listings (s3fs)
+    if not fs.exists(base):
+        return []
+    folders = [p.rstrip("/") for p in fs.ls(base, detail=False)]
+    return sorted(posixpath.basename(p) for p in folders if fs.exists(posixpath.join(p, TRAINING_RUN_FILE)))
 
 
 def dataset_lineage(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Sourcing batches, sources, filter configs, parser / annotator versions and label rounds of a version."""
+    if not version_exists(root, version, storage_options):
+        versions = list_versions(root, storage_options)
+        raise LineageTargetNotFoundError(
+            f"no dataset version {version}; {_listed(versions, 'versions', f'the store {root}')}"
+        )
     manifest = read_manifest(root, version, storage_options)
     prov = [json.loads(p) for p in manifest["provenance_json"].to_list()]
 
@@ -63,12 +87,20 @@ def dataset_of_shards(shard_urls: list[str]) -> tuple[str, str]:
     return found.pop()
 
 
-def model_lineage(model_url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The model's training record (code version, variant-defining config) and its dataset's lineage."""
+def model_lineage(
+    model_url: str, storage_options: Mapping[str, Any] | None = None, store_url: str | None = None
+) -> dict[str, Any]:
+    """The model's training record (code version, variant-defining config) and its dataset's lineage.
+    ``store_url``: the store whose published models a wrong ``model_url`` is answered with."""
     fs, path = fsspec.core.url_to_fs(model_url, **(storage_options or {}))
-    run_path = posixpath.join(path.rstrip("/"), RUN_FILE)
+    run_path = posixpath.join(path.rstrip("/"), TRAINING_RUN_FILE)
+    fs.invalidate_cache(path.rstrip("/"))
     if not fs.exists(run_path):
-        raise FileNotFoundError(f"{model_url} has no {RUN_FILE}: not a published model")
+        known = "not a published model"
+        if store_url:
+            models = published_models(store_url, storage_options)
+            known = _listed(models, f"models under {MODELS_PREFIX}", f"the store {store_url}")
+        raise LineageTargetNotFoundError(f"no model at {model_url} (no {TRAINING_RUN_FILE}); {known}")
     record = json.loads(fs.cat_file(run_path))
     root, version = dataset_of_shards(record["data"]["shards"])
     cfg = record["config"]
@@ -85,9 +117,11 @@ def model_lineage(model_url: str, storage_options: Mapping[str, Any] | None = No
 
 
 def lineage(store_url: str, target: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``target``: a dataset version name (``v0003``), or a model folder (URL, or key under the store)."""
+    """``target``: a dataset version name (``v0003``), a published model's folder name under the models prefix,
+    or a model folder (URL, or key under the store)."""
     if re.fullmatch(r"v\d{4,}", target):
         return dataset_lineage(store_url, target, storage_options)
     if "://" not in target and not target.startswith("/"):
-        target = f"{store_url.rstrip('/')}/{target}"
-    return model_lineage(target, storage_options)
+        key = target if "/" in target else model_prefix(target)
+        target = f"{store_url.rstrip('/')}/{key}"
+    return model_lineage(target, storage_options, store_url=store_url)

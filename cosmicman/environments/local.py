@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import dagster as dg
+
 from cosmicman.environments.simulated_annotation import SimulatedAnnotatorResource, SimulatedLabellingResource
 from cosmicman.environments.simulated_data import (
     SimulatedEvaluationResource,
@@ -25,6 +27,12 @@ def seed_demo_folder(home: Path) -> int:
     """Write the demo image folder the local sourcing reads (``<home>/datasets/folder``) unless it exists;
     the number of images written."""
     return write_demo_folder(home / "datasets" / "folder")
+
+
+def local_execution() -> dict:
+    """Every step of a run in the run's own process: a local batch is one filter shard, and a process per
+    step would load the code location again for each (seconds per step on two cores)."""
+    return {"executor": dg.in_process_executor}
 
 
 def local_resources(store_url: str | None = None, folder_url: str | None = None) -> dict:

@@ -8,6 +8,7 @@ from cosmicman.jobs.annotation import (
     labels_arrived_sensor,
     labels_job,
 )
+from cosmicman.jobs.automation import flywheel_automation
 from cosmicman.jobs.sourcing import fake_person_job, filtering_job, pool_job, pool_threshold_sensor, sourcing_job
 from cosmicman.jobs.training import ablation_job, dataset_job, evaluation_job, training_job
 
@@ -25,4 +26,4 @@ ALL_JOBS = [
     evaluation_job,
     ablation_job,
 ]
-ALL_SENSORS = [pool_threshold_sensor, labels_arrived_sensor, hitl_round_sensor]
+ALL_SENSORS = [pool_threshold_sensor, labels_arrived_sensor, hitl_round_sensor, flywheel_automation]

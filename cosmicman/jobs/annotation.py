@@ -4,8 +4,12 @@ import dagster as dg
 
 from cosmicman.annotation.ledger import RoundLedger, round_id
 from cosmicman.assets.annotation import annotation_rounds
+from cosmicman.assets.common import content_digest, sourcing_batches
+from cosmicman.environments.settings import sensor_interval_s
 from cosmicman.resources.annotation import LabellingResource
+from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
+from cosmicman.sourcing.pool import read_pool_stats
 
 hitl_setup_job = dg.define_asset_job(
     "hitl_setup_job",
@@ -24,12 +28,19 @@ labels_job = dg.define_asset_job(
 )
 annotations_job = dg.define_asset_job(
     "annotations_job",
-    selection=dg.AssetSelection.assets("annotations", "captions"),
-    description="Annotate and caption the pool with the final annotator (and the humans' answers).",
+    # the annotator's blocking check runs first in the same run: when it fails, the pool is not annotated
+    selection=dg.AssetSelection.assets("annotations", "captions") | dg.AssetSelection.checks_for_assets("annotator"),
+    description="Annotate and caption the pool with the final annotator (and the humans' answers), once the "
+    "annotator in force passed its check (not worse on I_e than the one before).",
 )
 
 
-@dg.sensor(job=labels_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(
+    job=labels_job,
+    minimum_interval_seconds=sensor_interval_s(),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Collects a labelling round's answers once every task has its human answer.",
+)
 def labels_arrived_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStoreResource, labelling: LabellingResource
 ) -> dg.SensorResult:
@@ -50,14 +61,26 @@ def labels_arrived_sensor(
 
 @dg.sensor(
     jobs=[annotation_round_job, annotations_job],
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval_s(),
     default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Opens the next labelling round while rounds still gain; once the loop stops, annotates the "
+    "pool with the final annotator.",
 )
-def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStoreResource) -> dg.SensorResult:
-    """After a round's annotator: open the next round unless the round closed with a stop (the rules of
-    ``cosmicman.annotation.rounds``); once the loop stops, annotate the pool with the final annotator
-    (once per annotator version)."""
-    ledger = RoundLedger(object_store.store())
+def hitl_round_sensor(
+    context: dg.SensorEvaluationContext, object_store: ObjectStoreResource, sourcing: SourcingResource
+) -> dg.SensorResult:
+    """Once the pool is at its threshold with no batch in flight: after a round's annotator, open the next
+    round unless the round closed with a stop (the rules of ``cosmicman.annotation.rounds``); once the loop
+    stops, annotate the pool with the final annotator (once per annotator version and set of pool batches)."""
+    store = object_store.store()
+    pool = read_pool_stats(store)
+    in_flight = set(sourcing_batches.get_partition_keys(dynamic_partitions_store=context.instance)) - pool.batches
+    if pool.kept < sourcing.pool_threshold or in_flight:
+        return dg.SensorResult(
+            skip_reason=f"waiting for the pool: {pool.kept} of {sourcing.pool_threshold} kept images, "
+            f"{len(in_flight)} batch(es) not filtered yet"
+        )
+    ledger = RoundLedger(store)
     try:
         in_force = ledger.in_force()
     except LookupError as e:
@@ -72,6 +95,10 @@ def hitl_round_sensor(context: dg.SensorEvaluationContext, object_store: ObjectS
         )
     if step.stopped:
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"annotate-{in_force.version}", job_name=annotations_job.name)]
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"annotate-{in_force.version}-{content_digest(pool.batches)}", job_name=annotations_job.name
+                )
+            ]
         )
     return dg.SensorResult(skip_reason=step.reason)

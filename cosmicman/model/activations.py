@@ -33,8 +33,13 @@ from diffusers.models.activations import GELU as DiffusersGELU
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # not `from diffusers`: typed as dummies
 from torch import nn
 
-# Key in the UNet config (config.json) under which the choice is persisted.
-CONFIG_KEY = "cosmicman_activation"
+# Key in the UNet config (config.json) under which the choice is persisted. Private (leading underscore):
+# diffusers' ``from_pretrained`` passes a config key that is not an ``__init__`` argument on silently and
+# keeps it in ``unet.config``, whereas a public one draws "config attributes ... are not expected and will be
+# ignored", a warning that is false here (the loader below applies the choice).
+CONFIG_KEY = "_cosmicman_activation"
+# Where models saved before the key became private hold their choice; still read, never written.
+LEGACY_CONFIG_KEY = "cosmicman_activation"
 
 
 class MPSiLU(nn.Module):
@@ -130,9 +135,9 @@ def apply_activation(unet: UNet2DConditionModel, config: ActivationConfig) -> di
 
     Persistence (``save_pretrained`` writes the config): ``act_fn`` is set to ``config.name`` when
     diffusers knows it (silu, gelu, mish, relu), else to the nearest stock one (leaky_relu -> relu,
-    mp_silu -> silu); the full choice is stored under ``cosmicman_activation``. A stock
-    ``UNet2DConditionModel.from_pretrained`` loads the folder anywhere (it logs a warning that
-    ``cosmicman_activation`` is not expected and ignored, yet keeps it in ``unet.config``) and gives:
+    mp_silu -> silu); the full choice is stored under ``_cosmicman_activation``. A stock
+    ``UNet2DConditionModel.from_pretrained`` loads the folder anywhere (quietly: a private key is not an
+    init argument, and is kept in ``unet.config``) and gives:
     the ``act_fn`` activation at resnet / time_embedding / conv_act (and timestep-type class_embedding)
     sites; SiLU at the hardcoded sites (SDXL ``add_embedding``, ...); ``time_embedding_act_fn``
     (default None: no module) at ``time_embed_act``; diffusers' GEGLU in the feed-forwards. So it is
@@ -177,11 +182,12 @@ def apply_activation(unet: UNet2DConditionModel, config: ActivationConfig) -> di
 def load_unet_with_activation(path: str, subfolder: str | None = None, **kwargs: Any) -> UNet2DConditionModel:
     """``UNet2DConditionModel.from_pretrained`` plus re-applying the recorded activation choice.
 
-    Folders without a recorded choice (stock checkpoints) load unchanged. ``kwargs`` go to
+    Folders without a recorded choice (stock checkpoints) load unchanged; folders saved with the legacy key
+    load with their choice (diffusers still warns about that key for them). ``kwargs`` go to
     ``from_pretrained`` (torch_dtype, revision, ...)."""
     unet = UNet2DConditionModel.from_pretrained(path, subfolder=subfolder, **kwargs)
-    # from_pretrained warns about the unknown key but keeps it in the config (checked by the tests)
-    recorded = unet.config.get(CONFIG_KEY)
+    # from_pretrained keeps config keys that are not init arguments in unet.config (checked by the tests)
+    recorded = unet.config.get(CONFIG_KEY, unet.config.get(LEGACY_CONFIG_KEY))
     if recorded is not None:
         apply_activation(unet, ActivationConfig(**recorded))
     return unet

@@ -6,13 +6,16 @@ import contextlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 import torch
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
-    StableDiffusionPipeline,  # not `from diffusers`: typed as a dummy
-)
 from PIL import Image
+
+from cosmicman.model.notices import progress_bars_hidden, silence_torchvision_fallback
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 
 @contextlib.contextmanager
@@ -31,13 +34,19 @@ def local_model_dir(url: str) -> Iterator[str]:
 
 
 def load_pipeline(model_dir: str | Path, device: str = "cpu") -> StableDiffusionPipeline:
+    # importing the pipeline module makes transformers probe for torchvision: silence that notice first
+    silence_torchvision_fallback()
+    # not `from diffusers`: typed as a dummy there
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+
     from cosmicman.model.activations import load_unet_with_activation
 
-    # the UNet goes through our loader so a Prime activation choice is re-applied at every site
-    unet = load_unet_with_activation(str(model_dir), subfolder="unet")
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(model_dir), unet=unet, safety_checker=None, requires_safety_checker=False
-    )
+    with progress_bars_hidden():
+        # the UNet goes through our loader so a Prime activation choice is re-applied at every site
+        unet = load_unet_with_activation(str(model_dir), subfolder="unet")
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(model_dir), unet=unet, safety_checker=None, requires_safety_checker=False
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -7,6 +7,8 @@ e.g. a checkpoint fine-tuned on ATR); the local environment plugs in the synthet
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,7 +19,13 @@ from cosmicman.core.protocol import load_protocol
 
 
 class ParserUnavailableError(RuntimeError):
-    """The parsing model cannot be loaded or cannot parse this image."""
+    """The parsing model cannot be loaded or cannot parse this image. The message is the reason, the same
+    for every image it applies to (the image is named beside it), so reasons can be counted."""
+
+
+def unparsed_by_reason(reasons: Mapping[str, str]) -> dict[str, int]:
+    """``{sha256: reason}`` -> how many images each reason left unparsed, most frequent first."""
+    return dict(sorted(Counter(reasons.values()).items(), key=lambda item: (-item[1], item[0])))
 
 
 class HumanParser(Protocol):

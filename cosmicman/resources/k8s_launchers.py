@@ -27,7 +27,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from cosmicman.resources.launchers import TRAIN_MODULE, TrainingLauncher
+from cosmicman.resources.launchers import TRAIN_MODULE, TrainingLauncher, pipes_session_notice_silenced
 
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINJOB_GROUP = "trainer.kubeflow.org"
@@ -244,12 +244,15 @@ class TrainJobLauncher(TrainingLauncher):
             message_reader = ObjectStoreMessageReader(self.messages_url, interval=min(5.0, self.poll_interval or 5.0))
         reader = message_reader or PipesK8sPodLogsMessageReader()
         name = f"daring-unet-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
-        with dg.open_pipes_session(
-            context=context,
-            extras={"config": config},
-            context_injector=dg.PipesEnvContextInjector(),
-            message_reader=reader,
-        ) as session:
+        with (
+            pipes_session_notice_silenced(),
+            dg.open_pipes_session(
+                context=context,
+                extras={"config": config},
+                context_injector=dg.PipesEnvContextInjector(),
+                message_reader=reader,
+            ) as session,
+        ):
             body = self.train_job_body(name, session.get_bootstrap_env_vars())
             custom_api.create_namespaced_custom_object(
                 TRAINJOB_GROUP, TRAINJOB_VERSION, self.namespace, TRAINJOB_PLURAL, body

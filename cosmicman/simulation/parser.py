@@ -26,10 +26,10 @@ class SyntheticTruthParser:
         key = truth_mask_key(sha256)
         if not self.store.exists(key):
             raise ParserUnavailableError(
-                f"{sha256} is not a synthetic image, so the synthetic-truth parser has no mask for it; "
-                "configure a segmentation model (parser.model_id) for real images"
+                "no synthetic-world truth mask: the local parser knows only the images the synthetic source "
+                "rendered; name an ATR segmentation checkpoint (ParserResource.model_id) to parse other images"
             )
         mask = read_mask(self.store.read_bytes(key))
         if mask.shape != (image.height, image.width):
-            raise ParserUnavailableError(f"truth mask {mask.shape} does not match image {image.size[::-1]}")
+            raise ParserUnavailableError("the synthetic-world truth mask does not match the image's size")
         return mask

@@ -58,11 +58,17 @@ def test_ledger_walks_the_loop(tmp_path):
 
 
 def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
+    from cosmicman.assets.common import content_digest
+    from cosmicman.environments.simulated_data import SimulatedSourcingResource
     from cosmicman.jobs import hitl_round_sensor
     from cosmicman.resources.storage import ObjectStoreResource
+    from cosmicman.sourcing.pool import record_batch
 
     store = Store(str(tmp_path / "store"))
-    resources = {"object_store": ObjectStoreResource(url=store.url)}
+    resources = {
+        "object_store": ObjectStoreResource(url=store.url),
+        "sourcing": SimulatedSourcingResource(pool_threshold=40),
+    }
     ledger = RoundLedger(store)
     with dg.instance_for_test() as instance:
 
@@ -70,6 +76,14 @@ def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
             with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
                 return hitl_round_sensor(ctx)
 
+        # the loop waits for the pool: at its threshold, with every batch filtered
+        assert "waiting for the pool: 0 of 40 kept images" in tick().skip_reason.skip_message
+        instance.add_dynamic_partitions("sourcing_batches", ["batch-00000", "batch-00001"])
+        record_batch(store, "batch-00000", raw=40, kept=30)
+        assert "1 batch(es) not filtered yet" in tick().skip_reason.skip_message
+        record_batch(store, "batch-00001", raw=40, kept=9)
+        assert "39 of 40 kept images" in tick().skip_reason.skip_message
+        record_batch(store, "batch-00001", raw=40, kept=10)
         assert "base_annotator" in tick().skip_reason.skip_message
         store.write_json(BASE_ANNOTATOR_KEY, {"version": "probe-r0", "key": "k"})
         result = tick()
@@ -86,7 +100,9 @@ def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
         ledger.write_plan(second.plan)
         ledger.write_result(second)
         (req,) = tick().run_requests
-        assert req.job_name == "annotations_job" and req.run_key == "annotate-probe-r2"
+        # once per annotator version and set of pool batches: a grown pool is annotated again
+        assert req.job_name == "annotations_job"
+        assert req.run_key == f"annotate-probe-r2-{content_digest(['batch-00000', 'batch-00001'])}"
 
 
 def test_merge_human_answers_implies_parents_and_drops_orphans():

@@ -177,7 +177,7 @@ def test_a_batch_cut_into_shards_gives_the_table_of_one_shard_and_reruns_skip_th
     }
     assert tags["dagster/data_version"] == one_tags["dagster/data_version"] == again_tags["dagster/data_version"]
     assert meta["pool_kept_total"] == meta["kept"] == read_pool_stats(store).kept
-    assert "data:image/png;base64" in meta["kept_sample"] and "corrupt" not in meta["rejected_examples"]
+    assert "data:image/jpeg;base64" in meta["kept_sample"] and "corrupt" not in meta["rejected_examples"]
     assert json.loads(one["filter_config"][0]) == resources["filters"].chain_settings()
     assert len(store.list("shards/filtered_images/batch-00000")) == 4  # 1 + 3 shard tables
     assert store.list("dagster/step-outputs")

@@ -61,7 +61,23 @@ def sensor_env(tmp_path):
         "sourcing": SimulatedSourcingResource(pool_threshold=40),
     }
     with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("fake_person_classifier"))
         yield instance, resources, Store(store_url)
+
+
+def test_sensor_waits_for_the_fake_person_classifier(tmp_path):
+    resources = {
+        "object_store": ObjectStoreResource(url=str(tmp_path / "store")),
+        "sourcing": SimulatedSourcingResource(pool_threshold=40),
+    }
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+            result = pool_threshold_sensor(ctx)
+        assert not result.run_requests and not result.dynamic_partitions_requests
+        assert "fake_person_classifier is not materialized" in result.skip_reason.skip_message
+        instance.report_runless_asset_event(dg.AssetMaterialization("fake_person_classifier"))
+        with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+            assert [r.partition_key for r in pool_threshold_sensor(ctx).run_requests] == ["batch-00000"]
 
 
 def test_sensor_under_threshold_adds_exactly_one_partition_and_one_run(sensor_env):

@@ -1,6 +1,8 @@
 """Daring trainer: train and publish one model from a JSON config (path or fsspec URL).
 
-The package doc says how it works. Under Dagster Pipes rank 0 reports the run as one asset materialization."""
+The package doc says how it works. Under Dagster Pipes rank 0 reports the run as one asset materialization,
+and its progress lines go to Dagster's log only: a local trainer shares the launcher's console, where Dagster
+prints that log, so a second copy on stderr would show every line twice."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ import sys
 from typing import Any
 
 from cosmicman.model.distributed import DistEnv
+from cosmicman.model.notices import quiet_trainer_notices
 from cosmicman.model.run_record import summary
 from cosmicman.model.train.config import TrainConfig
 from cosmicman.model.train.loop import train
-from cosmicman.model.train.step import NonFiniteLossError
+from cosmicman.model.train.step import NonFiniteLossError, resolve_device
 
 
 def _config_from(arg: str | None, extras: dict[str, Any] | None) -> TrainConfig:
@@ -27,6 +30,12 @@ def _config_from(arg: str | None, extras: dict[str, Any] | None) -> TrainConfig:
     if isinstance(raw, str):
         return TrainConfig.load(raw)
     return TrainConfig.from_dict(dict(raw))
+
+
+def _prepared(cfg: TrainConfig) -> TrainConfig:
+    """``cfg``, once the libraries' notices that are moot for it are silenced (``cosmicman.model.notices``)."""
+    quiet_trainer_notices(resolve_device(cfg.device, DistEnv.from_env()))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,13 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         from cosmicman.model.pipes_channel import ObjectStoreMessageWriter
 
         with open_dagster_pipes(message_writer=ObjectStoreMessageWriter()) as context:
-            cfg = _config_from(args.config, dict(context.extras or {}))
-
-            def say(msg: str) -> None:
-                context.log.info(msg)
-                print(msg, file=sys.stderr, flush=True)
-
-            record = train(cfg, log_fn=say)
+            cfg = _prepared(_config_from(args.config, dict(context.extras or {})))
+            record = train(cfg, log_fn=context.log.info)
             context.report_asset_materialization(
                 metadata={
                     k: {"raw_value": v, "type": "json"} if isinstance(v, dict) else v
@@ -65,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
         params = PipesEnvVarParamsLoader().load_context_params()
         with PipesDefaultContextLoader().load_context(params) as data:
-            cfg = _config_from(None, dict(data.get("extras") or {}))
+            cfg = _prepared(_config_from(None, dict(data.get("extras") or {})))
     else:
-        cfg = _config_from(args.config, None)
+        cfg = _prepared(_config_from(args.config, None))
     try:
         # stdout carries only the summary: libraries that log to stdout (DeepSpeed) go to stderr meanwhile
         with contextlib.redirect_stdout(sys.stderr):

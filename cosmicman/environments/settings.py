@@ -1,0 +1,64 @@
+"""Settings of the flywheel's automation that every environment reads from the process environment.
+
+``python -m cosmicman.cli run`` sets them for the daemon it starts; ``dagster dev`` / ``dagster-daemon`` read
+them from their own environment. Each has a default that fits its environment (``COSMICMAN_ENV``).
+
+- ``COSMICMAN_VARIANTS``: the training partitions (``daring_unet`` / ``evaluation``), comma-separated names
+  from ``cosmicman.model.train.variants.VARIANTS``; every variant when unset.
+- ``COSMICMAN_SENSOR_INTERVAL_S``: the minimum interval of every sensor and of the automation sensor.
+- ``COSMICMAN_NEW_IMAGES_PER_VERSION``: how many newly annotated images make a new ``cosmicman_hq`` version.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cosmicman.model.train.variants import VARIANTS
+
+VARIANTS_VAR = "COSMICMAN_VARIANTS"
+SENSOR_INTERVAL_VAR = "COSMICMAN_SENSOR_INTERVAL_S"
+NEW_IMAGES_VAR = "COSMICMAN_NEW_IMAGES_PER_VERSION"
+
+# a local turn hands over between ~15 runs: each wait for a tick adds to it. Elsewhere a tick may read a
+# large pool's listing, so it runs less often.
+SENSOR_INTERVAL_S = {"local": 5, "s3": 30, "k8s": 30}
+# the local pool holds ~100 kept images: a third of it is worth a new version; a production pool is larger
+NEW_IMAGES_PER_VERSION = {"local": 32, "s3": 1000, "k8s": 1000}
+
+
+def _environment() -> str:
+    return os.environ.get("COSMICMAN_ENV", "local")
+
+
+def _positive_int(var: str, default: int) -> int:
+    raw = os.environ.get(var)
+    if raw is None:
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{var}={raw!r} is not a positive whole number")
+    return int(raw)
+
+
+def parse_variants(names: str) -> list[str]:
+    """``"baseline,hola"`` -> ``["baseline", "hola"]``, in ``VARIANTS`` order; unknown or no names are an error."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - set(VARIANTS))
+    if unknown or not wanted:
+        raise ValueError(f"{VARIANTS_VAR}={names!r}: unknown training variants {unknown}; choose from {list(VARIANTS)}")
+    return [v for v in VARIANTS if v in wanted]
+
+
+def training_variants() -> list[str]:
+    """The variants the environment trains and evaluates (``COSMICMAN_VARIANTS``, default all)."""
+    raw = os.environ.get(VARIANTS_VAR)
+    return list(VARIANTS) if raw is None else parse_variants(raw)
+
+
+def sensor_interval_s() -> int:
+    """Minimum seconds between two ticks of a sensor (``COSMICMAN_SENSOR_INTERVAL_S``)."""
+    return _positive_int(SENSOR_INTERVAL_VAR, SENSOR_INTERVAL_S.get(_environment(), 30))
+
+
+def new_images_per_version() -> int:
+    """Newly annotated images that make a new dataset version (``COSMICMAN_NEW_IMAGES_PER_VERSION``)."""
+    return _positive_int(NEW_IMAGES_VAR, NEW_IMAGES_PER_VERSION.get(_environment(), 1000))

@@ -1,0 +1,126 @@
+"""The flywheel's automation conditions, tick by tick on an instance without runs (materializations are
+reported), through Dagster's own evaluator: what each tick requests, and that nothing is requested twice."""
+
+import dagster as dg
+import pytest
+
+from cosmicman.assets.automation import AnnotatedPool, newly_annotated
+from cosmicman.definitions import build_definitions
+from cosmicman.environments.local import local_execution, local_resources
+from cosmicman.environments.settings import new_images_per_version
+
+VARIANTS = ["baseline", "hola"]
+SETUP = {"fake_person_classifier", "eval_set", "base_annotator"}
+
+
+class Ticks:
+    """Successive ticks of the automation over one instance, carrying the cursor as the daemon does."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+        self.defs, self.instance, self.cursor = defs, instance, None
+
+    def __call__(self) -> dict[str, set[str | None]]:
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        graph = self.defs.resolve_asset_graph()
+        requested = {k.to_user_string(): result.get_requested_partitions(k) for k in graph.materializable_asset_keys}
+        return {k: v for k, v in requested.items() if v}
+
+
+def materialize(instance, asset: str, partition: str | None = None, data_version: str | None = None, **metadata):
+    tags = {"dagster/data_version": data_version} if data_version else None
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset, partition=partition, metadata=metadata or None, tags=tags)
+    )
+
+
+@pytest.fixture
+def ticks(tmp_path):
+    defs = build_definitions(
+        local_resources(store_url=str(tmp_path / "store"), folder_url=str(tmp_path / "folder")),
+        variants=VARIANTS,
+        **local_execution(),
+    )
+    with dg.instance_for_test() as instance:
+        yield Ticks(defs, instance)
+
+
+def annotated_pool(instance, images: int, annotator: str) -> None:
+    """Everything upstream of the dataset materialized, the pool annotated with ``images`` images."""
+    for asset in SETUP:
+        materialize(instance, asset)
+    instance.add_dynamic_partitions("sourcing_batches", ["batch-00000"])
+    instance.add_dynamic_partitions("annotation_rounds", ["round-001"])
+    for asset in ("raw_images", "filtered_images", "human_parsing"):
+        materialize(instance, asset, "batch-00000")
+    for asset in ("labelling_tasks", "human_labels", "annotator"):
+        materialize(instance, asset, "round-001")
+    materialize(instance, "annotations", images=images, annotator=annotator)
+    materialize(instance, "captions")
+
+
+def test_the_setup_assets_are_requested_while_missing_then_never_again(ticks):
+    assert ticks() == {name: {None} for name in SETUP}
+    for name in SETUP:
+        materialize(ticks.instance, name)
+    assert ticks() == {}
+
+
+def test_newly_annotated_counts_additions_or_a_whole_relabelled_pool():
+    before = AnnotatedPool(images=60, annotator="a1")
+    assert newly_annotated(AnnotatedPool(92, "a1"), before) == 32
+    assert newly_annotated(AnnotatedPool(50, "a1"), before) == 0  # a pool that shrank adds nothing
+    assert newly_annotated(AnnotatedPool(60, "a2"), before) == 60  # a new annotator relabels every image
+
+
+def test_a_dataset_version_waits_for_enough_newly_annotated_images(ticks):
+    threshold = new_images_per_version()
+    annotated_pool(ticks.instance, images=60, annotator="a1")
+    assert "cosmicman_hq" in ticks()  # the first version: as soon as the pool is annotated
+    materialize(ticks.instance, "cosmicman_hq", data_version="v0001")
+    ticks()
+    materialize(ticks.instance, "annotations", images=60 + threshold - 1, annotator="a1")
+    assert "cosmicman_hq" not in ticks()
+    materialize(ticks.instance, "annotations", images=60 + threshold, annotator="a1")
+    assert "cosmicman_hq" in ticks()
+    assert "cosmicman_hq" not in ticks()  # requested once per arrival, not on every tick
+    materialize(ticks.instance, "cosmicman_hq", data_version="v0002")
+    ticks()
+    materialize(ticks.instance, "annotations", images=60 + threshold, annotator="a2")
+    assert "cosmicman_hq" in ticks()  # relabelled by a new annotator
+
+
+def test_a_new_dataset_version_trains_and_evaluates_each_variant_in_one_run_then_one_ablation_table(ticks):
+    annotated_pool(ticks.instance, images=60, annotator="a1")
+    ticks()
+    materialize(ticks.instance, "cosmicman_hq", data_version="v0001")
+    requested = ticks()
+    # the same tick asks for both, per variant: the automation sensor puts them in one run per partition
+    assert requested == {"daring_unet": set(VARIANTS), "evaluation": set(VARIANTS)}
+    for variant in VARIANTS:
+        materialize(ticks.instance, "daring_unet", variant, data_version=f"v0001-{variant}")
+        materialize(ticks.instance, "evaluation", variant)
+    assert ticks() == {"ablation_table": {None}}  # once for every variant
+    materialize(ticks.instance, "ablation_table")
+    assert ticks() == {}
+    # the same version again (the pool was unchanged): nothing to train
+    materialize(ticks.instance, "cosmicman_hq", data_version="v0001")
+    assert ticks() == {}
+    materialize(ticks.instance, "cosmicman_hq", data_version="v0002")
+    assert ticks() == {"daring_unet": set(VARIANTS), "evaluation": set(VARIANTS)}
+
+
+def test_an_evaluation_alone_waits_for_its_model_and_the_table_waits_for_the_evaluation(ticks):
+    annotated_pool(ticks.instance, images=60, annotator="a1")
+    materialize(ticks.instance, "cosmicman_hq", data_version="v0001")
+    for variant in VARIANTS:
+        materialize(ticks.instance, "daring_unet", variant, data_version=f"m1-{variant}")
+        materialize(ticks.instance, "evaluation", variant)
+    materialize(ticks.instance, "ablation_table")
+    ticks()
+    ticks()
+    # a retrained model (its own data version) is evaluated; the table waits for that evaluation
+    materialize(ticks.instance, "daring_unet", "hola", data_version="m2-hola")
+    assert ticks() == {"evaluation": {"hola"}}
+    materialize(ticks.instance, "evaluation", "hola")
+    assert ticks() == {"ablation_table": {None}}
