@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.support.daemon_turn import LOCATION
 from tests.support.servers import free_port, wait_until_serving
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
