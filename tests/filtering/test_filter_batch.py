@@ -205,10 +205,11 @@ def test_k8s_filter_steps_ask_for_a_gpu_and_local_ones_do_not(monkeypatch):
     assert user_config.container_config["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     assert k8s_defs.resolve_job_def("pool_job").executor_def.name == "k8s"
     assert isinstance(k8s_defs.resources["io_manager"], ObjectStoreStepIOManager)
-    for env in ("local", "s3"):
+    # the local environment runs a run's steps in its one process (a local batch is one shard); s3 keeps Dagster's
+    for env, executor in (("local", "in_process"), ("s3", "multi_or_in_process_executor")):
         defs, tags = _filter_step_tags(env)
         assert "dagster-k8s/config" not in tags
-        assert defs.resolve_job_def("pool_job").executor_def.name == "multi_or_in_process_executor"
+        assert defs.resolve_job_def("pool_job").executor_def.name == executor
     other_steps = k8s_defs.resolve_assets_def("filtered_images").node_def
     assert all(
         "dagster-k8s/config" not in other_steps.node_named(n).tags
