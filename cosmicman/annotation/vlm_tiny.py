@@ -153,26 +153,19 @@ def build_tiny_vlm_parts(
             eos_token_id=tok.eos_token_id,
             decoder_start_token_id=tok.pad_token_id,
         )
-    if family == "blip-2":
-        config = Blip2Config(
-            vision_config=vision,
-            qformer_config=qformer,
-            text_config=text,
-            num_query_tokens=num_query_tokens,
-            image_token_index=image_token,
-            initializer_range=0.3,
-        )
-        model_cls = Blip2ForConditionalGeneration
-    else:
-        config = InstructBlipConfig(
-            vision_config=vision,
-            qformer_config=qformer,
-            text_config=text,
-            num_query_tokens=num_query_tokens,
-            image_token_index=image_token,
-            initializer_range=0.3,
-        )
-        model_cls = InstructBlipForConditionalGeneration
+    config_cls, model_cls = (
+        (Blip2Config, Blip2ForConditionalGeneration)
+        if family == "blip-2"
+        else (InstructBlipConfig, InstructBlipForConditionalGeneration)
+    )
+    config = config_cls(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+        num_query_tokens=num_query_tokens,
+        image_token_index=image_token,
+        initializer_range=0.3,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model: Any = model_cls(config)

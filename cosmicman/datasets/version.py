@@ -1,26 +1,5 @@
-"""Immutable CosmicMan-HQ dataset versions, written and read through fsspec (local, memory://, s3://).
-
-Layout of ``<root>/datasets/cosmicman-hq/<version>/``::
-
-    shard-000000.tar ...  WebDataset shards; per sample (``__key__`` = image sha256):
-                            <sha>.jpg|png|...  the original image bytes
-                            <sha>.mask.png     the ATR label map, 8-bit grey PNG (values 0..17)
-                            <sha>.json         sha256, caption, groups (name/text/labels/foreground/span),
-                                               dropped, attributes, provenance fields, width, height
-                            <sha>.txt          the caption
-    manifest.parquet      one row per sample: sha256, shard, shard_sha256, provenance, caption, sizes ...
-    shards.parquet        one row per shard: shard, n_samples, n_bytes, sha256
-    stats.json            the paper's Table 1 columns, computed from the manifest
-    DATACARD.md           what it is, sources, filters, counts, licences
-    _SUCCESS              written last: a version without it does not exist for readers
-
-Writes go under ``<root>/datasets/cosmicman-hq/.tmp/<version>.<uuid>/`` and are published by moving
-each file into place (a rename on local disks, copy + delete on object stores), then ``_SUCCESS``.
-A published version is never overwritten (``VersionExistsError``). A half-published folder without
-``_SUCCESS`` (a crash during publishing) is invisible to readers and replaced by the next write.
-Writers are expected to be one at a time per version (the Dagster asset); ``_SUCCESS`` is created with
-exclusive mode where the filesystem supports it, so of two racing writers one fails.
-"""
+"""Immutable CosmicMan-HQ dataset versions, written and read through fsspec (local, memory://, s3://); the
+layout of a version's files and its publishing protocol are described in :mod:`cosmicman.datasets.layout`."""
 
 from __future__ import annotations
 
