@@ -12,6 +12,8 @@ from tests.support.daemon_turn import LOCATION, VARIANTS
 pytestmark = pytest.mark.slow
 SENSORS = {"pool_threshold_sensor", "labels_arrived_sensor", "hitl_round_sensor"}
 AUTOMATION = "flywheel_automation"
+# Dagster's own automation sensor, evaluated by the daemon: it launches training_job by the job's condition
+JOB_AUTOMATION = "default_automation_condition_sensor"
 
 
 @pytest.fixture(scope="module")
@@ -33,32 +35,35 @@ def test_every_run_is_the_code_locations_and_launched_by_a_sensor_or_automation(
     for run in runs:
         assert run.remote_job_origin is not None, run.run_id
         assert run.remote_job_origin.location_name == LOCATION
-        assert run.tags.get("dagster/sensor_name") in SENSORS | {AUTOMATION}, (run.job_name, run.tags)
-        if run.tags["dagster/sensor_name"] == AUTOMATION:
+        assert run.tags.get("dagster/sensor_name") in SENSORS | {AUTOMATION, JOB_AUTOMATION}, (run.job_name, run.tags)
+        if run.tags["dagster/sensor_name"] in (AUTOMATION, JOB_AUTOMATION):
             assert run.tags.get("dagster/from_automation_condition") == "true"
     by_job = {}
     for run in runs:
         by_job.setdefault(run.job_name, []).append(run)
     # the sensors' jobs ran under their own names; automation's runs are its asset runs
     assert {"pool_job", "annotation_round_job", "labels_job", "annotations_job"} <= set(by_job)
-    # one run per variant, each once, that trains the model and evaluates it
-    trained = sorted(
-        r.tags["dagster/partition"] for r in runs if dg.AssetKey("daring_unet") in (r.asset_selection or ())
+    # one training_job run per variant, each once, launched by the job's own condition (the Jobs page shows them)
+    training = by_job["training_job"]
+    assert sorted(r.tags["dagster/partition"] for r in training) == sorted(VARIANTS)
+    assert {r.tags["dagster/sensor_name"] for r in training} == {JOB_AUTOMATION}
+    # and one evaluation per variant, by the asset's condition once its model's checks passed
+    evaluated = sorted(
+        r.tags["dagster/partition"] for r in runs if dg.AssetKey("evaluation") in (r.asset_selection or ())
     )
-    assert trained == sorted(VARIANTS)
-    assert all(
-        r.asset_selection == {dg.AssetKey("daring_unet"), dg.AssetKey("evaluation")}
-        for r in runs
-        if dg.AssetKey("daring_unet") in (r.asset_selection or ())
-    )
+    assert evaluated == sorted(VARIANTS)
 
 
 def test_the_pool_sensor_and_automation_have_tick_history(instance):
     pool = _ticks(instance, "pool_threshold_sensor")
     assert sum(bool(t.run_ids) for t in pool) >= 2 and any(t.status == TickStatus.SKIPPED for t in pool)
     automation = _ticks(instance, AUTOMATION)
-    # the setup assets, the dataset version, one run per variant, the ablation table
-    assert sum(len(t.run_ids) for t in automation) == 1 + 1 + len(VARIANTS) + 1
+    requested = [
+        sorted(str(k) for k in instance.get_run_by_id(i).asset_selection or ()) for t in automation for i in t.run_ids
+    ]
+    # the setup assets, the dataset version, one evaluation per variant, the ablation table
+    assert len(requested) == 1 + 1 + len(VARIANTS) + 1, requested
+    assert sum(len(t.run_ids) for t in _ticks(instance, JOB_AUTOMATION)) == len(VARIANTS)
     for name in SENSORS:
         assert _ticks(instance, name), name
 
@@ -79,12 +84,12 @@ def test_every_asset_of_the_graph_is_materialized_once_per_partition(instance):
 
 
 def test_a_second_turn_launches_no_run(turned_flywheel, instance):
-    assert turned_flywheel["sensors_turned_off"] == len(SENSORS) + 1
+    assert turned_flywheel["sensors_turned_off"] == len(SENSORS) + 2
     assert turned_flywheel["second"]["runs"] == {"launched": 0, "by": {}}
     assert {r.run_id for r in instance.get_runs()} == turned_flywheel["runs_first"]
     # every sensor, turned on again by the second turn, ticked and asked for nothing new
     last_run_end = max(r.end_time for r in instance.get_run_records())
-    for name in SENSORS | {AUTOMATION}:
+    for name in SENSORS | {AUTOMATION, JOB_AUTOMATION}:
         latest = _ticks(instance, name)[0]
         assert latest.timestamp > last_run_end and not latest.run_ids, name
 

@@ -44,6 +44,9 @@ def test_every_definition_loads_without_deprecation_warnings():
         "hitl_round_sensor",
         "flywheel_automation",
     }
+    # training_job's condition is hosted by Dagster's default automation sensor, evaluated in the daemon
+    sensors = {s.name: s for s in defs.get_repository_def().sensor_defs}
+    assert sensors["default_automation_condition_sensor"].metadata["dagster/asset_job_keys"].value == ["training_job"]
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):

@@ -1,5 +1,5 @@
 """The README's UI command over a turned instance: headless Chromium finds the asset graph, the training
-runs, a native table and an image on an asset page, and the asset checks' results."""
+runs of training_job, a native table and an image on an asset page, and the asset checks' results."""
 
 import contextlib
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from tests.support.daemon_turn import LOCATION
 from tests.support.servers import free_port, wait_until_serving
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
@@ -86,15 +87,14 @@ def test_the_assets_page_lists_the_graph(ui, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_the_runs_page_shows_the_training_runs(ui, turned_flywheel, tmp_path):
-    # automation launches training in Dagster's implicit asset job, so the runs show under Runs and on the
-    # asset's page rather than under training_job (which stays for launches by hand)
+def test_the_jobs_page_shows_the_training_job_runs(ui, turned_flywheel, tmp_path):
+    # training_job's own automation condition launched them, so they are the job's runs
     with dg.DagsterInstance.from_config(str(turned_flywheel["home"] / "dagster")) as instance:
-        runs = [r for r in instance.get_runs() if dg.AssetKey("daring_unet") in (r.asset_selection or set())]
-    assert runs, "the turn launched no daring_unet run"
-    dom = _page(f"{ui}/runs", tmp_path / "chromium", runs[0].run_id[:8])
-    shown = [r.run_id[:8] for r in runs if r.run_id[:8] in dom]
-    assert shown, "the runs page lists none of the training runs"
+        runs = instance.get_runs(dg.RunsFilter(job_name="training_job"))
+    assert runs, "the turn launched no training_job run"
+    dom = _page(f"{ui}/locations/{LOCATION}/jobs/training_job/runs", tmp_path / "chromium", runs[0].run_id[:8])
+    shown = sorted(r.run_id[:8] for r in runs if r.run_id[:8] in dom)
+    assert shown == sorted(r.run_id[:8] for r in runs), "the training_job page does not list every training run"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

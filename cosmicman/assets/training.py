@@ -6,7 +6,6 @@ import json
 
 import dagster as dg
 
-from cosmicman.assets.automation import on_new_data_version_of
 from cosmicman.assets.metadata import table, tidy_metadata
 from cosmicman.assets.plots import line_chart
 from cosmicman.core.keys import LATENT_CACHE_PREFIX, LATEST_DATASET_KEY, model_prefix, training_run_key
@@ -43,7 +42,7 @@ def _lineage(store, key: str) -> dg.MetadataValue:
     kinds={"pytorch", "diffusers"},
     group_name="training",
     code_version="1",
-    automation_condition=on_new_data_version_of("cosmicman_hq"),
+    # no automation condition of its own: training_job's condition launches it (cosmicman.jobs.training)
 )
 def daring_unet(
     context: dg.AssetExecutionContext,

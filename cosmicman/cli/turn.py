@@ -124,7 +124,9 @@ def run(
     try:
         turn_on_sensors(workspace, env)
         print("sensors and automation on; waiting for the flywheel to turn once and go quiet", flush=True)
-        state = wait_until_quiet(instance, assets, {s.name for s in defs.sensors or ()}, daemon, started, timeout_s)
+        # the repository's sensors: Dagster's default automation sensor, which launches training_job, among them
+        sensors = {s.name for s in defs.get_repository_def().sensor_defs}
+        state = wait_until_quiet(instance, assets, sensors, daemon, started, timeout_s)
     finally:
         daemon.stop()
         cancelled = cancel_in_flight(instance, started, "the turn stopped before this run finished")

@@ -19,6 +19,7 @@ with warnings.catch_warnings():
         # one run per partition (a trained variant, an evaluation), not a backfill: each shows on its own
         emit_backfills=False,
         description="Materializes what waits only on other assets: the models and sets built once, a dataset "
-        "version when enough newly annotated images arrived, training on a new dataset version, evaluation of a "
-        "new model, the ablation table once the evaluations settle.",
+        "version when enough newly annotated images arrived, evaluation of a new model, the ablation table once the "
+        "evaluations settle. (training_job's own condition, on a new dataset version, is Dagster's "
+        "default_automation_condition_sensor's.)",
     )

@@ -3,7 +3,9 @@
 Every planned item ends as exactly one outcome row: ``stored`` (a new pool image), ``duplicate`` (its
 bytes are already in the pool), ``near_duplicate`` (a re-encoded / resized copy of a pool image, by
 perceptual hash) or ``failed`` with a reason (``http_404``, ``timeout``, ``truncated``, ``svg``, ...).
-So ``stored + duplicate + near_duplicate + failed == requested`` for every batch.
+So ``stored + duplicate + near_duplicate + failed == requested`` for every batch. Within a batch the copy
+fetched first is the one kept: fetches run concurrently, so which of two copies that is may differ between
+runs (the pool holds one of them either way; waiting to decide in plan order would hold every image).
 
 Durability (datatrove's pattern: finished work leaves a marker, a re-run skips it):
 

@@ -3,6 +3,7 @@ reported), through Dagster's own evaluator: what each tick requests, and that no
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.asset_key import AssetJobKey
 
 from cosmicman.assets.automation import AnnotatedPool, newly_annotated
 from cosmicman.definitions import build_definitions
@@ -24,6 +25,10 @@ class Ticks:
         self.cursor = result.cursor
         graph = self.defs.resolve_asset_graph()
         requested = {k.to_user_string(): result.get_requested_partitions(k) for k in graph.materializable_asset_keys}
+        # a job's condition asks for a run of the whole job: reported under the job's name
+        for evaluation in result.results:
+            if isinstance(evaluation.key, AssetJobKey):
+                requested[evaluation.key.job_name] = set(evaluation.true_subset.expensively_compute_partition_keys())
         return {k: v for k, v in requested.items() if v}
 
 
@@ -90,15 +95,17 @@ def test_a_dataset_version_waits_for_enough_newly_annotated_images(ticks):
     assert "cosmicman_hq" in ticks()  # relabelled by a new annotator
 
 
-def test_a_new_dataset_version_trains_and_evaluates_each_variant_in_one_run_then_one_ablation_table(ticks):
+def test_a_new_dataset_version_trains_each_variant_then_evaluates_it_then_one_ablation_table(ticks):
     annotated_pool(ticks.instance, images=60, annotator="a1")
     ticks()
     materialize(ticks.instance, "cosmicman_hq", data_version="v0001")
-    requested = ticks()
-    # the same tick asks for both, per variant: the automation sensor puts them in one run per partition
-    assert requested == {"daring_unet": set(VARIANTS), "evaluation": set(VARIANTS)}
+    # training_job's own condition: one run of the job per variant (the Jobs page lists them)
+    assert ticks() == {"training_job": set(VARIANTS)}
+    # (the daemon's next tick sees those runs in progress; once they materialize, the version is handled)
     for variant in VARIANTS:
         materialize(ticks.instance, "daring_unet", variant, data_version=f"v0001-{variant}")
+    assert ticks() == {"evaluation": set(VARIANTS)}  # each trained model, once
+    for variant in VARIANTS:
         materialize(ticks.instance, "evaluation", variant)
     assert ticks() == {"ablation_table": {None}}  # once for every variant
     materialize(ticks.instance, "ablation_table")
@@ -107,7 +114,7 @@ def test_a_new_dataset_version_trains_and_evaluates_each_variant_in_one_run_then
     materialize(ticks.instance, "cosmicman_hq", data_version="v0001")
     assert ticks() == {}
     materialize(ticks.instance, "cosmicman_hq", data_version="v0002")
-    assert ticks() == {"daring_unet": set(VARIANTS), "evaluation": set(VARIANTS)}
+    assert ticks() == {"training_job": set(VARIANTS)}
 
 
 def test_an_evaluation_alone_waits_for_its_model_and_the_table_waits_for_the_evaluation(ticks):
