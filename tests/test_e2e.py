@@ -60,7 +60,7 @@ def test_dataset_stats_match_the_manifest(flywheel):
 def test_trained_unet_loads_in_diffusers(flywheel):
     from diffusers import UNet2DConditionModel
 
-    from cosmicman.model.generate import local_model_dir
+    from cosmicman.model.pipelines import local_model_dir
 
     variants = flywheel["first"]["variants"]
     assert len({v["output_url"] for v in variants.values()}) == len(VARIANTS)  # one model per variant

@@ -6,8 +6,8 @@ and so does ``importlib.import_module("...")`` with a literal name.
 
 - Dagster is the outside: only the shell (assets, resources, jobs, environments, definitions, cli) imports
   ``dagster*``; the trainer in ``cosmicman.model`` may also import ``dagster_pipes``.
-- Stage order core < sourcing < filtering < parsing < annotation < datasets: a stage imports only earlier
-  stages, itself and core; ``cosmicman.model`` imports only core and model. The shell imports anything;
+- Stage order core < sourcing < filtering < parsing < annotation < datasets < evaluation: a stage imports
+  only earlier stages, itself and core; ``cosmicman.model`` imports only core and model. The shell imports anything;
   nothing below the shell imports the shell.
 - ``cosmicman.simulation`` is imported only by itself, ``cosmicman.environments.local`` and
   ``cosmicman.environments.simulated_*``.
@@ -29,7 +29,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 MAX_LINES = 600
 
 SHELL = frozenset({"assets", "resources", "jobs", "environments", "definitions", "cli"})
-STAGE_ORDER = ("core", "sourcing", "filtering", "parsing", "annotation", "datasets")
+STAGE_ORDER = ("core", "sourcing", "filtering", "parsing", "annotation", "datasets", "evaluation")
 # model is off the stage line: the trainer runs in its own process and needs only the core.
 MODEL_ALLOWED = frozenset({"core", "model"})
 SIMULATION = "simulation"

@@ -14,7 +14,9 @@ from cosmicman.assets.plots import bar_chart, image_grid
 from cosmicman.assets.training import training_variants
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import build_caption
-from cosmicman.model.metrics import RandomConvFeatures, frechet_distance, semantic_accuracy
+from cosmicman.evaluation.features import RandomConvFeatures
+from cosmicman.evaluation.frechet import frechet_distance
+from cosmicman.model.metrics import semantic_accuracy
 from cosmicman.model.train.variants import VARIANTS
 from cosmicman.resources.evaluation import EvaluationResource
 from cosmicman.resources.storage import ObjectStoreResource
@@ -45,7 +47,7 @@ def evaluation(
     its image (semantic accuracy, as the paper's DSG-style metric), and a Fréchet distance compares
     generated with real I_e images over an offline feature extractor. The same metrics on the real
     images give the ceiling the VQA backend allows."""
-    from cosmicman.model.generate import generate, load_pipeline, local_model_dir  # diffusers pipelines: heavy
+    from cosmicman.model.pipelines import load_pipeline, local_model_dir, render_images  # diffusers: heavy
 
     store = object_store.store()
     unet = latest_metadata(context.instance, "daring_unet", context.partition_key)
@@ -60,12 +62,12 @@ def evaluation(
     with local_model_dir(model_url) as model_dir:
         pipe = load_pipeline(model_dir)
         context.log.info(f"generating {len(prompts)} images")
-        images = generate(
+        images = render_images(
             pipe,
             prompts,
+            seeds=[evaluation_config.prompt_seed + i for i in range(len(prompts))],
             steps=evaluation_config.inference_steps,
             guidance_scale=evaluation_config.guidance_scale,
-            seed=evaluation_config.prompt_seed,
         )
     vqa = load_annotator(store.read_bytes(RoundLedger(store).in_force().key))
     generated = semantic_accuracy(vqa.predict(images), truths)

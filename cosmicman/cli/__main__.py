@@ -1,5 +1,5 @@
-"""``python -m cosmicman.cli``: ``run`` turns the flywheel once; ``lineage`` says what a dataset version or a
-model was built from.
+"""``python -m cosmicman.cli`` (the ``cosmicman`` command): ``run`` turns the flywheel once; ``lineage`` says what
+a dataset version or a model was built from; ``generate`` draws images from a trained model.
 
 A user error (bad input, unknown environment, missing setting, unreachable store) is one line on stderr and
 exit status 2; anything else is a bug and keeps its traceback.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from cosmicman.cli.errors import USER_ERROR_EXIT, UserError, is_setting_error, report_user_error
+from cosmicman.cli.generate import add_generate_parser, run_generate
 from cosmicman.cli.progress import TurnFailed
 from cosmicman.cli.summary import print_summary
 from cosmicman.cli.turn import WORKSPACE, run
@@ -61,7 +62,10 @@ def _dispatch(argv: list[str] | None) -> int:
         "(URL, path, or store key)",
     )
     lin_p.add_argument("--store", default=None, help="object store URL (default: the environment's)")
+    add_generate_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        return run_generate(args)
     if args.command == "lineage":
         from cosmicman.cli.lineage import lineage_of
 

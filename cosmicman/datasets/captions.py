@@ -9,6 +9,9 @@ raised"``), then one phrase per group whose object exists (``"red striped long-s
 - groups keep protocol order up to ``shuffle_from`` (person, background); the rest are shuffled;
 - every group is dropped with probability ``group_dropout`` (0.1): its text is removed and it gets no
   mask (recorded in ``Caption.dropped``);
+- optionally (the released loader's ``index >= 14 and random() < 0.5``), a group whose protocol index is
+  at least ``late_group_from`` is first dropped with probability ``late_group_dropout`` (also in
+  ``Caption.dropped``);
 - groups are joined by ``", "``; while the prompt is longer than 77 tokens (BOS and EOS included) the
   last kept group is cut (recorded in ``Caption.truncated``);
 - each kept group's span ``(s, e)`` (end-exclusive, BOS at index 0) is where the group's own token ids
@@ -17,10 +20,18 @@ raised"``), then one phrase per group whose object exists (``"red striped long-s
 
 A group's mask is the union of its ATR labels in the parsing map; the person group (``foreground``)
 uses every non-background label. A group without labels has an empty mask: its phrase is c_other.
+
+The random draws need only the *caption source* (``CaptionSource``: each present group's words before
+the shuffle, its labels and protocol index), which a dataset version stores beside the caption it
+drew once (``Caption.source``), so training can draw a fresh caption at every sample (``draw_caption``,
+in ``cosmicman.core.caption_draw`` with the caption record: the trainer imports only core and model).
+The source also holds the words of the horizontally mirrored image (a viewer's "left" answer becomes
+"right"), for samples the trainer flips.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,70 +42,21 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cosmicman.core.caption_draw import (
+    GROUP_DROPOUT,
+    LATE_GROUP_FROM,
+    MAX_LENGTH,
+    Caption,
+    CaptionSource,
+    GroupSource,
+    PhraseParts,
+    as_rng,
+    draw_caption,
+)
 from cosmicman.core.protocol import Protocol, load_protocol
 
 DEFAULT_TEMPLATES_PATH = Path(__file__).with_name("caption_templates.yaml")
-GROUP_SEPARATOR = ", "
-MAX_LENGTH = 77
-GROUP_DROPOUT = 0.1
-
-
-@dataclass(frozen=True)
-class CaptionGroup:
-    name: str
-    text: str
-    labels: tuple[int, ...]
-    foreground: bool = False
-    span: tuple[int, int] | None = None  # end-exclusive, in the padded prompt ids (BOS at 0)
-
-    @property
-    def has_mask(self) -> bool:
-        return self.foreground or bool(self.labels)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "text": self.text,
-            "labels": list(self.labels),
-            "foreground": self.foreground,
-            "span": list(self.span) if self.span is not None else None,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> CaptionGroup:
-        span = d.get("span")
-        return cls(
-            str(d["name"]),
-            str(d["text"]),
-            tuple(int(x) for x in d.get("labels", ())),
-            bool(d.get("foreground", False)),
-            (int(span[0]), int(span[1])) if span is not None else None,
-        )
-
-
-@dataclass(frozen=True)
-class Caption:
-    text: str
-    groups: tuple[CaptionGroup, ...]  # kept groups, in caption order
-    dropped: tuple[str, ...] = ()  # group names removed by group dropout (mask zeroed)
-    truncated: tuple[str, ...] = ()  # group names cut to fit the token budget
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "caption": self.text,
-            "groups": [g.to_json() for g in self.groups],
-            "dropped": list(self.dropped),
-            "truncated": list(self.truncated),
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Caption:
-        return cls(
-            str(d["caption"]),
-            tuple(CaptionGroup.from_json(g) for g in d.get("groups", ())),
-            tuple(d.get("dropped", ())),
-            tuple(d.get("truncated", ())),
-        )
+MIRRORED_ANSWERS = {"left": "right", "right": "left"}  # viewer's side: what a horizontal flip swaps
 
 
 # ----------------------------------------------------------------------------------------- templates
@@ -167,14 +129,6 @@ def check_templates(protocol: Protocol, templates: CaptionTemplates) -> list[str
 
 
 # ----------------------------------------------------------------------------------------- phrases
-def _as_rng(rng: np.random.Generator | random.Random | int | None) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, random.Random):
-        return np.random.default_rng(rng.getrandbits(64))
-    return np.random.default_rng(rng)
-
-
 def _word(t: GroupTemplate, category: str, answer: str) -> str:
     return t.words.get(category, {}).get(answer, answer)
 
@@ -210,24 +164,69 @@ def _noun(t: GroupTemplate, attributes: Mapping[str, str]) -> str:
     return str((t.noun.get("words") or {}).get(answer, answer))
 
 
-def render_group(t: GroupTemplate, attributes: Mapping[str, str], rng: np.random.Generator) -> str:
-    """One group's phrase: [article] shuffled adjectives, noun, [with ...]. Always draws one shuffle.
+def group_parts(t: GroupTemplate, attributes: Mapping[str, str]) -> PhraseParts:
+    """One group's words before the shuffle. An answer worded ``""`` says nothing: an empty adjective or
+    noun is left out, and so is a with-part ("face with lipstick", but no "with" for lipstick: no)."""
+    return PhraseParts(
+        adjectives=tuple(_word(t, c, attributes[c]) for c in t.adjectives if c in attributes),
+        noun=_noun(t, attributes),
+        with_parts=tuple(p.format(w) for c, p in t.with_parts if c in attributes and (w := _word(t, c, attributes[c]))),
+        article=t.article,
+    )
 
-    An answer worded ``""`` says nothing: an empty adjective or noun is left out, and so is a with-part
-    ("face with lipstick", but no "with" for lipstick: no)."""
-    adjs = [_word(t, c, attributes[c]) for c in t.adjectives if c in attributes]
-    order: Sequence[int] = rng.permutation(len(adjs)).tolist() if adjs else []
-    words = [adjs[i] for i in order]
-    noun = _noun(t, attributes)
-    if noun:
-        words.append(noun)
-    parts = [p.format(w) for c, p in t.with_parts if c in attributes and (w := _word(t, c, attributes[c]))]
-    text = " ".join(words)
-    if parts:
-        text = f"{text} with {' and '.join(parts)}" if text else " and ".join(parts)
-    if t.article and text:
-        text = ("an " if text[0] in "aeiou" else "a ") + text
-    return " ".join(text.split())
+
+def render_group(t: GroupTemplate, attributes: Mapping[str, str], rng: np.random.Generator) -> str:
+    """One group's phrase: [article] shuffled adjectives, noun, [with ...]; one shuffle per adjective list."""
+    return group_parts(t, attributes).render(rng)
+
+
+def mirror_attributes(protocol: Protocol, attributes: Mapping[str, str]) -> dict[str, str]:
+    """The answers for the horizontally flipped image: a category that answers with both a viewer's
+    "left" and "right" (``MIRRORED_ANSWERS``) swaps them; every other answer stays."""
+    mirrored = dict(attributes)
+    for cat in protocol.categories:
+        answer = attributes.get(cat.name)
+        if answer in MIRRORED_ANSWERS and set(MIRRORED_ANSWERS) <= set(cat.answers):
+            mirrored[cat.name] = MIRRORED_ANSWERS[answer]
+    return mirrored
+
+
+def _present_parts(
+    protocol: Protocol, templates: CaptionTemplates, attributes: Mapping[str, str]
+) -> dict[int, PhraseParts]:
+    """Protocol index -> words of each group present in ``attributes`` whose phrase is not empty."""
+    out = {}
+    for i, g in enumerate(protocol.groups):
+        t = templates.groups.get(g.name)
+        if t is None or not _group_present(t, g.categories, protocol, attributes):
+            continue
+        parts = group_parts(t, attributes)
+        if parts.render(np.random.default_rng(0)):  # emptiness does not depend on the order
+            out[i] = parts
+    return out
+
+
+def caption_source(
+    attributes: Mapping[str, str], protocol: Protocol | None = None, templates: CaptionTemplates | None = None
+) -> CaptionSource:
+    """The structured caption groups of one person (no random draw): each present group's words, as
+    they are and for the mirrored image."""
+    protocol = protocol or load_protocol()
+    templates = templates or load_caption_templates()
+    plain = _present_parts(protocol, templates, attributes)
+    flipped = _present_parts(protocol, templates, mirror_attributes(protocol, attributes))
+    if plain.keys() != flipped.keys():  # a swapped side changed which groups exist: a template bug
+        raise ValueError(
+            f"mirroring the answers changes the caption groups {sorted(plain)} -> {sorted(flipped)}; "
+            "a group's presence must not depend on a left/right answer (see caption_templates.yaml)"
+        )
+    groups = []
+    for i, parts in plain.items():
+        g = protocol.groups[i]
+        groups.append(
+            GroupSource(i, g.name, tuple(g.labels), g.foreground, parts, flipped[i] if flipped[i] != parts else None)
+        )
+    return CaptionSource(tuple(groups), templates.shuffle_from)
 
 
 # ----------------------------------------------------------------------------------------- tokens
@@ -239,16 +238,6 @@ def prompt_ids(text: str, tokenizer, max_length: int = MAX_LENGTH) -> list[int]:
 def phrase_ids(text: str, tokenizer) -> list[int]:
     """A phrase's own token ids, without BOS/EOS."""
     return list(tokenizer(text).input_ids[1:-1])
-
-
-def find_unique_span(sub: Sequence[int], ids: Sequence[int]) -> tuple[int, int] | None:
-    """``(s, e)`` with ``ids[s:e] == sub`` if ``sub`` occurs exactly once in ``ids``, else None."""
-    n = len(sub)
-    if n == 0:
-        return None
-    sub = list(sub)
-    hits = [i for i in range(len(ids) - n + 1) if ids[i] == sub[0] and list(ids[i : i + n]) == sub]
-    return (hits[0], hits[0] + n) if len(hits) == 1 else None
 
 
 def n_tokens(text: str, tokenizer) -> int:
@@ -265,53 +254,14 @@ def build_caption(
     group_dropout: float = GROUP_DROPOUT,
     max_length: int = MAX_LENGTH,
     templates: CaptionTemplates | None = None,
+    late_group_dropout: float = 0.0,
+    late_group_from: int = LATE_GROUP_FROM,
 ) -> Caption:
-    """The grouped caption of one person, deterministic given ``rng`` (a Generator or a seed).
-
-    Random draws, in this order: one adjective shuffle per present group (protocol order), one
-    shuffle of the groups from ``shuffle_from`` on, one dropout draw per present group (caption order).
-    """
-    protocol = protocol or load_protocol()
-    templates = templates or load_caption_templates()
-    if tokenizer is None:
-        from cosmicman.core.tokenizer import load_clip_tokenizer
-
-        tokenizer = load_clip_tokenizer()
-    gen = _as_rng(rng)
-
-    rendered: list[tuple[int, CaptionGroup]] = []  # (protocol index, group without span)
-    for i, g in enumerate(protocol.groups):
-        t = templates.groups.get(g.name)
-        if t is None or not _group_present(t, g.categories, protocol, attributes):
-            continue
-        text = render_group(t, attributes, gen)
-        if text:
-            rendered.append((i, CaptionGroup(g.name, text, g.labels, g.foreground)))
-
-    fixed = [cg for i, cg in rendered if i < templates.shuffle_from]
-    rest = [cg for i, cg in rendered if i >= templates.shuffle_from]
-    rest = [rest[j] for j in gen.permutation(len(rest))] if rest else []
-    ordered = fixed + rest
-
-    draws = gen.random(len(ordered)) if ordered else np.zeros(0)
-    kept = [cg for cg, u in zip(ordered, draws) if u >= group_dropout]
-    dropped = tuple(cg.name for cg, u in zip(ordered, draws) if u < group_dropout)
-
-    truncated: list[str] = []
-    text = GROUP_SEPARATOR.join(cg.text for cg in kept)
-    ids = list(tokenizer(text).input_ids)
-    while kept and len(ids) > max_length:
-        truncated.insert(0, kept.pop().name)
-        text = GROUP_SEPARATOR.join(cg.text for cg in kept)
-        ids = list(tokenizer(text).input_ids)
-    ids += [tokenizer.pad_token_id] * (max_length - len(ids))  # == prompt_ids(text, tokenizer, max_length)
-
-    own = [list(x[1:-1]) for x in tokenizer([cg.text for cg in kept]).input_ids] if kept else []
-    groups = tuple(
-        CaptionGroup(cg.name, cg.text, cg.labels, cg.foreground, find_unique_span(g_ids, ids))
-        for cg, g_ids in zip(kept, own)
-    )
-    return Caption(text, groups, dropped, tuple(truncated))
+    """The grouped caption of one person, deterministic given ``rng`` (a Generator or a seed), with its
+    source kept (``Caption.source``) for draws at training time. The draws are ``draw_caption``'s."""
+    source = caption_source(attributes, protocol, templates)
+    cap = draw_caption(source, tokenizer, rng, group_dropout, late_group_dropout, late_group_from, max_length)
+    return dataclasses.replace(cap, source=source)
 
 
 def group_mask(label_map: np.ndarray, group: Any) -> np.ndarray:
@@ -340,7 +290,7 @@ def sample_attributes(
     """A random, protocol-valid answer set (answers only where ``requires`` holds). For tests and demos;
     ``p_skip`` leaves an applicable category unanswered with that probability (partial annotations)."""
     protocol = protocol or load_protocol()
-    gen = _as_rng(rng)
+    gen = as_rng(rng)
     attrs: dict[str, str] = {}
     for cat in protocol.categories:  # protocol order puts a category after what it requires
         if cat.applies(attrs) and not (p_skip and gen.random() < p_skip):

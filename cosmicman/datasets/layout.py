@@ -6,7 +6,10 @@ Layout of ``<root>/datasets/cosmicman-hq/<version>/``::
                             <sha>.jpg|png|...  the original image bytes
                             <sha>.mask.png     the ATR label map, 8-bit grey PNG (values 0..17)
                             <sha>.json         sha256, caption, groups (name/text/labels/foreground/span),
-                                               dropped, attributes, provenance fields, width, height
+                                               dropped, caption_source (the structured groups a
+                                               trainer draws per-sample captions from; null in
+                                               versions written before it), attributes,
+                                               provenance fields, width, height
                             <sha>.txt          the caption
     manifest.parquet      one row per sample: sha256, shard, shard_sha256, provenance, caption, sizes ...
     shards.parquet        one row per shard: shard, n_samples, n_bytes, sha256

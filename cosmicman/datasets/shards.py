@@ -118,6 +118,8 @@ def write_shards(
                 "groups": cap["groups"],
                 "dropped": list(cap["dropped"]),
                 "truncated": list(cap.get("truncated", [])),
+                # the structured groups a trainer draws a fresh caption from at every sample
+                "caption_source": cap.get("source"),
                 "attributes": dict(s.attributes),
                 **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
                 "provenance": prov,

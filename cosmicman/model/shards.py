@@ -23,6 +23,13 @@ Per sample this yields
 - ``bucket``: the (h, w) it was cropped to; ``original_size`` / ``crop_top_left``: SDXL's size ids;
 - ``pos``: its position in the (shuffled) stream -- what resume and the rank split count in.
 
+With a ``SampleDraw`` (``cosmicman.model.sample_draw``; the trainer's data path) a sample whose JSON holds
+``caption_source`` is flipped (image and label map together, before the crop) with the draw's
+probability and gets a freshly drawn caption (groups, spans) instead of the stored one; ``flipped`` says
+which. A sample without ``caption_source`` (a dataset version written before it) keeps its stored
+caption and is never flipped (its frozen text cannot be mirrored): counted in
+``stats["frozen_captions"]``.
+
 A span is usable if 1 <= s < e <= 77 and -- when ``verify_spans`` and the group has ``text`` -- the
 group's text tokenized without BOS/EOS equals ``input_ids[s:e]``; otherwise the group keeps its mask but
 gets no span (no HOLA), counted in ``stats["span_rejected"]``. Undecodable samples are skipped and
@@ -46,6 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from cosmicman.model.sample_draw import SampleDraw, mirror_label_map
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +177,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         world_size: int = 1,
         start: int = 0,
         exclude: Iterable[int] = (),
+        draw: SampleDraw | None = None,
     ) -> None:
         self.urls = expand_shard_urls(urls)
         self.tokenizer = tokenizer
@@ -183,6 +193,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.start = int(start)
         self.exclude = frozenset(int(p) for p in exclude)
+        self.draw = draw
         #: positions consumed from the shuffled stream so far (all ranks' and undecodable ones included)
         self.position = 0
         self._epoch_len = 0
@@ -208,6 +219,18 @@ class ShardDataset(torch.utils.data.IterableDataset):
             labels = Image.fromarray(np.asarray(im, dtype=np.uint8))  # palette index = label
         if image.size != labels.size:
             raise ValueError(f"image {image.size} and mask {labels.size} of {raw['__key__']} differ in size")
+        source = meta.get("caption_source")
+        draw = self.draw if source is not None else None
+        if self.draw is not None and source is None:
+            self.stats["frozen_captions"] += 1
+        if draw is not None and "__pos__" not in raw:
+            raise ValueError(f"sample {raw.get('__key__')}: a per-sample draw needs its stream position")
+        rng = draw.rng(raw["__pos__"]) if draw is not None else None
+        flipped = draw is not None and rng is not None and draw.flips(rng)
+        if flipped:  # before the crop, so the crop offset SDXL is conditioned on is the flipped image's
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            labels = Image.fromarray(mirror_label_map(np.asarray(labels)))
+            self.stats["flipped"] += 1
         original_hw = (image.size[1], image.size[0])
         target = self.target_hw(*image.size)
         image, crop_top_left = cover_crop(image, target, Image.Resampling.BICUBIC)
@@ -217,14 +240,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if int(label_map.max()) >= N_ATR_LABELS:
             raise ValueError(f"mask of {raw['__key__']} has label {int(label_map.max())} > {N_ATR_LABELS - 1}")
 
+        if draw is not None and rng is not None:
+            caption = draw.caption(source, self.tokenizer, rng, mirrored=flipped)
+            text, groups = caption.text, [g.to_json() for g in caption.groups]
+            self.stats["drawn_captions"] += 1
+        else:
+            text, groups = meta.get("caption", ""), meta.get("groups") or []
         ids = self.tokenizer(
-            meta.get("caption", ""),
+            text,
             padding="max_length",
             max_length=MAX_TEXT_TOKENS,
             truncation=True,
             return_tensors="pt",
         ).input_ids[0]
-        groups = meta.get("groups") or []
         spans = torch.full((len(groups), 2), -1, dtype=torch.long)
         for g, grp in enumerate(groups):
             span = grp.get("span")
@@ -232,7 +260,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 continue
             s, e = int(span[0]), int(span[1])
             ok = 1 <= s < e <= MAX_TEXT_TOKENS
-            if ok and self.verify_spans and grp.get("text"):
+            # a drawn caption's spans were just found in these very ids: nothing to verify
+            if ok and self.verify_spans and draw is None and grp.get("text"):
                 ok = self._text_ids(grp["text"]) == ids[s:e].tolist()
             if ok:
                 spans[g] = torch.tensor([s, e])
@@ -250,6 +279,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             "bucket": target,
             "original_size": original_hw,
             "crop_top_left": crop_top_left,
+            "flipped": flipped,
         }
 
     def target_hw(self, width: int, height: int) -> tuple[int, int]:
@@ -312,6 +342,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 if pos < self.start or pos in self.exclude:
                     since_yield = 0  # skipping on purpose is progress
                 continue
+            raw["__pos__"] = pos  # the per-sample draw's seed (decoders drop "__" fields)
             try:
                 sample = self.decode(raw)
             except Exception as exc:  # noqa: BLE001 -- one bad sample must not end a long run

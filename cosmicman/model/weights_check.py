@@ -1,6 +1,6 @@
 """Does a trained model folder load, and are all its weights finite? (Dagster-free)
 
-The model is loaded the way evaluation loads it (:func:`cosmicman.model.generate.load_pipeline`: diffusers
+The model is loaded the way evaluation loads it (:func:`cosmicman.model.pipelines.load_pipeline`: diffusers
 folder, the UNet through the loader that re-applies its Prime activation), so a folder that passes here is one
 evaluation can open. Every parameter and buffer of every torch component (UNet, VAE, text encoders) is then
 scanned: a NaN or an infinity anywhere makes every image it generates meaningless, even when the training loss
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cosmicman.model.generate import load_pipeline, local_model_dir
+from cosmicman.model.pipelines import load_pipeline, local_model_dir
 
 NON_FINITE_SHOWN = 20
 

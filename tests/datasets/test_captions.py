@@ -1,20 +1,19 @@
 """Daring data discretization: grouped captions, token spans, dropout, 77-token cut, group masks."""
 
 import dataclasses
+import json
 from collections import Counter
 
 import numpy as np
 import pytest
 
+from cosmicman.core.caption_draw import Caption, CaptionGroup, find_unique_span
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import (
-    Caption,
-    CaptionGroup,
     build_caption,
     caption_masks,
     check_templates,
-    find_unique_span,
     group_mask,
     load_caption_templates,
     n_tokens,
@@ -343,6 +342,9 @@ def test_group_masks(protocol):
 def test_json_roundtrip(protocol, tok):
     cap = build_caption(sample_attributes(protocol, 9), protocol, tok, 9)
     d = cap.to_json()
-    assert set(d) == {"caption", "groups", "dropped", "truncated"}
+    assert set(d) == {"caption", "groups", "dropped", "truncated", "source"}
     assert set(d["groups"][0]) == {"name", "text", "labels", "foreground", "span"}
-    assert Caption.from_json(d) == cap
+    assert set(d["source"]) == {"groups", "shuffle_from"}
+    assert set(d["source"]["groups"][0]) == {"index", "name", "labels", "foreground", "parts", "mirrored"}
+    assert Caption.from_json(d) == cap and cap.source is not None
+    assert Caption.from_json(json.loads(json.dumps(d))) == cap  # what a shard's JSON holds reads back

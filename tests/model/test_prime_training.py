@@ -7,7 +7,7 @@ import torch
 from webdataset import TarWriter
 
 from cosmicman.model.activations import MPSiLU
-from cosmicman.model.generate import generate, load_pipeline
+from cosmicman.model.pipelines import load_pipeline, render_images
 from cosmicman.model.train.config import TrainConfig
 from cosmicman.model.train.loop import train
 
@@ -63,7 +63,7 @@ def test_mp_silu_variant_trains_persists_and_generates(shard, tmp_path):
     n_mp = sum(isinstance(m, MPSiLU) for m in pipe.unet.modules())
     n_silu = sum(type(m) is torch.nn.SiLU for m in pipe.unet.modules())
     assert n_mp == 10 and n_silu == 0  # 8 ResNet blocks + time embedding + conv_act
-    (image,) = generate(pipe, ["a person"], steps=2)
+    (image,) = render_images(pipe, ["a person"], seeds=[0], steps=2)
     assert image.size == (64, 64)
 
 

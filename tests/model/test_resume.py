@@ -1,4 +1,5 @@
-"""Exact resume: a run killed (SIGKILL) after its step-8 checkpoint and resumed matches an uninterrupted run."""
+"""Exact resume: a run killed (SIGKILL) after its step-8 checkpoint and resumed matches an uninterrupted run;
+with per-sample flips and caption draws, a run stopped after k steps and resumed does too, bit for bit."""
 
 import json
 import os
@@ -123,3 +124,47 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     assert max((ra[k] - ua[k]).abs().max().item() for k in ra) > 0  # EMA really differs from raw
     run_b = json.loads((out_b / "training_run.json").read_text())
     assert run_b["config"]["resume"] is True and run_b["config"]["snr_gamma"] == 5.0
+
+
+def test_resume_with_per_sample_draws_matches_bit_for_bit(tmp_path):
+    """Shards of a dataset version (caption groups stored): every sample is flipped or not and gets a fresh
+    caption, late groups dropped half of the time. Stopping after 5 steps and resuming from that checkpoint
+    ends with the uninterrupted run's losses, draws and weights exactly."""
+    from cosmicman.core.protocol import load_protocol
+    from cosmicman.core.tokenizer import load_clip_tokenizer
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
+    from tests.support.version_shards import write_version_shards
+
+    urls = write_version_shards(tmp_path / "shards", load_protocol(), load_clip_tokenizer(), n=10, per_shard=5)
+    draws = {"late_group_dropout": 0.5, "steps": 10, "checkpoint_every": 5}
+    rec_a = train(TrainConfig.from_dict(_cfg(urls, tmp_path / "a", **draws)), log_fn=lambda m: None)
+    ckpt = str(tmp_path / "b.checkpoints")
+    first = train(
+        TrainConfig.from_dict(_cfg(urls, tmp_path / "b1", **{**draws, "steps": 5}, checkpoint_url=ckpt)),
+        log_fn=lambda m: None,
+    )
+    rec_b = train(
+        TrainConfig.from_dict(_cfg(urls, tmp_path / "b", **draws, checkpoint_url=ckpt, resume=True)),
+        log_fn=lambda m: None,
+    )
+    assert first["metrics"]["steps_run"] == 5 and rec_b["metrics"]["resumed_from_step"] == 5
+    stats_a = rec_a["metrics"]["dataset_stats"]
+    assert stats_a.get("frozen_captions", 0) == 0 and stats_a["drawn_captions"] >= 20 and 0 < stats_a["flipped"] < 20
+    assert rec_a["loss_history"] == rec_b["loss_history"]  # every step's loss, noise, HOLA and grad norm
+    assert rec_a["metrics"]["samples_seen"] == rec_b["metrics"]["samples_seen"] == 20
+    wa = torch.load(Path(f"{tmp_path / 'a'}.checkpoints") / "step-00000010" / "state.pt", weights_only=False)
+    wb = torch.load(Path(ckpt) / "step-00000010" / "state.pt", weights_only=False)
+    for part in ("unet", "ema", "optimizer"):
+        assert all(torch.equal(x, y) for x, y in zip(_tensors(wa[part]), _tensors(wb[part]), strict=True)), part
+
+
+def _tensors(state):
+    """The tensors of a (nested) state, in a fixed order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for k in sorted(state) for t in _tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in _tensors(v)]
+    return []

@@ -44,6 +44,9 @@ Loss options (schema defaults off; released values in brackets): ``noise_offset`
 weighting), ``prediction_type`` (overrides the scheduler's; the published scheduler carries it),
 ``grad_accum`` [4], ``mixed_precision`` "bf16" [bf16], ``buckets`` [aspect buckets], ``cache_url``
 (latent + text-embedding cache; see ``cosmicman.model.latent_cache``).
+Per-sample draws (``cosmicman.model.sample_draw``): ``flip_p`` [0.5], ``group_dropout`` [0.1],
+``late_group_dropout`` [0.5] for groups at protocol index >= ``late_group_from`` [14]; a ``cache_url`` run
+makes no draws.
 
 This package module imports nothing heavy: the Dagster code location reads ``config``, ``recipes`` and
 ``variants`` without loading torch.

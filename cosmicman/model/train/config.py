@@ -52,7 +52,8 @@ class TrainConfig:
     buckets: bool = False  # aspect-ratio buckets of about resolution^2 pixels (released: on)
     bucket_step: int = 64  # bucket sides are multiples of this
     bucket_max_ratio: float = 2.0
-    cache_url: str | None = None  # latent + text-embedding cache root (None: encode every step)
+    cache_url: str | None = None  # latent + text-embedding cache root (None: encode every step); it holds
+    # one orientation and the stored caption per sample, so a cached run makes no per-sample draws
     cache_latents: bool = False  # ask the launcher for a cache_url (the asset: the store's shared one)
     # -- checkpoints / resume --------------------------------------------------------------------
     checkpoint_every: int = 0  # save a checkpoint every N steps (0: never)
@@ -65,6 +66,11 @@ class TrainConfig:
     # -- loss / conditioning -------------------------------------------------------------------------
     noise_offset: float = 0.0  # released 0.05
     caption_dropout: float = 0.0  # per micro-batch (released 0.1): "" prompt, no HOLA for the batch
+    # -- per-sample draws (model.sample_draw; samples whose dataset version stores caption groups) -----
+    flip_p: float = 0.5  # horizontal flip of image and parsing map together (released: 0.5)
+    group_dropout: float = 0.1  # each caption group dropped per sample, with its mask (released: 0.1)
+    late_group_dropout: float = 0.0  # extra drop of groups at protocol index >= late_group_from (released 0.5)
+    late_group_from: int = 14
     snr_gamma: float | None = None  # min-SNR weighting gamma (None disables)
     prediction_type: str | None = None  # override the scheduler's: "epsilon" | "v_prediction"
     mixed_precision: str = "no"  # "bf16": autocast (plain) / bf16 engine (DeepSpeed); fp32 master weights
@@ -104,8 +110,11 @@ class TrainConfig:
             raise ValueError("checkpoint_every must be >= 0 and checkpoints_keep >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in [0, 1)")
-        if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ValueError("caption_dropout must be in [0, 1]")
+        for name in ("caption_dropout", "flip_p", "group_dropout", "late_group_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if self.late_group_from < 0:
+            raise ValueError("late_group_from must be >= 0")
         if self.noise_offset < 0:
             raise ValueError("noise_offset must be >= 0")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

@@ -1,5 +1,10 @@
 """The data stream of one rank: deterministic batches (square or aspect buckets, decoded or from the latent
-cache) prepared by a loader thread, with the bookkeeping exact resume needs."""
+cache) prepared by a loader thread, with the bookkeeping exact resume needs.
+
+Decoded training samples get their per-sample draws (``cosmicman.model.sample_draw``: flip, fresh caption)
+seeded by (run seed, stream position), so a resumed run draws what the uninterrupted one drew. A latent
+cache holds one orientation and the stored caption per sample: a cached run makes no draws, and says so.
+The fixed batches of the end-of-run attention report are the stored captions, unflipped."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 import torch
 
 from cosmicman.model.distributed import DistEnv, barrier
+from cosmicman.model.sample_draw import SampleDraw
 from cosmicman.model.shards import expand_shard_urls
 from cosmicman.model.train.config import TrainConfig
 from cosmicman.model.train.step import DaringTrainer
@@ -35,6 +41,7 @@ class DataStream:
         from cosmicman.model.buckets import aspect_buckets, bucket_batches
 
         self.cfg = cfg
+        self.say = say
         self.urls = expand_shard_urls(cfg.shards)
         self.tokenizer = trainer.comps.tokenizers[0]
         if cfg.buckets:
@@ -71,6 +78,20 @@ class DataStream:
             )
             barrier()  # every rank's units are in before anyone reads
             self.cache_url = self.cache.url
+            say(
+                "latent cache: no per-sample flips or caption draws (the cache holds one orientation and "
+                "the stored caption of each sample); set cache_latents false for them"
+            )
+            draw = None
+        else:
+            draw = SampleDraw(
+                seed=cfg.seed,
+                flip_p=cfg.flip_p,
+                group_dropout=cfg.group_dropout,
+                late_group_dropout=cfg.late_group_dropout,
+                late_group_from=cfg.late_group_from,
+            )
+        self._frozen_said = False
         self.dataset = self._reader(
             shuffle_buffer=cfg.shuffle_buffer,
             repeat=True,
@@ -78,6 +99,7 @@ class DataStream:
             world_size=dist.world_size,
             start=(resume or {}).get("start", 0),
             exclude=(resume or {}).get("exclude", ()),
+            draw=draw,
         )
         # resume bookkeeping, shared with the loader thread
         self._lock = threading.Lock()
@@ -160,6 +182,12 @@ class DataStream:
         batch = self._queue.get()
         if isinstance(batch, _LoaderFailure):
             raise RuntimeError(f"the data loader failed: {batch.exc}") from batch.exc
+        if not self._frozen_said and self.dataset.stats["frozen_captions"]:
+            self._frozen_said = True
+            self.say(
+                "the dataset version stores no caption groups (written before per-sample draws): its "
+                "samples train on their stored captions, unflipped; rebuild the version for the draws"
+            )
         taken = set(batch["positions"])
         with self._lock:
             self.pending -= taken

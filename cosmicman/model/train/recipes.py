@@ -2,8 +2,11 @@
 
 - ``tiny``: the embedded local run (tiny components, 64 px, a few dozen steps on CPU).
 - ``released-sd15``: the released CosmicMan recipe (NOTES-training.md) on SD-1.5 at 512: lr 1e-5, bf16,
-  DeepSpeed ZeRO-2, aspect buckets, cached latents, gradient checkpointing, batch 4 x accumulation 4,
-  EMA 0.9999, noise offset 0.05, caption dropout 0.1, checkpoints every 1000 steps.
+  DeepSpeed ZeRO-2, aspect buckets, gradient checkpointing, batch 4 x accumulation 4, EMA 0.9999, noise
+  offset 0.05, caption dropout 0.1, checkpoints every 1000 steps; per sample, as the released loader:
+  image and masks flipped together with p 0.5, a fresh caption (shuffles, group dropout 0.1) and the
+  extra 50 % drop of groups at protocol index >= 14. No latent cache: it would freeze one orientation
+  and one caption per sample (the released loader also encodes every batch).
 - ``released-sdxl``: the same on SDXL at 1024 (HOLA on the 64x64 level), optimizer on the CPU as released.
 
 The per-run fields (``config.PER_RUN_FIELDS``) are never part of a recipe."""
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cosmicman.core.caption_draw import GROUP_DROPOUT, LATE_GROUP_FROM, RELEASED_LATE_GROUP_DROPOUT
 from cosmicman.model.train.config import TrainConfig
 
 _RELEASED: dict[str, Any] = {
@@ -33,7 +37,7 @@ _RELEASED: dict[str, Any] = {
     "buckets": True,
     "bucket_step": 64,
     "bucket_max_ratio": 2.0,
-    "cache_latents": True,
+    "cache_latents": False,  # a cache freezes the per-sample flip and caption draws
     "gradient_checkpointing": True,
     "checkpoint_every": 1000,
     "checkpoints_keep": 3,
@@ -41,6 +45,10 @@ _RELEASED: dict[str, Any] = {
     "save_ema": True,
     "noise_offset": 0.05,
     "caption_dropout": 0.1,
+    "flip_p": 0.5,
+    "group_dropout": GROUP_DROPOUT,
+    "late_group_dropout": RELEASED_LATE_GROUP_DROPOUT,
+    "late_group_from": LATE_GROUP_FROM,
 }
 
 RECIPES: dict[str, dict[str, Any]] = {

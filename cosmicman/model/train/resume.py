@@ -37,6 +37,11 @@ RESUME_MUST_MATCH = (
     "bucket_max_ratio",
     "deepspeed",
     "mask_resize",
+    # the per-sample draws: a resumed run must draw what the uninterrupted one drew
+    "flip_p",
+    "group_dropout",
+    "late_group_dropout",
+    "late_group_from",
 )
 
 

@@ -1,0 +1,1 @@
+"""The ``fid`` evaluate module (loaded by path: ``evaluate.load(<this folder>)``)."""

@@ -1,0 +1,1 @@
+"""The ``kid`` evaluate module (loaded by path: ``evaluate.load(<this folder>)``)."""
