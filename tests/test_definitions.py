@@ -21,6 +21,7 @@ ASSETS = {
     "captions",
     "cosmicman_hq",
     "daring_unet",
+    "test_prompts",
     "evaluation",
     "ablation_table",
 }

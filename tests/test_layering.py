@@ -34,7 +34,10 @@ STAGE_ORDER = ("core", "sourcing", "filtering", "parsing", "annotation", "datase
 MODEL_ALLOWED = frozenset({"core", "model"})
 SIMULATION = "simulation"
 SIMULATION_IMPORTERS = ("cosmicman.environments.local", "cosmicman.environments.simulated_")
-DAGSTER_PIPES_IMPORTERS = frozenset({"model"})
+# evaluation, the last stage, also runs in its own process (python -m cosmicman.evaluation): it generates with
+# the model package's pipelines and talks back through Pipes, as the trainer does
+EVALUATION = "evaluation"
+DAGSTER_PIPES_IMPORTERS = frozenset({"model", EVALUATION})
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ def _may_import(importer_area: str, target_area: str) -> bool:
         return True
     if importer_area == "model":
         return target_area in MODEL_ALLOWED
+    if importer_area == EVALUATION:
+        return target_area in STAGE_ORDER or target_area == "model"
     if importer_area == SIMULATION:
         return target_area not in SHELL
     if importer_area in STAGE_ORDER:
@@ -433,6 +438,21 @@ def test_checker_finds_model_importing_a_stage_and_a_stage_importing_the_shell()
             "cosmicman/core/k.py": "import cosmicman.resources.storage\n",
         }
     ) == [("cosmicman/model/m.py", 1, "stage-order"), ("cosmicman/core/k.py", 1, "stage-order")]
+
+
+def test_checker_lets_evaluation_use_the_model_and_pipes_but_not_the_shell_or_dagster() -> None:
+    assert _rules(
+        {
+            "cosmicman/evaluation/run.py": "from cosmicman.model import pipelines\nfrom cosmicman.datasets import c\n",
+            "cosmicman/evaluation/__main__.py": "from dagster_pipes import open_dagster_pipes\n",
+            "cosmicman/evaluation/bad.py": "from cosmicman.assets import evaluation\nimport dagster\n",
+            "cosmicman/datasets/d.py": "from cosmicman.model import pipelines\n",
+        }
+    ) == [
+        ("cosmicman/evaluation/bad.py", 1, "stage-order"),
+        ("cosmicman/evaluation/bad.py", 2, "dagster-only-in-shell"),
+        ("cosmicman/datasets/d.py", 1, "stage-order"),
+    ]
 
 
 def test_checker_finds_dagster_below_the_shell_but_allows_pipes_in_model() -> None:

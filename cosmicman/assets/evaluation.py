@@ -1,24 +1,21 @@
-"""Evaluation of a trained model: semantic accuracy (Acc_obj/tex/shape/all) and a Fréchet distance."""
+"""The test prompt set, the evaluation of each trained variant, and the ablation table."""
 
-import math
+import hashlib
+import json
 from typing import Any
 
 import dagster as dg
 
-from cosmicman.annotation.annotator import load_annotator
-from cosmicman.annotation.eval_set import read_eval_items
-from cosmicman.annotation.ledger import RoundLedger
-from cosmicman.assets.automation import on_new_data_version_of, once_deps_settle
+from cosmicman.assets.automation import on_missing, on_new_data_version_of, once_deps_settle
+from cosmicman.assets.evaluation_metadata import report_metadata
 from cosmicman.assets.metadata import location, table, tidy_metadata
-from cosmicman.assets.plots import bar_chart, image_grid
+from cosmicman.assets.plots import bar_chart
 from cosmicman.assets.training import training_variants
-from cosmicman.core.tokenizer import load_clip_tokenizer
-from cosmicman.datasets.captions import build_caption
-from cosmicman.evaluation.features import RandomConvFeatures
-from cosmicman.evaluation.frechet import frechet_distance
-from cosmicman.model.metrics import semantic_accuracy
+from cosmicman.core.keys import EVALUATION_REPORT_FILE, LATEST_TEST_PROMPTS_KEY, evaluation_prefix, test_prompts_key
+from cosmicman.evaluation.prompt_set import PromptSet, write_prompt_set
 from cosmicman.model.train.variants import VARIANTS
 from cosmicman.resources.evaluation import EvaluationResource
+from cosmicman.resources.launchers import EvaluationLauncher
 from cosmicman.resources.storage import ObjectStoreResource
 
 
@@ -33,22 +30,65 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) ->
 
 
 @dg.asset(
-    deps=["daring_unet", "annotations", "eval_set"],
+    kinds={"python"},
+    group_name="evaluation",
+    code_version="1",
+    automation_condition=on_missing(),
+)
+def test_prompts(object_store: ObjectStoreResource, evaluation_config: EvaluationResource) -> dg.MaterializeResult:
+    """The held-out test prompts, each a person's protocol attributes, as a versioned set (the version is a
+    digest of the prompts): the paper's 2,048 from a prompts file in production, a small synthetic set
+    locally. Every evaluation names the version it was scored on."""
+    store = object_store.store()
+    prompt_set = PromptSet.from_prompts(evaluation_config.test_attributes(), source="evaluation_config")
+    key = test_prompts_key(prompt_set.version)
+    if not store.exists(key):
+        write_prompt_set(prompt_set.prompts, store.uri(key), **store.storage_options)
+    store.write_json(LATEST_TEST_PROMPTS_KEY, {"version": prompt_set.version, "key": key})
+    return dg.MaterializeResult(
+        metadata=tidy_metadata(
+            {
+                "version": prompt_set.version,
+                "prompts": len(prompt_set),
+                "path": location(store.uri(key)),
+                "first_prompts": table(
+                    [
+                        {"prompt": i, "attributes": ", ".join(f"{k}={v}" for k, v in p.items())}
+                        for i, p in enumerate(prompt_set.prompts[:10])
+                    ],
+                    columns=["prompt", "attributes"],
+                ),
+            }
+        ),
+        data_version=dg.DataVersion(prompt_set.version),
+    )
+
+
+def _settings_digest(config: dict[str, Any]) -> str:
+    """What else than the model and the prompts decides the figures: judge, scorers, seeds, steps."""
+    keep = {k: v for k, v in config.items() if k not in ("model_url", "prompts_url", "store_url", "output_url")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dg.asset(
+    deps=["daring_unet", "test_prompts", "eval_set"],
     partitions_def=training_variants,
     kinds={"pytorch"},
     group_name="evaluation",
-    code_version="1",
+    code_version="2",
     automation_condition=on_new_data_version_of("daring_unet"),
 )
 def evaluation(
-    context: dg.AssetExecutionContext, object_store: ObjectStoreResource, evaluation_config: EvaluationResource
+    context: dg.AssetExecutionContext,
+    object_store: ObjectStoreResource,
+    evaluation_config: EvaluationResource,
+    evaluation_launcher: EvaluationLauncher,
 ) -> dg.MaterializeResult:
-    """Generate one image per held-out test prompt; the annotator answers each prompt's questions on
-    its image (semantic accuracy, as the paper's DSG-style metric), and a Fréchet distance compares
-    generated with real I_e images over an offline feature extractor. The same metrics on the real
-    images give the ceiling the VQA backend allows."""
-    from cosmicman.model.pipelines import load_pipeline, local_model_dir, render_images  # diffusers: heavy
-
+    """One image per test prompt from this variant's model, scored in its own process
+    (``python -m cosmicman.evaluation``): semantic accuracy (Acc_obj / tex / shape / all, DSG-style questions
+    answered by a judge configured apart from the annotator), FID and KID against the real I_e images,
+    CLIPScore and HPSv2. The same scorers on the real images give the ceiling. A model already scored on
+    the same prompt set with the same settings is not scored again."""
     store = object_store.store()
     unet = latest_metadata(context.instance, "daring_unet", context.partition_key)
     model_url, dataset_version = unet.get("output_url"), unet.get("dataset_version")
@@ -56,60 +96,40 @@ def evaluation(
         raise dg.Failure(
             f"daring_unet[{context.partition_key}] has no materialization with an output_url and dataset_version"
         )
-    truths = evaluation_config.test_attributes()
-    tokenizer = load_clip_tokenizer()
-    prompts = [build_caption(t, tokenizer=tokenizer, rng=i, group_dropout=0.0).text for i, t in enumerate(truths)]
-    with local_model_dir(model_url) as model_dir:
-        pipe = load_pipeline(model_dir)
-        context.log.info(f"generating {len(prompts)} images")
-        images = render_images(
-            pipe,
-            prompts,
-            seeds=[evaluation_config.prompt_seed + i for i in range(len(prompts))],
-            steps=evaluation_config.inference_steps,
-            guidance_scale=evaluation_config.guidance_scale,
-        )
-    vqa = load_annotator(store.read_bytes(RoundLedger(store).in_force().key))
-    generated = semantic_accuracy(vqa.predict(images), truths)
-    real_items = [(it.image, it.attributes) for it in read_eval_items(store) if it.attributes is not None]
-    real_images = [image for image, _ in real_items]
-    real = semantic_accuracy(vqa.predict(real_images), [attributes for _, attributes in real_items])
-    features = RandomConvFeatures(seed=evaluation_config.feature_seed)
-    fd = frechet_distance(features(images), features(real_images))
-    metrics = {**generated, "frechet_distance": fd}
-    bad = [k for k, v in metrics.items() if not (isinstance(v, float) and math.isfinite(v))]
-    if bad:
-        raise dg.Failure(f"evaluation produced non-finite metrics: {bad}")
+    if not store.exists(LATEST_TEST_PROMPTS_KEY):
+        raise dg.Failure("no test prompt set yet: materialize test_prompts first")
+    prompts = store.read_json(LATEST_TEST_PROMPTS_KEY)
+    config = evaluation_config.run_config(
+        model_url=str(model_url), prompts_url=store.uri(prompts["key"]), store_url=store.url, output_url=""
+    ).to_dict()
+    prefix = evaluation_prefix(
+        str(model_url).rstrip("/").rsplit("/", 1)[-1], prompts["version"], _settings_digest(config)
+    )
+    config["output_url"] = store.uri(prefix)
+    report_key = f"{prefix}/{EVALUATION_REPORT_FILE}"
+    reused = store.exists(report_key)
+    if reused:
+        context.log.info(f"{prefix} already holds this model's report on this prompt set: reusing it")
+    else:
+        evaluation_launcher.launch(context, config)
+    report = store.read_json(report_key)
     return dg.MaterializeResult(
         metadata=tidy_metadata(
             {
-                **metrics,
-                # the same accuracies of the annotator on real I_e images: the most the VQA backend can give
-                **{f"ceiling_{k}": v for k, v in real.items()},
-                "metrics": table(
-                    [{"metric": k, "generated": v, "real_images": real.get(k)} for k, v in metrics.items()],
-                    columns=["metric", "generated", "real_images"],
-                ),
-                "accuracy_chart": bar_chart(
-                    generated,
-                    title=f"{context.partition_key}: semantic accuracy",
-                    references=real,
-                    reference_label="real images",
-                ),
+                **report_metadata(store, report, context.partition_key),
                 "variant": context.partition_key,
                 # what evaluation_not_worse_than_previous_version compares across (cosmicman.assets.evaluation_checks)
                 "dataset_version": dataset_version,
-                "feature_extractor": features.name,
-                "model_url": model_url,
-                "model": location(model_url),
-                "n_prompts": len(prompts),
-                "samples": image_grid(images[:12], prompts[:12], thumb=(192, 192), cols=4),
+                "model": location(str(model_url)),
+                "report": location(store.uri(report_key)),
+                "reused": reused,
             }
-        )
+        ),
+        data_version=dg.DataVersion(f"{prefix}"),
     )
 
 
-ABLATION_METRICS = ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")
+ABLATION_METRICS = ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance", "kid", "clip_score", "hpsv2")
 
 
 @dg.asset(
@@ -152,14 +172,18 @@ def ablation_table(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                         {
                             "variant": r["variant"],
                             "fd": r["frechet_distance"],
+                            "kid": r["kid"],
+                            "clip_score": r["clip_score"],
+                            "hpsv2": r["hpsv2"],
                             "loss_last": r["loss_last"],
                             "attn_in_mask": r["attention_in_mask"],
                         }
                         for r in rows
                     ],
-                    columns=["variant", "fd", "loss_last", "attn_in_mask"],
+                    columns=["variant", "fd", "kid", "clip_score", "hpsv2", "loss_last", "attn_in_mask"],
                     descriptions={
                         "fd": "Frechet distance to real I_e images (lower is better)",
+                        "kid": "kernel inception distance to real I_e images (lower is better)",
                         "attn_in_mask": "share of each caption group's cross-attention inside its parsing mask",
                     },
                 ),

@@ -20,7 +20,7 @@ from cosmicman.model.train.variants import VARIANTS
 
 # the order the flywheel turns in: what the console calls stage k of N
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("setup", ("fake_person_classifier", "eval_set", "base_annotator")),
+    ("setup", ("fake_person_classifier", "eval_set", "base_annotator", "test_prompts")),
     ("pool", ("raw_images", "filtered_images", "human_parsing")),
     ("labelling rounds", ("labelling_tasks", "human_labels", "annotator")),
     ("annotation", ("annotations", "captions")),

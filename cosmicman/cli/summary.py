@@ -82,7 +82,21 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
                 },
                 **{
                     k: meta("evaluation", v).get(k)
-                    for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance")
+                    for k in (
+                        "acc_obj",
+                        "acc_tex",
+                        "acc_shape",
+                        "acc_all",
+                        "frechet_distance",
+                        "kid",
+                        "clip_score",
+                        "hpsv2",
+                        "ceiling_acc_all",
+                        "judge",
+                        "feature_extractor",
+                        "prompt_set_version",
+                        "n_prompts",
+                    )
                 },
             }
             for v in variants
@@ -118,16 +132,23 @@ def print_summary(summary: dict) -> None:
     print("  daring_unet variants (same data, seed and steps):")
     print(
         f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
-        f"{'acc_all':>8} {'FD':>7} {'attn in mask':>12}"
+        f"{'acc_all':>8} {'FD':>7} {'KID':>7} {'CLIP':>6} {'HPSv2':>6} {'attn in mask':>12}"
     )
     for name, v in summary["variants"].items():
         print(
             f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} "
             f"{v['acc_tex']:>8.3f} {v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
+            f"{v['kid']:>7.4f} {v['clip_score']:>6.2f} {v['hpsv2']:>6.3f} "
             f"{v['attention_in_mask'] if v['attention_in_mask'] is None else format(v['attention_in_mask'], '12.3f')}"
             f"{'  (reused)' if v['reused'] else ''}"
         )
-    print(f"    models under {next(iter(summary['variants'].values()))['output_url'].rsplit('/', 1)[0]}")
+    first = next(iter(summary["variants"].values()))
+    print(f"    models under {first['output_url'].rsplit('/', 1)[0]}")
+    print(
+        f"    scored on prompt set {first['prompt_set_version']} ({first['n_prompts']} prompts) by the judge "
+        f"{first['judge']} (not the annotator); real-image ceiling acc_all {first['ceiling_acc_all']:.3f}; "
+        f"distances over {first['feature_extractor']}"
+    )
     runs = summary["runs"]
     by = ", ".join(f"{n} by {name}" for name, n in runs["by"].items())
     print(f"  runs launched this turn: {runs['launched']} ({by or 'nothing new to do'})")

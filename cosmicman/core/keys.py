@@ -144,6 +144,22 @@ def training_run_key(name: str) -> str:
     return f"{model_prefix(name)}/{TRAINING_RUN_FILE}"
 
 
+# -- evaluation -----------------------------------------------------------------------------------------
+TEST_PROMPTS_PREFIX = "evaluation/test_prompts"
+LATEST_TEST_PROMPTS_KEY = f"{TEST_PROMPTS_PREFIX}/latest.json"
+EVALUATIONS_PREFIX = "evaluation/runs"
+EVALUATION_REPORT_FILE = "report.json"  # written last: an evaluation's completion marker
+
+
+def test_prompts_key(version: str) -> str:
+    return f"{TEST_PROMPTS_PREFIX}/{version}.jsonl"
+
+
+def evaluation_prefix(model_name: str, prompt_set_version: str, settings: str) -> str:
+    """One model on one prompt set with one set of scorer settings (``settings``: a digest)."""
+    return f"{EVALUATIONS_PREFIX}/{model_name}/{prompt_set_version}-{settings}"
+
+
 # -- simulation (the synthetic world's ground truth, beside and never inside the pool) ---------------------
 SYNTHETIC_TRUTH_PREFIX = table_prefix("synthetic_truth")
 

@@ -37,7 +37,7 @@ def production_sourcing() -> SourcingResource:
 
 def k8s_resources() -> dict:
     """Production: the S3 store, and training in a GPU pod launched through Dagster Pipes on Kubernetes."""
-    from cosmicman.resources.k8s_launchers import K8sJobTrainingLauncher
+    from cosmicman.resources.k8s_launchers import K8sJobTrainingLauncher, K8sPodEvaluationLauncher
     from cosmicman.resources.step_outputs import ObjectStoreStepIOManager
 
     s3 = s3_resources()
@@ -52,6 +52,11 @@ def k8s_resources() -> dict:
             image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"),
             namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
             gpus=int(os.environ.get("COSMICMAN_TRAIN_GPUS", "8")),
+        ),
+        # evaluation in its own GPU pod, from the same image (the scorers' weights are paths inside it)
+        "evaluation_launcher": K8sPodEvaluationLauncher(
+            image=dg.EnvVar("COSMICMAN_TRAIN_IMAGE"),
+            namespace=os.environ.get("COSMICMAN_K8S_NAMESPACE", "cosmicman"),
         ),
         # people label in Label Studio; images reach it as presigned S3 URLs
         "labelling": LabellingResource(

@@ -4,6 +4,7 @@ evaluation, each with the synthetic world plugged in where production reads real
 from __future__ import annotations
 
 import tempfile
+from typing import Any
 
 from cosmicman.core.store import Store
 from cosmicman.parsing.parsers import HumanParser
@@ -65,9 +66,13 @@ class SimulatedFilterResource(FilterResource):
 
 
 class SimulatedEvaluationResource(EvaluationResource):
-    """Test prompts drawn from held-out synthetic people (seed ``prompt_seed``), unless a prompts file is named."""
+    """Test prompts drawn from held-out synthetic people (seed ``prompt_seed``), unless a prompts file is named;
+    semantic accuracy judged by the synthetic world's region reader over a learned pixel parser
+    (``cosmicman.simulation.pixel_parser``), which is not the flywheel's annotator."""
+
+    judge: dict[str, Any] = {"kind": "python", "factory": "cosmicman.simulation.pixel_parser:local_judge"}
 
     def test_attributes(self) -> list[dict[str, str]]:
         if self.prompts_url:
             return super().test_attributes()
-        return synthetic_test_attributes(self.prompt_seed, self.n_prompts)
+        return synthetic_test_attributes(self.prompt_seed, self.n_prompts or 16)

@@ -1,9 +1,10 @@
-"""Kubernetes training launchers (the ``k8s`` extra). Same ``launch(context, config)`` as
+"""Kubernetes training and evaluation launchers (the ``k8s`` extra). Same ``launch(context, config)`` as
 :class:`cosmicman.resources.launchers.SubprocessTrainingLauncher`, so ``daring_unet`` runs unchanged:
 
 - :class:`K8sJobTrainingLauncher`: one pod with N GPUs through ``dagster_k8s.PipesK8sClient``,
   ``torchrun --standalone --nproc_per_node=N -m cosmicman.model.train``; messages come back on the
   pod's logs.
+- :class:`K8sPodEvaluationLauncher`: ``python -m cosmicman.evaluation`` in one GPU pod, the same way.
 - :class:`TrainJobLauncher`: a Kubeflow Trainer v2 ``TrainJob`` (multi-node, runtime
   ``torch-distributed``) created through the CustomObjectsApi inside ``dg.open_pipes_session``; the
   session's bootstrap env vars go into ``spec.trainer.env``, ``status.conditions`` are polled for
@@ -27,7 +28,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from cosmicman.resources.launchers import TRAIN_MODULE, TrainingLauncher, pipes_session_notice_silenced
+from cosmicman.resources.launchers import (
+    EVALUATION_MODULE,
+    TRAIN_MODULE,
+    EvaluationLauncher,
+    TrainingLauncher,
+    pipes_session_notice_silenced,
+)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINJOB_GROUP = "trainer.kubeflow.org"
@@ -54,6 +61,33 @@ def _check_positive(name: str, value: int) -> None:
 def _check_image(image: str) -> None:
     if not image or not image.strip() or any(c.isspace() for c in image):
         raise ValueError(f"image must be a non-empty image reference, got {image!r}")
+
+
+def gpu_pod_spec(
+    container: str, gpus: int, memory: str | None, cpu: str | None, shm_size: str, service_account: str | None
+) -> dict[str, Any]:
+    """A pod that asks for ``gpus`` GPUs (tolerating GPU nodes' taint), with an in-memory /dev/shm."""
+    limits: dict[str, str] = {GPU_RESOURCE: str(gpus)}
+    requests: dict[str, str] = {GPU_RESOURCE: str(gpus)}
+    if memory:
+        limits["memory"] = requests["memory"] = memory
+    if cpu:
+        requests["cpu"] = cpu
+    spec: dict[str, Any] = {
+        "restart_policy": "Never",
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [
+            {
+                "name": container,
+                "resources": {"limits": limits, "requests": requests},
+                "volume_mounts": [{"name": "dshm", "mount_path": "/dev/shm"}],
+            }
+        ],
+        "volumes": [{"name": "dshm", "empty_dir": {"medium": "Memory", "size_limit": shm_size}}],
+    }
+    if service_account:
+        spec["service_account_name"] = service_account
+    return spec
 
 
 class K8sJobTrainingLauncher(TrainingLauncher):
@@ -85,27 +119,7 @@ class K8sJobTrainingLauncher(TrainingLauncher):
         return ["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}", "-m", TRAIN_MODULE]
 
     def base_pod_spec(self) -> dict[str, Any]:
-        limits: dict[str, str] = {GPU_RESOURCE: str(self.gpus)}
-        requests: dict[str, str] = {GPU_RESOURCE: str(self.gpus)}
-        if self.memory:
-            limits["memory"] = requests["memory"] = self.memory
-        if self.cpu:
-            requests["cpu"] = self.cpu
-        spec: dict[str, Any] = {
-            "restart_policy": "Never",
-            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [
-                {
-                    "name": "trainer",
-                    "resources": {"limits": limits, "requests": requests},
-                    "volume_mounts": [{"name": "dshm", "mount_path": "/dev/shm"}],
-                }
-            ],
-            "volumes": [{"name": "dshm", "empty_dir": {"medium": "Memory", "size_limit": self.shm_size}}],
-        }
-        if self.service_account:
-            spec["service_account_name"] = self.service_account
-        return spec
+        return gpu_pod_spec("trainer", self.gpus, self.memory, self.cpu, self.shm_size, self.service_account)
 
     def pod_body(self, bootstrap_env: Mapping[str, str], pod_name: str = "daring-unet-train"):
         """The V1Pod ``launch`` submits, given the Pipes session's bootstrap env vars."""
@@ -302,3 +316,47 @@ class TrainJobLauncher(TrainingLauncher):
         pods = core_api.list_namespaced_pod(self.namespace, label_selector=selector).items
         running = [p for p in pods if p.status and p.status.phase in ("Running", "Succeeded", "Failed")]
         return running[0].metadata.name if running else None
+
+
+class K8sPodEvaluationLauncher(EvaluationLauncher):
+    """Evaluates in one Kubernetes pod with ``gpus`` GPUs via ``dagster_k8s.PipesK8sClient``, like training."""
+
+    image: str = Field(description="Evaluation image (with the cosmicman package and the scorers' weights).")
+    namespace: str = "cosmicman"
+    gpus: int = Field(default=1, description="nvidia.com/gpu limit of the evaluation pod.")
+    service_account: str | None = "cosmicman-runner"
+    shm_size: str = "8Gi"
+    cpu: str | None = None
+    memory: str | None = None
+    env: dict[str, str] = {}
+    load_incluster_config: bool | None = None
+    kubeconfig_file: str | None = None
+    poll_interval: float = 10.0
+
+    def command(self) -> list[str]:
+        return ["python", "-m", EVALUATION_MODULE]
+
+    def base_pod_spec(self) -> dict[str, Any]:
+        _check_image(self.image)
+        _check_positive("gpus", self.gpus)
+        return gpu_pod_spec("evaluation", self.gpus, self.memory, self.cpu, self.shm_size, self.service_account)
+
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
+        from dagster_k8s import PipesK8sClient
+
+        client = PipesK8sClient(
+            load_incluster_config=self.load_incluster_config,
+            kubeconfig_file=self.kubeconfig_file,
+            poll_interval=self.poll_interval,
+        )
+        spec = self.base_pod_spec()
+        with pipes_session_notice_silenced():
+            return client.run(
+                context=context,
+                image=self.image,
+                command=self.command(),
+                namespace=self.namespace,
+                env=self.env or None,
+                base_pod_spec=spec,
+                extras={"config": config},
+            ).get_materialize_result()

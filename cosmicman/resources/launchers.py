@@ -1,5 +1,5 @@
-"""Training launchers: how ``python -m cosmicman.model.train`` gets a process. Each talks back
-through Dagster Pipes, so the asset code is the same wherever training runs."""
+"""Launchers: how ``python -m cosmicman.model.train`` and ``python -m cosmicman.evaluation`` get a process.
+Each talks back through Dagster Pipes, so the asset code is the same wherever training and evaluation run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 TRAIN_MODULE = "cosmicman.model.train"
+EVALUATION_MODULE = "cosmicman.evaluation"
 # Dagster 1.13's own Pipes session reads a preview property of every message reader, ours or its own, and so
 # warns on each launch although nothing here uses a preview API
 PIPES_SESSION_PREVIEW = r"Function `PipesMessageReader.expected_writer_count` is currently in preview"
@@ -34,6 +35,18 @@ class TrainingLauncher(dg.ConfigurableResource):
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult: ...
 
 
+def launch_module_in_subprocess(
+    context: dg.AssetExecutionContext, module: str, config: dict[str, Any], python: str | None, env: dict[str, str]
+) -> dg.MaterializeResult:
+    """``python -m module`` as a local child process under Pipes, ``config`` in its extras."""
+    client = dg.PipesSubprocessClient(env=env or None)
+    with pipes_session_notice_silenced():
+        invocation = client.run(
+            context=context, command=[python or sys.executable, "-m", module], extras={"config": config}
+        )
+    return invocation.get_materialize_result()
+
+
 class SubprocessTrainingLauncher(TrainingLauncher):
     """Trains in a local child process (the embedded default); ``python`` may name another interpreter."""
 
@@ -41,9 +54,22 @@ class SubprocessTrainingLauncher(TrainingLauncher):
     env: dict[str, str] = {}
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
-        client = dg.PipesSubprocessClient(env=self.env or None)
-        with pipes_session_notice_silenced():
-            invocation = client.run(
-                context=context, command=[self.python or sys.executable, "-m", TRAIN_MODULE], extras={"config": config}
-            )
-        return invocation.get_materialize_result()
+        return launch_module_in_subprocess(context, TRAIN_MODULE, config, self.python, self.env)
+
+
+class EvaluationLauncher(dg.ConfigurableResource):
+    """Runs the evaluation with a JSON-able config (``cosmicman.evaluation.config``) and returns the
+    materialization it reported."""
+
+    @abc.abstractmethod
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult: ...
+
+
+class SubprocessEvaluationLauncher(EvaluationLauncher):
+    """Evaluates in a local child process (the embedded default); ``python`` may name another interpreter."""
+
+    python: str | None = None
+    env: dict[str, str] = {}
+
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
+        return launch_module_in_subprocess(context, EVALUATION_MODULE, config, self.python, self.env)

@@ -11,7 +11,7 @@ from cosmicman.environments.local import local_execution, local_resources
 from cosmicman.environments.settings import new_images_per_version
 
 VARIANTS = ["baseline", "hola"]
-SETUP = {"fake_person_classifier", "eval_set", "base_annotator"}
+SETUP = {"fake_person_classifier", "eval_set", "base_annotator", "test_prompts"}
 
 
 class Ticks:

@@ -23,7 +23,7 @@ from cosmicman.assets.annotation import (
 )
 from cosmicman.assets.common import sourcing_batches
 from cosmicman.assets.datasets import captions, cosmicman_hq
-from cosmicman.assets.evaluation import ablation_table
+from cosmicman.assets.evaluation import ablation_table, test_prompts
 from cosmicman.assets.filtering import build_filtered_images, fake_person_classifier
 from cosmicman.assets.metadata import counts_table, location, rounded, table, tidy, tidy_metadata
 from cosmicman.assets.parsing import human_parsing
@@ -40,7 +40,11 @@ from cosmicman.assets.training import _run_charts
 from cosmicman.core.keys import table_key, training_run_key
 from cosmicman.core.store import Store
 from cosmicman.environments.simulated_annotation import SimulatedAnnotatorResource, SimulatedLabellingResource
-from cosmicman.environments.simulated_data import SimulatedFilterResource, SimulatedParserResource
+from cosmicman.environments.simulated_data import (
+    SimulatedEvaluationResource,
+    SimulatedFilterResource,
+    SimulatedParserResource,
+)
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.simulation.truth import store_truth
 from cosmicman.simulation.world import SyntheticWorld
@@ -61,6 +65,7 @@ GROUPS = {
     "captions": "datasets",
     "cosmicman_hq": "datasets",
     "daring_unet": "training",
+    "test_prompts": "evaluation",
     "evaluation": "evaluation",
     "ablation_table": "evaluation",
 }
@@ -267,6 +272,7 @@ def turned(tmp_path_factory):
         "parser": SimulatedParserResource(),
         "annotation": SimulatedAnnotatorResource(eval_size=12, pretrain_size=24, round_sample_size=6, max_rounds=1),
         "labelling": SimulatedLabellingResource(),
+        "evaluation_config": SimulatedEvaluationResource(n_prompts=4),
     }
     world = SyntheticWorld(seed=11)
     samples = [world.sample(i, case) for i, case in enumerate(CASES)]
@@ -295,7 +301,7 @@ def turned(tmp_path_factory):
             result = dg.materialize(assets, resources=resources, instance=instance, partition_key=partition)
             assert result.success
 
-        run([fake_person_classifier, eval_set, base_annotator])
+        run([fake_person_classifier, eval_set, base_annotator, test_prompts])
         run([raw, dg.AssetSpec("fake_person_classifier"), filtered], BATCH)
         run([dg.AssetSpec("filtered_images", partitions_def=sourcing_batches), human_parsing], BATCH)
         run([labelling_tasks, human_labels, annotator], "round-001")
@@ -316,6 +322,9 @@ def turned(tmp_path_factory):
                         "acc_shape": acc,
                         "acc_all": acc,
                         "frechet_distance": 12.3456789,
+                        "kid": 0.01234567,
+                        "clip_score": 21.2345678,
+                        "hpsv2": 0.2012345,
                         "ceiling_acc_all": 0.8123456,
                     },
                 )
@@ -341,6 +350,7 @@ def test_the_assets_report_native_tables_rounded_numbers_and_inline_charts(turne
     assert {"accuracy_by_tag", "weakest_categories", "rounds"} <= tables["annotator"]
     assert {"statistics", "sources", "caption_groups", "changes"} - {"changes"} <= tables["cosmicman_hq"]
     assert {"examples"} <= tables["captions"] and {"table"} <= tables["ablation_table"]
+    assert {"first_prompts"} <= tables["test_prompts"]
 
 
 def test_filtered_images_counts_every_decision_and_draws_its_scores(turned):
@@ -373,7 +383,15 @@ def test_the_ablation_table_puts_variants_side_by_side_against_the_real_image_ce
     assert [r["variant"] for r in rows] == ["baseline", "hola"]
     assert rows[0]["acc_all"] == 0.4123 and rows[1]["acc_obj"] == 0.4568
     other = [r.data for r in meta["fidelity_and_training"].records]
-    assert other[1] == {"variant": "hola", "fd": 12.35, "loss_last": 0.1235, "attn_in_mask": None}
+    assert other[1] == {
+        "variant": "hola",
+        "fd": 12.35,
+        "kid": 0.01235,
+        "clip_score": 21.23,
+        "hpsv2": 0.2012,
+        "loss_last": 0.1235,
+        "attn_in_mask": None,
+    }
     assert meta["variants"].value == 2
     chart = meta["acc_all_chart"].md_str
     assert "real images" in chart and chart.count("v16") == 2  # one ceiling tick per variant

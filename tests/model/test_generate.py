@@ -18,32 +18,10 @@ from cosmicman.model.generate import (
 )
 from cosmicman.model.pipelines import GenerationError, load_pipeline, model_sha256, render_images
 from tests.model.test_train import write_shards
-from tests.support.tiny_model import poison_unet
+from tests.support.tiny_model import poison_unet, train_tiny_model
 
 FAMILIES = ("sd", "sdxl")
 PROMPT = "a woman, red t-shirt, blue jeans"
-
-
-def train_tiny_model(folder: Path, family: str, shards: list[str]) -> Path:
-    """A tiny model of ``family`` trained for two steps by the real trainer and published at ``folder``."""
-    from cosmicman.model.train.config import TrainConfig
-    from cosmicman.model.train.loop import train
-
-    config = {
-        "shards": shards,
-        "output_url": str(folder),
-        "family": family,
-        "resolution": 64,
-        "batch_size": 2,
-        "steps": 2,
-        "lr": 1e-3,
-        "hola_map_factor": 8,
-        "seed": 0,
-        "shuffle_buffer": 4,
-        "ema_decay": 0.0,
-    }
-    train(TrainConfig.from_dict(config), log_fn=lambda message: None)
-    return folder
 
 
 def train_tiny_models(folder: Path) -> dict[str, Path]:

@@ -15,6 +15,28 @@ def write_tiny_model(folder: Path) -> Path:
     return folder
 
 
+def train_tiny_model(folder: Path, family: str, shards: list[str]) -> Path:
+    """A tiny model of ``family`` trained for two steps by the real trainer and published at ``folder``."""
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.loop import train
+
+    config = {
+        "shards": shards,
+        "output_url": str(folder),
+        "family": family,
+        "resolution": 64,
+        "batch_size": 2,
+        "steps": 2,
+        "lr": 1e-3,
+        "hola_map_factor": 8,
+        "seed": 0,
+        "shuffle_buffer": 4,
+        "ema_decay": 0.0,
+    }
+    train(TrainConfig.from_dict(config), log_fn=lambda message: None)
+    return folder
+
+
 def poison_unet(folder: Path, value: float = float("nan"), tensors: int = 1) -> list[str]:
     """Set one value of each of the first ``tensors`` floating UNet weights to ``value``; their names."""
     path = folder / UNET_WEIGHTS

@@ -1,0 +1,52 @@
+"""What the ``evaluation`` asset shows of an evaluation report (``cosmicman.evaluation.run``)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image
+
+from cosmicman.assets.metadata import table
+from cosmicman.assets.plots import bar_chart, image_grid
+from cosmicman.core.store import Store
+
+ACCURACIES = ("acc_obj", "acc_tex", "acc_shape", "acc_all")
+METRIC_NOTES = {
+    "frechet_distance": "to the real I_e images, over the feature extractor named (lower is better)",
+    "kid": "kernel inception distance to the real I_e images (lower is better; near 0 for one distribution)",
+    "clip_score": "100 x cos(image, caption) over the CLIP model named",
+    "hpsv2": "human preference score over the HPSv2 model named",
+}
+
+
+def report_metadata(store: Store, report: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The figures (each a number, so the checks and the ablation table read them), the generated-vs-real
+    table, the accuracy chart against the real-image ceiling, the samples, and what scored them."""
+    metrics, ceiling = report["metrics"], report["ceiling"]
+    root = Store(report["output_url"], **store.storage_options)
+    samples = [Image.open(io.BytesIO(root.read_bytes(s["key"]))) for s in report["samples"]]
+    return {
+        **metrics,
+        **{f"ceiling_{k}": v for k, v in ceiling.items()},
+        "metrics": table(
+            [
+                {"metric": k, "generated": v, "real_images": ceiling.get(k), "note": METRIC_NOTES.get(k, "")}
+                for k, v in metrics.items()
+            ],
+            columns=["metric", "generated", "real_images", "note"],
+        ),
+        "accuracy_chart": bar_chart(
+            {k: metrics[k] for k in ACCURACIES},
+            title=f"{variant}: semantic accuracy",
+            references={k: ceiling[k] for k in ACCURACIES},
+            reference_label="real images",
+        ),
+        "samples": image_grid(samples, [s["caption"] for s in report["samples"]], thumb=(192, 192), cols=4),
+        "prompt_set_version": report["prompt_set_version"],
+        "n_prompts": report["n_prompts"],
+        "judge": f"{report['judge']['name']} ({report['judge']['version']})",
+        "feature_extractor": report["feature_extractor"],
+        "clip_model": report["clip_model"],
+        "hpsv2_model": report["hpsv2_model"],
+    }
