@@ -16,6 +16,7 @@ pytest.importorskip("dagster_k8s")
 
 from cosmicman.resources.k8s_launchers import (  # noqa: E402
     K8sJobTrainingLauncher,
+    K8sPodEvaluationLauncher,
     TrainJobLauncher,
 )
 
@@ -262,6 +263,37 @@ def test_k8s_job_launch_through_pipes_k8s_client():
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and "--nproc_per_node=2" in c["command"]
     assert _pipes_context(env)["extras"] == {"config": {"steps": 3}}
     fake.core_api.delete_namespaced_pod.assert_called_once()
+
+
+def test_evaluation_runs_in_its_own_gpu_pod_through_pipes_k8s_client():
+    """The evaluation launcher submits one pod (python -m cosmicman.evaluation, one GPU) with the session's
+    Pipes bootstrap and the evaluation config in its extras, like training."""
+    from contextlib import nullcontext
+
+    from dagster_k8s import PipesK8sClient
+
+    launcher = K8sPodEvaluationLauncher(image="reg/cosmicman:1", namespace="cosmicman")
+    fake = mock.MagicMock()
+    submitted = {}
+    fake.core_api.create_namespaced_pod.side_effect = lambda ns, body: submitted.update(ns=ns, body=body)
+
+    @dg.asset
+    def evaluated(context: dg.AssetExecutionContext, evaluation_launcher: K8sPodEvaluationLauncher):
+        return evaluation_launcher.launch(context, {"model_url": "s3://m"})
+
+    with (
+        mock.patch.object(PipesK8sClient, "_load_k8s_config"),
+        mock.patch("dagster_k8s.pipes.DagsterKubernetesClient.production_client", return_value=fake),
+        mock.patch.object(PipesK8sClient, "consume_pod_logs", return_value=nullcontext()),
+    ):
+        assert dg.materialize([evaluated], resources={"evaluation_launcher": launcher}).success
+    c = _pod_dict(submitted["body"])["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "cosmicman.evaluation"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert _pipes_context(env)["extras"] == {"config": {"model_url": "s3://m"}}
+    with pytest.raises(ValueError, match="gpus must be"):
+        K8sPodEvaluationLauncher(image="reg/cosmicman:1", gpus=0).base_pod_spec()
 
 
 def _pipes_context(env: dict) -> dict:
