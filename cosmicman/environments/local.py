@@ -15,9 +15,10 @@ from cosmicman.environments.simulated_data import (
     SimulatedParserResource,
     SimulatedSourcingResource,
 )
-from cosmicman.resources.launchers import SubprocessTrainingLauncher
+from cosmicman.resources.launchers import SubprocessEvaluationLauncher, SubprocessTrainingLauncher
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.resources.training import TrainingResource
+from cosmicman.simulation.base_model import ensure_base_model
 from cosmicman.simulation.demo_folder import write_demo_folder
 
 HOME = os.path.abspath(os.environ.get("COSMICMAN_HOME", ".cosmicman"))
@@ -45,7 +46,9 @@ def local_resources(store_url: str | None = None, folder_url: str | None = None)
         "parser": SimulatedParserResource(),
         "annotation": SimulatedAnnotatorResource(),
         "labelling": SimulatedLabellingResource(),
-        "training": TrainingResource(),
+        # Daring fine-tunes the base model our own code pretrained on the synthetic world (committed)
+        "training": TrainingResource(overrides={"pretrained": str(ensure_base_model(HOME))}),
         "evaluation_config": SimulatedEvaluationResource(),
         "training_launcher": SubprocessTrainingLauncher(),
+        "evaluation_launcher": SubprocessEvaluationLauncher(),
     }

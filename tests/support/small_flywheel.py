@@ -18,7 +18,9 @@ FOLDER = os.path.join(HOME, "datasets", "folder")
 def small_resources() -> dict:
     resources = local_resources(store_url=os.path.join(HOME, "store"), folder_url=FOLDER)
     resources["sourcing"] = SimulatedSourcingResource(batch_size=40, pool_threshold=50, folder_url=FOLDER)
-    resources["training"] = TrainingResource(overrides={"steps": 12, "batch_size": 4})
+    resources["training"] = TrainingResource(
+        overrides={**resources["training"].overrides, "steps": 12, "batch_size": 4}
+    )
     resources["evaluation_config"] = SimulatedEvaluationResource(n_prompts=6, inference_steps=4)
     resources["annotation"] = SimulatedAnnotatorResource(max_rounds=2, round_sample_size=16)
     return resources
