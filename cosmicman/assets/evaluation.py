@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from cosmicman.assets.automation import on_missing, on_new_data_version_of, once_deps_settle
-from cosmicman.assets.evaluation_metadata import report_metadata
+from cosmicman.assets.evaluation_metadata import attention_by_group, report_metadata
 from cosmicman.assets.metadata import location, table, tidy_metadata
 from cosmicman.assets.plots import bar_chart
 from cosmicman.assets.training import training_variants
@@ -142,11 +142,14 @@ ABLATION_METRICS = ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_dista
 def ablation_table(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Every evaluated variant side by side, with its training loss: Daring's and Prime's ablation."""
     rows: list[dict[str, Any]] = []
+    by_group: dict[str, dg.TableMetadataValue] = {}
     for variant in VARIANTS:
         ev = latest_metadata(context.instance, "evaluation", variant)
         if not ev:
             continue
         unet = latest_metadata(context.instance, "daring_unet", variant)
+        if isinstance(unet.get("attention_in_mask_by_group"), dg.TableMetadataValue):
+            by_group[variant] = unet["attention_in_mask_by_group"]
         rows.append(
             {
                 "variant": variant,
@@ -186,6 +189,16 @@ def ablation_table(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                         "kid": "kernel inception distance to real I_e images (lower is better)",
                         "attn_in_mask": "share of each caption group's cross-attention inside its parsing mask",
                     },
+                ),
+                # per caption group, chance beside each variant: where HOLA moves attention, and where it does not
+                **(
+                    {
+                        "attention_in_mask_by_group": table(
+                            attention_by_group(by_group), columns=["group", "chance", *by_group]
+                        )
+                    }
+                    if by_group
+                    else {}
                 ),
                 "acc_all_chart": bar_chart(
                     {r["variant"]: r["acc_all"] for r in rows},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import dagster as dg
 from PIL import Image
 
 from cosmicman.assets.metadata import table
@@ -50,3 +51,14 @@ def report_metadata(store: Store, report: dict[str, Any], variant: str) -> dict[
         "clip_model": report["clip_model"],
         "hpsv2_model": report["hpsv2_model"],
     }
+
+
+def attention_by_group(per_variant: dict[str, dg.TableMetadataValue]) -> list[dict[str, Any]]:
+    """One row per caption group: its chance share and each variant's share of cross-attention inside the
+    group's parsing mask (``daring_unet``'s ``attention_in_mask_by_group`` tables), HOLA's effect per group."""
+    shares: dict[str, dict[str, Any]] = {}
+    for variant, table_value in per_variant.items():
+        for record in table_value.records:
+            row = shares.setdefault(str(record.data["group"]), {"chance": record.data.get("chance")})
+            row[variant] = record.data.get("share_in_mask")
+    return [{"group": group, **row} for group, row in sorted(shares.items())]

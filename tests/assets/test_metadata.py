@@ -307,9 +307,25 @@ def turned(tmp_path_factory):
         run([labelling_tasks, human_labels, annotator], "round-001")
         run([annotations, captions, cosmicman_hq])
         for variant, acc in (("baseline", 0.41234567), ("hola", 0.45678912)):
+            shares = {"baseline": (0.15, 0.4), "hola": (0.25, 0.5)}[variant]
+            by_group = dg.MetadataValue.table(
+                [
+                    dg.TableRecord({"group": g, "share_in_mask": v, "chance": c})
+                    for g, v, c in (("hair", shares[0], 0.1), ("bottom", shares[1], 0.3))
+                ],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("group", "string"),
+                        dg.TableColumn("share_in_mask", "float"),
+                        dg.TableColumn("chance", "float"),
+                    ]
+                ),
+            )
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(
-                    "daring_unet", partition=variant, metadata={"loss_last": 0.123456789, "act_fn": "silu"}
+                    "daring_unet",
+                    partition=variant,
+                    metadata={"loss_last": 0.123456789, "act_fn": "silu", "attention_in_mask_by_group": by_group},
                 )
             )
             instance.report_runless_asset_event(
@@ -393,6 +409,12 @@ def test_the_ablation_table_puts_variants_side_by_side_against_the_real_image_ce
         "attn_in_mask": None,
     }
     assert meta["variants"].value == 2
+    # per caption group: chance beside each variant's share in the mask
+    groups = [r.data for r in meta["attention_in_mask_by_group"].records]
+    assert groups == [
+        {"group": "bottom", "chance": 0.3, "baseline": 0.4, "hola": 0.5},
+        {"group": "hair", "chance": 0.1, "baseline": 0.15, "hola": 0.25},
+    ]
     chart = meta["acc_all_chart"].md_str
     assert "real images" in chart and chart.count("v16") == 2  # one ceiling tick per variant
 
