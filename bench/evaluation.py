@@ -86,6 +86,7 @@ from cosmicman.datasets.samples import DatasetSample
 from cosmicman.datasets.version import write_dataset_version
 from cosmicman.environments.local import local_resources
 from cosmicman.evaluation.run import generate_test_images
+from cosmicman.evaluation.run import test_captions as run_test_captions
 from cosmicman.model.notices import progress_bars_hidden, silence_torchvision_fallback, tell_deepspeed_the_device
 from cosmicman.model.train.variants import VARIANTS
 from cosmicman.resources.evaluation import EvaluationResource
@@ -172,8 +173,7 @@ def test_captions(evaluation: EvaluationResource, count: int) -> list[str]:
     """The evaluation process's captions of the first ``count`` test prompts (``evaluate_model``: every
     group kept, prompt i shuffled by seed i)."""
     prompts = evaluation.model_copy(update={"n_prompts": count}).test_attributes()
-    tokenizer = load_clip_tokenizer()
-    return [build_caption(p, tokenizer=tokenizer, rng=i, group_dropout=0.0).text for i, p in enumerate(prompts)]
+    return run_test_captions(prompts, load_clip_tokenizer())
 
 
 @dataclasses.dataclass

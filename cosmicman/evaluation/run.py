@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -142,18 +142,19 @@ def score(
     return report, pl.DataFrame(accuracy.table())
 
 
+def test_captions(prompts: Sequence[Mapping[str, str]], tokenizer: Any) -> list[str]:
+    """The caption of each test prompt: every group kept (the caption says all the judge will ask), prompt i's
+    adjective and group order drawn from seed i."""
+    return [build_caption(p, tokenizer=tokenizer, rng=i, group_dropout=0.0).text for i, p in enumerate(prompts)]
+
+
 def _real_references(store: Store, tokenizer: Any) -> list[tuple[Image.Image, dict[str, str], str]]:
     items = [it for it in read_eval_items(store) if it.attributes is not None]
     if len(items) < 2:
         raise ValueError(f"I_e holds {len(items)} images with attributes: the distances need at least 2")
-    return [
-        (
-            it.image,
-            dict(it.attributes or {}),
-            build_caption(it.attributes or {}, tokenizer=tokenizer, rng=i, group_dropout=0.0).text,
-        )
-        for i, it in enumerate(items)
-    ]
+    attributes = [dict(it.attributes or {}) for it in items]
+    captions = test_captions(attributes, tokenizer)
+    return [(it.image, a, c) for it, a, c in zip(items, attributes, captions)]
 
 
 def evaluate_model(cfg: EvaluationConfig, log_fn: Callable[[str], None] = log.info) -> dict[str, Any]:
@@ -161,8 +162,7 @@ def evaluate_model(cfg: EvaluationConfig, log_fn: Callable[[str], None] = log.in
     prompt_set = read_prompt_set(cfg.prompts_url, limit=cfg.n_prompts, **cfg.storage_options)
     tokenizer = load_clip_tokenizer()
     prompts = [dict(p) for p in prompt_set.prompts]
-    # every group kept, in the protocol's order: the test caption says all the judge will ask
-    captions = [build_caption(p, tokenizer=tokenizer, rng=i, group_dropout=0.0).text for i, p in enumerate(prompts)]
+    captions = test_captions(prompts, tokenizer)
     log_fn(f"generating {len(captions)} images for prompt set {prompt_set.version} with {cfg.model_url}")
     images = generate_test_images(cfg, captions)
     store = Store(cfg.store_url, **cfg.storage_options)
