@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cu
 export COSMICMAN_HOME ?= $(CURDIR)/.cosmicman
 export DAGSTER_HOME ?= $(COSMICMAN_HOME)/dagster
 
-.PHONY: install run lint test ui clean
+.PHONY: install run lint test test-deploy ui clean
 
 install: $(STAMP)
 
@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# make run trains the noise-only baseline and HOLA (the summary says so); the activation variants cost a
+# training and an evaluation each: add them with e.g. make run RUN_VARIANTS="baseline hola hola-gelu"
+RUN_VARIANTS ?= baseline hola
 run: install
-	$(PY) -m cosmicman.cli run
+	$(PY) -m cosmicman.cli run --variants $(RUN_VARIANTS)
 
 # ruff's formatter and lint rules, then mypy; their settings are in pyproject.toml
 lint: install
@@ -32,6 +35,11 @@ lint: install
 # lint is a prerequisite: a finding stops the run before pytest starts
 test: lint
 	$(PY) -m pytest -q
+
+# the deployment's end-to-end checks, out of the default run: a production turn on a throwaway PostgreSQL and a
+# local S3 server (moto), and a backfill of every variant against the GPU concurrency pool
+test-deploy: install
+	$(PY) -m pytest -q -m deploy
 
 # the instance make run uses (its dagster.yaml written when absent), with the same settings
 ui: install

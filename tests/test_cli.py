@@ -19,13 +19,14 @@ from cosmicman.datasets.layout import shard_urls
 from cosmicman.datasets.lineage import LineageTargetNotFoundError, lineage
 from cosmicman.datasets.version import write_dataset_version
 from tests.datasets.test_dataset_version import make_samples
+from tests.support.deployed_env import K8S_REQUIRED
 from tests.support.s3_server import S3Endpoint, moto_s3
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "cosmicman-cli"
 STORE_URL = f"s3://{BUCKET}/flywheel"
 # what the k8s environment needs besides the store to build its code location (lineage reads only the store)
-K8S_ENV = {"COSMICMAN_TRAIN_IMAGE": "registry.example/cosmicman:1"}
+K8S_ENV = {k: v for k, v in K8S_REQUIRED.items() if k not in S3Endpoint("http://127.0.0.1:1").env(STORE_URL)}
 ENV_VARS = (
     "COSMICMAN_ENV",
     "COSMICMAN_STORE_URL",
@@ -138,7 +139,10 @@ def test_a_missing_variable_is_named(env_name, unset, tmp_path):
     env = {"COSMICMAN_ENV": env_name, **S3Endpoint("http://127.0.0.1:1").env(STORE_URL), **K8S_ENV}
     del env[unset]
     line = user_error(cli("lineage", "v0001", home=tmp_path, **env))
-    assert line == f"error: COSMICMAN_ENV={env_name}: the object store needs {unset}, not set in the environment"
+    assert line == (
+        f"error: COSMICMAN_ENV={env_name}: set {unset} "
+        "(required by this environment, not set; see README, Environments)"
+    )
 
 
 def test_unset_variables_are_all_named(monkeypatch):
@@ -161,7 +165,7 @@ def test_unset_variables_are_all_named(monkeypatch):
 
 
 def test_an_unreachable_store_is_a_user_error(tmp_path):
-    env = {"COSMICMAN_ENV": "s3", **S3Endpoint("http://127.0.0.1:1").env(STORE_URL)}
+    env = {"COSMICMAN_ENV": "s3", **S3Endpoint("http://127.0.0.1:1").env(STORE_URL), **K8S_ENV}
     line = user_error(cli("lineage", "v0001", home=tmp_path, **env))
     assert line.startswith(f"error: cannot read the object store {STORE_URL}: Could not connect to the endpoint URL")
 

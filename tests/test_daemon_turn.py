@@ -61,8 +61,10 @@ def test_the_pool_sensor_and_automation_have_tick_history(instance):
     requested = [
         sorted(str(k) for k in instance.get_run_by_id(i).asset_selection or ()) for t in automation for i in t.run_ids
     ]
-    # the setup assets, the dataset version, one evaluation per variant, the ablation table
-    assert len(requested) == 1 + 1 + len(VARIANTS) + 1, requested
+    # the setup assets, the untuned base model's evaluation (a run of its own), the dataset version, one
+    # evaluation per variant, the ablation table
+    assert len(requested) == 1 + 1 + 1 + len(VARIANTS) + 1, requested
+    assert [str(dg.AssetKey("base_model_evaluation"))] in requested
     assert sum(len(t.run_ids) for t in _ticks(instance, JOB_AUTOMATION)) == len(VARIANTS)
     for name in SENSORS:
         assert _ticks(instance, name), name

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from tests.support.deployed_env import K8S_REQUIRED
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = {
     "raw_images",
@@ -23,6 +25,7 @@ ASSETS = {
     "daring_unet",
     "test_prompts",
     "evaluation",
+    "base_model_evaluation",
     "ablation_table",
 }
 
@@ -84,10 +87,7 @@ def test_every_environment_loads(tmp_path):
             "COSMICMAN_ENV": env_name,
             "COSMICMAN_HOME": str(tmp_path / env_name),
             "DAGSTER_HOME": str(tmp_path),
-            "COSMICMAN_STORE_URL": "s3://cosmicman-test/flywheel",
-            "COSMICMAN_TRAIN_IMAGE": "registry.example/cosmicman:1",
-            "AWS_ACCESS_KEY_ID": "k",
-            "AWS_SECRET_ACCESS_KEY": "s",
+            **K8S_REQUIRED,
         }
         validate = [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "cosmicman.definitions"]
         out = subprocess.run(validate, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

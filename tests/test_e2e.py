@@ -90,10 +90,15 @@ def test_trained_unet_loads_in_diffusers(flywheel):
 
 
 def test_evaluation_metrics_are_numbers_in_range(flywheel):
-    for ev in flywheel["first"]["variants"].values():
+    for ev in [*flywheel["first"]["variants"].values(), flywheel["first"]["base"]]:
         for k in ("acc_obj", "acc_tex", "acc_shape", "acc_all"):
             assert 0.0 <= ev[k] <= 1.0, (k, ev[k])
         assert ev["frechet_distance"] >= 0.0
+    # the small flywheel trains one seed per variant: the gain over the baseline is measured, without a spread
+    assert all(v["seeds"] == [0] and v["acc_all_sd"] is None for v in flywheel["first"]["variants"].values())
+    ablation = flywheel["first"]["ablation"]
+    assert ablation["hola_attention_gain_seeds"] == 1 and ablation["hola_attention_gain_sd"] is None
+    assert -1.0 < ablation["hola_attention_gain"] < 1.0
 
 
 def test_hitl_rounds_improve_the_annotator_cheaply(flywheel):

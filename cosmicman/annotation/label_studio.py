@@ -15,43 +15,46 @@ highest round number. So nothing depends on searching project titles in a Label 
 share, a re-submitted round (a retried asset) finds its project and imports only the missing tasks, and
 the project description repeats the round id and number for people browsing Label Studio.
 
-Image URLs (never base64, which makes Label Studio slow): ``http(s)://`` passes unchanged; ``s3://`` (and
-any fsspec filesystem that can ``sign``) becomes a presigned HTTPS URL (Signature Version 4, signed with
-the store's credentials and endpoint; ``presign_expiry_s``, 7 days by default, the SigV4 maximum: a round
-must be labelled before its URLs expire); a local file becomes Label
-Studio's own ``/data/local-files/?d=<path>`` URL, relative to ``local_files_root`` -- the directory the
-server runs with as ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` (with
-``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true``) -- and the project gets a local-files storage on the
-images' folder (never synced: it only grants the project's users the right to see those files).
+Image URLs: Label Studio resolves them itself, so they never expire (``label_studio_images``): ``s3://``
+links stay as they are and the project gets an S3 source storage that presigns (or streams) them at view
+time; local files are served by Label Studio's local-files storage; ``http(s)://`` passes unchanged.
 
-``collect`` reads the project's JSON export and keeps, per task, the latest annotation that was not
-skipped (``was_cancelled``); of its ``choices`` results only those for the categories the task asked,
-with an answer in the category's vocabulary, and not contradicted by the answer to a category it
-requires (a hat colour given with ``hat_exists = no`` is dropped). Training stays in the orchestrator:
-Label Studio only collects answers.
+The labels sensor watches the open round with :meth:`LabelStudioBackend.watch_round`: per tick one request
+for the tasks changed since its cursor (``label_studio_changes``) and one for the project's counters, never
+the whole project. ``collect`` (once per round) reads the project's JSON export as canonical labels
+(``label_studio_export``). Training stays in the orchestrator: Label Studio only collects answers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import posixpath
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
-from urllib.parse import quote, urlsplit
-
-import fsspec
 
 from cosmicman.annotation.items import LabelRecord
+from cosmicman.annotation.label_studio_changes import (
+    CHANGE_FIELDS,
+    COUNT_FIELDS,
+    ChangeCursor,
+    ChangedTask,
+    advance,
+    changed_task,
+    changes_query,
+    fingerprint,
+    newest_query,
+)
 from cosmicman.annotation.label_studio_config import label_studio_config
+from cosmicman.annotation.label_studio_export import IMAGE_FIELD, labels_from_export
+from cosmicman.annotation.label_studio_images import S3Access, local_storage_dir, s3_prefixes, task_image_url
 from cosmicman.annotation.labelling import LabelTask, RoundStatus
 from cosmicman.core.keys import LABELLING_PREFIX, labelling_key
-from cosmicman.core.protocol import Category, Protocol, load_protocol
+from cosmicman.core.protocol import Protocol, load_protocol
 from cosmicman.core.store import Store
 
 log = logging.getLogger(__name__)
@@ -59,121 +62,11 @@ log = logging.getLogger(__name__)
 POINTER = "label_studio.json"
 TASKS = "tasks.jsonl"
 COLLECTED = "collected.json"
-IMAGE_FIELD = "image"  # the ``$image`` of the labelling config
-MAX_PRESIGN_S = 7 * 24 * 3600
 TITLE_MAX = 50  # Label Studio rejects longer project titles
 
 
 class LabelStudioError(RuntimeError):
     """The Label Studio server could not be reached, refused the API key, or refused a request."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Export -> canonical labels (pure: no server)
-# --------------------------------------------------------------------------------------------------
-def _when(annotation: Mapping[str, Any]) -> tuple[datetime, int]:
-    raw = annotation.get("updated_at") or annotation.get("created_at")
-    try:
-        ts = datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else None
-    except ValueError:
-        ts = None
-    if ts is not None and ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts or datetime.min.replace(tzinfo=UTC), int(annotation.get("id") or 0)
-
-
-def latest_answer(annotations: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The latest annotation that is not a skip (``was_cancelled``); None if there is none."""
-    done = [a for a in annotations or () if not a.get("was_cancelled")]
-    return max(done, key=_when) if done else None
-
-
-def choices_of(result: Iterable[Mapping[str, Any]], protocol: Protocol) -> dict[str, str]:
-    """``{category: answer}`` from an annotation's result: single ``choices`` answers of protocol
-    categories, in the category's vocabulary (anything else is ignored)."""
-    by_name = protocol.by_name
-    out: dict[str, str] = {}
-    for item in result or ():
-        if item.get("type") != "choices":
-            continue
-        cat = by_name.get(str(item.get("from_name")))
-        picked = (item.get("value") or {}).get("choices") or []
-        if cat is None or len(picked) != 1 or str(picked[0]) not in cat.answers:
-            continue
-        out[cat.name] = str(picked[0])
-    return out
-
-
-def _consistent(cat: Category, answers: Mapping[str, str], by_name: Mapping[str, Category], depth: int = 0) -> bool:
-    """False when an answer to a category ``cat`` requires (directly or through its own requirements)
-    says ``cat`` does not apply. A requirement left unanswered does not drop the answer."""
-    if depth > len(by_name):
-        return False
-    for parent, value in cat.requires.items():
-        got = answers.get(parent)
-        if got is not None and got != value:
-            return False
-        if parent in by_name and not _consistent(by_name[parent], answers, by_name, depth + 1):
-            return False
-    return True
-
-
-def labels_from_export(
-    export: Sequence[Mapping[str, Any]],
-    round_number: int,
-    tasks: Sequence[LabelTask] | None = None,
-    protocol: Protocol | None = None,
-) -> tuple[list[LabelRecord], dict[str, Mapping[str, Any]]]:
-    """Canonical human labels from a Label Studio JSON export.
-
-    ``tasks``: what we asked (``task_id`` -> image and categories); exported tasks that are not among
-    them are ignored. Without ``tasks`` the task's own ``data`` (``task_id``, ``image_sha256``,
-    ``categories``) says what was asked. Returns the labels (in task order, then the task's category
-    order) and ``{task_id: the annotation used}`` for every answered task.
-    """
-    protocol = protocol or load_protocol()
-    by_name = protocol.by_name
-    if tasks is None:
-        tasks = [
-            LabelTask(
-                str(d.get("task_id")),
-                str(d.get("image_sha256", "")),
-                str(d.get(IMAGE_FIELD, "")),
-                tuple(d.get("categories") or ()),
-            )
-            for d in (t.get("data") or {} for t in export)
-            if d.get("task_id") is not None
-        ]
-    exported: dict[str, Mapping[str, Any]] = {}
-    for row in export:
-        tid = (row.get("data") or {}).get("task_id")
-        if tid is None:
-            continue
-        ann = latest_answer(row.get("annotations") or ())
-        if ann is None:
-            continue
-        prev = exported.get(str(tid))  # the same task imported twice: the latest answer still wins
-        if prev is None or _when(ann) > _when(prev):
-            exported[str(tid)] = ann
-    labels: list[LabelRecord] = []
-    answered: dict[str, Mapping[str, Any]] = {}
-    for task in tasks:
-        ann = exported.get(task.task_id)
-        if ann is None:
-            continue
-        answered[task.task_id] = ann
-        answers = choices_of(ann.get("result") or (), protocol)
-        for name in task.categories:
-            cat = by_name.get(name)
-            if cat is None or name not in answers or not _consistent(cat, answers, by_name):
-                continue
-            labels.append(LabelRecord(task.image_sha256, name, answers[name], "human", int(round_number)))
-    return labels, answered
-
-
-def _fingerprint(answered: Mapping[str, Mapping[str, Any]]) -> str:
-    done = sorted(f"{tid}:{ann.get('id', '')}" for tid, ann in answered.items())
-    return hashlib.sha256("\n".join(done).encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,6 +118,16 @@ def task_payload(
     return out
 
 
+@dataclass(frozen=True)
+class RoundWatch:
+    """One look at the open round: its status, the sensor's next cursor, and the tasks read this time
+    (changed since the cursor; none on a round's first look)."""
+
+    status: RoundStatus
+    cursor: ChangeCursor
+    changed: tuple[ChangedTask, ...]
+
+
 class LabelStudioBackend:
     """The LabellingBackend on a Label Studio server (see the module docstring)."""
 
@@ -238,7 +141,8 @@ class LabelStudioBackend:
         *,
         import_chunk_size: int = 500,
         local_files_root: str | None = None,
-        presign_expiry_s: int = MAX_PRESIGN_S,
+        s3_access: S3Access | None = None,
+        change_page_size: int = 1000,
         timeout_s: float = 60.0,
         protocol: Protocol | None = None,
     ) -> None:
@@ -246,14 +150,15 @@ class LabelStudioBackend:
             raise ValueError("the Label Studio backend needs the server URL (label_studio_url)")
         if import_chunk_size < 1:
             raise ValueError(f"import_chunk_size must be positive, not {import_chunk_size}")
-        if not 1 <= presign_expiry_s <= MAX_PRESIGN_S:
-            raise ValueError(f"presign_expiry_s must be in 1..{MAX_PRESIGN_S} (S3's limit), not {presign_expiry_s}")
+        if change_page_size < 1:
+            raise ValueError(f"change_page_size must be positive, not {change_page_size}")
         self.store = store
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.import_chunk_size = int(import_chunk_size)
         self.local_files_root = os.path.abspath(local_files_root) if local_files_root else None
-        self.presign_expiry_s = int(presign_expiry_s)
+        self.s3_access = s3_access or S3Access()
+        self.change_page_size = int(change_page_size)
         self.timeout_s = float(timeout_s)
         self.protocol = protocol or load_protocol()
         self._client = None
@@ -308,63 +213,9 @@ class LabelStudioBackend:
         me = self._call("who am I", lambda: self.client.users.whoami())
         return str(getattr(me, "email", "") or getattr(me, "username", ""))
 
-    # -- image URLs -------------------------------------------------------------------------------
-    def _local_path(self, uri: str) -> str | None:
-        parts = urlsplit(uri)
-        if parts.scheme in ("file", "local"):
-            return os.path.abspath(fsspec.core.strip_protocol(uri))
-        if parts.scheme == "":
-            return os.path.abspath(uri)
-        return None
-
     def image_url(self, uri: str) -> str:
-        """A URL the Label Studio server (and the annotator's browser) can load ``uri`` from."""
-        scheme = urlsplit(uri).scheme
-        if scheme in ("http", "https"):
-            return uri
-        local = self._local_path(uri)
-        if local is not None:
-            if self.local_files_root is None:
-                raise ValueError(
-                    f"image {uri} is a local file: set the Label Studio backend's local_files_root "
-                    "to the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, or use an s3:// store"
-                )
-            rel = os.path.relpath(local, self.local_files_root)
-            if rel == "." or rel.startswith(".." + os.sep) or rel == "..":
-                raise ValueError(f"image {local} is outside the Label Studio local files root {self.local_files_root}")
-            return "/data/local-files/?d=" + quote(rel.replace(os.sep, "/"))
-        fs = self._signing_fs(scheme)
-        try:
-            url = fs.sign(fs._strip_protocol(uri), expiration=self.presign_expiry_s)
-        except NotImplementedError:
-            raise ValueError(
-                f"image {uri}: a {scheme}:// file cannot be shown by Label Studio (no presigned "
-                "URLs); use an s3:// or local store"
-            ) from None
-        return str(url)
-
-    def _signing_fs(self, scheme: str) -> fsspec.AbstractFileSystem:
-        """The filesystem that signs ``scheme://`` URLs: the store's own options (credentials, endpoint)
-        when the store is on that filesystem; for S3 always Signature Version 4 (botocore may default
-        to version 2 for presigned URLs, which newer regions and some S3 servers refuse)."""
-        protos = self.store.fs.protocol if isinstance(self.store.fs.protocol, tuple) else (self.store.fs.protocol,)
-        options = dict(self.store.storage_options) if scheme in protos else {}
-        if scheme in ("s3", "s3a"):
-            options["config_kwargs"] = {**(options.get("config_kwargs") or {}), "signature_version": "s3v4"}
-            return fsspec.filesystem("s3", **options)
-        return self.store.fs if scheme in protos else fsspec.filesystem(scheme, **options)
-
-    def _local_storage_dir(self, tasks: Sequence[LabelTask]) -> str | None:
-        dirs = {os.path.dirname(p) for t in tasks if (p := self._local_path(t.image_url)) is not None}
-        if not dirs:
-            return None
-        common = os.path.commonpath(sorted(dirs))
-        if self.local_files_root is not None and os.path.abspath(common) == self.local_files_root:
-            raise ValueError(
-                f"the images lie directly in the Label Studio local files root {common}; Label Studio "
-                "only serves subfolders of it: put the store in a subfolder"
-            )
-        return common
+        """What a task's ``$image`` holds for ``uri`` (``label_studio_images``)."""
+        return task_image_url(uri, self.local_files_root)
 
     # -- the round record in the store --------------------------------------------------------------
     def _key(self, round_id: str, name: str) -> str:
@@ -405,7 +256,7 @@ class LabelStudioBackend:
             raise ValueError(f"{round_id}: task ids are not unique")
         protocol = round_protocol({c for t in tasks for c in t.categories}, self.protocol)
         urls = [self.image_url(t.image_url) for t in tasks]  # fail on an unusable image before creating anything
-        storage_dir = self._local_storage_dir(tasks)
+        storage_dir = local_storage_dir((t.image_url for t in tasks), self.local_files_root)
         pointer = self._pointer(round_id)
         if pointer and pointer.get("url") != self.url:
             raise LabelStudioError(f"{round_id} was submitted to Label Studio at {pointer.get('url')}, not {self.url}")
@@ -454,6 +305,8 @@ class LabelStudioBackend:
             )
         if storage_dir is not None:
             self._grant_local_files(int(project_id), storage_dir)
+        for bucket, prefix in s3_prefixes(t.image_url for t in tasks).items():
+            self._connect_s3(int(project_id), bucket, prefix)
         present = (
             {str((row.get("data") or {}).get("task_id")) for row in self._export(project_id)} if resumed else set()
         )
@@ -508,6 +361,35 @@ class LabelStudioBackend:
             ),
         )
 
+    def _connect_s3(self, project_id: int, bucket: str, prefix: str) -> None:
+        """Give the project an S3 source storage on ``bucket`` (once), so Label Studio resolves the tasks'
+        ``s3://`` links at view time (``label_studio_images``)."""
+        storages = self._call(
+            f"list S3 storages of project {project_id}", lambda: self.client.import_storage.s3.list(project=project_id)
+        )
+        if any(getattr(s, "bucket", None) == bucket for s in storages or ()):
+            return
+        if self.s3_access.access_key_id is None:
+            log.info("Label Studio reads s3://%s with its own credentials (no label_studio_s3_access_key_id)", bucket)
+        try:
+            self._call(
+                f"connect project {project_id} to s3://{bucket}/{prefix}",
+                lambda: self.client.import_storage.s3.create(
+                    project=project_id,
+                    bucket=bucket,
+                    prefix=prefix,
+                    use_blob_urls=True,
+                    title=f"cosmicman images s3://{bucket} (never synced)",
+                    description="lets Label Studio show this round's s3:// images; do not sync",
+                    **self.s3_access.storage_fields(),
+                ),
+            )
+        except LabelStudioError as e:
+            raise LabelStudioError(
+                f"{e} (Label Studio must reach s3://{bucket}: check label_studio_s3_endpoint and the "
+                "label_studio_s3_* credentials, or the server's own S3_ENDPOINT and credentials)"
+            ) from None
+
     def collect(self, round_id: str, round_number: int) -> tuple[list[LabelRecord], int]:
         pointer = self._pointer(round_id)
         if pointer is None:
@@ -520,7 +402,9 @@ class LabelStudioBackend:
         )
         return labels, len(tasks) - len(answered)
 
-    def open_round_status(self) -> RoundStatus | None:
+    # -- watching the open round ----------------------------------------------------------------------
+    def _open_round(self) -> tuple[str, dict[str, Any]] | None:
+        """The open round with the highest number and its pointer (the store's record, no server call)."""
         pointers = [
             k for k in self.store.list(LABELLING_PREFIX) if posixpath.basename(k) == POINTER and k.count("/") == 2
         ]
@@ -533,11 +417,65 @@ class LabelStudioBackend:
         if not open_rounds:
             return None
         _, rid, pointer = max(open_rounds, key=lambda r: (r[0], r[1]))
-        tasks = self.tasks(rid)
-        _, answered = labels_from_export(
-            self._export(pointer.get("project_id")), int(pointer.get("round", 0)), tasks, self.protocol
+        return rid, pointer
+
+    def _task_page(self, project_id: int, query: str, page_size: int) -> list[ChangedTask]:
+        """One page of the project's tasks for ``query``, with only the change feed's fields."""
+        pager = self._call(
+            f"changed tasks of project {project_id}",
+            lambda: self.client.tasks.list(
+                project=project_id, query=query, include=CHANGE_FIELDS, page_size=page_size, resolve_uri=False
+            ),
         )
-        return RoundStatus(rid, len(tasks), len(tasks) - len(answered), _fingerprint(answered))
+        return [changed_task(row) for row in pager.items or ()]
+
+    def _counts(self, project_id: int) -> tuple[int, int]:
+        """(tasks, tasks with an answer that is not a skip) of the project, counted by Label Studio."""
+        page = self._call(
+            f"counts of project {project_id}",
+            lambda: self.client.projects.list_counts(ids=str(project_id), include=COUNT_FIELDS),
+        )
+        row = next((r for r in page.results if r.id == project_id), None)
+        if row is None:
+            raise LabelStudioError(f"Label Studio at {self.url} has no project {project_id} (its counts are missing)")
+        return int(row.task_number or 0), int(row.num_tasks_with_annotations or 0)
+
+    def watch_round(self, cursor: ChangeCursor | None) -> RoundWatch | None:
+        """The open round's status from what changed since ``cursor`` (module docstring); None when no
+        round is open. ``cursor`` None, or one of another round, starts from the project's newest task."""
+        found = self._open_round()
+        if found is None:
+            return None
+        rid, pointer = found
+        asked = int(pointer.get("tasks", 0))
+        project_id = pointer.get("project_id")
+        if project_id is None:  # a round with nothing to ask
+            fresh = ChangeCursor(rid, None, "")
+            return RoundWatch(RoundStatus(rid, asked, 0, fingerprint(fresh, 0, 0)), fresh, ())
+        project_id = int(project_id)
+        changed: list[ChangedTask] = []
+        if cursor is None or (cursor.round_id, cursor.project_id) != (rid, project_id):
+            newest = self._task_page(project_id, newest_query(), 1)
+            cursor = ChangeCursor(rid, project_id, newest[0].updated_at if newest else "")
+        else:
+            page = self._task_page(project_id, changes_query(cursor), self.change_page_size)
+            try:
+                cursor, changed = advance(cursor, page, self.change_page_size)
+            except ValueError as e:
+                raise LabelStudioError(f"Label Studio project {project_id}: {e}") from None
+        task_number, answered = self._counts(project_id)
+        if task_number > asked:  # fewer is an import under way (or stopped): those tasks count as pending
+            raise LabelStudioError(
+                f"{rid}: Label Studio project {project_id} holds {task_number} tasks, the round asked {asked}: "
+                "remove the tasks added by hand"
+            )
+        status = RoundStatus(rid, asked, asked - answered, fingerprint(cursor, task_number, answered))
+        return RoundWatch(status, cursor, tuple(changed))
+
+    def open_round_status(self) -> RoundStatus | None:
+        """The open round's status: Label Studio's counters and its newest task (two requests)."""
+        watch = self.watch_round(None)
+        return watch.status if watch else None
 
     def close_round(self, round_id: str) -> None:
         pointer = self._pointer(round_id) or {}

@@ -1,7 +1,9 @@
 """Checks on evaluations: a variant is not worse than it was on the previous dataset version (a warning).
 
 Partitioned like ``evaluation`` (one verdict per variant). It reads the instance's evaluation history of the
-variant: each materialization records the dataset version its model trained on (``dataset_version``).
+variant: each materialization records the dataset version its model trained on (``dataset_version``), and its
+``acc_all`` and ``frechet_distance`` are means over the variant's training seeds, so two versions are compared
+on their seeds' averages, not on one draw each.
 """
 
 from collections.abc import Iterator

@@ -9,7 +9,7 @@ import dagster as dg
 from PIL import Image
 
 from cosmicman.assets.metadata import table
-from cosmicman.assets.plots import bar_chart, image_grid
+from cosmicman.assets.plots import bar_chart, image_column, image_grid
 from cosmicman.core.store import Store
 
 ACCURACIES = ("acc_obj", "acc_tex", "acc_shape", "acc_all")
@@ -21,9 +21,31 @@ METRIC_NOTES = {
 }
 
 
+def attention_overlays(root: Store, report: dict[str, Any]) -> dict[str, Any]:
+    """``attention_overlays``: the report's overlay pictures (per prompt: the sample, then each caption group's
+    cross-attention on it) and ``attention_overlays_maps``: what they show; or, as text, why there are none."""
+    if "overlays" not in report:
+        return {
+            "attention_overlays": "this report has no overlays: evaluated before the evaluation drew them (issue 13)"
+        }
+    if not report["overlays"]:
+        return {"attention_overlays": "this report has no overlays: it was evaluated with overlay_prompts = 0"}
+    level = report["overlay_attention"]
+    pictures = [Image.open(io.BytesIO(root.read_bytes(o["key"]))) for o in report["overlays"]]
+    return {
+        "attention_overlays": image_column(pictures, [o["caption"] for o in report["overlays"]]),
+        "attention_overlays_maps": (
+            f"cross-attention at 1/{level['map_factor']} of the image ({level['map_hw'][0]}x{level['map_hw'][1]} "
+            f"maps, {len(level['layers'])} layers), mean over denoising steps, layers and heads; a group's map is "
+            "the mean over its words, shown against its own peak, peak / mean beside its name"
+        ),
+    }
+
+
 def report_metadata(store: Store, report: dict[str, Any], variant: str) -> dict[str, Any]:
     """The figures (each a number, so the checks and the ablation table read them), the generated-vs-real
-    table, the accuracy chart against the real-image ceiling, the samples, and what scored them."""
+    table, the accuracy chart against the real-image ceiling, the samples and attention overlays, and what
+    scored them."""
     metrics, ceiling = report["metrics"], report["ceiling"]
     root = Store(report["output_url"], **store.storage_options)
     samples = [Image.open(io.BytesIO(root.read_bytes(s["key"]))) for s in report["samples"]]
@@ -44,6 +66,7 @@ def report_metadata(store: Store, report: dict[str, Any], variant: str) -> dict[
             reference_label="real images",
         ),
         "samples": image_grid(samples, [s["caption"] for s in report["samples"]], thumb=(192, 192), cols=4),
+        **attention_overlays(root, report),
         "prompt_set_version": report["prompt_set_version"],
         "n_prompts": report["n_prompts"],
         "judge": f"{report['judge']['name']} ({report['judge']['version']})",

@@ -14,6 +14,7 @@ import polars as pl
 
 from cosmicman.assets.automation import on_missing
 from cosmicman.assets.common import Progress, content_digest, sourcing_batches
+from cosmicman.assets.gpu_pools import FILTER_POOL
 from cosmicman.assets.metadata import counts_table, location, table, tidy_metadata
 from cosmicman.assets.plots import histogram, image_grid
 from cosmicman.core.keys import FAKE_HEAD_KEY, raw_table_key, table_key
@@ -100,7 +101,7 @@ def plan_filter_shards(
         yield dg.DynamicOutput(shard, mapping_key=f"shard_{shard.index:05d}")
 
 
-@dg.op
+@dg.op(pool=FILTER_POOL)
 def filter_shard(
     context: dg.OpExecutionContext, shard: Shard, object_store: ObjectStoreResource, filters: FilterResource
 ) -> Shard:

@@ -205,3 +205,26 @@ def image_grid(
     if numbered:
         parts.append("\n".join(numbered))
     return dg.MetadataValue.md("\n\n".join(parts))
+
+
+def image_column(
+    images: Iterable[Image.Image], captions: Iterable[str] = (), width: int = 768
+) -> dg.MarkdownMetadataValue:
+    """A JPEG of ``images`` stacked top to bottom, each scaled to ``width`` px at its own aspect ratio (pictures
+    of different heights, such as attention overlays with different group counts), numbered captions below."""
+    imgs = [im.convert("RGB") for im in images]
+    if not imgs:
+        return dg.MetadataValue.md("_no images_")
+    scaled = [im.resize((width, max(1, round(im.height * width / im.width))), Image.Resampling.LANCZOS) for im in imgs]
+    sheet = Image.new("RGB", (width, sum(im.height for im in scaled)), "white")
+    top = 0
+    for im in scaled:
+        sheet.paste(im, (0, top))
+        top += im.height
+    buf = io.BytesIO()
+    sheet.save(buf, format="JPEG", quality=85)
+    parts = [f"![column](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"]
+    numbered = [f"{i + 1}. {c}" for i, c in enumerate(captions)]
+    if numbered:
+        parts.append("\n".join(numbered))
+    return dg.MetadataValue.md("\n\n".join(parts))

@@ -9,6 +9,7 @@ from cosmicman.resources.sourcing import SourcingResource
 from cosmicman.resources.storage import ObjectStoreResource
 from cosmicman.sourcing.api_source import report_downloads
 from cosmicman.sourcing.ingest import source_batch
+from cosmicman.sourcing.sources import FolderSource
 
 
 def batch_index(partition_key: str) -> int:
@@ -39,6 +40,14 @@ def raw_images(
     sources = sourcing.sources(store)
     report = source_batch(store, batch, batch_index(batch), sources, sourcing.ingest_config(), progress)
     tracked = report_downloads(store, batch_index(batch), sources, report.raw)
+    folders = [source for source, _ in sources if isinstance(source, FolderSource)]
+    folder_metadata: dict[str, dg.MetadataValue] = {}
+    for folder in folders:
+        # every entry under the dataset root: listed for batches, or skipped with its reason
+        entries = folder.accounting(store)
+        folder_metadata[f"{folder.name}_entries"] = counts_table(entries, "entry", "files")
+        folder_metadata[f"{folder.name}_entries_by_reason"] = dg.MetadataValue.json(entries)
+        folder_metadata[f"{folder.name}_skipped_table"] = location(store.uri(folder.skipped_table_key()))
     if report.resumed_outcomes:
         context.log.info(f"resumed {batch}: {report.resumed_outcomes} outcomes were already durable")
     return dg.MaterializeResult(
@@ -60,6 +69,7 @@ def raw_images(
                 "images_per_s": report.requested / max(report.elapsed_s, 1e-9),
                 "table": location(store.uri(raw_table_key(batch))),
                 "sourcing_log": location(store.uri(sourcing_log_key(batch))),
+                **folder_metadata,
             }
         ),
         data_version=dg.DataVersion(content_digest(report.raw["sha256"].to_list())),

@@ -1,27 +1,18 @@
 """The project's Dagster instance under ``$COSMICMAN_HOME/dagster``: what ``make run``'s daemon and ``make ui``
-share. Its ``dagster.yaml`` is written once, when absent, and is then yours to edit."""
+share. Its ``dagster.yaml`` is a copy of ``deploy/dagster.local.yaml``, made once when absent, and is then yours
+to edit. The instance configurations live in ``deploy/`` beside the repository's other deployment files, not in
+the package: the production one is read by whoever deploys (a container image, a host running the daemon)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-DAGSTER_YAML = """\
-# Written by `make run` or `make ui` (cosmicman/cli/instance.py) because none was here; edit freely, it stays.
-# Runs wait in a queue: two at a time fit two CPU cores (a training run is a run worker and a trainer).
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: {max_concurrent_runs}
-    dequeue_interval_seconds: 1
-# the four sensors tick side by side instead of one after the other
-sensors:
-  use_threads: true
-  num_workers: 4
-telemetry:
-  enabled: false
-"""
-MAX_CONCURRENT_RUNS = 2
+from cosmicman.cli.errors import UserError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+LOCAL_INSTANCE_YAML = DEPLOY / "dagster.local.yaml"
+PRODUCTION_INSTANCE_YAML = DEPLOY / "dagster.production.yaml"
 
 
 def dagster_home(home: Path) -> Path:
@@ -29,10 +20,16 @@ def dagster_home(home: Path) -> Path:
 
 
 def prepare_instance(home: Path) -> Path:
-    """``<home>/dagster`` with a ``dagster.yaml`` (written only when absent); the folder."""
+    """``<home>/dagster`` with a ``dagster.yaml`` (copied from ``deploy/dagster.local.yaml`` only when absent);
+    the folder."""
     folder = dagster_home(home)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML.format(max_concurrent_runs=MAX_CONCURRENT_RUNS))
+        if not LOCAL_INSTANCE_YAML.is_file():
+            raise UserError(
+                f"no {LOCAL_INSTANCE_YAML}: run from a checkout of the repository (make install installs it "
+                f"editable), or write {config} yourself"
+            )
+        shutil.copyfile(LOCAL_INSTANCE_YAML, config)
     return folder

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from cosmicman.assets.ablation_rows import BASE_ROW
 from cosmicman.cli.environment import resolved
 from cosmicman.core.store import Store
 
@@ -53,6 +54,7 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
     from cosmicman.annotation.ledger import RoundLedger
 
     hq = meta("cosmicman_hq")
+    ablation = meta("ablation_table")
     ledger = RoundLedger(object_store_of(defs))
     results, curve = ledger.results(), ledger.curve()
     return {
@@ -78,31 +80,63 @@ def collect_summary(defs: dg.Definitions, instance: dg.DagsterInstance, variants
             v: {
                 **{
                     k: meta("daring_unet", v).get(k)
-                    for k in ("loss_first", "loss_last", "steps", "output_url", "reused", "attention_in_mask")
-                },
-                **{
-                    k: meta("evaluation", v).get(k)
                     for k in (
-                        "acc_obj",
-                        "acc_tex",
-                        "acc_shape",
-                        "acc_all",
-                        "frechet_distance",
-                        "kid",
-                        "clip_score",
-                        "hpsv2",
-                        "ceiling_acc_all",
-                        "judge",
-                        "feature_extractor",
-                        "prompt_set_version",
-                        "n_prompts",
+                        "loss_first",
+                        "loss_last",
+                        "loss_last_sd",
+                        "steps",
+                        "output_url",
+                        "reused",
+                        "attention_in_mask",
+                        "attention_in_mask_sd",
+                        "seeds",
                     )
                 },
+                **{k: meta("evaluation", v).get(k) for k in (*EVALUATED, *(f"{m}_sd" for m in FIGURES))},
             }
             for v in variants
         },
-        "ablation_rows": meta("ablation_table").get("variants"),
+        # the untuned base model, scored as every variant ({} until base_model_evaluation ran)
+        "base": {k: meta("base_model_evaluation").get(k) for k in FIGURES} if meta("base_model_evaluation") else {},
+        "ablation_rows": ablation.get("variants"),
+        "ablation": {k: ablation.get(k) for k in GAIN_KEYS},
     }
+
+
+# the figures of a model's evaluation (each a mean over training seeds, with ``<figure>_sd`` beside it)
+FIGURES = ("acc_obj", "acc_tex", "acc_shape", "acc_all", "frechet_distance", "kid", "clip_score", "hpsv2")
+EVALUATED = (*FIGURES, "ceiling_acc_all", "judge", "feature_extractor", "prompt_set_version", "n_prompts")
+# what ablation_table says of HOLA's attention gain over the noise-only baseline (cosmicman.assets.evaluation)
+GAIN_KEYS = (
+    "hola_attention_gain",
+    "hola_attention_gain_sd",
+    "hola_attention_gain_seeds",
+    "hola_attention_in_mask",
+    "baseline_attention_in_mask",
+    "attention_in_mask_chance",
+    "hola_attention_gain_note",
+)
+
+
+def mean_sd(mean: float | None, sd: float | None, spec: str) -> str:
+    """``0.512 ± 0.013`` (``spec`` formats both), the mean alone for one seed, ``-`` when not measured."""
+    if mean is None:
+        return "-"
+    return f"{mean:{spec}}" if sd is None else f"{mean:{spec}} ± {sd:{spec}}"
+
+
+def gain_line(ablation: dict) -> str:
+    """``HOLA attention gain: X ± sd over n seeds (hola A vs noise-only B, chance C)``, or why it is missing."""
+    gain = ablation.get("hola_attention_gain")
+    if gain is None:
+        return f"HOLA attention gain: {ablation.get('hola_attention_gain_note') or 'not measured (no ablation table)'}"
+    n = ablation.get("hola_attention_gain_seeds")
+    chance = ablation.get("attention_in_mask_chance")
+    return (
+        f"HOLA attention gain: {mean_sd(gain, ablation.get('hola_attention_gain_sd'), '.3f')} over {n} "
+        f"seed{'s' if n != 1 else ''} (hola {ablation['hola_attention_in_mask']:.3f} vs noise-only "
+        f"{ablation['baseline_attention_in_mask']:.3f}, chance {'-' if chance is None else format(chance, '.3f')})"
+    )
 
 
 def print_summary(summary: dict) -> None:
@@ -129,19 +163,26 @@ def print_summary(summary: dict) -> None:
         f"  dataset cosmicman-hq {d['version']}: {d['samples']} samples{reused}; "
         + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float)))[:400]
     )
-    print("  daring_unet variants (same data, seed and steps):")
+    seeds = ", ".join(f"{name} x{len(v['seeds'] or [0])}" for name, v in summary["variants"].items())
+    print(f"  daring_unet variants (same data and steps; training seeds: {seeds}); each figure mean ± sd over seeds:")
     print(
-        f"    {'variant':<16} {'loss first':>10} {'loss last':>10} {'acc_obj':>8} {'acc_tex':>8} {'acc_shape':>9} "
-        f"{'acc_all':>8} {'FD':>7} {'KID':>7} {'CLIP':>6} {'HPSv2':>6} {'attn in mask':>12}"
+        f"    {'variant':<20} {'seeds':>5} {'loss last':>17} {'acc_obj':>7} {'acc_tex':>7} {'acc_shape':>9} "
+        f"{'acc_all':>15} {'FD':>17} {'KID':>7} {'CLIP':>6} {'HPSv2':>6} {'attn in mask':>15}"
     )
-    for name, v in summary["variants"].items():
+    base = summary.get("base") or {}
+    rows = [(BASE_ROW, {**base, "seeds": None, "reused": False})] if base else []
+    for name, v in [*rows, *summary["variants"].items()]:
         print(
-            f"    {name:<16} {v['loss_first']:>10.4f} {v['loss_last']:>10.4f} {v['acc_obj']:>8.3f} "
-            f"{v['acc_tex']:>8.3f} {v['acc_shape']:>9.3f} {v['acc_all']:>8.3f} {v['frechet_distance']:>7.3f} "
-            f"{v['kid']:>7.4f} {v['clip_score']:>6.2f} {v['hpsv2']:>6.3f} "
-            f"{v['attention_in_mask'] if v['attention_in_mask'] is None else format(v['attention_in_mask'], '12.3f')}"
+            f"    {name:<20} {'-' if v['seeds'] is None else len(v['seeds']):>5} "
+            f"{mean_sd(v.get('loss_last'), v.get('loss_last_sd'), '.4f'):>17} {v['acc_obj']:>7.3f} "
+            f"{v['acc_tex']:>7.3f} {v['acc_shape']:>9.3f} {mean_sd(v['acc_all'], v.get('acc_all_sd'), '.3f'):>15} "
+            f"{mean_sd(v['frechet_distance'], v.get('frechet_distance_sd'), '.3f'):>17} {v['kid']:>7.4f} "
+            f"{v['clip_score']:>6.2f} {v['hpsv2']:>6.3f} "
+            f"{mean_sd(v.get('attention_in_mask'), v.get('attention_in_mask_sd'), '.3f'):>15}"
             f"{'  (reused)' if v['reused'] else ''}"
         )
+    if not base:
+        print(f"    {BASE_ROW}: not evaluated (base_model_evaluation has no materialization)")
     first = next(iter(summary["variants"].values()))
     print(f"    models under {first['output_url'].rsplit('/', 1)[0]}")
     print(
@@ -149,6 +190,7 @@ def print_summary(summary: dict) -> None:
         f"{first['judge']} (not the annotator); real-image ceiling acc_all {first['ceiling_acc_all']:.3f}; "
         f"distances over {first['feature_extractor']}"
     )
+    print(f"  {gain_line(summary['ablation'])}")
     runs = summary["runs"]
     by = ", ".join(f"{n} by {name}" for name, n in runs["by"].items())
     print(f"  runs launched this turn: {runs['launched']} ({by or 'nothing new to do'})")

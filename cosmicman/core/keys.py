@@ -59,6 +59,11 @@ def folder_listing_key(digest: str) -> str:
     return f"sourcing/folders/{digest}.json"
 
 
+def folder_skipped_key(digest: str) -> str:
+    """The entries a folder dataset's walk skipped, each with its reason code and a short description."""
+    return f"sourcing/folders/{digest}-skipped.parquet"
+
+
 def api_state_prefix(api: str) -> str:
     """A web API's rate-limit call log, response cache and per-batch cursors."""
     return f"sourcing/apis/{api}"
@@ -134,6 +139,8 @@ def dataset_staging_prefix(attempt: str) -> str:
 MODELS_PREFIX = "models/daring_unet"
 LATENT_CACHE_PREFIX = "cache/latents"
 TRAINING_RUN_FILE = "training_run.json"  # a published model's record, written last: its completion marker
+# Dagster Pipes message chunks of the training / evaluation pods, one folder per session
+PIPES_MESSAGES_PREFIX = "pipes/messages"
 
 
 def model_prefix(name: str) -> str:
@@ -149,6 +156,12 @@ TEST_PROMPTS_PREFIX = "evaluation/test_prompts"
 LATEST_TEST_PROMPTS_KEY = f"{TEST_PROMPTS_PREFIX}/latest.json"
 EVALUATIONS_PREFIX = "evaluation/runs"
 EVALUATION_REPORT_FILE = "report.json"  # written last: an evaluation's completion marker
+EVALUATION_REFERENCES_PREFIX = "evaluation/references"
+
+
+def evaluation_reference_key(digest: str) -> str:
+    """The real I_e images' ceiling and features under one set of scorers (``cosmicman.evaluation.reference_side``)."""
+    return f"{EVALUATION_REFERENCES_PREFIX}/{digest}.npz"
 
 
 def test_prompts_key(version: str) -> str:

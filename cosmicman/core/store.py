@@ -38,7 +38,9 @@ class PutResult:
 
 class Store:
     def __init__(self, url: str, **storage_options: Any) -> None:
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        # other processes write the same store; s3fs would answer a read or an exists from a listing this process
+        # cached earlier and miss their keys (a sensor's long-lived code server failed on a table just written)
+        fs, root = fsspec.core.url_to_fs(url, **{"use_listings_cache": False, **storage_options})
         self.url = url
         self.storage_options = storage_options
         self.fs: fsspec.AbstractFileSystem = fs

@@ -1,23 +1,22 @@
-"""The embedded flywheel on an S3-compatible object store; credentials only through environment variables."""
+"""The deployed flywheel on one machine: production backends at every stage, the store on S3, training and
+evaluation in subprocesses. Loading it with a required variable missing names every one missing."""
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
-import dagster as dg
+from cosmicman.environments.production import production_resources
+from cosmicman.environments.variables import EnvironmentVariables
+from cosmicman.resources.launchers import SubprocessEvaluationLauncher, SubprocessTrainingLauncher
 
-from cosmicman.environments.local import local_resources
-from cosmicman.resources.storage import ObjectStoreResource
 
-
-def s3_resources() -> dict:
-    """The same flywheel on an S3-compatible object store; credentials only through environment variables."""
-    return {
-        **local_resources(),
-        "object_store": ObjectStoreResource(
-            url=dg.EnvVar("COSMICMAN_STORE_URL"),
-            endpoint_url=os.environ.get("COSMICMAN_S3_ENDPOINT"),
-            access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
-            secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
-        ),
+def s3_resources() -> dict[str, Any]:
+    """Production backends on this machine (models on ``COSMICMAN_DEVICE``, default ``cuda``)."""
+    variables = EnvironmentVariables("s3")
+    resources = {
+        **production_resources(variables, device=variables.optional("COSMICMAN_DEVICE", "cuda") or "cuda"),
+        "training_launcher": SubprocessTrainingLauncher(),
+        "evaluation_launcher": SubprocessEvaluationLauncher(),
     }
+    variables.check()
+    return resources

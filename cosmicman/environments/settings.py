@@ -30,7 +30,8 @@ def _environment() -> str:
     return os.environ.get("COSMICMAN_ENV", "local")
 
 
-def _positive_int(var: str, default: int) -> int:
+def positive_int(var: str, default: int) -> int:
+    """``var`` as a whole number of at least 1 (``default`` when unset); anything else is an error."""
     raw = os.environ.get(var)
     if raw is None:
         return default
@@ -56,9 +57,9 @@ def training_variants() -> list[str]:
 
 def sensor_interval_s() -> int:
     """Minimum seconds between two ticks of a sensor (``COSMICMAN_SENSOR_INTERVAL_S``)."""
-    return _positive_int(SENSOR_INTERVAL_VAR, SENSOR_INTERVAL_S.get(_environment(), 30))
+    return positive_int(SENSOR_INTERVAL_VAR, SENSOR_INTERVAL_S.get(_environment(), 30))
 
 
 def new_images_per_version() -> int:
     """Newly annotated images that make a new dataset version (``COSMICMAN_NEW_IMAGES_PER_VERSION``)."""
-    return _positive_int(NEW_IMAGES_VAR, NEW_IMAGES_PER_VERSION.get(_environment(), 1000))
+    return positive_int(NEW_IMAGES_VAR, NEW_IMAGES_PER_VERSION.get(_environment(), 1000))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+import dagster as dg
+
 from cosmicman.core.store import Store
 from cosmicman.parsing.parsers import HumanParser
 from cosmicman.resources.evaluation import EvaluationResource
@@ -18,14 +20,31 @@ from cosmicman.simulation.prompts import synthetic_test_attributes
 from cosmicman.simulation.source import SyntheticSource
 from cosmicman.sourcing.sources import ImageSource
 
+# each web API: the SourcingResource field holding its key, and the variable the key is read from
+WEB_API_KEYS = {
+    "flickr": ("flickr_api_key", "FLICKR_API_KEY"),
+    "unsplash": ("unsplash_access_key", "UNSPLASH_ACCESS_KEY"),
+    "pixabay": ("pixabay_api_key", "PIXABAY_API_KEY"),
+}
+
 
 class SimulatedSourcingResource(SourcingResource):
-    """Production sourcing plus the synthetic world (``batch_size`` renders a batch, first in the plan)."""
+    """Production sourcing plus the synthetic world (``batch_size`` renders a batch, first in the plan).
+    The web APIs are optional here: each run that sources says which are off and the variable that turns
+    each on."""
 
     batch_size: int = 48
     synthetic: bool = True
     synthetic_seed: int = 0
     negative_fraction: float = 0.3
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # said once per run that sources; a sensor's tick (no run) initializes the resource too, every few seconds
+        if context.dagster_run is None or context.log is None:
+            return
+        off = [f"{api} ({var} not set)" for api, (field, var) in WEB_API_KEYS.items() if not getattr(self, field)]
+        if off:
+            context.log.info(f"web API sources off in this environment: {', '.join(off)}")
 
     def configured_sources(self) -> list[tuple[ImageSource, int]]:
         synthetic: list[tuple[ImageSource, int]] = []

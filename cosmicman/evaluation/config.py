@@ -31,6 +31,10 @@ class EvaluationConfig:
     - ``features``: ``{"kind": "inception", "weights_path": ...}`` or ``{"kind": "random_conv", "seed": 0}``.
     - ``clip_path`` / ``hpsv2_path``: a saved CLIP folder / HPSv2 checkpoint; None: a tiny untrained stand-in.
     - ``image_seed``: image i starts from seed ``image_seed + i``; the same seeds for every model compared.
+    - ``overlay_prompts``: the first that many test prompts get an attention overlay per caption group
+      (``overlays/NNN.png``, :mod:`cosmicman.evaluation.attention_overlays`); 0: none.
+    - ``overlay_map_factor``: the overlays' UNet level as image side / map side; None: the released HOLA
+      level (1/16) or the level with cross-attention nearest to it.
     """
 
     model_url: str
@@ -46,6 +50,8 @@ class EvaluationConfig:
     steps: int = 10
     guidance_scale: float = 5.0
     scheduler: str | None = None
+    overlay_prompts: int = 4
+    overlay_map_factor: int | None = None
     device: str = "cpu"
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +63,8 @@ class EvaluationConfig:
             raise ValueError('judge has no "kind": name "vqa" (with "path") or "python" (with "factory")')
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.overlay_prompts < 0:
+            raise ValueError(f"overlay_prompts must be at least 0 (0: no overlays), got {self.overlay_prompts}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EvaluationConfig:

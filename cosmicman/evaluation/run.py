@@ -9,22 +9,27 @@ The paper's four measures, each from :mod:`cosmicman.evaluation`'s scorers:
 
 The same judge and scorers on the real I_e images (each against its own attributes and caption) give the
 ceiling row: what the scorers allow, so a generated figure reads against it. The report, the per-question
-table and the first samples are written under ``output_url``; the report is also returned.
+table, the first samples and the first ``overlay_prompts`` prompts' attention overlays per caption group
+(:mod:`cosmicman.evaluation.attention_overlays`, captured while those very samples are drawn) are written
+under ``output_url``; the report is also returned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 from PIL import Image
 
 from cosmicman.annotation.eval_set import read_eval_items
+from cosmicman.core.caption_draw import Caption
 from cosmicman.core.imageio import encode_png
 from cosmicman.core.keys import EVALUATION_REPORT_FILE
 from cosmicman.core.store import Store
@@ -37,7 +42,11 @@ from cosmicman.evaluation.frechet import frechet_distance, kernel_distance
 from cosmicman.evaluation.hpsv2 import HpsV2Scorer, hpsv2_score
 from cosmicman.evaluation.judge import Judge, JudgeSpec, load_judge
 from cosmicman.evaluation.prompt_set import read_prompt_set
+from cosmicman.evaluation.reference_side import RealItem, ReferenceSide, reference_side
 from cosmicman.evaluation.semantic_accuracy import judge_semantic_accuracy
+
+if TYPE_CHECKING:
+    from cosmicman.evaluation.attention_overlays import AttentionLevel
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +86,56 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
+#: prompts per pipeline call (``render_images``' batches): the capture for the overlays rides on whole calls,
+#: so it never changes how the images are batched (a different batching may change their last bits)
+GENERATION_BATCH = 8
+
+
+@dataclass
+class GeneratedImages:
+    """The images of every caption and, for the first captured ones, their step-averaged cross-attention maps
+    ((P, K) each, at ``level``: see :mod:`cosmicman.evaluation.attention_overlays`)."""
+
+    images: list[Image.Image]
+    token_maps: list[np.ndarray]
+    level: AttentionLevel | None
+
+
 def generate_test_images(cfg: EvaluationConfig, captions: Sequence[str]) -> list[Image.Image]:
     """One image per caption, image i from seed ``image_seed + i``, on the model's own pipeline family."""
-    from cosmicman.model.pipelines import load_pipeline, local_model_dir, render_images  # diffusers: heavy
+    return generate_capturing(cfg, captions, 0).images
 
+
+def generate_capturing(cfg: EvaluationConfig, captions: Sequence[str], n_captured: int) -> GeneratedImages:
+    """``generate_test_images``' images, the same pixels, with the cross-attention of the first ``n_captured``
+    prompts captured during the very pipeline calls that draw them."""
+    from cosmicman.evaluation.attention_overlays import attention_level, capturing  # diffusers: heavy
+    from cosmicman.model.pipelines import default_size, load_pipeline, local_model_dir, render_images
+
+    seeds = [cfg.image_seed + i for i in range(len(captions))]
+    generated = GeneratedImages([], [], None)
     with local_model_dir(cfg.model_url) as model_dir:
         pipe = load_pipeline(model_dir, device=cfg.device, scheduler=cfg.scheduler)
-        return render_images(
-            pipe,
-            list(captions),
-            seeds=[cfg.image_seed + i for i in range(len(captions))],
-            steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
-        )
+        if n_captured > 0:
+            side, vae_factor = default_size(pipe), int(pipe.vae_scale_factor)
+            generated.level = attention_level(pipe.unet, side, vae_factor, cfg.overlay_map_factor)
+        for start in range(0, len(captions), GENERATION_BATCH):
+            chunk = slice(start, start + GENERATION_BATCH)
+            with contextlib.ExitStack() as stack:
+                maps = None
+                if generated.level is not None and start < n_captured:
+                    maps = stack.enter_context(capturing(pipe.unet, generated.level, len(captions[chunk])))
+                generated.images += render_images(
+                    pipe,
+                    list(captions[chunk]),
+                    seeds=seeds[chunk],
+                    steps=cfg.steps,
+                    guidance_scale=cfg.guidance_scale,
+                    batch_size=GENERATION_BATCH,
+                )
+            if maps is not None:
+                generated.token_maps += list(maps.mean()[: n_captured - start])
+    return generated
 
 
 def score(
@@ -98,19 +144,40 @@ def score(
     prompts: Sequence[dict[str, str]],
     captions: Sequence[str],
     prompt_set_version: str,
-    real: Sequence[tuple[Image.Image, dict[str, str], str]],
+    real: Sequence[RealItem],
+    references: Store,
+    log_fn: Callable[[str], None] = log.info,
 ) -> tuple[dict[str, Any], pl.DataFrame]:
     """The report of ``images`` (``images[i]`` from ``prompts[i]`` / ``captions[i]``) and its ceiling on ``real``
-    (image, attributes, caption); the per-question table of the generated images beside it."""
+    (image, attributes, caption); the per-question table of the generated images beside it. The real side
+    (ceiling and reference features) is kept in ``references`` and reused by every model scored alike."""
     judge = build_judge(cfg.judge)
     features = build_features(cfg.features)
     clip, hps = _scorers(cfg)
     accuracy = judge_semantic_accuracy(judge, images, prompts, prompt_set_version)
     real_images = [image for image, _, _ in real]
-    ceiling_accuracy = judge_semantic_accuracy(judge, real_images, [a for _, a, _ in real], prompt_set_version)
-    generated_clip, real_clip = clip_score(images, captions, clip), clip_score(real_images, [c for *_, c in real], clip)
-    generated_hps, real_hps = hpsv2_score(images, captions, hps), hpsv2_score(real_images, [c for *_, c in real], hps)
-    fake_feats, real_feats = np.asarray(features(images)), np.asarray(features(real_images))
+
+    def real_side() -> ReferenceSide:
+        ceiling_accuracy = judge_semantic_accuracy(judge, real_images, [a for _, a, _ in real], prompt_set_version)
+        real_captions = [c for *_, c in real]
+        ceiling = {
+            **ceiling_accuracy.metrics(),
+            "clip_score": clip_score(real_images, real_captions, clip).mean,
+            "hpsv2": hpsv2_score(real_images, real_captions, hps).mean,
+        }
+        return ReferenceSide(ceiling=ceiling, features=np.asarray(features(real_images)))
+
+    settings = {
+        "judge": [judge.name, judge.version, cfg.judge],
+        "features": [features.name, cfg.features],
+        "clip": [clip.name, cfg.clip_path],
+        "hpsv2": [hps.name, cfg.hpsv2_path],
+        "device": cfg.device,
+        "prompt_set_version": prompt_set_version,
+    }
+    reference = reference_side(references, settings, real, real_side, log_fn)
+    generated_clip, generated_hps = clip_score(images, captions, clip), hpsv2_score(images, captions, hps)
+    fake_feats, real_feats = np.asarray(features(images)), reference.features
     kid = kernel_distance(fake_feats, real_feats, subsets=50, max_subset_size=min(len(images), len(real_images)))
     metrics = _finite(
         {
@@ -122,7 +189,7 @@ def score(
             "hpsv2": generated_hps.mean,
         }
     )
-    ceiling = _finite({**ceiling_accuracy.metrics(), "clip_score": real_clip.mean, "hpsv2": real_hps.mean})
+    ceiling = _finite(dict(reference.ceiling))
     report = {
         "metrics": metrics,
         "ceiling": ceiling,
@@ -142,13 +209,18 @@ def score(
     return report, pl.DataFrame(accuracy.table())
 
 
+def prompt_captions(prompts: Sequence[Mapping[str, str]], tokenizer: Any) -> list[Caption]:
+    """The caption of each test prompt with its groups and token spans: every group kept (the caption says
+    all the judge will ask), prompt i's adjective and group order drawn from seed i."""
+    return [build_caption(p, tokenizer=tokenizer, rng=i, group_dropout=0.0) for i, p in enumerate(prompts)]
+
+
 def test_captions(prompts: Sequence[Mapping[str, str]], tokenizer: Any) -> list[str]:
-    """The caption of each test prompt: every group kept (the caption says all the judge will ask), prompt i's
-    adjective and group order drawn from seed i."""
-    return [build_caption(p, tokenizer=tokenizer, rng=i, group_dropout=0.0).text for i, p in enumerate(prompts)]
+    """The text of :func:`prompt_captions`."""
+    return [c.text for c in prompt_captions(prompts, tokenizer)]
 
 
-def _real_references(store: Store, tokenizer: Any) -> list[tuple[Image.Image, dict[str, str], str]]:
+def _real_references(store: Store, tokenizer: Any) -> list[RealItem]:
     items = [it for it in read_eval_items(store) if it.attributes is not None]
     if len(items) < 2:
         raise ValueError(f"I_e holds {len(items)} images with attributes: the distances need at least 2")
@@ -162,13 +234,19 @@ def evaluate_model(cfg: EvaluationConfig, log_fn: Callable[[str], None] = log.in
     prompt_set = read_prompt_set(cfg.prompts_url, limit=cfg.n_prompts, **cfg.storage_options)
     tokenizer = load_clip_tokenizer()
     prompts = [dict(p) for p in prompt_set.prompts]
-    captions = test_captions(prompts, tokenizer)
-    log_fn(f"generating {len(captions)} images for prompt set {prompt_set.version} with {cfg.model_url}")
-    images = generate_test_images(cfg, captions)
+    records = prompt_captions(prompts, tokenizer)
+    captions = [c.text for c in records]
+    n_overlays = min(cfg.overlay_prompts, len(captions))
+    log_fn(
+        f"generating {len(captions)} images for prompt set {prompt_set.version} with {cfg.model_url} "
+        f"(cross-attention of the first {n_overlays} captured for the overlays)"
+    )
+    generated = generate_capturing(cfg, captions, n_overlays)
+    images = generated.images
     store = Store(cfg.store_url, **cfg.storage_options)
     real = _real_references(store, tokenizer)
     log_fn(f"scoring {len(images)} generated and {len(real)} real images")
-    report, questions = score(cfg, images, prompts, captions, prompt_set.version, real)
+    report, questions = score(cfg, images, prompts, captions, prompt_set.version, real, store, log_fn)
     out = Store(cfg.output_url, **cfg.storage_options)
     samples = []
     for i, image in enumerate(images[:SAMPLES_SHOWN]):
@@ -177,6 +255,12 @@ def evaluate_model(cfg: EvaluationConfig, log_fn: Callable[[str], None] = log.in
         samples.append({"key": key, "caption": captions[i]})
     out.write_table(QUESTIONS_FILE, questions)
     report["samples"] = samples
+    report["overlays"] = []
+    if generated.level is not None:
+        from cosmicman.evaluation.attention_overlays import write_overlays
+
+        report["overlays"] = write_overlays(out, images, generated.token_maps, records, generated.level)
+        report["overlay_attention"] = generated.level.to_json()
     report["output_url"] = cfg.output_url
     # written last: a folder with a report is a finished evaluation
     out.write_json(EVALUATION_REPORT_FILE, report)

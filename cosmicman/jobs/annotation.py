@@ -2,6 +2,9 @@
 
 import dagster as dg
 
+from cosmicman.annotation.label_studio import LabelStudioBackend
+from cosmicman.annotation.label_studio_changes import ChangeCursor
+from cosmicman.annotation.labelling import RoundStatus
 from cosmicman.annotation.ledger import RoundLedger, round_id
 from cosmicman.assets.annotation import annotation_rounds
 from cosmicman.assets.common import content_digest, sourcing_batches
@@ -44,18 +47,41 @@ annotations_job = dg.define_asset_job(
 def labels_arrived_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStoreResource, labelling: LabellingResource
 ) -> dg.SensorResult:
-    """When every task of the open labelling round has its human answer, collect them and go on."""
-    status = labelling.backend(object_store.store()).open_round_status()
-    if status is None:
-        return dg.SensorResult(skip_reason="no labelling round is waiting for labels")
+    """When every task of the open labelling round has its human answer, collect them and go on.
+
+    With Label Studio the sensor reads only what changed since its last tick: its cursor is a
+    ``ChangeCursor`` (``cosmicman.annotation.label_studio_changes``), one request for the tasks changed
+    since then and one for the project's counters. The other backends' status is a listing of the store."""
+    backend = labelling.backend(object_store.store())
+    if not isinstance(backend, LabelStudioBackend):
+        status = backend.open_round_status()
+        if status is None:
+            return dg.SensorResult(skip_reason="no labelling round is waiting for labels")
+        return _labels_request(status, "")
+    watch = backend.watch_round(ChangeCursor.from_json(context.cursor))
+    if watch is None:
+        return dg.SensorResult(skip_reason="no labelling round is waiting for labels", cursor=context.cursor)
+    cursor = watch.cursor.to_json()
+    read = f" ({len(watch.changed)} changed task(s) read since the last tick)"
+    if not watch.cursor.caught_up:
+        return dg.SensorResult(
+            skip_reason=f"{watch.status.round_id}: reading Label Studio's changes, more on the next tick{read}",
+            cursor=cursor,
+        )
+    return _labels_request(watch.status, read, cursor)
+
+
+def _labels_request(status: RoundStatus, read: str, cursor: str | None = None) -> dg.SensorResult:
     if status.pending:
         return dg.SensorResult(
-            skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled"
+            skip_reason=f"{status.round_id}: {status.pending} of {status.tasks} tasks still unlabelled{read}",
+            cursor=cursor,
         )
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(run_key=f"labels-{status.round_id}-{status.fingerprint}", partition_key=status.round_id)
-        ]
+        ],
+        cursor=cursor,
     )
 
 

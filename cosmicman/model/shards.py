@@ -59,7 +59,8 @@ from cosmicman.model.sample_draw import SampleDraw, mirror_label_map
 log = logging.getLogger(__name__)
 
 N_ATR_LABELS = 18
-IMAGE_FIELDS = ("jpg", "png", "jpeg", "webp")
+# every extension a pool image may be stored under (cosmicman.core.imageio.FORMAT_EXTENSIONS), and "jpeg"
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "avif")
 MAX_TEXT_TOKENS = 77
 
 

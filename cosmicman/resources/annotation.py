@@ -102,7 +102,18 @@ class LabellingResource(dg.ConfigurableResource):
     label_studio_import_chunk_size: int = 500
     # the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, for a store on local disk (none needed for s3://)
     label_studio_local_files_root: str | None = None
-    label_studio_presign_expiry_s: int = 7 * 24 * 3600
+    # s3:// images: Label Studio resolves them through an S3 source storage on the project, presigned at
+    # view time (or streamed through it: presign False), so they never expire. Credentials and endpoint as
+    # the Label Studio *server* reaches the bucket (read-only keys, as dg.EnvVar); unset keys leave it to
+    # the server's own credentials, an unset endpoint to AWS S3 or the server's own S3_ENDPOINT
+    label_studio_s3_access_key_id: str | None = None
+    label_studio_s3_secret_access_key: str | None = None
+    label_studio_s3_endpoint: str | None = None
+    label_studio_s3_region: str | None = None
+    label_studio_s3_presign: bool = True
+    label_studio_s3_presign_ttl_min: int = 15
+    # the labels sensor reads at most this many changed tasks per tick (the rest on the next ticks)
+    label_studio_change_page_size: int = 1000
     label_studio_timeout_s: float = 60.0
 
     def backend(self, store: Store) -> LabellingBackend:
@@ -110,6 +121,7 @@ class LabellingResource(dg.ConfigurableResource):
             return FileInbox(store)
         if self.backend_kind == "label_studio":
             from cosmicman.annotation.label_studio import LabelStudioBackend
+            from cosmicman.annotation.label_studio_images import S3Access
 
             if not self.label_studio_url:
                 raise ValueError("backend_kind='label_studio' needs label_studio_url (and label_studio_api_key)")
@@ -119,7 +131,15 @@ class LabellingResource(dg.ConfigurableResource):
                 self.label_studio_api_key,
                 import_chunk_size=self.label_studio_import_chunk_size,
                 local_files_root=self.label_studio_local_files_root,
-                presign_expiry_s=self.label_studio_presign_expiry_s,
+                s3_access=S3Access(
+                    access_key_id=self.label_studio_s3_access_key_id,
+                    secret_access_key=self.label_studio_s3_secret_access_key,
+                    endpoint=self.label_studio_s3_endpoint,
+                    region=self.label_studio_s3_region,
+                    presign=self.label_studio_s3_presign,
+                    presign_ttl_min=self.label_studio_s3_presign_ttl_min,
+                ),
+                change_page_size=self.label_studio_change_page_size,
                 timeout_s=self.label_studio_timeout_s,
             )
         raise ValueError(f"unknown labelling backend {self.backend_kind!r}; use 'inbox' or 'label_studio'")

@@ -27,6 +27,12 @@ class EvaluationResource(dg.ConfigurableResource):
     prompt_seed: int = 30_000
     inference_steps: int = 10
     guidance_scale: float = 5.0
+    overlay_prompts: int = Field(
+        default=4, description="The first that many test prompts get an attention overlay per caption group."
+    )
+    overlay_map_factor: int | None = Field(
+        default=None, description="The overlays' UNet level, image side / map side; None: 1/16 or the nearest."
+    )
     prompts_url: str | None = None
     judge: dict[str, Any] = Field(
         default_factory=dict,
@@ -77,5 +83,7 @@ class EvaluationResource(dg.ConfigurableResource):
             image_seed=self.prompt_seed,
             steps=self.inference_steps,
             guidance_scale=self.guidance_scale,
+            overlay_prompts=self.overlay_prompts,
+            overlay_map_factor=self.overlay_map_factor,
             device=self.device,
         )

@@ -2,19 +2,18 @@
 :class:`cosmicman.resources.launchers.SubprocessTrainingLauncher`, so ``daring_unet`` runs unchanged:
 
 - :class:`K8sJobTrainingLauncher`: one pod with N GPUs through ``dagster_k8s.PipesK8sClient``,
-  ``torchrun --standalone --nproc_per_node=N -m cosmicman.model.train``; messages come back on the
-  pod's logs.
+  ``torchrun --standalone --nproc_per_node=N -m cosmicman.model.train``.
 - :class:`K8sPodEvaluationLauncher`: ``python -m cosmicman.evaluation`` in one GPU pod, the same way.
 - :class:`TrainJobLauncher`: a Kubeflow Trainer v2 ``TrainJob`` (multi-node, runtime
   ``torch-distributed``) created through the CustomObjectsApi inside ``dg.open_pipes_session``; the
   session's bootstrap env vars go into ``spec.trainer.env``, ``status.conditions`` are polled for
   Complete / Failed, and the TrainJob is deleted on failure or run termination.
 
-Messages from a TrainJob: with ``messages_url`` set (production: a prefix on the object store) rank 0
-uploads numbered message chunks there and ``ObjectStoreMessageReader`` polls them
+Messages from every launcher: with ``messages_url`` set (production: a prefix on the object store) the
+trainer (rank 0) or the evaluation uploads numbered message chunks there and ``ObjectStoreMessageReader`` polls them
 (``cosmicman/resources/pipes_object_store.py``, ``cosmicman/model/pipes_channel.py``): this survives log
-rotation, pod restarts and any number of nodes. Without it the rank-0 node pod's logs are read
-(``PipesK8sPodLogsMessageReader``).
+rotation, pod restarts and any number of nodes. Without it the (rank-0) pod's logs are read
+(``PipesK8sPodLogsMessageReader``), and the run's log says so.
 """
 
 from __future__ import annotations
@@ -34,6 +33,12 @@ from cosmicman.resources.launchers import (
     EvaluationLauncher,
     TrainingLauncher,
     pipes_session_notice_silenced,
+)
+from cosmicman.resources.pod_security import (
+    container_security_context,
+    pod_security_context,
+    writable_mounts,
+    writable_volumes,
 )
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -64,30 +69,64 @@ def _check_image(image: str) -> None:
 
 
 def gpu_pod_spec(
-    container: str, gpus: int, memory: str | None, cpu: str | None, shm_size: str, service_account: str | None
+    container: str, gpus: int, memory: str, cpu: str, shm_size: str, service_account: str | None
 ) -> dict[str, Any]:
-    """A pod that asks for ``gpus`` GPUs (tolerating GPU nodes' taint), with an in-memory /dev/shm."""
-    limits: dict[str, str] = {GPU_RESOURCE: str(gpus)}
-    requests: dict[str, str] = {GPU_RESOURCE: str(gpus)}
-    if memory:
-        limits["memory"] = requests["memory"] = memory
-    if cpu:
-        requests["cpu"] = cpu
+    """A pod that asks for ``gpus`` GPUs (tolerating GPU nodes' taint) with requests equal to its limits, an
+    in-memory /dev/shm, and the restricted security settings (``pod_security``): writable /tmp and caches
+    only."""
+    quantities = {GPU_RESOURCE: str(gpus), "cpu": cpu, "memory": memory}
     spec: dict[str, Any] = {
         "restart_policy": "Never",
+        "security_context": pod_security_context(),
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         "containers": [
             {
                 "name": container,
-                "resources": {"limits": limits, "requests": requests},
-                "volume_mounts": [{"name": "dshm", "mount_path": "/dev/shm"}],
+                "resources": {"limits": dict(quantities), "requests": dict(quantities)},
+                "security_context": container_security_context(),
+                "volume_mounts": [{"name": "dshm", "mount_path": "/dev/shm"}, *writable_mounts()],
             }
         ],
-        "volumes": [{"name": "dshm", "empty_dir": {"medium": "Memory", "size_limit": shm_size}}],
+        "volumes": [{"name": "dshm", "empty_dir": {"medium": "Memory", "size_limit": shm_size}}, *writable_volumes()],
     }
     if service_account:
         spec["service_account_name"] = service_account
     return spec
+
+
+MESSAGES_URL_DESCRIPTION = (
+    "Object-store URL prefix for Pipes messages (the pod uploads chunks there); None: read the pod's logs."
+)
+# a training run may take a week: Dagster's own pod wait gives up after a day
+LONG_RUN_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def single_pod_client(
+    context: dg.AssetExecutionContext,
+    messages_url: str | None,
+    poll_interval: float,
+    load_incluster_config: bool | None,
+    kubeconfig_file: str | None,
+):
+    """A ``PipesK8sClient`` reading the pod's messages from ``messages_url`` on the object store (chunks
+    survive log rotation and a restarted pod), or from the pod's logs when none is set (said in the log)."""
+    from dagster_k8s import PipesK8sClient
+
+    from cosmicman.resources.pipes_object_store import ObjectStoreMessageReader
+
+    if messages_url:
+        reader: dg.PipesMessageReader | None = ObjectStoreMessageReader(
+            messages_url, interval=min(5.0, poll_interval or 5.0)
+        )
+    else:
+        reader = None  # PipesK8sClient's default: the pod's logs
+        context.log.warning("no messages_url: the pod's Pipes messages are read from its logs, which rotate")
+    return PipesK8sClient(
+        message_reader=reader,
+        load_incluster_config=load_incluster_config,
+        kubeconfig_file=kubeconfig_file,
+        poll_interval=poll_interval,
+    )
 
 
 class K8sJobTrainingLauncher(TrainingLauncher):
@@ -99,12 +138,14 @@ class K8sJobTrainingLauncher(TrainingLauncher):
     nproc_per_node: int | None = Field(default=None, description="torchrun processes; defaults to gpus.")
     service_account: str | None = "cosmicman-runner"
     shm_size: str = Field(default="16Gi", description="Size of the in-memory /dev/shm volume (NCCL).")
-    cpu: str | None = None
-    memory: str | None = None
+    cpu: str = Field(default="8", description="CPU request and limit of the training pod.")
+    memory: str = Field(default="64Gi", description="Memory request and limit of the training pod.")
     env: dict[str, str] = {}
     load_incluster_config: bool | None = None
     kubeconfig_file: str | None = None
     poll_interval: float = 10.0
+    messages_url: str | None = Field(default=None, description=MESSAGES_URL_DESCRIPTION)
+    timeout_s: float = Field(default=LONG_RUN_TIMEOUT_S, description="How long the pod may run before it fails.")
 
     def check_settings(self) -> None:
         _check_image(self.image)
@@ -136,13 +177,9 @@ class K8sJobTrainingLauncher(TrainingLauncher):
         )
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
-        from dagster_k8s import PipesK8sClient
-
         self.check_settings()
-        client = PipesK8sClient(
-            load_incluster_config=self.load_incluster_config,
-            kubeconfig_file=self.kubeconfig_file,
-            poll_interval=self.poll_interval,
+        client = single_pod_client(
+            context, self.messages_url, self.poll_interval, self.load_incluster_config, self.kubeconfig_file
         )
         return client.run(
             context=context,
@@ -152,6 +189,7 @@ class K8sJobTrainingLauncher(TrainingLauncher):
             env=self.env or None,
             base_pod_spec=self.base_pod_spec(),
             extras={"config": config},
+            pod_wait_timeout=self.timeout_s,
         ).get_materialize_result()
 
 
@@ -164,8 +202,8 @@ class TrainJobLauncher(TrainingLauncher):
     gpus_per_node: int = 1
     nproc_per_node: int | None = None
     runtime: str = "torch-distributed"
-    cpu: str | None = None
-    memory: str | None = None
+    cpu: str = Field(default="8", description="CPU request and limit of each node's trainer.")
+    memory: str = Field(default="64Gi", description="Memory request and limit of each node's trainer.")
     env: dict[str, str] = {}
     poll_interval: float = 15.0
     timeout_s: float = 7 * 24 * 3600.0
@@ -193,12 +231,7 @@ class TrainJobLauncher(TrainingLauncher):
     def train_job_body(self, name: str, bootstrap_env: Mapping[str, str]) -> dict[str, Any]:
         """The TrainJob ``launch`` creates, given the Pipes session's bootstrap env vars."""
         self.check_settings()
-        limits: dict[str, str] = {GPU_RESOURCE: str(self.gpus_per_node)}
-        requests: dict[str, str] = dict(limits)
-        if self.memory:
-            limits["memory"] = requests["memory"] = self.memory
-        if self.cpu:
-            requests["cpu"] = self.cpu
+        quantities = {GPU_RESOURCE: str(self.gpus_per_node), "cpu": self.cpu, "memory": self.memory}
         env = {**self.env, **bootstrap_env}
         return {
             "apiVersion": f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}",
@@ -216,7 +249,7 @@ class TrainJobLauncher(TrainingLauncher):
                     "command": ["torchrun", "-m", TRAIN_MODULE],
                     "numNodes": self.num_nodes,
                     "numProcPerNode": self.nproc_per_node or self.gpus_per_node,
-                    "resourcesPerNode": {"limits": limits, "requests": requests},
+                    "resourcesPerNode": {"limits": dict(quantities), "requests": dict(quantities)},
                     "env": [{"name": k, "value": v} for k, v in env.items()],
                 },
             },
@@ -326,12 +359,14 @@ class K8sPodEvaluationLauncher(EvaluationLauncher):
     gpus: int = Field(default=1, description="nvidia.com/gpu limit of the evaluation pod.")
     service_account: str | None = "cosmicman-runner"
     shm_size: str = "8Gi"
-    cpu: str | None = None
-    memory: str | None = None
+    cpu: str = Field(default="4", description="CPU request and limit of the evaluation pod.")
+    memory: str = Field(default="32Gi", description="Memory request and limit of the evaluation pod.")
     env: dict[str, str] = {}
     load_incluster_config: bool | None = None
     kubeconfig_file: str | None = None
     poll_interval: float = 10.0
+    messages_url: str | None = Field(default=None, description=MESSAGES_URL_DESCRIPTION)
+    timeout_s: float = Field(default=LONG_RUN_TIMEOUT_S, description="How long the pod may run before it fails.")
 
     def command(self) -> list[str]:
         return ["python", "-m", EVALUATION_MODULE]
@@ -341,15 +376,24 @@ class K8sPodEvaluationLauncher(EvaluationLauncher):
         _check_positive("gpus", self.gpus)
         return gpu_pod_spec("evaluation", self.gpus, self.memory, self.cpu, self.shm_size, self.service_account)
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
-        from dagster_k8s import PipesK8sClient
+    def pod_body(self, bootstrap_env: Mapping[str, str], pod_name: str = "evaluation"):
+        """The V1Pod ``launch`` submits, given the Pipes session's bootstrap env vars."""
+        from dagster_k8s.pipes import build_pod_body
 
-        client = PipesK8sClient(
-            load_incluster_config=self.load_incluster_config,
-            kubeconfig_file=self.kubeconfig_file,
-            poll_interval=self.poll_interval,
+        return build_pod_body(
+            pod_name=pod_name,
+            image=self.image,
+            command=self.command(),
+            env_vars={**bootstrap_env, **self.env},
+            base_pod_meta=None,
+            base_pod_spec=self.base_pod_spec(),
         )
+
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
         spec = self.base_pod_spec()
+        client = single_pod_client(
+            context, self.messages_url, self.poll_interval, self.load_incluster_config, self.kubeconfig_file
+        )
         with pipes_session_notice_silenced():
             return client.run(
                 context=context,
@@ -359,4 +403,5 @@ class K8sPodEvaluationLauncher(EvaluationLauncher):
                 env=self.env or None,
                 base_pod_spec=spec,
                 extras={"config": config},
+                pod_wait_timeout=self.timeout_s,
             ).get_materialize_result()

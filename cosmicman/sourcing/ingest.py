@@ -2,7 +2,8 @@
 
 Every planned item ends as exactly one outcome row: ``stored`` (a new pool image), ``duplicate`` (its
 bytes are already in the pool), ``near_duplicate`` (a re-encoded / resized copy of a pool image, by
-perceptual hash) or ``failed`` with a reason (``http_404``, ``timeout``, ``truncated``, ``svg``, ...).
+perceptual hash) or ``failed`` with a reason (``http_404``, ``timeout``, ``truncated``, ``svg``, ...)
+and a short description that never quotes the item's bytes (:mod:`cosmicman.sourcing.rejection_details`).
 So ``stored + duplicate + near_duplicate + failed == requested`` for every batch. Within a batch the copy
 fetched first is the one kept: fetches run concurrently, so which of two copies that is may differ between
 runs (the pool holds one of them either way; waiting to decide in plan order would hold every image).
@@ -49,8 +50,9 @@ from cosmicman.core.keys import FAILED_URLS_KEY, raw_table_key, sourcing_log_key
 from cosmicman.core.store import Store
 from cosmicman.sourcing.dedup import PoolIndex, resolve_shas, write_segment
 from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
+from cosmicman.sourcing.folder_walk import IMAGE_SUFFIXES, RefusedRead
+from cosmicman.sourcing.rejection_details import rejection_detail
 from cosmicman.sourcing.sources import (
-    IMAGE_SUFFIXES,
     ImageSource,
     ItemReader,
     ParquetSource,
@@ -243,6 +245,8 @@ def _fetch_items(
             continue
         try:
             yield _Fetched(r["position"], reader.read(_row_item(r)))
+        except RefusedRead as exc:
+            yield _Fetched(r["position"], None, exc.reason, exc.detail)
         except FileNotFoundError as exc:
             yield _Fetched(r["position"], None, "missing_file", str(exc))
         except (OSError, ValueError) as exc:
@@ -364,7 +368,11 @@ def source_batch(
             row.update(status="failed", reason=fetched.reason)
         elif checked.reason is not None:
             row.update(
-                status="failed", reason=checked.reason, detail=checked.detail, sha256=checked.sha256, n_bytes=len(data)
+                status="failed",
+                reason=checked.reason,
+                detail=rejection_detail(checked.reason, checked.ext, len(data)),
+                sha256=checked.sha256,
+                n_bytes=len(data),
             )
         else:
             stored = checked.stored_bytes if checked.stored_bytes is not None else data

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import fsspec
+import polars as pl
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from cosmicman.core.imageio import sha256_hex
-from cosmicman.core.keys import folder_listing_key
+from cosmicman.core.keys import folder_listing_key, folder_skipped_key
 from cosmicman.core.store import Store
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+from cosmicman.sourcing.folder_walk import FolderLayout, RefusedRead, WalkEntry, read_inside_root, walk_folder
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ class ItemReader(Protocol):
     """A source that produces its items' bytes itself (files, renders) instead of having them downloaded.
 
     Items with an http(s) URL are downloaded all the same (the fetcher's retries and per-host limits).
-    ``read`` raises ``FileNotFoundError`` for a missing item and ``OSError`` / ``ValueError`` for an
-    unreadable one; ingest records them as failures."""
+    ``read`` raises ``FileNotFoundError`` for a missing item, ``RefusedRead`` (with its reason code) for
+    one it will not read, and ``OSError`` / ``ValueError`` for an unreadable one; ingest records them as
+    failures."""
 
     def read(self, item: SourceItem) -> bytes: ...
 
@@ -74,7 +77,14 @@ class StoredItemsRecorder(Protocol):
     def record_stored(self, batch: str, stored: list[tuple[SourceItem, str]], store: Store) -> None: ...
 
 
-LAYOUTS = ("plain", "shhq", "deepfashion_mm")
+LAYOUTS = {
+    "plain": FolderLayout("", ("captions.jsonl",)),
+    "shhq": FolderLayout("no_segment", ()),  # segments/ holds parsing maps, not photos
+    "deepfashion_mm": FolderLayout("images", ("captions.json", "textual_descriptions.json")),
+}
+# Bumped when the walk's rules change: a listing made under other rules is taken again.
+FOLDER_WALK_VERSION = 2
+SKIPPED_SCHEMA = {"path": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8}
 
 
 @dataclass
@@ -87,18 +97,21 @@ class FolderSource:
     - ``deepfashion_mm``: DeepFashion-MultiModal (images in ``images/``; captions from ``captions.json``
       or ``textual_descriptions.json``, a ``{file name: text}`` object).
 
-    The file list is taken once per dataset and kept in the store, so each batch is a slice of it rather
-    than a fresh listing of tens of thousands of objects.
+    The root is walked once per dataset (:mod:`cosmicman.sourcing.folder_walk`: no link followed out of
+    it) and the listing kept in the store, so each batch is a slice of it rather than a fresh listing of
+    tens of thousands of objects. Every entry under the root is accounted for: listed, or skipped with a
+    reason code and a short description in the listing's skipped table (never the file's content).
     """
 
     url: str
     layout: str = "plain"
     licence: str = "see dataset licence"
     name: str = "folder"
+    _accounting: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown folder layout {self.layout!r}; expected one of {LAYOUTS}")
+            raise ValueError(f"unknown folder layout {self.layout!r}; expected one of {tuple(LAYOUTS)}")
 
     def _fs(self):
         fs, root = fsspec.core.url_to_fs(self.url)
@@ -106,41 +119,76 @@ class FolderSource:
             raise FileNotFoundError(f"folder dataset {self.url!r} does not exist")
         return fs, root.rstrip("/")
 
-    def _image_root(self, root: str) -> str:
-        return {"plain": root, "shhq": f"{root}/no_segment", "deepfashion_mm": f"{root}/images"}[self.layout]
+    def _digest(self) -> str:
+        return sha256_hex(f"{self.url}|{self.layout}|walk-v{FOLDER_WALK_VERSION}".encode())[:16]
 
     def files(self, store: Store | None = None) -> list[str]:
         """Image paths relative to the root, sorted; cached in ``store`` after the first listing."""
-        key = folder_listing_key(sha256_hex(f"{self.url}|{self.layout}".encode())[:16])
-        if store is not None and store.exists(key):
-            return store.read_json(key)["files"]
-        fs, root = self._fs()
-        image_root = self._image_root(root)
-        if not fs.exists(image_root):
-            raise FileNotFoundError(f"{self.url!r} is not in the {self.layout} layout: {image_root!r} is missing")
-        files = sorted(posixpath.relpath(p, root) for p in fs.find(image_root) if p.lower().endswith(IMAGE_SUFFIXES))
-        if store is not None:
-            store.write_json(key, {"url": self.url, "layout": self.layout, "files": files})
+        files, self._accounting = self._listing(store)
         return files
+
+    def accounting(self, store: Store | None = None) -> dict[str, int]:
+        """Entries under the root: ``listed`` (offered to batches) and each skip reason's count; they add
+        up to every non-directory entry the walk met. The skipped entries themselves are in the table at
+        :meth:`skipped_table_key`."""
+        if self._accounting is None:
+            self._accounting = self._listing(store)[1]
+        return dict(self._accounting)
+
+    def _listing(self, store: Store | None) -> tuple[list[str], dict[str, int]]:
+        key = folder_listing_key(self._digest())
+        if store is not None and store.exists(key):
+            listing = store.read_json(key)
+            return listing["files"], {"listed": len(listing["files"]), **listing["skipped_by_reason"]}
+        fs, root = self._fs()
+        image_dir = LAYOUTS[self.layout].image_dir
+        if image_dir and not fs.exists(f"{root}/{image_dir}"):
+            raise FileNotFoundError(f"{self.url!r} is not in the {self.layout} layout: {image_dir}/ is missing")
+        files: list[str] = []
+        skipped: list[WalkEntry] = []
+        for entry in walk_folder(fs, root, LAYOUTS[self.layout]):
+            if entry.reason is None:
+                files.append(entry.path)
+            else:
+                skipped.append(entry)
+        files.sort()
+        counts = dict(sorted(Counter(e.reason for e in skipped if e.reason is not None).items()))
+        if store is not None:
+            rows = [{"path": e.path, "reason": e.reason, "detail": e.detail} for e in skipped]
+            store.write_table(folder_skipped_key(self._digest()), pl.DataFrame(rows, schema=SKIPPED_SCHEMA))
+            # the listing last: it is what marks the walk done
+            store.write_json(key, {"url": self.url, "layout": self.layout, "files": files, "skipped_by_reason": counts})
+        return files, {"listed": len(files), **counts}
+
+    def skipped_table_key(self) -> str:
+        return folder_skipped_key(self._digest())
 
     def captions(self) -> dict[str, str]:
         fs, root = self._fs()
-        if self.layout == "plain":
-            path = f"{root}/captions.jsonl"
+        for name in LAYOUTS[self.layout].caption_files:
+            path = f"{root}/{name}"
             if not fs.exists(path):
-                return {}
-            with fs.open(path, "rt") as f:
-                return {r["file"]: r.get("caption", "") for r in map(json.loads, filter(str.strip, f))}
-        if self.layout == "deepfashion_mm":
-            for name in ("captions.json", "textual_descriptions.json"):
-                if fs.exists(f"{root}/{name}"):
-                    with fs.open(f"{root}/{name}", "rt") as f:
-                        return {f"images/{k}": v for k, v in json.load(f).items()}
+                continue
+            text = self._read(fs, root, path, f"captions file {name!r}").decode("utf-8")
+            if self.layout == "plain":
+                return {r["file"]: r.get("caption", "") for r in map(json.loads, filter(str.strip, text.splitlines()))}
+            return {f"images/{k}": v for k, v in json.loads(text).items()}
         return {}
 
+    def _read(self, fs, root: str, path: str, what: str) -> bytes:
+        if not isinstance(fs, LocalFileSystem):
+            return fs.cat_file(path)
+        try:
+            return read_inside_root(path, root)
+        except RefusedRead as exc:
+            raise RefusedRead(exc.reason, f"{what} of {self.url!r}: {exc.detail}") from exc
+
     def read(self, item: SourceItem) -> bytes:
-        with fsspec.open(item.url, "rb") as f:
-            return f.read()
+        """The item's bytes; a local item whose path now resolves out of the root (a file swapped for a
+        link since the listing) raises ``RefusedRead`` with its reason, and nothing is read."""
+        fs, path = fsspec.core.url_to_fs(item.url)
+        root = fsspec.core.url_to_fs(self.url)[1].rstrip("/")
+        return self._read(fs, root, path, f"item {item.source_id!r}")
 
     def plan(self, batch_index: int, size: int, store: Store | None = None) -> list[SourceItem]:
         fs, root = self._fs()

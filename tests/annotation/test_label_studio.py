@@ -8,16 +8,10 @@ answers as canonical labels and fine-tunes the annotator on them.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
 import socket
-import subprocess
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,21 +21,20 @@ from cosmicman.annotation.label_studio import (
     LabelStudioBackend,
     LabelStudioError,
     choice_result,
-    labels_from_export,
     round_protocol,
     task_payload,
 )
+from cosmicman.annotation.label_studio_changes import ChangeCursor
+from cosmicman.annotation.label_studio_export import labels_from_export
+from cosmicman.annotation.label_studio_images import S3Access, s3_prefixes
 from cosmicman.annotation.labelling import LabelTask
 from cosmicman.annotation.probe_annotator import ProbeAnnotator
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.store import Store
-from tests.support.servers import free_port, wait_until_serving
+from tests.support.label_studio_server import label_studio_server
 
 # label-studio-sdk 2.0's own pydantic models still use pydantic-1 style config and validators
 pytestmark = pytest.mark.filterwarnings("ignore::pydantic.PydanticDeprecatedSince20")
-REPO = Path(__file__).resolve().parents[2]
-LS_VENV = Path(os.environ.get("LABEL_STUDIO_VENV", REPO / ".venv-label-studio"))
-LS_VERSION = "1.23.2"  # the pin in .ci/label_studio_venv.sh
 
 
 def _hierarchy(protocol=None):
@@ -198,7 +191,7 @@ def test_task_payload_and_round_protocol():
     assert "predictions" not in task_payload(LabelTask("t2", "d", "u", (plain,)), "u", "r", 1, sub)
 
 
-def test_image_urls_http_local_and_presigned_s3(tmp_path):
+def test_image_urls_http_local_and_s3_links_label_studio_resolves(tmp_path):
     root = tmp_path / "files"
     store = Store(str(root / "store"))
     key = store.put_blob(b"jpeg bytes", "jpg").key
@@ -210,20 +203,35 @@ def test_image_urls_http_local_and_presigned_s3(tmp_path):
         b.image_url(str(tmp_path / "elsewhere.jpg"))
     with pytest.raises(ValueError, match="local_files_root"):
         LabelStudioBackend(store, "http://127.0.0.1:1", "t").image_url(store.uri(key))
-    with pytest.raises(ValueError, match="presigned"):
-        b.image_url("memory://bucket/a.jpg")
-    # s3: a presigned HTTPS URL signed with the store's own credentials and endpoint (computed locally)
-    s3 = Store(
-        "s3://people/store",
-        key="AKIDEXAMPLE",
-        secret="secret",
-        client_kwargs={"endpoint_url": "https://s3.example.internal", "region_name": "eu-west-1"},
-    )
-    url = LabelStudioBackend(s3, "http://127.0.0.1:1", "t", presign_expiry_s=3600).image_url(
-        "s3://people/store/blobs/ab/abc.jpg"
-    )
-    assert url.startswith("https://s3.example.internal/people/store/blobs/ab/abc.jpg?")
-    assert "X-Amz-Signature=" in url and "X-Amz-Expires=3600" in url and "AKIDEXAMPLE" in url
+    for uri in ("memory://bucket/a.jpg", "s3a://people/a.jpg", "gs://people/a.jpg"):
+        with pytest.raises(ValueError, match="use an s3:// or local store"):
+            b.image_url(uri)
+    # s3: the link itself, never a URL with an expiry: Label Studio's S3 storage resolves it at view time
+    uri = "s3://people/store/blobs/ab/abc.jpg"
+    assert b.image_url(uri) == uri
+    assert s3_prefixes([uri, "s3://people/store/blobs/cd/cde.jpg", "s3://other/x/y.jpg", "/local/z.jpg"]) == {
+        "other": "x",
+        "people": "store/blobs",
+    }
+
+
+def test_s3_access_sends_only_what_is_set_and_both_keys_or_none():
+    assert S3Access().storage_fields() == {"presign": True, "presign_ttl": 15}
+    access = S3Access("AKID", "secret", endpoint="https://s3.internal", region="eu-west-1", presign=False)
+    assert access.storage_fields() == {
+        "presign": False,
+        "presign_ttl": 15,
+        "aws_access_key_id": "AKID",
+        "aws_secret_access_key": "secret",
+        "s3endpoint": "https://s3.internal",
+        "region_name": "eu-west-1",
+    }
+    with pytest.raises(ValueError, match="both label_studio_s3_access_key_id and"):
+        S3Access(access_key_id="AKID")
+    for ttl in (0, 32768):
+        with pytest.raises(ValueError, match="1..32767"):
+            S3Access(presign_ttl_min=ttl)
+    assert S3Access(presign_ttl_min=1).presign_ttl_min == 1 and S3Access(presign_ttl_min=32767)
 
 
 def test_unreachable_server_and_missing_settings_fail_with_one_line_naming_the_url(tmp_path):
@@ -249,85 +257,11 @@ def test_unreachable_server_and_missing_settings_fail_with_one_line_naming_the_u
 # --------------------------------------------------------------------------------------------------
 # A real server
 # --------------------------------------------------------------------------------------------------
-def _ensure_venv() -> Path:
-    if not (LS_VENV / f".installed-label-studio-{LS_VERSION}").exists():  # CI builds it before pytest
-        subprocess.run(["bash", str(REPO / ".ci" / "label_studio_venv.sh"), str(LS_VENV)], check=True, timeout=1200)
-    return LS_VENV
-
-
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
     """A Label Studio server on 127.0.0.1 with an admin whose legacy API token we chose."""
-    venv = _ensure_venv()
-    base = tmp_path_factory.mktemp("label-studio")
-    data, files, home = base / "data", base / "files", base / "home"
-    for d in (data, files, home):
-        d.mkdir()
-    template = venv / "template-data" / "label_studio.sqlite3"
-    if template.exists():  # migrated once by the venv script: start in seconds, not a minute
-        shutil.copy(template, data / "label_studio.sqlite3")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    token = "cm" + secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "HOME": str(home),  # nothing under the developer's ~/.local/share
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-        "LABEL_STUDIO_USERNAME": "annotator@cosmicman.test",
-        "LABEL_STUDIO_PASSWORD": secrets.token_hex(8),
-        "LABEL_STUDIO_USER_TOKEN": token,
-        # 1.23 creates organizations with JWT personal tokens only; a chosen token is a legacy one
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files),
-        "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
-        "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
-        "SECRET_KEY": secrets.token_hex(16),
-    }
-    log_path = base / "server.log"
-    with open(log_path, "wb") as log:
-        # --internal-host is the bind address; --host is the public base URL the server writes into links
-        proc = subprocess.Popen(
-            [
-                str(venv / "bin" / "label-studio"),
-                "start",
-                "--no-browser",
-                "--data-dir",
-                str(data),
-                "--internal-host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--host",
-                url,
-            ],
-            cwd=base,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_serving(
-            url + "/health",
-            proc,
-            90 if template.exists() else 240,
-            "label-studio",
-            lambda: log_path.read_text()[-3000:],
-        )
-        yield {"url": url, "token": token, "files": files}
-    finally:  # the whole process group: label-studio and anything it started
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+    with label_studio_server(tmp_path_factory.mktemp("label-studio")) as server:
+        yield {"url": server.url, "token": server.token, "files": server.files}
 
 
 def _people(parent, child, value, n_apply=3, n_not=3, seed=7):
@@ -448,21 +382,29 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
     answer(t[4])
     # t[5] untouched for now
     with dg.instance_for_test() as instance:
+        cursors = [None]
 
-        def sensor():
-            with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
-                return labels_arrived_sensor(ctx)
+        def sensor():  # one tick, with the cursor the previous tick left
+            with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursors[-1]) as ctx:
+                result = labels_arrived_sensor(ctx)
+            cursors.append(result.cursor)
+            return result
 
         assert "2 of 6 tasks still unlabelled" in sensor().skip_reason.skip_message
+        first = ChangeCursor.from_json(cursors[-1])
+        assert (first.round_id, first.project_id, first.caught_up) == ("round-001", project.id, True)
         labels, pending = backend.collect("round-001", 1)
         assert pending == 2 and {lab.image_sha256 for lab in labels} == {t[i].image_sha256 for i in (1, 2, 3, 4)}
 
         answer(t[5], extra=[(plain, by_name[plain].answers[0])])  # plain was not asked of t[5]: ignored
         answer(t[0])  # the annotator comes back to the skipped one
-        status = backend.open_round_status()
-        assert (status.round_id, status.tasks, status.pending) == ("round-001", 6, 0)
         (run,) = sensor().run_requests
+        assert ChangeCursor.from_json(cursors[-1]).since > first.since
+        status = backend.open_round_status()  # its own look (the newest task and the counters): the same state
+        assert (status.round_id, status.tasks, status.pending) == ("round-001", 6, 0)
         assert run.run_key == f"labels-round-001-{status.fingerprint}"
+        (again,) = sensor().run_requests  # nothing changed: the same run key (Dagster runs it once)
+        assert again.run_key == run.run_key and cursors[-1] == cursors[-2]
 
     labels, pending = backend.collect("round-001", 1)
     assert pending == 0

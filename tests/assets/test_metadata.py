@@ -67,6 +67,7 @@ GROUPS = {
     "daring_unet": "training",
     "test_prompts": "evaluation",
     "evaluation": "evaluation",
+    "base_model_evaluation": "evaluation",
     "ablation_table": "evaluation",
 }
 BATCH = "batch-00000"
@@ -356,7 +357,7 @@ def turned(tmp_path_factory):
 
 def test_the_assets_report_native_tables_rounded_numbers_and_inline_charts(turned):
     latest = turned["latest"]
-    made = set(GROUPS) - {"raw_images", "daring_unet", "evaluation"}
+    made = set(GROUPS) - {"raw_images", "daring_unet", "evaluation", "base_model_evaluation"}
     assert made <= set(latest)
     for asset in made:
         _assert_ui_ready(asset, latest[asset])
@@ -402,13 +403,18 @@ def test_the_ablation_table_puts_variants_side_by_side_against_the_real_image_ce
     assert other[1] == {
         "variant": "hola",
         "fd": 12.35,
+        "fd_sd": None,
         "kid": 0.01235,
         "clip_score": 21.23,
         "hpsv2": 0.2012,
         "loss_last": 0.1235,
         "attn_in_mask": None,
+        "attn_in_mask_sd": None,
     }
     assert meta["variants"].value == 2
+    # materializations from before replicates: one seed each, no spread, no base row until it is evaluated
+    assert [r["seeds"] for r in rows] == [1, 1] and rows[0]["acc_all_sd"] is None
+    assert meta["base_model"].value.startswith("not evaluated yet")
     # per caption group: chance beside each variant's share in the mask
     groups = [r.data for r in meta["attention_in_mask_by_group"].records]
     assert groups == [

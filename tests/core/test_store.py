@@ -54,3 +54,19 @@ def test_uri_is_openable_by_another_reader(tmp_path):
     store.write_json("a/b.json", {"x": 1})
     with fsspec.open(store.uri("a/b.json"), "rb") as f:
         assert b'"x": 1' in f.read()
+
+
+def test_a_key_another_process_wrote_is_read_on_s3_after_a_listing():
+    """A long-lived reader (a sensor's code server) listed the prefix before a run wrote a new table: it still
+    reads the table (s3fs would otherwise answer from its cached listing with FileNotFoundError)."""
+    import s3fs
+
+    from tests.support.s3_server import moto_s3
+
+    with moto_s3("store-cache") as endpoint:
+        reader = Store("s3://store-cache/flywheel", **endpoint.storage_options())
+        writer = s3fs.S3FileSystem(**endpoint.storage_options(), skip_instance_cache=True)
+        writer.pipe_file("store-cache/flywheel/tables/t/a.parquet", b"a")
+        assert reader.list("tables/t") == ["tables/t/a.parquet"] and reader.exists("tables/t/a.parquet")
+        writer.pipe_file("store-cache/flywheel/tables/t/b.parquet", b"b")
+        assert reader.exists("tables/t/b.parquet") and reader.read_bytes("tables/t/b.parquet") == b"b"

@@ -78,6 +78,10 @@ def test_the_report_is_written_last_with_its_samples_and_questions(evaluated):
     assert out.read_json(EVALUATION_REPORT_FILE) == report
     assert [s["key"] for s in report["samples"]] == [f"samples/{i:03d}.png" for i in range(N_PROMPTS)]
     assert all(out.exists(s["key"]) for s in report["samples"])
+    # the first overlay_prompts (4 by default) prompts' attention overlays, on SD-1.5 and SDXL alike
+    assert [o["key"] for o in report["overlays"]] == [f"overlays/{i:03d}.png" for i in range(4)]
+    assert all(out.exists(o["key"]) and o["groups"] for o in report["overlays"])
+    assert report["overlay_attention"]["layers"]
     questions = out.read_table("questions.parquet")
     assert set(questions["prompt"].to_list()) == set(range(N_PROMPTS))
 

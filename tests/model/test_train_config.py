@@ -43,7 +43,9 @@ def test_resource_and_recipe_build_the_same_config(name):
 def test_default_resource_is_the_tiny_recipe():
     assert TrainingResource().recipe == DEFAULT_RECIPE == "tiny"
     tiny = recipe("tiny")
-    assert (tiny.pretrained, tiny.resolution, tiny.steps, tiny.lr, tiny.hola_map_factor) == (None, 64, 30, 1e-4, 8)
+    assert (tiny.pretrained, tiny.resolution, tiny.steps, tiny.lr, tiny.hola_map_factor) == (None, 64, 500, 3e-3, 8)
+    # Eq. 3 as printed: within 500 steps the released (mean) reduction leaves attention at chance
+    assert (tiny.hola_reduction, tiny.beta, tiny.batch_size) == ("paper", 1.0, 4)
     assert (tiny.ema_decay, tiny.noise_offset, tiny.caption_dropout, tiny.cache_latents) == (0.9999, 0.05, 0.1, False)
 
 

@@ -30,9 +30,9 @@ def census(store: Store) -> dict:
     }
 
 
-def write_workspace(folder: Path) -> Path:
+def write_workspace(folder: Path, location: str = LOCATION) -> Path:
     path = folder / "workspace.yaml"
-    path.write_text(f"load_from:\n  - python_module:\n      module_name: {LOCATION}\n      working_directory: {REPO}\n")
+    path.write_text(f"load_from:\n  - python_module:\n      module_name: {location}\n      working_directory: {REPO}\n")
     return path
 
 
@@ -59,13 +59,12 @@ def stop_every_sensor(instance: dg.DagsterInstance) -> int:
     return len(states)
 
 
-@pytest.fixture(scope="session")
-def turned_flywheel(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    os.environ["COSMICMAN_HOME"] = str(home)
-    workspace = write_workspace(home)
+def turn_twice(home: Path, store: Store, location: str = LOCATION) -> dict:
+    """The code location ``location`` turned twice over the instance under ``home`` (its ``dagster/dagster.yaml``
+    when one is there, else the local one), the second turn after every sensor was turned off; what the
+    end-to-end assertions read. ``store``: where that code location's object store is."""
+    workspace = write_workspace(home, location)
     first = turn(home, workspace, VARIANTS)
-    store = Store(str(home / "store"))
     census_first = census(store)
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs_first = {r.run_id for r in instance.get_runs()}
@@ -81,3 +80,10 @@ def turned_flywheel(tmp_path_factory):
         "runs_first": runs_first,
         "sensors_turned_off": sensors_on,
     }
+
+
+@pytest.fixture(scope="session")
+def turned_flywheel(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    os.environ["COSMICMAN_HOME"] = str(home)
+    return turn_twice(home, Store(str(home / "store")))

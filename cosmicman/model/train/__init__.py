@@ -25,8 +25,9 @@ Standalone it prints the summary JSON on stdout (progress on stderr).
 Output (published to ``output_url`` by rank 0): a diffusers ``StableDiffusionPipeline`` (or
 ``StableDiffusionXLPipeline``) folder plus ``training_run.json`` (config, shard list, code version,
 metrics). Publishing is atomic: files go to ``<output_url>.tmp-<id>`` first; on a local filesystem that
-folder is renamed into place; on object stores the files are copied to the final prefix with
-``training_run.json`` last -- it is the completion marker readers must check. With ``ema_decay > 0`` and
+folder is renamed into place; on object stores the files are copied to the final prefix; then
+``training_run.json`` is written there, last and only there -- it is the completion marker readers must check,
+so a killed publish leaves no folder that holds one (the next publish removes its leftovers). With ``ema_decay > 0`` and
 ``save_ema`` (the defaults, as released) ``unet/`` holds the EMA weights (``metrics.published_unet``).
 
 Checkpoints (``checkpoint_every`` N > 0) go to ``<checkpoint_url or output_url + ".checkpoints">``; see

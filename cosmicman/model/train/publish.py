@@ -28,16 +28,22 @@ def check_output_free(url: str, overwrite: bool) -> None:
 
 
 def publish_folder(local_dir: str | Path, url: str, overwrite: bool = False) -> None:
-    """Copy ``local_dir`` to ``url`` so that a crash leaves nothing half-visible (see the package doc)."""
+    """Copy ``local_dir`` to ``url`` so that a crash leaves nothing half-visible (see the package doc).
+
+    The files go to a sibling ``<url>.tmp-<id>`` first, then into place (one rename on a local disk, a copy each on
+    an object store); the marker is written into ``url`` alone, last. So a publish killed at any point leaves at
+    most folders without a marker, which no reader takes for a model; the next publish to ``url`` removes them."""
     local_dir = Path(local_dir)
     fs, final = fs_and_path(url)
     check_output_free(url, overwrite)
+    for leftover in fs.glob(f"{final}.tmp-*"):  # the staging folders of publishes to this url that were killed
+        fs.rm(leftover, recursive=True)
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     marker = [p for p in files if p.relative_to(local_dir).as_posix() == TRAINING_RUN_FILE]
     others = [p for p in files if p not in marker]
     try:
-        for p in others + marker:
+        for p in others:
             dest = posixpath.join(tmp, p.relative_to(local_dir).as_posix())
             if is_local(fs):
                 fs.makedirs(posixpath.dirname(dest), exist_ok=True)
@@ -48,10 +54,18 @@ def publish_folder(local_dir: str | Path, url: str, overwrite: bool = False) -> 
             fs.makedirs(posixpath.dirname(final) or "/", exist_ok=True)
             os.replace(tmp, final)  # atomic rename of the whole folder
         else:
-            for p in others + marker:  # the marker last
+            for p in others:
                 rel = p.relative_to(local_dir).as_posix()
                 fs.copy(posixpath.join(tmp, rel), posixpath.join(final, rel))
             fs.rm(tmp, recursive=True)
+        for p in marker:  # last: from here on the folder is a published model
+            dest = posixpath.join(final, TRAINING_RUN_FILE)
+            if is_local(fs):  # a file on disk is visible while it is written: stage it, then rename
+                staged = posixpath.join(final, f".tmp-{TRAINING_RUN_FILE}")
+                fs.put_file(str(p), staged)
+                os.replace(staged, dest)
+            else:  # an object appears whole or not at all
+                fs.put_file(str(p), dest)
     except BaseException:
         try:
             if fs.exists(tmp):
