@@ -9,6 +9,7 @@ import dagster as dg
 from cosmicman.assets.ablation_rows import BASE_ROW
 from cosmicman.cli.environment import resolved
 from cosmicman.core.store import Store
+from cosmicman.model.train.variants import VARIANTS
 
 
 def object_store_of(defs: dg.Definitions) -> Store:
@@ -165,6 +166,11 @@ def print_summary(summary: dict) -> None:
     )
     seeds = ", ".join(f"{name} x{len(v['seeds'] or [0])}" for name, v in summary["variants"].items())
     print(f"  daring_unet variants (same data and steps; training seeds: {seeds}); each figure mean ± sd over seeds:")
+    untrained = [v for v in VARIANTS if v not in summary["variants"]]
+    if untrained:
+        print(
+            f"    not trained in this turn: {', '.join(untrained)} (add them with --variants, or make run RUN_VARIANTS)"
+        )
     print(
         f"    {'variant':<20} {'seeds':>5} {'loss last':>17} {'acc_obj':>7} {'acc_tex':>7} {'acc_shape':>9} "
         f"{'acc_all':>15} {'FD':>17} {'KID':>7} {'CLIP':>6} {'HPSv2':>6} {'attn in mask':>15}"

@@ -72,6 +72,8 @@ def test_the_summary_names_the_seeds_and_prints_spreads_the_base_row_and_the_gai
     print_summary(_summary())
     out = capsys.readouterr().out
     assert "training seeds: baseline x3, hola-gelu x1" in out
+    # the variants this turn left out are named, with how to add them
+    assert "not trained in this turn: hola, hola-mish, hola-relu, hola-leaky_relu, hola-mp_silu (add them" in out
     (baseline,) = [line for line in out.splitlines() if line.strip().startswith("baseline")]
     assert "0.450 ± 0.012" in baseline and "12.500 ± 0.500" in baseline and "0.200 ± 0.010" in baseline
     (gelu,) = [line for line in out.splitlines() if line.strip().startswith("hola-gelu")]
