@@ -37,7 +37,8 @@ test: lint
 	$(PY) -m pytest -q
 
 # the deployment's end-to-end checks, out of the default run: a production turn on a throwaway PostgreSQL and a
-# local S3 server (moto), and a backfill of every variant against the GPU concurrency pool
+# local S3 server (moto), a backfill of every variant against the GPU concurrency pool, the secrets scan, and
+# Label Studio's S3 storage and change feed on a second server
 test-deploy: install
 	$(PY) -m pytest -q -m deploy
 

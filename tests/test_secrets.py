@@ -23,7 +23,8 @@ from tests.support.fake_apis import FakeApiServer
 from tests.support.postgres_server import PostgresUnavailable, postgres_server
 from tests.support.s3_server import moto_s3
 
-pytestmark = pytest.mark.slow
+# deploy: with the production turn, out of the default run until the suite's time allows (make test-deploy)
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
 BUCKET = "cosmicman-secrets"
 STORE_URL = f"s3://{BUCKET}/flywheel"

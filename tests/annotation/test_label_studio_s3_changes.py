@@ -21,7 +21,8 @@ from cosmicman.core.store import Store
 from tests.support.label_studio_server import label_studio_server
 from tests.support.s3_server import ACCESS_KEY, SECRET_KEY, moto_s3
 
-pytestmark = pytest.mark.filterwarnings("ignore::pydantic.PydanticDeprecatedSince20")
+# deploy: a second Label Studio server (with its S3 endpoint) costs a minute: make test-deploy runs it
+pytestmark = [pytest.mark.filterwarnings("ignore::pydantic.PydanticDeprecatedSince20"), pytest.mark.deploy]
 BUCKET = "people"
 
 
