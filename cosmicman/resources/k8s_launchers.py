@@ -129,6 +129,16 @@ def single_pod_client(
     )
 
 
+def single_pod_body(pod_name: str, image: str, command: list[str], env: Mapping[str, str], spec: dict[str, Any]):
+    """The V1Pod a single-pod launcher submits: its image and command, the Pipes bootstrap env merged with the
+    launcher's own, and its base pod spec (security context, resources, volumes)."""
+    from dagster_k8s.pipes import build_pod_body
+
+    return build_pod_body(
+        pod_name=pod_name, image=image, command=command, env_vars=dict(env), base_pod_meta=None, base_pod_spec=spec
+    )
+
+
 class K8sJobTrainingLauncher(TrainingLauncher):
     """Trains in one Kubernetes pod with ``gpus`` GPUs via ``dagster_k8s.PipesK8sClient``."""
 
@@ -164,16 +174,9 @@ class K8sJobTrainingLauncher(TrainingLauncher):
 
     def pod_body(self, bootstrap_env: Mapping[str, str], pod_name: str = "daring-unet-train"):
         """The V1Pod ``launch`` submits, given the Pipes session's bootstrap env vars."""
-        from dagster_k8s.pipes import build_pod_body
-
         self.check_settings()
-        return build_pod_body(
-            pod_name=pod_name,
-            image=self.image,
-            command=self.command(),
-            env_vars={**bootstrap_env, **self.env},
-            base_pod_meta=None,
-            base_pod_spec=self.base_pod_spec(),
+        return single_pod_body(
+            pod_name, self.image, self.command(), {**bootstrap_env, **self.env}, self.base_pod_spec()
         )
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
@@ -378,15 +381,8 @@ class K8sPodEvaluationLauncher(EvaluationLauncher):
 
     def pod_body(self, bootstrap_env: Mapping[str, str], pod_name: str = "evaluation"):
         """The V1Pod ``launch`` submits, given the Pipes session's bootstrap env vars."""
-        from dagster_k8s.pipes import build_pod_body
-
-        return build_pod_body(
-            pod_name=pod_name,
-            image=self.image,
-            command=self.command(),
-            env_vars={**bootstrap_env, **self.env},
-            base_pod_meta=None,
-            base_pod_spec=self.base_pod_spec(),
+        return single_pod_body(
+            pod_name, self.image, self.command(), {**bootstrap_env, **self.env}, self.base_pod_spec()
         )
 
     def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
