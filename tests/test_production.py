@@ -142,9 +142,11 @@ def test_a_publishing_step_killed_mid_way_leaves_no_half_published_model(flywhee
     killed_at: list[str] = []
     tripped = threading.Event()
 
-    def kill_at_first_copy_into_place(environ: dict) -> None:
+    copies_into_place: list[str] = []
+
+    def kill_at_second_copy_into_place(environ: dict) -> bool:
         """The trainer uploads the model beside its final folder, then copies it into place, the marker last:
-        the step dies at the first copy (the final folder starts to fill, its marker not there)."""
+        the step dies at the second copy (the final folder holds one file, its marker not there)."""
         path = environ.get("PATH_INFO", "")
         if (
             not tripped.is_set()
@@ -153,12 +155,16 @@ def test_a_publishing_step_killed_mid_way_leaves_no_half_published_model(flywhee
             and f"/{MODELS}/" in path
             and ".tmp-" not in path
         ):
+            copies_into_place.append(path)
+        if len(copies_into_place) == 2 and not tripped.is_set():
             os.killpg(step["proc"].pid, signal.SIGKILL)
             killed_at.append(path)
             tripped.set()
+            return True
+        return False
 
     log = tmp_path / "killed-step.log"
-    with moto_s3_tripwire(kill_at_first_copy_into_place) as door, log.open("wb") as out:
+    with moto_s3_tripwire(kill_at_second_copy_into_place) as door, log.open("wb") as out:
         step["proc"] = materialize(CRASH_VARIANT, {**env, **endpoint_env(door)}, stdout=out, stderr=subprocess.STDOUT)
         code = step["proc"].wait(timeout=400)
     assert tripped.is_set() and code == -signal.SIGKILL, log.read_text()[-3000:]

@@ -36,6 +36,8 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
+# in flight, not yet running: what the progress line calls waiting
+WAITING = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
 SENSOR_TAG = "dagster/sensor_name"
 PARTITION_TAG = "dagster/partition"
 
@@ -163,11 +165,14 @@ def observe(
 ) -> TurnState:
     """The turn as the instance sees it now (``sensors``: the code location's, the automation sensor among
     them); raises TurnFailed on a failed run or an erroring sensor."""
+    # The reads go in this order, each a moment after the last, so that quiet is never judged on a stale look:
+    # runs in flight first; then the turn's runs, where a run that ended meanwhile has its end time; then the
+    # sensors' ticks, where a run requested meanwhile shows as a tick that asked for something.
+    in_flight = len(instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)))
     runs = list(instance.get_run_records(dg.RunsFilter(created_after=datetime.fromtimestamp(started))))
     for record in runs:
         if record.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
             raise TurnFailed(failure_line(instance, record))
-    in_flight = len(instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)))
     ends = [r.end_time for r in runs if r.end_time is not None]
     since = max([started, *ends])
     notes: dict[str, str] = {}
@@ -194,12 +199,13 @@ def progress_line(state: TurnState, elapsed: float) -> str:
     c = state.coverage
     trained, evaluated = c.get("daring_unet", Coverage(0, 0)), c.get("evaluation", Coverage(0, 0))
     running = sum(r.dagster_run.status == dg.DagsterRunStatus.STARTED for r in state.runs)
+    waiting = sum(r.dagster_run.status in WAITING for r in state.runs)
     return (
         f"[stage {k}/{len(STAGES)} {name}] {_minutes(elapsed)} · "
         f"{c.get('human_parsing', Coverage(0, 0)).done} batches sourced · "
         f"{c.get('annotator', Coverage(0, 0)).done} rounds · "
         f"variants trained {trained.done}/{trained.total}, evaluated {evaluated.done}/{evaluated.total} · "
-        f"runs: {len(state.runs)} launched, {running} running, {state.in_flight - running} waiting"
+        f"runs: {len(state.runs)} launched, {running} running, {waiting} waiting"
     )
 
 

@@ -1,9 +1,13 @@
 """What the turn's console says, from the instance's records: the stage, the progress line, a failure in one
 line."""
 
+from types import SimpleNamespace
+
+from dagster import DagsterRunStatus
+from dagster._core.scheduler.instigation import TickStatus
 from dagster._utils.error import SerializableErrorInfo
 
-from cosmicman.cli.progress import STAGES, Coverage, TurnState, progress_line, root_error_line
+from cosmicman.cli.progress import STAGES, Coverage, TurnState, observe, progress_line, root_error_line
 
 
 def _state(**coverage: Coverage) -> TurnState:
@@ -37,3 +41,38 @@ def test_a_failure_reads_as_the_error_that_started_it():
         cause=user,
     )
     assert root_error_line(wrapped) == "RuntimeError: boom always fails"
+
+
+class RunEndingWhileObserved:
+    """An instance with one run of the turn that ends the moment the first read of runs returns, and one sensor
+    whose latest tick (asking for nothing) came while that run ran: what the daemon leaves on a busy machine."""
+
+    def __init__(self, started: float) -> None:
+        self.status, self.end_time = DagsterRunStatus.STARTED, None
+        self.ended_at = started + 10
+        self.tick = SimpleNamespace(
+            status=TickStatus.SKIPPED, timestamp=started + 5, run_ids=[], skip_reason="nothing new", error=None
+        )
+
+    def get_run_records(self, filters):
+        record = SimpleNamespace(dagster_run=SimpleNamespace(status=self.status), end_time=self.end_time)
+        mine = [record] if not filters.statuses or self.status in filters.statuses else []
+        self.status, self.end_time = DagsterRunStatus.SUCCESS, self.ended_at
+        return mine
+
+    def all_instigator_state(self, **_):
+        return [SimpleNamespace(instigator_name="pool_threshold_sensor", instigator_origin_id="o", selector_id="s")]
+
+    def get_ticks(self, *_, **__):
+        return [self.tick]
+
+
+def test_quiet_is_never_judged_on_a_run_that_ended_between_two_reads():
+    started = 1000.0
+    instance = RunEndingWhileObserved(started)
+    # the run was in flight when the look began: not quiet, though it has ended by the time the ticks are read
+    assert observe(instance, {}, {"pool_threshold_sensor"}, started).quiet is False
+    # the next look sees it ended after the sensor's latest tick: not quiet until a tick comes after its end
+    assert observe(instance, {}, {"pool_threshold_sensor"}, started).quiet is False
+    instance.tick = SimpleNamespace(**{**vars(instance.tick), "timestamp": instance.ended_at + 1})
+    assert observe(instance, {}, {"pool_threshold_sensor"}, started).quiet is True

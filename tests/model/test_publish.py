@@ -68,10 +68,12 @@ def test_a_publish_killed_on_s3_leaves_no_model_and_the_next_one_a_whole_model(s
     writer: dict[str, subprocess.Popen] = {}
     tripped = threading.Event()
 
-    def trip(environ: dict) -> None:
+    def trip(environ: dict) -> bool:
         if environ["REQUEST_METHOD"] == "PUT" and not tripped.is_set() and kill_at(environ):
-            os.killpg(writer["proc"].pid, signal.SIGKILL)  # before the request is served: it never happens
+            os.killpg(writer["proc"].pid, signal.SIGKILL)  # the request is refused, never served: it never happens
             tripped.set()
+            return True
+        return False
 
     with moto_s3_tripwire(trip) as door:
         env = {**os.environ, **door.env(ROOT), "AWS_ENDPOINT_URL": door.url}
