@@ -11,7 +11,9 @@ The fingerprint hashes what the cached values depend on: the VAE and text-encode
 family, and the geometry of the reader (resolution or buckets, HOLA map size, mask resizing). Shard URLs of
 a dataset version are immutable, so a unit is keyed by its URL. Unit files are written atomically (local:
 temp file + rename; object stores publish on upload end): a crash leaves whole units or none, and the next
-run only encodes the missing ones. On several ranks each encodes its share of the units.
+run only encodes the missing ones. On several ranks each encodes its share of the units (each shard is
+read once across the ranks), and each reads back only the units of its own share of the stream (the rank
+split of ``cosmicman.model.shards``: whole units per rank).
 """
 
 from __future__ import annotations
@@ -124,8 +126,9 @@ def build_cache(
     world_size: int = 1,
     say: Callable[[str], None] = log.info,
 ) -> dict[str, int]:
-    """Encode the shards of ``reader`` this rank owns (unit i goes to rank ``i % world_size``) that the
-    cache lacks. ``reader`` supplies the decoding (geometry, masks, spans) of the training stream."""
+    """Encode the shards of ``reader`` this rank owns (unit i goes to rank ``i % world_size``, so each
+    shard is read by one rank) that the cache lacks. ``reader`` supplies the decoding (geometry, masks,
+    spans) of the training stream."""
     stats = {"units": len(reader.urls), "encoded_units": 0, "reused_units": 0, "samples": 0, "errors": 0}
     t0 = time.perf_counter()
     mine = [u for i, u in enumerate(reader.urls) if i % world_size == rank]
@@ -161,8 +164,9 @@ def build_cache(
 
 class CachedShardDataset(ShardDataset):
     """The training stream of ``ShardDataset`` (same order, positions, rank split, resume skipping) read
-    from a ``LatentCache`` instead of decoding images: a sample holds ``latent_mean`` / ``latent_std`` /
-    ``hidden`` (/ ``pooled``) in place of ``pixel_values`` / ``input_ids``."""
+    from a ``LatentCache`` instead of decoding images: a rank reads only its own units' cache files, and a
+    sample holds ``latent_mean`` / ``latent_std`` / ``hidden`` (/ ``pooled``) in place of
+    ``pixel_values`` / ``input_ids``."""
 
     def __init__(self, urls: Iterable[str], cache: LatentCache, **kwargs: Any) -> None:
         super().__init__(urls, tokenizer=None, resolution=0, **kwargs)

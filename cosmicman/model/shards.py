@@ -21,7 +21,15 @@ Per sample this yields
 - ``spans``: (G, 2) long, (-1, -1) for a group without a usable span;
 - ``key``: the sample key (image sha256); ``group_names``: the groups' names (for reports);
 - ``bucket``: the (h, w) it was cropped to; ``original_size`` / ``crop_top_left``: SDXL's size ids;
-- ``pos``: its position in the (shuffled) stream -- what resume and the rank split count in.
+- ``pos``: its position in the stream: the k-th raw sample a rank reads (after the shuffle buffer,
+  undecodable ones included) is at ``k * world_size + rank`` -- unique across ranks, rising within one,
+  what resume counts in and per-sample draws are seeded by.
+
+Ranks split the stream by whole shards: the endless shard sequence (epoch e = the URL list, shuffled with
+``seed + e`` when there is a shuffle buffer, else in file order) is numbered 0, 1, 2, ... across epochs and
+rank r reads the units u with ``u % world_size == r``, so each shard is read by one rank per epoch and the
+ranks' shard counts differ by at most one (the remainder rotates across epochs). One rank is today's
+single reader.
 
 With a ``SampleDraw`` (``cosmicman.model.sample_draw``; the trainer's data path) a sample whose JSON holds
 ``caption_source`` is flipped (image and label map together, before the crop) with the draw's
@@ -154,10 +162,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
     of ``shuffle_buffer`` samples mixes within and across shards (0 = file order). The buffer holds *raw*
     samples (bytes), and decoding happens after it, so:
 
-    - every sample has a stream position ``pos`` (0, 1, ... in the shuffled stream, identical for every
-      reader with the same seed), carried in the decoded sample;
-    - ``rank`` / ``world_size`` split the stream (position p goes to rank ``p % world_size``); a rank only
-      decodes its own samples;
+    - ``rank`` / ``world_size`` split the shards (see module doc): a rank opens only its own units, and
+      its shuffle buffer mixes only their samples (with rank 0's generator that of a single reader);
+    - every sample has a stream position ``pos`` (``k * world_size + rank`` for the rank's k-th raw
+      sample; 0, 1, ... on one rank; identical for every reader with the same seed, rank and world size),
+      carried in the decoded sample;
     - resuming skips without decoding: positions below ``start`` and those in ``exclude`` are dropped raw.
 
     Subclasses change where units come from (``read_unit``) and how a raw sample becomes tensors
@@ -195,9 +204,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.start = int(start)
         self.exclude = frozenset(int(p) for p in exclude)
         self.draw = draw
-        #: positions consumed from the shuffled stream so far (all ranks' and undecodable ones included)
-        self.position = 0
-        self._epoch_len = 0
+        #: the position this rank's next raw sample gets (undecodable ones count too)
+        self.position = rank
+        #: raw samples in this rank's last complete round (as many of its units as there are shards)
+        self._round_len = 0
         self.stats: Counter = Counter(samples=0, skipped=0, span_rejected=0, epochs=0)
         self._span_cache: dict[str, list[int]] = {}
 
@@ -296,31 +306,44 @@ class ShardDataset(torch.utils.data.IterableDataset):
         """The raw samples of one unit (a tar shard here), in file order."""
         return iter_tar_samples(url)
 
+    def rank_units(self, epoch: int) -> list[str]:
+        """The units this rank reads in ``epoch``: the epoch's URL order (shuffled with ``seed + epoch``
+        when there is a shuffle buffer) numbered on from the epochs before, those whose number is
+        ``rank`` modulo ``world_size``."""
+        urls = list(self.urls)
+        if self.shuffle_buffer:
+            random.Random(self.seed + epoch).shuffle(urls)
+        first = epoch * len(urls)
+        return [url for i, url in enumerate(urls) if (first + i) % self.world_size == self.rank]
+
     def _raw_stream(self) -> Iterator[dict[str, Any]]:
+        self._round_len = 0
+        round_units = round_samples = 0
         epoch = 0
         while True:
-            urls = list(self.urls)
-            if self.shuffle_buffer:
-                random.Random(self.seed + epoch).shuffle(urls)
-            n = 0
-            for url in urls:
+            for url in self.rank_units(epoch):
                 for raw in self.read_unit(url):
-                    n += 1
+                    round_samples += 1
                     yield raw
+                round_units += 1
+                # a round (as many units as there are shards) is this rank's counterpart of an epoch
+                if round_units == len(self.urls):
+                    if self.repeat and round_samples == 0:
+                        raise RuntimeError(f"no samples for rank {self.rank}/{self.world_size} in {self.urls}")
+                    self._round_len = round_samples
+                    round_units = round_samples = 0
             epoch += 1
             self.stats["epochs"] = epoch
-            self._epoch_len = n
             if not self.repeat:
                 return
-            if n == 0:
-                raise RuntimeError(f"no samples in {self.urls}")
 
     def _shuffled(self) -> Iterator[dict[str, Any]]:
         it = self._raw_stream()
         if not self.shuffle_buffer:
             yield from it
             return
-        rng = random.Random(self.seed)
+        # rank 0 draws what a single reader draws; the others their own sequences
+        rng = random.Random(self.seed if self.rank == 0 else f"{self.seed}/rank-{self.rank}")
         buf: list[dict[str, Any]] = []
         for raw in it:
             buf.append(raw)
@@ -330,18 +353,26 @@ class ShardDataset(torch.utils.data.IterableDataset):
             yield buf.pop(rng.randrange(len(buf)))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.position = 0
-        since_yield = 0  # positions read since this reader last yielded a sample
+        self.position = self.rank
+        since_yield = 0  # positions read since this reader last yielded a sample (or skipped on purpose)
+        yielded = False
         for raw in self._shuffled():
             pos = self.position
-            self.position += 1
+            self.position += self.world_size
             since_yield += 1
-            # a whole epoch (and then some, for the shuffle buffer) gave this reader nothing: all undecodable
-            if self.repeat and self._epoch_len and since_yield > 2 * self._epoch_len + self.shuffle_buffer:
+            # two rounds (and then some, for the shuffle buffer) gave this reader nothing: all undecodable.
+            # Checked until the first sample only: that sample's shard comes back to this rank (file order
+            # cycles, shuffled epochs reach every rank), while a later check could trip on a run of bad
+            # shards that per-rank reading makes possible.
+            if (
+                self.repeat
+                and not yielded
+                and self._round_len
+                and since_yield > 2 * self._round_len + self.shuffle_buffer
+            ):
                 raise RuntimeError(f"no decodable samples for rank {self.rank}/{self.world_size} in {self.urls}")
-            if pos % self.world_size != self.rank or pos < self.start or pos in self.exclude:
-                if pos < self.start or pos in self.exclude:
-                    since_yield = 0  # skipping on purpose is progress
+            if pos < self.start or pos in self.exclude:
+                since_yield = 0  # skipping on purpose is progress
                 continue
             raw["__pos__"] = pos  # the per-sample draw's seed (decoders drop "__" fields)
             try:
@@ -353,6 +384,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             self.stats["samples"] += 1
             sample["pos"] = pos
             since_yield = 0
+            yielded = True
             yield sample
 
 

@@ -37,8 +37,9 @@ decoding* (their stream positions are recorded), so the run continues bit-for-bi
 
 Distribution: ``deepspeed`` names a ZeRO config (``zero2``, ``zero2_offload`` or a JSON path / URL, see
 ``cosmicman.model.distributed``); ranks come from the launcher's environment. Without it the trainer is
-plain PyTorch on one device. Each rank reads its own share of the stream (position p goes to rank
-p % world_size); rank 0 publishes.
+plain PyTorch on one device. Each rank reads whole shards of its own (unit u of the endless shard
+sequence goes to rank u % world_size; see ``cosmicman.model.shards``), so the ranks together read the
+dataset once per epoch; rank 0 publishes.
 
 Loss options (schema defaults off; released values in brackets): ``noise_offset`` [0.05],
 ``caption_dropout`` per micro-batch [0.1] (the whole batch gets "" and no HOLA), ``snr_gamma`` (min-SNR

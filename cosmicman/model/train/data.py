@@ -1,6 +1,10 @@
 """The data stream of one rank: deterministic batches (square or aspect buckets, decoded or from the latent
 cache) prepared by a loader thread, with the bookkeeping exact resume needs.
 
+A rank reads whole shards of its own (``cosmicman.model.shards``: unit u of the endless shard sequence goes
+to rank u % world_size) and numbers its samples k * world_size + rank: positions rise within a rank, so its
+resume point (stored in its own checkpoint part) is a start plus exclusions in its own stream.
+
 Decoded training samples get their per-sample draws (``cosmicman.model.sample_draw``: flip, fresh caption)
 seeded by (run seed, stream position), so a resumed run draws what the uninterrupted one drew. A latent
 cache holds one orientation and the stored caption per sample: a cached run makes no draws, and says so.
