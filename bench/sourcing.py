@@ -1,6 +1,6 @@
 """Our sourcing of a LAION-style parquet against img2dataset, on the same local image server, in one run.
 
-    .venv/bin/python bench/sourcing.py [--count 5000]
+    .venv/bin/python bench/sourcing.py [--count 20000]
 
 Set-up (cached, so a second run starts at once): img2dataset 1.47.0 in its own venv
 (bench/img2dataset_venv.sh), ``--count`` distinct photo-like JPEGs (bench/make_jpegs.py) under
@@ -19,7 +19,18 @@ sha256: the closest it comes to ours) is reported for information. With --resize
 bring the smaller side down to 512 (keep ratio, never up: img2dataset's --resize_only_if_bigger True),
 and store a quality-95 JPEG; ours also computes the perceptual hash. img2dataset runs without EXIF
 extraction (ours extracts none), retries, wandb or header-directive checks, so it does only the work
-ours does. The last line is ``ratio_vs_img2dataset: <x>``, ours over img2dataset in images/s, resize off.
+ours does.
+
+The limit: a bare decode loop over the same bytes (Pillow's full decode, nothing else), on as many processes
+as the machine has cores, each reading its share into memory first: the images per second no pipeline that
+fully decodes every image can pass here.
+
+The last lines, resize off:
+  ratio_vs_img2dataset: ours / img2dataset images per second, whole command (start-up included);
+  steady_ratio_vs_img2dataset: the same by each tool's own clock, start-up left out (img2dataset's logger,
+    from the start of its downloading to its end; ours, the summary's outcomes_per_s, from the batch's first
+    outcome to its last);
+  fraction_of_decode_limit: ours by its own clock / the bare decode loop.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import contextlib
 import glob
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -233,7 +245,7 @@ def run_ours(parquet: Path, count: int, resize: bool, settings: dict) -> Run:
         stored,
         wall,
         peak,
-        stored / summary["elapsed_s"],
+        summary["outcomes_per_s"],
         json.dumps(summary["counts"], sort_keys=True),
     )
 
@@ -258,6 +270,31 @@ def check_image_ms(jpegs: JpegSet, count: int = 200) -> dict[str, float]:
     }
 
 
+def _decode_share(names: list[str], folder: Path, barrier, spans) -> None:
+    """One process of the decode limit: its share read into memory, then decoded once the others are ready."""
+    datas = [(folder / n).read_bytes() for n in names]
+    barrier.wait()
+    start = time.time()
+    for data in datas:
+        Image.open(io.BytesIO(data)).load()
+    spans.put((start, time.time()))
+
+
+def decode_limit(jpegs: JpegSet, count: int) -> float:
+    """Images per second of a bare decode loop over the bench's bytes on every core (see the module doc)."""
+    n = os.cpu_count() or 1
+    ctx = multiprocessing.get_context("fork")
+    barrier, spans = ctx.Barrier(n), ctx.Queue()
+    names = jpegs.names[:count]
+    procs = [ctx.Process(target=_decode_share, args=(names[i::n], jpegs.folder, barrier, spans)) for i in range(n)]
+    for proc in procs:
+        proc.start()
+    times = [spans.get(timeout=RUN_TIMEOUT_S) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return count / (max(end for _, end in times) - min(start for start, _ in times))
+
+
 def best(runs: list[Run]) -> Run:
     return max(runs, key=lambda r: r.images_per_s)
 
@@ -268,7 +305,7 @@ def settings_text(settings: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=5000, help="distinct JPEGs, each run fetches them all")
+    parser.add_argument("--count", type=int, default=20000, help="distinct JPEGs, each run fetches them all")
     args = parser.parse_args()
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -286,6 +323,8 @@ def main() -> None:
     )
     ms = check_image_ms(jpegs)
     print("single core, median per image: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
+    limit_before = decode_limit(jpegs, jpegs.count)
+    print(f"decode limit: {limit_before:.0f} img/s (bare decode loop on {os.cpu_count()} processes)")
 
     RUNS.mkdir(parents=True, exist_ok=True)
     with ImageServer(jpegs.folder) as server:
@@ -306,6 +345,9 @@ def main() -> None:
         i2d_skip = run_img2dataset(parquet, jpegs.count, False, i2d_off.settings, skip_reencode=True)
         requests = server.stats()["requests"]
     runs = [*off, i2d_resized, ours_resized, i2d_skip]
+    # measured before and after the contenders, so that a drift in background load shows
+    limit_after = decode_limit(jpegs, jpegs.count)
+    limit = max(limit_before, limit_after)
 
     print(
         f"\n{jpegs.count} images a run, same server, same machine, one run after another "
@@ -343,15 +385,19 @@ like with like:
     {settings_text(i2d_off.settings)}, {IMG2DATASET_SHARD} images a shard (the best of {len(IMG2DATASET_CANDIDATES)} settings tried).
   ours: {settings_text(ours_off.settings)}.
   img/s: stored images over the wall time of the whole command, start-up included (the ratios use it);
-    own img/s: by each tool's own clock, after its start-up (img2dataset's logger, our summary's elapsed_s).
+    own img/s: by each tool's own clock, after its start-up (img2dataset's logger, our summary's outcomes_per_s).
   peak RSS: the sum over each contender's process tree (shared pages count once per process).
 
 ratio resize off (ours/img2dataset images/s): {ratio_off:.2f}x   peak RSS {ours_off.peak_rss_mb:.0f} vs {i2d_off.peak_rss_mb:.0f} MB
 ratio resize 512 (ours/img2dataset images/s): {ratio_resized:.2f}x   peak RSS {ours_resized.peak_rss_mb:.0f} vs {i2d_resized.peak_rss_mb:.0f} MB
 by own clocks, start-up left out (what a run of millions would see): resize off {ours_off.own_rate / i2d_off.own_rate:.2f}x, resize 512 {ours_resized.own_rate / i2d_resized.own_rate:.2f}x
 load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores; other work on the machine slows both alike)
+decode limit (bare decode loop, {os.cpu_count()} processes): {limit_before:.0f} img/s before the runs, {limit_after:.0f} after; the higher is the limit
+ours by its own clock, resize off: {ours_off.own_rate:.0f} img/s; img2dataset by its own: {i2d_off.own_rate:.0f} img/s
 bench took {time.perf_counter() - started:.0f} s
-ratio_vs_img2dataset: {ratio_off:.2f}""")
+ratio_vs_img2dataset: {ratio_off:.2f}
+steady_ratio_vs_img2dataset: {ours_off.own_rate / i2d_off.own_rate:.2f}
+fraction_of_decode_limit: {ours_off.own_rate / limit:.2f}""")
 
 
 if __name__ == "__main__":

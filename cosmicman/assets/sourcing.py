@@ -67,6 +67,8 @@ def raw_images(
                 "resumed_outcomes": report.resumed_outcomes,
                 "api_downloads_tracked": tracked,
                 "images_per_s": report.requested / max(report.elapsed_s, 1e-9),
+                "steady_images_per_s": report.outcomes_per_s,
+                "phash_scheme": report.phash_scheme,
                 "table": location(store.uri(raw_table_key(batch))),
                 "sourcing_log": location(store.uri(sourcing_log_key(batch))),
                 **folder_metadata,

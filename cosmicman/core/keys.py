@@ -31,6 +31,7 @@ def table_prefix(asset: str) -> str:
 FAILED_URLS_KEY = "sourcing/failed_urls.parquet"
 POOL_INDEX_PREFIX = "pool/index"
 POOL_INDEX_COMPACTED_KEY = f"{POOL_INDEX_PREFIX}/compacted.parquet"
+POOL_PHASH_SCHEME_KEY = f"{POOL_INDEX_PREFIX}/phash_scheme.json"
 POOL_MARKERS_PREFIX = "pool/recorded"
 
 

@@ -14,6 +14,10 @@ Near-duplicates: phash Hamming distance <= ``max_distance``. Multi-index hashing
 ``max_distance + 1`` bands; by pigeonhole two hashes within the distance agree exactly on at least one
 band, so each band is a sorted array searched with ``searchsorted``, and only those candidates are
 compared bit by bit.
+
+Every hash of a pool is made the same way: the pool's perceptual-hash scheme (``core/imageio.py``) is recorded
+beside its first segment (``pool/index/phash_scheme.json``) and every later batch hashes with it. A pool whose
+segments predate that record was hashed with "full", and keeps it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cosmicman.core.keys import POOL_INDEX_COMPACTED_KEY, POOL_INDEX_SEGMENTS_PREFIX, pool_index_segment_key
+from cosmicman.core.imageio import DEFAULT_PHASH_SCHEME, PHASH_SCHEMES
+from cosmicman.core.keys import (
+    POOL_INDEX_COMPACTED_KEY,
+    POOL_INDEX_SEGMENTS_PREFIX,
+    POOL_PHASH_SCHEME_KEY,
+    pool_index_segment_key,
+)
 from cosmicman.core.store import Store
 
 SEGMENT_SCHEMA = {"sha_prefix": pl.UInt64, "phash": pl.UInt64, "sha256": pl.Utf8, "batch": pl.Utf8}
@@ -183,8 +193,26 @@ def load_index_table(store: Store, exclude_batch: str | None = None, columns: li
     return table
 
 
-def write_segment(store: Store, batch: str, stored: pl.DataFrame) -> None:
-    """Index a finished batch's stored images (columns sha256, phash), and recompact when due."""
+def pool_phash_scheme(store: Store) -> str:
+    """The perceptual-hash scheme of the pool in ``store``: its record; "full" for a pool indexed before the
+    record existed; the default for a pool with no image yet."""
+    if store.exists(POOL_PHASH_SCHEME_KEY):
+        scheme = store.read_json(POOL_PHASH_SCHEME_KEY)["scheme"]
+        if scheme not in PHASH_SCHEMES:
+            raise ValueError(
+                f"{store.uri(POOL_PHASH_SCHEME_KEY)} names phash scheme {scheme!r}, not one of {PHASH_SCHEMES}"
+            )
+        return scheme
+    if store.exists(POOL_INDEX_COMPACTED_KEY) or store.list(POOL_INDEX_SEGMENTS_PREFIX):
+        return "full"
+    return DEFAULT_PHASH_SCHEME
+
+
+def write_segment(store: Store, batch: str, stored: pl.DataFrame, phash_scheme: str) -> None:
+    """Index a finished batch's stored images (columns sha256, phash: hashed with ``phash_scheme``, the pool's),
+    and recompact when due."""
+    if not store.exists(POOL_PHASH_SCHEME_KEY):
+        store.write_json(POOL_PHASH_SCHEME_KEY, {"scheme": phash_scheme})
     segment = stored.select(
         pl.col("sha256").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("sha_prefix"),
         pl.col("phash").str.to_integer(base=16, dtype=pl.UInt64).alias("phash"),

@@ -12,11 +12,13 @@ Durability (datatrove's pattern: finished work leaves a marker, a re-run skips i
 
 1. The plan (re-queued failed URLs first, then each source's items) is written once to
    ``sourcing/staging/<batch>/plan.parquet``; a re-run reuses it, so it fetches the same items.
-2. Outcomes are appended in completion order to numbered chunk files (``done/chunk-NNNNN.parquet``),
-   each written atomically. A re-run loads them, rebuilds the batch's de-duplication state from them
-   and fetches only the items without an outcome. Decisions reference only earlier outcomes, so the
-   chunks on disk are always consistent; a kill loses at most the outcomes of the unwritten chunk,
-   whose blobs are content-addressed and are found again, not duplicated.
+2. Outcomes are decided in completion order (checks run on worker processes, ``check_pool.py``) and
+   appended in that order to numbered chunk files (``done/chunk-NNNNN.parquet``), each written atomically;
+   a stored image's row only once its blob is written (blob writes run on threads, ``ordered_commits.py``).
+   A re-run loads them, rebuilds the batch's de-duplication state from them and fetches only the items
+   without an outcome. Decisions reference only earlier outcomes, so the chunks on disk are always
+   consistent; a kill loses at most the outcomes not yet in a chunk, whose blobs are content-addressed and
+   are found again, not duplicated.
 3. Finishing writes the batch's tables (``tables/raw_images``, ``tables/sourcing_log``), lets each
    source keep its own records of the items it stored (``StoredItemsRecorder``), writes the index
    segment and the failed-URL table, and only then removes the staging folder. Every step is idempotent.
@@ -32,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import posixpath
 import sys
@@ -40,17 +41,18 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from cosmicman.core.imageio import CheckedImage, check_image, sha256_hex
+from cosmicman.core.imageio import CheckedImage, sha256_hex
 from cosmicman.core.keys import FAILED_URLS_KEY, raw_table_key, sourcing_log_key, sourcing_staging_prefix
 from cosmicman.core.store import Store
-from cosmicman.sourcing.dedup import PoolIndex, resolve_shas, write_segment
+from cosmicman.sourcing.check_pool import CheckPool
+from cosmicman.sourcing.dedup import PoolIndex, pool_phash_scheme, resolve_shas, write_segment
 from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
 from cosmicman.sourcing.folder_walk import IMAGE_SUFFIXES, RefusedRead
+from cosmicman.sourcing.ordered_commits import OrderedCommits
 from cosmicman.sourcing.rejection_details import rejection_detail
 from cosmicman.sourcing.sources import (
     ImageSource,
@@ -137,6 +139,7 @@ class IngestConfig:
     - ``near_dup_distance``: phash Hamming radius of a near-duplicate (None: exact duplicates only).
     - ``max_url_attempts``: batches that may try a URL whose failure is retryable.
     - ``max_requeue_fraction``: share of a batch's size given to re-queued URLs.
+    - ``blob_writers``: threads writing new blobs (an object store's PUT is mostly waiting; 0: inline).
     """
 
     chunk_size: int = 512
@@ -145,6 +148,7 @@ class IngestConfig:
     near_dup_distance: int | None = 4
     max_url_attempts: int = 3
     max_requeue_fraction: float = 0.25
+    blob_writers: int = 8
     fetch: FetchConfig = field(default_factory=FetchConfig)
 
 
@@ -159,6 +163,8 @@ class BatchReport:
     blobs_created: int
     resumed_outcomes: int
     elapsed_s: float
+    outcomes_per_s: float  # steady: from this run's first outcome to its last (start-up and finish left out)
+    phash_scheme: str  # the pool's (cosmicman.core.imageio.PHASH_SCHEMES)
     raw: pl.DataFrame = field(repr=False)
     log: pl.DataFrame = field(repr=False)
 
@@ -268,42 +274,21 @@ def claimed_extension(url: str | None) -> str | None:
     return suffix.lstrip(".") if suffix in IMAGE_SUFFIXES else None
 
 
-_Checked = tuple[_Fetched, bytes, CheckedImage]  # an item, its fetched bytes and what their check found
+class _SteadyRate:
+    """Outcomes a second between the first and the last one: the rate a long batch runs at."""
 
+    def __init__(self) -> None:
+        self.count, self.first, self.last = 0, 0.0, 0.0
 
-class _Checker:
-    """``check_image`` in worker processes (models-once lifecycle: the pool starts once per batch), or
-    inline for small batches. Keeps at most ``window`` checks in flight so memory stays bounded."""
+    def tick(self) -> None:
+        self.last = time.monotonic()
+        if self.count == 0:
+            self.first = self.last
+        self.count += 1
 
-    def __init__(self, workers: int, resize_to: int | None) -> None:
-        self.resize_to = resize_to
-        self.pool = (
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 0 else None
-        )
-        self.window = max(1, workers * 8)
-        self.in_flight: dict[Future, tuple[_Fetched, bytes]] = {}
-
-    def submit(self, fetched: _Fetched, data: bytes, claimed_ext: str | None) -> Iterator[_Checked]:
-        if self.pool is None:
-            yield fetched, data, check_image(data, self.resize_to, claimed_ext)
-            return
-        self.in_flight[self.pool.submit(check_image, data, self.resize_to, claimed_ext)] = (fetched, data)
-        if len(self.in_flight) >= self.window:
-            yield from self._collect()
-
-    def drain(self) -> Iterator[_Checked]:
-        while self.in_flight:
-            yield from self._collect()
-
-    def _collect(self) -> Iterator[_Checked]:
-        done, _ = wait(list(self.in_flight), return_when=FIRST_COMPLETED)
-        for fut in done:
-            fetched, data = self.in_flight.pop(fut)
-            yield fetched, data, fut.result()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    @property
+    def per_s(self) -> float:
+        return (self.count - 1) / (self.last - self.first) if self.count > 1 and self.last > self.first else 0.0
 
 
 class _ChunkWriter:
@@ -339,11 +324,13 @@ def source_batch(
     """Run (or resume, or re-read) one sourcing batch; see the module docstring."""
     t0 = time.monotonic()
     if store.exists(sourcing_log_key(batch)) and not store.exists(f"{sourcing_staging_prefix(batch)}/plan.parquet"):
-        return _report(store, batch, store.read_table(sourcing_log_key(batch)), 0, 0, t0)
+        log = store.read_table(sourcing_log_key(batch))
+        return _report(store, batch, log, 0, 0, t0, pool_phash_scheme(store), 0.0)
     plan = plan_batch(store, batch, batch_index, sources, config)
     done_keys = store.list(f"{sourcing_staging_prefix(batch)}/done")
     done = pl.concat([store.read_table(k) for k in done_keys]) if done_keys else pl.DataFrame(schema=OUTCOME_SCHEMA)
     index = PoolIndex.load(store, config.near_dup_distance, exclude_batch=batch)
+    phash_scheme = pool_phash_scheme(store)
     for sha, phash in done.filter(pl.col("status") == "stored").select("sha256", "phash").iter_rows():
         index.add(sha, phash)
     finished = set(done["position"].to_list())
@@ -351,12 +338,22 @@ def source_batch(
     by_position = {r["position"]: r for r in pending}
     workers = config.workers if config.workers is not None else (0 if len(pending) < 256 else os.cpu_count() or 1)
     writer = _ChunkWriter(store, batch, config.chunk_size, len(done_keys))
-    checker = _Checker(workers, config.resize_to)
-    created = 0
+    checker: CheckPool[_Fetched] = CheckPool(workers, config.resize_to, phash_scheme)
     n_done, total = len(finished), len(plan)
 
+    rate = _SteadyRate()
+
+    def committed(row: dict) -> None:
+        nonlocal n_done
+        writer.add(row)
+        n_done += 1
+        rate.tick()
+        if progress:
+            progress(n_done, total)
+
+    commits = OrderedCommits(store, config.blob_writers, committed)
+
     def outcome(fetched: _Fetched, data: bytes | None, checked: CheckedImage | None) -> None:
-        nonlocal created, n_done
         row = {
             **by_position.pop(fetched.position),
             "batch": batch,
@@ -390,14 +387,11 @@ def source_batch(
             if match is not None:
                 row.update(status=match.kind, duplicate_of=match.sha256 or f"{match.sha_prefix:016x}")
             else:
-                put = store.put_blob(stored, checked.ext, sha256=sha)
-                created += put.created
-                index.add(sha, checked.phash)
-                row.update(status="stored", blob_key=put.key)
-        writer.add(row)
-        n_done += 1
-        if progress:
-            progress(n_done, total)
+                index.add(sha, checked.phash)  # decided now: the next item is compared with it
+                row.update(status="stored")
+                commits.add(row, (stored, checked.ext, sha))
+                return
+        commits.add(row)
 
     try:
         for fetched in _fetch_items(pending, [s for s, _ in sources], config.fetch):
@@ -409,17 +403,19 @@ def source_batch(
                 outcome(*item)
         for item in checker.drain():
             outcome(*item)
+        commits.drain()
         writer.flush()
     finally:
         checker.close()
+        commits.close()
     log = pl.concat([store.read_table(k) for k in store.list(f"{sourcing_staging_prefix(batch)}/done")]).sort(
         "position"
     )
     if len(log) != len(plan):
         raise RuntimeError(f"batch {batch}: {len(log)} outcomes for {len(plan)} planned items")
     log = _resolve_near_duplicates(store, log)
-    _finish(store, batch, log, sources, config)
-    return _report(store, batch, log, created, len(finished), t0)
+    _finish(store, batch, log, sources, config, phash_scheme)
+    return _report(store, batch, log, commits.created, len(finished), t0, phash_scheme, rate.per_s)
 
 
 def _resolve_near_duplicates(store: Store, log: pl.DataFrame) -> pl.DataFrame:
@@ -432,7 +428,12 @@ def _resolve_near_duplicates(store: Store, log: pl.DataFrame) -> pl.DataFrame:
 
 
 def _finish(
-    store: Store, batch: str, log: pl.DataFrame, sources: Sequence[tuple[ImageSource, int]], config: IngestConfig
+    store: Store,
+    batch: str,
+    log: pl.DataFrame,
+    sources: Sequence[tuple[ImageSource, int]],
+    config: IngestConfig,
+    phash_scheme: str,
 ) -> None:
     stored = log.filter(pl.col("status") == "stored")
     store.write_table(raw_table_key(batch), stored.select(RAW_COLUMNS))
@@ -441,7 +442,7 @@ def _finish(
             mine = stored.filter(pl.col("source") == source.name).iter_rows(named=True)
             source.record_stored(batch, [(_row_item(r), r["sha256"]) for r in mine], store)
     store.write_table(sourcing_log_key(batch), log)
-    write_segment(store, batch, stored.select("sha256", "phash"))
+    write_segment(store, batch, stored.select("sha256", "phash"), phash_scheme)
     update_failed_urls(store, batch, log, config.max_url_attempts)
     store.delete(sourcing_staging_prefix(batch))
 
@@ -480,7 +481,16 @@ def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_atte
         store.write_table(FAILED_URLS_KEY, pl.DataFrame(list(known.values()), schema=FAILED_SCHEMA))
 
 
-def _report(store: Store, batch: str, log: pl.DataFrame, created: int, resumed: int, t0: float) -> BatchReport:
+def _report(
+    store: Store,
+    batch: str,
+    log: pl.DataFrame,
+    created: int,
+    resumed: int,
+    t0: float,
+    phash_scheme: str,
+    outcomes_per_s: float,
+) -> BatchReport:
     counts = Counter(log["status"].to_list())
     failed = log.filter(pl.col("status") == "failed")
     return BatchReport(
@@ -493,6 +503,8 @@ def _report(store: Store, batch: str, log: pl.DataFrame, created: int, resumed: 
         created,
         resumed,
         time.monotonic() - t0,
+        outcomes_per_s,
+        phash_scheme,
         log.filter(pl.col("status") == "stored").select(RAW_COLUMNS),
         log,
     )

@@ -22,8 +22,8 @@ from cosmicman.core.imageio import (
     ImageDecodeError,
     check_image,
     decode_image,
-    inspect_image,
     keep_ratio_size,
+    perceptual_hash,
 )
 from tests.support.hostile_files import (
     HostileFile,
@@ -36,6 +36,14 @@ from tests.support.hostile_files import (
 )
 
 CORPUS = hostile_files()
+
+
+def reduced_phash(img: Image.Image) -> str:
+    """The "reduced" scheme by imagehash itself: phash of the 32x32 pixels Pillow's reducing_gap 3 resize gives
+    (imagehash's own resize of a 32x32 image to 32x32 is a copy)."""
+    return str(imagehash.phash(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=3.0)))
+
+
 BOMBS = [h for h in CORPUS if h.reason == imageio.DECOMPRESSION_BOMB]
 
 
@@ -72,7 +80,7 @@ def test_each_hostile_file_gets_its_outcome(hostile: HostileFile):
     assert checked.detail.split(",") == list(hostile.normalizations) if hostile.normalizations else checked.detail == ""
     img = decode_image(hostile.data)
     assert img.mode == "RGB" and img.size == hostile.size
-    assert checked.phash == str(imagehash.phash(img))
+    assert checked.phash == reduced_phash(img)
 
 
 def test_normalized_pixels_are_right():
@@ -181,7 +189,7 @@ def test_resize_to_downscales_the_smaller_side_and_stores_a_jpeg():
     assert (checked.width, checked.height, checked.ext, checked.reason) == (683, 512, "jpg", None)
     assert checked.detail == "resized:800x600->683x512"
     assert checked.sha256 == imageio.sha256_hex(data)  # the download's identity, not the re-encode's
-    assert checked.phash == str(imagehash.phash(decode_image(data)))  # hashed before the resize
+    assert checked.phash == reduced_phash(decode_image(data))  # hashed before the resize
     stored = Image.open(io.BytesIO(checked.stored_bytes))
     assert (stored.format, stored.size, stored.mode) == ("JPEG", (683, 512), "RGB")
     reference = np.asarray(photo(800, 600, seed=7).resize((683, 512), Image.Resampling.BOX), dtype=np.int16)
@@ -211,12 +219,32 @@ def test_checked_images_and_errors_cross_process_boundaries():
     assert (err.reason, err.detail, str(err)) == ("truncated", "JPEG: cut", "truncated: JPEG: cut")
 
 
-def test_inspect_image_agrees_with_check_image():
-    data = jpeg_with_orientation(photo(300, 200, seed=4), 6)
-    info, img = inspect_image(data)
-    checked = check_image(data)
-    assert (
-        (info.sha256, info.ext, info.width, info.height, info.phash)
-        == (checked.sha256, checked.ext, checked.width, checked.height, checked.phash)
-        == (imageio.sha256_hex(data), "jpg", 200, 300, str(imagehash.phash(img)))
+def test_each_phash_scheme_is_imagehash_on_its_own_32x32_pixels():
+    img = decode_image(encoded(photo(900, 600, seed=3), "JPEG", quality=90))
+    assert perceptual_hash(img, "full") == str(imagehash.phash(img))
+    assert perceptual_hash(img, "reduced") == reduced_phash(img) == perceptual_hash(img)  # the default
+    assert check_image(encoded(img, "PNG"), phash_scheme="full").phash == str(imagehash.phash(img))
+    with pytest.raises(ValueError, match="the schemes are full, reduced"):
+        perceptual_hash(img, "fast")
+
+
+def scene(seed: int, width: int = 960, height: int = 560) -> Image.Image:
+    """A photo-like frame with structure at the scale a perceptual hash sees (9 x 12 colour cells) and grain."""
+    rng = np.random.default_rng(seed)
+    field = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)).resize(
+        (width, height), Image.Resampling.BICUBIC
     )
+    grain = rng.integers(-12, 13, (height, width, 1))
+    return Image.fromarray(np.clip(np.asarray(field, dtype=np.int16) + grain, 0, 255).astype(np.uint8))
+
+
+def test_the_reduced_scheme_finds_resized_recompressed_copies_within_the_radius():
+    """The reason it may replace the full one: a half-size JPEG q70 copy stays within the ingest's near-duplicate
+    radius (4 bits) under both schemes, while distinct frames stay far apart."""
+    frames = [scene(s) for s in range(12)]
+    for scheme in ("full", "reduced"):
+        hashes = [imagehash.hex_to_hash(perceptual_hash(f, scheme)) for f in frames]
+        for f, h in zip(frames, hashes):
+            copy = decode_image(encoded(f.resize((480, 280), Image.Resampling.BICUBIC), "JPEG", quality=70))
+            assert h - imagehash.hex_to_hash(perceptual_hash(copy, scheme)) <= 2, scheme
+        assert min(a - b for i, a in enumerate(hashes) for b in hashes[i + 1 :]) > 8, scheme

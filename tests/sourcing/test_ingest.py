@@ -247,3 +247,21 @@ def test_sigkill_mid_batch_then_rerun_loses_nothing_and_duplicates_nothing(serve
         IngestConfig(workers=0, fetch=dataclasses.replace(FAST_FETCH, read_timeout_s=10)),
     )
     assert set(ref.raw["sha256"]) == set(raw["sha256"])
+
+
+def test_a_pool_hashes_with_the_scheme_of_its_first_batch(server, tmp_path):
+    """A new pool records the fast phash scheme with its first batch; a pool indexed before the record existed
+    keeps imagehash's full phash, so that every hash a batch compares was made the same way."""
+    from cosmicman.core.imageio import decode_image, perceptual_hash
+    from cosmicman.core.keys import POOL_PHASH_SCHEME_KEY
+
+    for recorded, scheme in ((True, "reduced"), (False, "full")):
+        store = Store(str(tmp_path / f"store-{scheme}"))
+        first = run(store, "batch-00000", [server.url(f"img/p{i:03d}.jpg") for i in range(3)], tmp_path)
+        assert first.phash_scheme == "reduced" and first.outcomes_per_s > 0
+        if not recorded:
+            store.delete(POOL_PHASH_SCHEME_KEY)  # as a pool sourced before the record existed
+        second = run(store, "batch-00001", [server.url(f"img/p{i:03d}.jpg") for i in range(3, 6)], tmp_path)
+        assert second.phash_scheme == scheme
+        for row in second.raw.iter_rows(named=True):
+            assert row["phash"] == perceptual_hash(decode_image(store.read_bytes(row["blob_key"])), scheme)
