@@ -14,4 +14,4 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch, diffusers, deepspeed; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'deepspeed', deepspeed.__version__)"
 "$PY" bench/train_step.py --preset sd15 --batch "${BATCH:-8}" --bf16 --deepspeed zero2 \
-  --warmup "${WARMUP:-3}" --steps "${STEPS:-8}" --passes "${PASSES:-1}" "$@"
+  --warmup "${WARMUP:-3}" --steps "${STEPS:-8}" --rounds "${ROUNDS:-3}" "$@"

@@ -1,6 +1,6 @@
 """Step-time ratios of the Daring trainer against its own baselines, measured in one run.
 
-    .venv/bin/python bench/train_step.py                      # CPU preset (here: < 10 min)
+    .venv/bin/python bench/train_step.py                      # CPU preset (2 cores: about 6 min)
     python bench/train_step.py --preset sd15 --batch 8 --bf16 --deepspeed zero2   # GPU (bench/gpu_check.sh)
 
 Same components (copies of one random init), same batches, same settings in every variant:
@@ -11,9 +11,14 @@ Same components (copies of one random init), same batches, same settings in ever
   D  our trainer on cached latents + text embeddings  E  a bare UNet step on ready tensors
      (forward, backward, AdamW)
 
-and prints  hola_overhead = B / A (target <= 1.10),  trainer_overhead = A / C (<= 1.05),
-cached_vs_unet_only = D / E (<= 1.05). Each variant is timed in a block (warm-up, then medians of
-synchronised steps); blocks run A..E then E..A and the two medians are averaged, which cancels slow drift.
+and prints  hola_overhead = B / A,  trainer_overhead = A / C,  cached_vs_unet_only = D / E (targets: each
+<= 1.05). The bench runs in rounds (--rounds, at least 3 for a spread). In a round, each group of variants
+(A, B, C, then D, E) is set up together from fresh copies of the components, and their steps are taken in
+turn -- A B C A B C ... after a warm-up -- so that other work on a shared machine slows neighbouring
+steps of every variant alike; rounds alternate the order (A..E, then E..A). A variant's figure in a round
+is the median of its synchronised step times; each ratio is taken within its round and printed as its
+median over the rounds with the range beside it, e.g. ``hola_overhead: 1.031 (spread 1.012-1.046 over 4
+rounds)``. The load average at start and end says whether other work shared the machine.
 
 Component presets: ``sd15`` is SD-1.5 itself (UNet 859.5M, VAE, CLIP-L text encoder) at 512 px; ``cpu`` is
 SD-1.5's layout with a quarter of the channels at 256 px, whose VAE-encode : UNet-step FLOP proportion
@@ -287,20 +292,12 @@ class Variant:
             noisy, t, enc, target = self.ready[self.i % len(self.ready)]
             self.unet_step(noisy, t, enc, target, clip=False)
 
-    def time(self, warmup: int, steps: int) -> tuple[float, float]:
-        for _ in range(warmup):
-            self.step()
+    def timed_step(self) -> float:
+        """Seconds of one synchronised step."""
+        t0 = time.perf_counter()
+        self.step()
         sync(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            self.step()
-            sync(self.device)
-            times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else rss_gb()
-        return statistics.median(times), peak
+        return time.perf_counter() - t0
 
     def teardown(self) -> None:
         engine = getattr(self, "engine", None) or getattr(getattr(self, "trainer", None), "engine", None)
@@ -325,21 +322,64 @@ DESCRIPTIONS = {
 }
 
 
+#: variants alive together, their steps interleaved; every ratio is between two variants of one group
+STEP_GROUPS = ("ABC", "DE")
+
+
+def time_group(group: list[Variant], warmup: int, steps: int) -> tuple[dict[str, list[float]], float]:
+    """Set up the variants of ``group`` together, take their steps in turn (warm-up, then ``steps`` timed
+    steps each) and tear them down: a burst of other work on the machine hits neighbouring steps of every
+    variant alike. Returns each variant's step times and the peak memory (all of them alive)."""
+    for v in group:
+        v.setup()
+    for _ in range(warmup):
+        for v in group:
+            v.step()
+    for v in group:
+        sync(v.device)
+    cuda = group[0].device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(group[0].device)
+    times: dict[str, list[float]] = {v.name: [] for v in group}
+    for _ in range(steps):
+        for v in group:
+            times[v.name].append(v.timed_step())
+    peak = torch.cuda.max_memory_allocated(group[0].device) / 2**30 if cuda else rss_gb()
+    for v in group:
+        v.teardown()
+    return times, peak
+
+
+#: (printed name, numerator variant, denominator variant); other tools grep ``name: value``
+RATIOS = (("hola_overhead", "B", "A"), ("trainer_overhead", "A", "C"), ("cached_vs_unet_only", "D", "E"))
+
+
+def load_average() -> str:
+    """1, 5 and 15 minute load averages: above the core count, other work shared the machine."""
+    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()) + f" ({os.cpu_count()} cores)"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per block (two blocks per variant)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
     p.add_argument("--device", default="auto")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--deepspeed", default=None, help="zero2 | zero2_offload | JSON path")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument(
-        "--passes", type=int, default=2, choices=(1, 2), help="2: blocks A..E then E..A (cancels drift); 1: A..E only"
+        "--rounds",
+        type=int,
+        default=4,
+        help="rounds, A..E and E..A alternately; each ratio is its median over the rounds (3+ for a spread)",
     )
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     t_start = time.perf_counter()
+    print(f"load average at start {load_average()}", flush=True)
     if args.deepspeed and "RANK" not in os.environ:
         from cosmicman.model.train.loop import ensure_dist_env
 
@@ -365,26 +405,33 @@ def main() -> int:
     batches = make_batches(3, args.batch, res, 16)
     variants = {n: Variant(n, args, comps, batches) for n in "ABCDE"}
     results: dict[str, list[float]] = {n: [] for n in variants}
-    peaks: dict[str, float] = {}
-    for order in ("ABCDE", "EDCBA")[: args.passes]:
-        for n in order:
-            v = variants[n]
-            v.setup()
-            med, peak = v.time(args.warmup, args.steps)
-            v.teardown()
-            results[n].append(med)
-            peaks[n] = max(peaks.get(n, 0.0), peak)
-            print(
-                f"  {n} {DESCRIPTIONS[n]:<30} median {med * 1000:8.1f} ms/step   "
-                f"{'peak GPU' if device == 'cuda' else 'RSS'} {peak:.2f} GiB",
-                flush=True,
-            )
-    t = {n: statistics.mean(r) for n, r in results.items()}
-    print("mean of the block medians (ms/step): " + ", ".join(f"{n} {t[n] * 1000:.1f}" for n in t))
-    print(f"total {time.perf_counter() - t_start:.0f} s")
-    print(f"hola_overhead: {t['B'] / t['A']:.3f}")
-    print(f"trainer_overhead: {t['A'] / t['C']:.3f}")
-    print(f"cached_vs_unet_only: {t['D'] / t['E']:.3f}")
+    for r in range(args.rounds):
+        forward = r % 2 == 0
+        for group in STEP_GROUPS if forward else STEP_GROUPS[::-1]:
+            order = group if forward else group[::-1]
+            times, peak = time_group([variants[n] for n in order], args.warmup, args.steps)
+            for n in order:
+                results[n].append(statistics.median(times[n]))
+                print(
+                    f"  round {r + 1} {n} {DESCRIPTIONS[n]:<30} median {results[n][-1] * 1000:8.1f} ms/step "
+                    f"(steps {min(times[n]) * 1000:.0f}-{max(times[n]) * 1000:.0f})",
+                    flush=True,
+                )
+            print(f"  round {r + 1} {order}: {'peak GPU' if device == 'cuda' else 'RSS'} {peak:.2f} GiB", flush=True)
+        # this round's ratios now (``name=value``, not the final ``name: value``): an interrupted run still tells
+        print(
+            f"  round {r + 1} ratios: "
+            + ", ".join(f"{nm}={results[a][-1] / results[b][-1]:.3f}" for nm, a, b in RATIOS)
+        )
+    t = {n: statistics.median(r) for n, r in results.items()}
+    print("each variant, median over the rounds (ms/step): " + ", ".join(f"{n} {t[n] * 1000:.1f}" for n in t))
+    print(f"total {time.perf_counter() - t_start:.0f} s, load average at end {load_average()}")
+    for name, num, den in RATIOS:
+        per_round = [a / b for a, b in zip(results[num], results[den], strict=True)]
+        print(
+            f"{name}: {statistics.median(per_round):.3f} (spread {min(per_round):.3f}-{max(per_round):.3f} "
+            f"over {len(per_round)} round{'s' if len(per_round) > 1 else ''})"
+        )
     return 0
 
 

@@ -4,7 +4,8 @@ Every attention layer of the UNet gets a ``CaptureAttnProcessor``. All of them c
 with ``F.scaled_dot_product_attention`` (as diffusers' ``AttnProcessor2_0`` does). Only cross-attention
 layers whose query count equals the per-batch target ``map_hw[0] * map_hw[1]`` (and, by default, whose
 key length is 77) additionally recompute ``softmax(q k^T * scale)`` in fp32, per head, and store it in the
-shared ``AttentionMapStore`` keyed by layer name. Self-attention probabilities are never materialised.
+shared ``AttentionMapStore`` keyed by layer name (only the key columns ``HolaContext.token_columns`` names,
+when it names any). Self-attention probabilities are never materialised.
 
 Facts this design relies on (NOTES-training.md, re-verified by tests/model/test_attention.py):
 - Per-batch context reaches processors only through ``unet(..., cross_attention_kwargs={"hola_ctx": ctx})``
@@ -33,14 +34,26 @@ class HolaContext:
 
     ``map_hw``: the (height, width) of the attention maps to capture; layers whose query count equals
     ``map_hw[0] * map_hw[1]`` are captured. ``key_length``: only cross-attention with this many keys (77
-    CLIP tokens) is captured; None captures any key length."""
+    CLIP tokens) is captured; None captures any key length. ``token_columns``: keep only these key columns
+    (ascending token indices: HOLA reads only the tokens inside spans, ``hola.span_token_columns``) of the
+    probabilities, which are still normalised over all keys; None keeps every column."""
 
     map_hw: tuple[int, int]
     key_length: int | None = 77
+    token_columns: tuple[int, ...] | None = None
+    #: ``token_columns`` as an index tensor on the device of the maps, built by the first layer that needs it
+    _column_index: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def query_count(self) -> int:
         return int(self.map_hw[0]) * int(self.map_hw[1])
+
+    def column_index(self, device: torch.device) -> torch.Tensor | None:
+        if self.token_columns is None:
+            return None
+        if self._column_index is None or self._column_index.device != device:
+            self._column_index = torch.tensor(self.token_columns, dtype=torch.long).to(device, non_blocking=True)
+        return self._column_index
 
 
 def map_hw_for(image_hw: tuple[int, int], factor: int) -> tuple[int, int]:
@@ -50,7 +63,8 @@ def map_hw_for(image_hw: tuple[int, int], factor: int) -> tuple[int, int]:
 
 @dataclass
 class AttentionMapStore:
-    """Captured cross-attention probabilities of the current step: ``maps[layer] -> (B, heads, Q, K)`` fp32."""
+    """Captured cross-attention probabilities of the current step: ``maps[layer] -> (B, heads, Q, K)`` fp32
+    (K: the context's ``token_columns`` when it names them)."""
 
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     #: query counts seen at cross-attention layers during the last forward (for diagnostics)
@@ -136,8 +150,12 @@ class CaptureAttnProcessor:
                         logits = logits.masked_fill(~attention_mask, float("-inf"))
                     else:
                         logits = logits + attention_mask.float()
+                probs = logits.softmax(dim=-1)
+                columns = hola_ctx.column_index(probs.device)
+                if columns is not None:
+                    probs = probs.index_select(-1, columns)
                 # overwrite, never append: correct when checkpointing re-runs this during backward
-                self.store.maps[self.name] = logits.softmax(dim=-1)
+                self.store.maps[self.name] = probs
 
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False, scale=attn.scale

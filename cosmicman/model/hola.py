@@ -32,6 +32,11 @@ resized one-hot masks (close to ``"area"`` for integer factors).
 
 A group whose span is missing (null / (-1, -1)) gets no loss. A group with a span and an empty mask
 (e.g. the attribute region is absent) still pulls its maps towards zero.
+
+Only the columns of tokens inside a span enter the loss, so the trainer captures just those
+(``span_token_columns``: the softmax still runs over all K keys, then the span columns are kept) and passes
+them as ``token_columns``; the value and gradient are those of the full maps. The captured layers (one
+level, one map size) are stacked along the head axis and reduced in one pass.
 """
 
 from __future__ import annotations
@@ -67,6 +72,12 @@ def span_weights(spans: torch.Tensor, n_keys: int) -> torch.Tensor:
     return ((j >= s) & (j < e) & valid).float()
 
 
+def span_token_columns(spans: torch.Tensor, n_keys: int) -> tuple[int, ...]:
+    """Ascending indices of the tokens inside any valid span of the batch: the key columns HOLA reads."""
+    inside = span_weights(spans, n_keys).flatten(0, -2).amax(0) if spans.numel() else torch.zeros(n_keys)
+    return tuple(int(j) for j in inside.nonzero().flatten().tolist())
+
+
 def _map_grid(masks: torch.Tensor, n_cells: int, map_hw: tuple[int, int] | None) -> tuple[int, int]:
     if map_hw is not None:
         return (int(map_hw[0]), int(map_hw[1]))
@@ -98,6 +109,7 @@ def hola_loss(
     reduction: str = "released",
     mask_resize: str = "area",
     map_hw: tuple[int, int] | None = None,
+    token_columns: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """HOLA over captured maps.
 
@@ -105,7 +117,9 @@ def hola_loss(
     (the captured level); if not given it is inferred from the masks' aspect ratio. Masks may be at the
     map size or at image size. masks: (B, G, H, W) group masks. spans: (B, G, 2) long, end-exclusive,
     (-1, -1) for groups without a span (also used to pad G); keep them on the CPU (as the loader gives
-    them): the span checks then cost the device no synchronisation."""
+    them): the span checks then cost the device no synchronisation. ``token_columns``: the maps hold only
+    these key columns (ascending token indices, e.g. ``span_token_columns(spans, 77)``), every span token
+    among them; None: the maps hold all keys."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     layers = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
@@ -117,32 +131,48 @@ def hola_loss(
     map_hw = _map_grid(masks, P, map_hw)
     if map_hw[0] * map_hw[1] != P:
         raise ValueError(f"cannot infer a map grid of {P} cells for masks of {masks.shape[-2]}x{masks.shape[-1]}")
+    for attn in layers:
+        if attn.shape[0] != B or attn.shape[2] != P or attn.shape[3] != K:
+            raise ValueError(f"captured maps have mixed shapes: {attn.shape} vs {(B, '*', P, K)}")
     device = layers[0].device
-    m = resize_masks(masks, map_hw, mask_resize).flatten(2).to(device, non_blocking=True)  # (B, G, P)
     # span bookkeeping where the spans are (the CPU, from the loader): its checks never wait for the GPU
-    w = span_weights(spans, K)  # (B, G, K)
+    w = _column_weights(spans, K, token_columns)  # (B, G, K)
     n = w.sum(-1)  # (B, G)
     valid = n > 0  # (B, G)
     n_valid = valid.sum(-1)  # (B,)
     sample_ok = n_valid > 0
     if not bool(sample_ok.any()):
         return layers[0].new_zeros(())
+    m = resize_masks(masks, map_hw, mask_resize).flatten(2).to(device, non_blocking=True)  # (B, G, P)
     w, n, valid, n_valid, sample_ok = (x.to(device, non_blocking=True) for x in (w, n, valid, n_valid, sample_ok))
 
-    per_entry = []  # each (B, H_l)
-    for attn in layers:
-        if attn.shape[0] != B or attn.shape[2] != P or attn.shape[3] != K:
-            raise ValueError(f"captured maps have mixed shapes: {attn.shape} vs {(B, '*', P, K)}")
-        token_sse, mean_sse = _per_entry_terms(attn.float(), m, w)
-        per_group = (token_sse + mean_sse) * valid[:, None, :]  # (B, H, G)
-        if reduction == "paper":
-            val = per_group.sum(-1) / n_valid.clamp(min=1)[:, None]
-        else:
-            denom = (P * (n + 1) * valid).sum(-1)  # (B,)
-            val = per_group.sum(-1) / denom.clamp(min=1)[:, None]
-        per_entry.append(val)
-    per_sample = torch.cat(per_entry, dim=1).mean(1)  # mean over (layer, head) entries
+    # one level: every layer has (B, *, P, K), so (layer, head) entries stack along the head axis
+    attn = torch.cat([a.float() for a in layers], dim=1) if len(layers) > 1 else layers[0].float()
+    token_sse, mean_sse = _per_entry_terms(attn, m, w)
+    per_group = (token_sse + mean_sse) * valid[:, None, :]  # (B, entries, G)
+    if reduction == "paper":
+        per_entry = per_group.sum(-1) / n_valid.clamp(min=1)[:, None]
+    else:
+        denom = (P * (n + 1) * valid).sum(-1)  # (B,)
+        per_entry = per_group.sum(-1) / denom.clamp(min=1)[:, None]
+    per_sample = per_entry.mean(1)  # mean over (layer, head) entries
     return per_sample[sample_ok].mean()
+
+
+def _column_weights(spans: torch.Tensor, K: int, token_columns: Sequence[int] | None) -> torch.Tensor:
+    """(B, G, K) span membership of the maps' K key columns (all keys, or ``token_columns``)."""
+    if token_columns is None:
+        return span_weights(spans, K)
+    if len(token_columns) != K:
+        raise ValueError(f"{len(token_columns)} token columns for maps with {K} key columns")
+    if any(b <= a for a, b in zip(token_columns, token_columns[1:])):
+        raise ValueError(f"token columns must be ascending without repeats: {tuple(token_columns)}")
+    n_keys = max([0, int(spans[..., 1].max()) if spans.numel() else 0, *(j + 1 for j in token_columns)])
+    full = span_weights(spans, n_keys)
+    w = full[..., list(token_columns)]
+    if bool((w.sum(-1) != full.sum(-1)).any()):
+        raise ValueError(f"a span token is not among the captured columns {tuple(token_columns)}")
+    return w
 
 
 def hola_loss_reference(maps, masks, spans, reduction="released", mask_resize="area", map_hw=None) -> torch.Tensor:

@@ -18,7 +18,7 @@ from cosmicman.model.checkpoints import load_engine_checkpoint
 from cosmicman.model.components import Components
 from cosmicman.model.conditioning import TextConditioner, TextConditioning, sdxl_time_ids
 from cosmicman.model.distributed import DistEnv, load_deepspeed_config
-from cosmicman.model.hola import hola_loss
+from cosmicman.model.hola import hola_loss, span_token_columns
 from cosmicman.model.train.config import TrainConfig
 from cosmicman.model.train.ema import EMA
 
@@ -197,9 +197,15 @@ class DaringTrainer:
         return out
 
     def _unet_inputs(
-        self, batch: dict[str, Any], latents: torch.Tensor, cond: TextConditioning, capture: bool
+        self,
+        batch: dict[str, Any],
+        latents: torch.Tensor,
+        cond: TextConditioning,
+        capture: bool,
+        token_columns: tuple[int, ...] | None = None,
     ) -> tuple[dict[str, Any], HolaContext | None]:
-        """UNet keyword arguments (conditioning, SDXL time ids, the HOLA context when capturing)."""
+        """UNet keyword arguments (conditioning, SDXL time ids, the HOLA context when capturing, keeping
+        only ``token_columns`` of the maps when given)."""
         image_hw = (latents.shape[-2] * self.vae_factor, latents.shape[-1] * self.vae_factor)
         time_ids = None
         if self.comps.family == "sdxl":
@@ -208,7 +214,9 @@ class DaringTrainer:
         ctx = None
         if capture:
             f = self.cfg.hola_map_factor
-            ctx = HolaContext(map_hw=(image_hw[0] // f, image_hw[1] // f), key_length=self.max_len)
+            ctx = HolaContext(
+                map_hw=(image_hw[0] // f, image_hw[1] // f), key_length=self.max_len, token_columns=token_columns
+            )
             kwargs["cross_attention_kwargs"] = {"hola_ctx": ctx}
         return kwargs, ctx
 
@@ -233,7 +241,10 @@ class DaringTrainer:
         noisy = sched.add_noise(latents, noise, t)
         target = noise if self.pred_type == "epsilon" else sched.get_velocity(latents, noise, t)
 
-        kwargs, ctx = self._unet_inputs(batch, latents, cond, capture=self.store is not None)
+        # HOLA reads only the span tokens' columns, and nothing of a batch whose caption was dropped
+        capture = self.store is not None and not dropped
+        columns = span_token_columns(batch["spans"], self.max_len) if capture else None
+        kwargs, ctx = self._unet_inputs(batch, latents, cond, capture=capture, token_columns=columns)
         if self.store is not None:
             self.store.clear()
         inp = noisy if self.model_dtype is None else noisy.to(self.model_dtype)
@@ -250,14 +261,19 @@ class DaringTrainer:
             w = w / snr if self.pred_type == "epsilon" else w / (snr + 1.0)
             per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
             noise_loss = (per * w).mean()
-        if self.store is not None and ctx is not None and not dropped:  # ctx: set whenever capturing
+        if self.store is not None and ctx is not None:  # ctx: set whenever capturing
             if not self.store.maps:
                 raise ValueError(
                     f"no cross-attention layer has {ctx.map_hw[0]}x{ctx.map_hw[1]} queries for "
                     f"latents of {tuple(latents.shape[-2:])} (hola_map_factor={cfg.hola_map_factor})"
                 )
             hola = hola_loss(
-                self.store.maps, batch["group_masks"], batch["spans"], reduction=cfg.hola_reduction, map_hw=ctx.map_hw
+                self.store.maps,
+                batch["group_masks"],
+                batch["spans"],
+                reduction=cfg.hola_reduction,
+                map_hw=ctx.map_hw,
+                token_columns=ctx.token_columns,
             )
         else:
             hola = noise_loss.new_zeros(())
