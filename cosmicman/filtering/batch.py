@@ -7,6 +7,9 @@ image is decoded at a time and finished rows are packed into columnar chunks, so
 hundred bytes per row, never by an image. Example images for the UI are picked afterwards from the table
 (their blob keys), and only those few are decoded again, as thumbnails.
 
+A shard is filtered by a worker process that loads the chain once for every shard it runs with the same
+fingerprint, on one OpenCV / torch thread unless told otherwise (:mod:`cosmicman.filtering.worker`).
+
 A shard's key names a digest of its rows and of everything that decides its rows' outcome (filter config,
 fake-person head, code version): re-running a shard overwrites the same key with the same table, and a
 shard whose key exists is already done.
@@ -25,6 +28,7 @@ from PIL import Image
 from cosmicman.core.imageio import decode_image
 from cosmicman.core.store import Store
 from cosmicman.filtering.decisions import FilterResult
+from cosmicman.filtering.worker import compute_threads, worker_chain
 
 RAW_COLUMNS = ("sha256", "blob_key", "ext")
 # score columns (score_*) follow these, sorted by name: which scores exist depends on how far images got
@@ -47,7 +51,8 @@ class ImageFilter(Protocol):
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows ``[start, start + rows)`` of a batch's raw table, filtered into the table at ``key``."""
+    """Rows ``[start, start + rows)`` of a batch's raw table, filtered into the table at ``key``;
+    ``fingerprint``: what besides the rows decides the table (see :func:`config_fingerprint`)."""
 
     batch: str
     index: int
@@ -56,6 +61,7 @@ class Shard:
     rows: int
     filter_config: str
     key: str
+    fingerprint: str
 
 
 def _digest(parts: Iterable[str]) -> str:
@@ -83,7 +89,7 @@ def plan_shards(
     for index, start in enumerate(range(0, max(len(shas), 1), shard_rows)):
         part = shas[start : start + shard_rows]
         key = f"{SHARD_PREFIX}/{batch}/{index:05d}-{_digest([fingerprint, *part])}.parquet"
-        shards.append(Shard(batch, index, raw_key, start, len(part), filter_config, key))
+        shards.append(Shard(batch, index, raw_key, start, len(part), filter_config, key, fingerprint))
     return shards
 
 
@@ -138,21 +144,28 @@ def concat_tables(tables: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 
 def write_filtered_shard(
-    store: Store, shard: Shard, load_chain: Callable[[], ImageFilter], progress: Callable[[int], None] | None = None
+    store: Store,
+    shard: Shard,
+    load_chain: Callable[[], ImageFilter],
+    progress: Callable[[int], None] | None = None,
+    threads: int = 1,
 ) -> bool:
     """Write ``shard``'s table unless it exists; False when it was already there. ``load_chain`` is called
-    only when there is work, so a finished shard loads no model."""
+    only when there is work, so a finished shard loads no model, and at most once per process for shards
+    of one fingerprint; the images are filtered on ``threads`` OpenCV / torch threads."""
     if store.exists(shard.key):
         return False
     raw = store.read_table(shard.raw_key, columns=list(RAW_COLUMNS)).slice(shard.start, shard.rows)
-    table = filter_rows(
-        raw.iter_rows(named=True),
-        store.read_bytes,
-        load_chain(),
-        batch=shard.batch,
-        filter_config=shard.filter_config,
-        progress=progress,
-    )
+    chain = worker_chain(shard.fingerprint, load_chain)
+    with compute_threads(threads):
+        table = filter_rows(
+            raw.iter_rows(named=True),
+            store.read_bytes,
+            chain,
+            batch=shard.batch,
+            filter_config=shard.filter_config,
+            progress=progress,
+        )
     store.write_table(shard.key, table)
     return True
 
