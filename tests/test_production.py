@@ -5,13 +5,16 @@ what it made; and a publishing step killed mid-way leaves nothing half-published
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -126,6 +129,26 @@ def materialize(variant: str, env: dict[str, str], **popen) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, **popen)
 
 
+def free_the_killed_runs_slot_as_the_daemon_does(instance_home: Path) -> None:
+    """The killed step's run still holds the GPU pool's one slot (a re-run would wait for it forever). In a
+    deployment, run monitoring marks a run whose worker is gone failed, and the daemon frees its slots
+    ``free_slots_after_run_end_seconds`` later: done here with Dagster's own daemon iteration."""
+    from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
+
+    from cosmicman.assets.gpu_pools import TRAINING_POOL
+
+    with dg.DagsterInstance.from_config(str(instance_home)) as instance:
+        (killed,) = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        slots = instance.event_log_storage.get_concurrency_info
+        assert [s.run_id for s in slots(TRAINING_POOL).claimed_slots] == [killed.run_id]
+        instance.report_run_failed(killed)
+        deadline = time.monotonic() + instance.run_monitoring_settings["free_slots_after_run_end_seconds"] + 60
+        while slots(TRAINING_POOL).claimed_slots:
+            assert time.monotonic() < deadline, "the daemon's iteration never freed the slot"
+            time.sleep(2)
+            list(execute_concurrency_slots_iteration(SimpleNamespace(instance=instance), logging.getLogger(__name__)))
+
+
 def test_a_publishing_step_killed_mid_way_leaves_no_half_published_model(flywheel, tmp_path):
     from diffusers import UNet2DConditionModel
 
@@ -173,6 +196,7 @@ def test_a_publishing_step_killed_mid_way_leaves_no_half_published_model(flywhee
     # the kill did leave a partly filled model folder behind, and no reader takes it (or any leftover) for a model
     assert name in half and TRAINING_RUN_FILE not in half[name]
     assert published_models(store.url, store.storage_options) == before
+    free_the_killed_runs_slot_as_the_daemon_does(flywheel["home"] / "dagster")
 
     rerun = materialize(CRASH_VARIANT, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = rerun.communicate(timeout=400)[0].decode()
