@@ -74,6 +74,21 @@ MIXED = [
 ]  # 7:9 portrait
 
 
+def write_mixed_shards(folder, n_shards: int) -> list[str]:
+    """``n_shards`` tar shards under ``folder``, each holding every MIXED size once (distinct keys per shard)."""
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for s in range(n_shards):
+        path = folder / f"shard-{s:03d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i, ((w, h), _) in enumerate(MIXED):
+                sink.write(make_rect_sample(100 * s + i, w, h))
+        urls.append(str(path))
+    return urls
+
+
 def test_bucket_lists():
     for res, step, ratio in [(64, 8, 2.0), (512, 64, 2.0), (1024, 64, 2.0), (512, 32, 1.5), (1000, 64, 2.0)]:
         bs = aspect_buckets(res, step=step, max_ratio=ratio)

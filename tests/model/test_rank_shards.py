@@ -19,7 +19,7 @@ from cosmicman.model.latent_cache import CachedShardDataset, LatentCache, build_
 from cosmicman.model.shards import ShardDataset
 from cosmicman.model.train.config import TrainConfig
 from cosmicman.model.train.data import DataStream
-from tests.model.test_buckets import MIXED, make_rect_sample
+from tests.model.test_buckets import write_mixed_shards
 from tests.model.test_train import write_shards
 
 N_SHARDS, PER_SHARD = 9, 3  # an odd count: one rank gets the extra shard, the other the next epoch
@@ -134,20 +134,8 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def mixed_shards(folder: Path, n_shards: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for s in range(n_shards):
-        path = folder / f"shard-{s:03d}.tar"
-        with wds.TarWriter(str(path)) as sink:
-            for i, ((w, h), _) in enumerate(MIXED):
-                sink.write(make_rect_sample(100 * s + i, w, h))
-        out.append(str(path))
-    return out
-
-
 def test_each_rank_resumes_exactly_through_the_data_stream(tmp_path, tok):
-    shards = mixed_shards(tmp_path / "mixed", 5)
+    shards = write_mixed_shards(tmp_path / "mixed", 5)
     cfg = TrainConfig.from_dict(
         {
             "shards": shards,
