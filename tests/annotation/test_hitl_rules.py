@@ -28,6 +28,16 @@ def test_threshold_exactly_passes_just_under_goes_to_humans():
     assert _plan(2, acc, HitlRules()).categories_sent == ("under",)
 
 
+def test_the_assets_take_the_papers_threshold_from_the_annotator_resource():
+    """What the assets run with is the resource's rules, not the library's default: its edge is pinned too."""
+    from cosmicman.resources.annotation import AnnotatorResource
+
+    rules = AnnotatorResource().rules()
+    acc = {"at": 0.85, "under": 0.85 - 1e-9, "over": 0.9}
+    assert rules.threshold == 0.85 and categories_to_ask(acc, 2, rules) == ("under",)
+    assert rules.first_round == "all" and categories_to_ask(acc, 1, rules) == ("under", "at", "over")
+
+
 def test_round_one_sends_every_applicable_category_under_the_papers_rule():
     acc = {"a": 0.99, "b": 0.5, "c": 0.85}
     assert HitlRules().first_round == "all"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 
 import numpy as np
@@ -24,14 +23,6 @@ from cosmicman.core.protocol import load_protocol
 from cosmicman.simulation.world import SyntheticWorld
 
 STEPS, LR = 12, 1e-2
-TIMINGS: dict[str, float] = {}
-
-
-def _timed(name, fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    TIMINGS[name] = round(time.perf_counter() - t, 3)
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,13 +81,13 @@ def run(people, labels):
     _, images, shas = people
     image_map = dict(zip(shas, images))
     score_cats = sorted({lab.category for lab in labels})
-    ann = _timed("build_tiny_vlm", build_tiny_vlm, seed=0)
+    ann = build_tiny_vlm(seed=0)
     r = {"ann": ann, "image_map": image_map, "score_cats": score_cats}
     r["weights_before"] = _base_weights(ann.base.model)
-    r["pred_before"] = _timed("predict_3_people_all_categories", ann.predict, images)
+    r["pred_before"] = ann.predict(images)
     r["scores_before"] = {c: ann.answer_scores(images, c) for c in score_cats}
     r["loss_before"] = ann.loss(labels, image_map)
-    r["new"] = _timed(f"finetune_{STEPS}_steps", ann.finetune, labels, image_map, steps=STEPS, lr=LR, batch_size=8)
+    r["new"] = ann.finetune(labels, image_map, steps=STEPS, lr=LR, batch_size=8)
     r["loss_after"] = r["new"].loss(labels, image_map)
     r["weights_after"] = _base_weights(ann.base.model)
     return r
@@ -209,7 +200,6 @@ def test_finetune_trains_only_lora(run):
 
 def test_finetune_lowers_the_loss_on_its_triples(run):
     before, after, losses = run["loss_before"], run["loss_after"], run["new"].train_log["losses"]
-    TIMINGS.update(loss_before=round(before, 3), loss_after=round(after, 3))
     assert len(losses) == STEPS
     assert 10.0 < before < 14.0  # a random model: about -log(1/49409) = 10.8 per answer token
     assert after < 0.8 * before  # measured: 12.50 -> 7.43 with 12 steps of 8 triples
@@ -253,7 +243,7 @@ def test_finetune_rejects_bad_labels(run, labels):
 def test_save_load_round_trip(run, people, tmp_path):
     ann, new, images = run["ann"], run["new"], people[1]
     path = tmp_path / "annotator.zip"
-    blob = _timed("save", new.save, path)
+    blob = new.save(path)
     assert path.read_bytes() == blob == new.save()  # deterministic bytes
     with zipfile.ZipFile(io.BytesIO(blob)) as zf:
         assert set(zf.namelist()) == {"meta.json", "adapter_model.safetensors", "adapter_config.json"}
@@ -263,7 +253,7 @@ def test_save_load_round_trip(run, people, tmp_path):
     assert meta["lora"]["r"] == 8 and "language_model" in meta["lora"]["target_modules"]
     assert len(blob) < 200_000  # adapter only, no base weights
 
-    loaded = _timed("load_on_loaded_base", VLMAnnotator.load, blob, base_model=ann)
+    loaded = VLMAnnotator.load(blob, base_model=ann)
     assert (loaded.version, loaded.lineage, loaded.round) == (new.version, new.lineage, new.round)
     pred_new = new.predict(images)
     load_protocol().validate_answers(pred_new[0])
@@ -271,7 +261,7 @@ def test_save_load_round_trip(run, people, tmp_path):
     cat = run["score_cats"][0]
     assert np.array_equal(loaded.answer_scores(images, cat), new.answer_scores(images, cat))
     # Without a base: the recorded model id (here the tiny builder's) is loaded again.
-    rebuilt = _timed("load_rebuilding_base", VLMAnnotator.load, path)
+    rebuilt = VLMAnnotator.load(path)
     assert rebuilt.base is not ann.base and rebuilt.version == new.version
     assert rebuilt.predict(images, run["score_cats"]) == _only(pred_new, run["score_cats"])
     assert np.array_equal(rebuilt.answer_scores(images, cat), new.answer_scores(images, cat))
@@ -319,7 +309,7 @@ def test_production_loader_errors_clearly_without_weights(tmp_path):
 def test_production_loader_on_a_staged_checkpoint(run, people, tmp_path):
     """``from_pretrained`` on a directory (model + tokenizer + image processor) = the in-memory model."""
     staged = build_tiny_vlm(seed=0).base.save_pretrained(tmp_path / "tiny-blip2")
-    prod = _timed("from_pretrained_local_dir", VLMAnnotator.from_pretrained, staged, dtype="float32", device="cpu")
+    prod = VLMAnnotator.from_pretrained(staged, dtype="float32", device="cpu")
     assert prod.base.model_type == "blip-2" and prod.base.decoder_only
     assert prod.base.digest == run["ann"].base.digest and prod.version == run["ann"].version
     cats = run["score_cats"]
@@ -338,17 +328,13 @@ def test_other_architectures_predict_and_finetune(family, language, people, labe
     images, image_map = people[1], dict(zip(people[2], people[1]))
     ann = build_tiny_vlm(seed=0, family=family, language=language)
     assert ann.base.decoder_only == (language == "opt")
-    preds = _timed(f"predict_{family}_{language}", ann.predict, images)
+    preds = ann.predict(images)
     for pred in preds:
         protocol.validate_answers(pred)
     before = ann.loss(labels, image_map)
-    new = _timed(f"finetune_{family}_{language}", ann.finetune, labels, image_map, steps=6, lr=LR)
+    new = ann.finetune(labels, image_map, steps=6, lr=LR)
     assert new.version != ann.version and new.lineage == (ann.version,)
     assert new.loss(labels, image_map) < before
     cats = sorted({lab.category for lab in labels})
     assert ann.predict(images, cats) == _only(preds, cats)
     assert VLMAnnotator.load(new.save(), base_model=ann).predict(images, cats) == new.predict(images, cats)
-
-
-def test_report_timings():
-    print("\nVLM annotator timings (s):", json.dumps(TIMINGS, sort_keys=True))

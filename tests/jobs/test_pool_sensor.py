@@ -18,6 +18,13 @@ def test_decision_under_threshold_adds_the_next_batch():
     assert d.new_batch == "batch-00002"
 
 
+def test_the_threshold_edge_a_pool_exactly_at_it_sources_nothing_one_under_sources():
+    batches = ["batch-00000", "batch-00001"]
+    at = decide_sourcing(PoolStats(frozenset(batches), 90, 40), 40, batches)
+    assert at.new_batch is None and "at or above the threshold 40" in at.reason
+    assert decide_sourcing(PoolStats(frozenset(batches), 90, 39), 40, batches).new_batch == "batch-00002"
+
+
 def test_decision_waits_for_a_batch_in_flight():
     d = decide_sourcing(PoolStats(frozenset({"batch-00000"}), 40, 10), 40, ["batch-00000", "batch-00001"])
     assert d.new_batch is None and "batch-00001" in d.reason

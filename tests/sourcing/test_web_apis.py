@@ -355,3 +355,18 @@ def test_sliding_window_limiter_waits_pauses_and_persists(store, clock):
     clock.now += 30.0
     limiter().observe(remaining=0, reset_s=None)  # no reset stated: a full period
     assert limiter().wait_needed() == 10.0
+
+
+def test_the_next_slot_frees_one_period_after_the_oldest_call_in_the_window(store, clock):
+    limiter = SlidingWindowLimiter(store, "limits/edge.json", RateLimit(2, 10.0), clock=clock, sleep=clock.sleep)
+    start = clock.now
+    limiter.acquire()
+    clock.now = start + 3.0
+    limiter.acquire()
+    clock.now = start + 5.0
+    assert limiter.wait_needed() == 5.0  # the call at 0 leaves the window at 10; the one at 3 only at 13
+    clock.now = start + 10.0  # exactly one period after the oldest call: it is out, a slot is free
+    assert limiter.wait_needed() == 0.0
+    assert limiter.acquire() == 0.0
+    clock.now = start + 12.999
+    assert limiter.wait_needed() == pytest.approx(0.001, abs=1e-6)  # now the call at 3 is the oldest in the window

@@ -51,6 +51,17 @@ def build_components(cfg: TrainConfig) -> Components:
     return comps
 
 
+def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per timestep (Hang et al. 2023): ``min(SNR, gamma) / SNR`` for epsilon
+    prediction, ``min(SNR, gamma) / (SNR + 1)`` for v-prediction (its target's scale differs by SNR + 1)."""
+    clamped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clamped / snr
+    if prediction_type == "v_prediction":
+        return clamped / (snr + 1.0)
+    raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+
+
 class DaringTrainer:
     """Components, optimizer (or DeepSpeed engine), EMA and one training (micro-)step.
 
@@ -256,9 +267,7 @@ class DaringTrainer:
             noise_loss = F.mse_loss(pred.float(), target.float())
         else:  # min-SNR-gamma (Hang et al. 2023), as diffusers' train_text_to_image.py
             ac = self.alphas_cumprod[t]
-            snr = ac / (1.0 - ac)
-            w = torch.clamp(snr, max=cfg.snr_gamma)
-            w = w / snr if self.pred_type == "epsilon" else w / (snr + 1.0)
+            w = min_snr_weights(ac / (1.0 - ac), cfg.snr_gamma, self.pred_type)
             per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
             noise_loss = (per * w).mean()
         if self.store is not None and ctx is not None:  # ctx: set whenever capturing
