@@ -524,7 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-in-flight", type=int, default=FetchConfig.max_in_flight)
     p.add_argument("--per-host", type=int, default=FetchConfig.per_host)
     args = p.parse_args(argv)
-    index = int(args.batch.rpartition("-")[2])
+    number = args.batch.rpartition("-")[2]
+    if not args.batch.startswith("batch-") or not number.isdigit():
+        p.error(f"--batch must be batch-NNNNN (e.g. batch-00000), got {args.batch!r}")
+    index = int(number)
     fetch = dataclasses.replace(FetchConfig(), max_in_flight=args.max_in_flight, per_host=args.per_host)
     config = IngestConfig(
         workers=args.workers,
@@ -540,9 +543,13 @@ def main(argv: list[str] | None = None) -> int:
             last[0] = time.monotonic()
             print(f"sourcing {args.batch}: {done}/{total}", file=sys.stderr, flush=True)
 
-    report = source_batch(
-        Store(args.store), args.batch, index, [(ParquetSource(args.parquet), args.limit)], config, progress
-    )
+    try:
+        report = source_batch(
+            Store(args.store), args.batch, index, [(ParquetSource(args.parquet), args.limit)], config, progress
+        )
+    except FileNotFoundError as exc:  # a wrong --parquet or --store: one line, not a traceback
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
     print(json.dumps(report.summary()))
     return 0
 

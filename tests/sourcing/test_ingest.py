@@ -265,3 +265,16 @@ def test_a_pool_hashes_with_the_scheme_of_its_first_batch(server, tmp_path):
         assert second.phash_scheme == scheme
         for row in second.raw.iter_rows(named=True):
             assert row["phash"] == perceptual_hash(decode_image(store.read_bytes(row["blob_key"])), scheme)
+
+
+def test_the_cli_says_a_missing_url_list_or_a_bad_batch_name_in_one_line(tmp_path, capsys):
+    from cosmicman.sourcing.ingest import main
+
+    missing = str(tmp_path / "nowhere.parquet")
+    assert main(["--parquet", missing, "--store", str(tmp_path / "store"), "--limit", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: parquet url list {missing!r} does not exist\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["--parquet", missing, "--store", str(tmp_path / "store"), "--limit", "5", "--batch", "first"])
+    assert exited.value.code == 2
+    assert "--batch must be batch-NNNNN (e.g. batch-00000), got 'first'" in capsys.readouterr().err
