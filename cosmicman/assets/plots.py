@@ -185,6 +185,17 @@ def histogram(
     return svg_markdown(body, height, title)
 
 
+def sheet_markdown(sheet: Image.Image, alt: str, captions: Iterable[str]) -> dg.MarkdownMetadataValue:
+    """``sheet`` inline as a JPEG (alt text ``alt``), with the captions numbered below it."""
+    buf = io.BytesIO()
+    sheet.save(buf, format="JPEG", quality=85)
+    parts = [f"![{alt}](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"]
+    numbered = [f"{i + 1}. {c}" for i, c in enumerate(captions)]
+    if numbered:
+        parts.append("\n".join(numbered))
+    return dg.MetadataValue.md("\n\n".join(parts))
+
+
 def image_grid(
     images: Iterable[Image.Image], captions: Iterable[str] = (), cols: int = 6, thumb: tuple[int, int] = (128, 256)
 ) -> dg.MarkdownMetadataValue:
@@ -198,13 +209,7 @@ def image_grid(
     sheet = Image.new("RGB", (cols * thumb[0], rows * thumb[1]), "white")
     for i, im in enumerate(imgs):
         sheet.paste(im, ((i % cols) * thumb[0], (i // cols) * thumb[1]))
-    buf = io.BytesIO()
-    sheet.save(buf, format="JPEG", quality=85)
-    parts = [f"![grid](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"]
-    numbered = [f"{i + 1}. {c}" for i, c in enumerate(captions)]
-    if numbered:
-        parts.append("\n".join(numbered))
-    return dg.MetadataValue.md("\n\n".join(parts))
+    return sheet_markdown(sheet, "grid", captions)
 
 
 def image_column(
@@ -221,10 +226,4 @@ def image_column(
     for im in scaled:
         sheet.paste(im, (0, top))
         top += im.height
-    buf = io.BytesIO()
-    sheet.save(buf, format="JPEG", quality=85)
-    parts = [f"![column](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"]
-    numbered = [f"{i + 1}. {c}" for i, c in enumerate(captions)]
-    if numbered:
-        parts.append("\n".join(numbered))
-    return dg.MetadataValue.md("\n\n".join(parts))
+    return sheet_markdown(sheet, "column", captions)
