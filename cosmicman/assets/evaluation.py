@@ -118,7 +118,7 @@ def _score_model(
         context.log.info(f"{prefix} already holds this model's report on this prompt set: reusing it")
     else:
         context.log.info(f"scoring {model_url}" + ("" if seed is None else f" (training seed {seed})"))
-        launcher.launch(context, config)
+        launcher.launch(context, config, store)
     return ScoredModel(seed, store.read_json(report_key), prefix, reused)
 
 

@@ -152,7 +152,7 @@ def _train_seed(
         context.log.info(f"{key} (seed {seed}) already trained from {version} with this config: reusing it")
     else:
         context.log.info(f"training {variant} seed {seed} into {key}")
-        launcher.launch(context, dataclasses.asdict(config))
+        launcher.launch(context, dataclasses.asdict(config), store)
         if not store.exists(training_run_key(name)):
             raise dg.Failure(f"the trainer of {variant} seed {seed} finished but published no {training_run_key(name)}")
     return TrainedSeed(seed, name, store.read_json(training_run_key(name)), reused)

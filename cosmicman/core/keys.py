@@ -142,6 +142,13 @@ LATENT_CACHE_PREFIX = "cache/latents"
 TRAINING_RUN_FILE = "training_run.json"  # a published model's record, written last: its completion marker
 # Dagster Pipes message chunks of the training / evaluation pods, one folder per session
 PIPES_MESSAGES_PREFIX = "pipes/messages"
+# the resolved configs those pods are launched with, passed by reference (cosmicman.core.launch_config)
+PIPES_CONFIGS_PREFIX = "pipes/configs"
+
+
+def launch_config_key(sha256: str) -> str:
+    """A launch's resolved config, stored once by content: ``pipes/configs/<sha256>.json``."""
+    return f"{PIPES_CONFIGS_PREFIX}/{sha256}.json"
 
 
 def model_prefix(name: str) -> str:

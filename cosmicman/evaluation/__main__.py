@@ -13,17 +13,20 @@ import logging
 import sys
 from typing import Any
 
+from cosmicman.core.launch_config import LaunchConfigError, fetch_launch_config
 from cosmicman.evaluation.config import EvaluationConfig
 from cosmicman.evaluation.run import evaluate_model
 
 
 def _config_from(arg: str | None, extras: dict[str, Any] | None) -> EvaluationConfig:
+    """From ``--config``, else from the config the Pipes extras reference (the launchers store it on the
+    object store: ``cosmicman.core.launch_config``); a missing or altered one ends the process in one line."""
     if arg:
         return EvaluationConfig.load(arg)
-    raw = (extras or {}).get("config")
-    if raw is None:
-        raise SystemExit("no config: pass --config <json path or URL> (or pipes extras['config'])")
-    return EvaluationConfig.load(raw) if isinstance(raw, str) else EvaluationConfig.from_dict(dict(raw))
+    try:
+        return EvaluationConfig.from_dict(fetch_launch_config(extras or {}))
+    except LaunchConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def pipes_metadata(report: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,11 @@
   session's bootstrap env vars go into ``spec.trainer.env``, ``status.conditions`` are polled for
   Complete / Failed, and the TrainJob is deleted on failure or run termination.
 
+Every launcher stores the config on the object store and passes only its URL and sha256 in the Pipes extras
+(``cosmicman.core.launch_config``), so what goes into the pod's environment and arguments has a fixed size
+whatever the dataset's size (``cosmicman.resources.launch_payload`` measures it from ``pod_body`` /
+``train_job_body``, the very bodies ``launch`` submits).
+
 Messages from every launcher: with ``messages_url`` set (production: a prefix on the object store) the
 trainer (rank 0) or the evaluation uploads numbered message chunks there and ``ObjectStoreMessageReader`` polls them
 (``cosmicman/resources/pipes_object_store.py``, ``cosmicman/model/pipes_channel.py``): this survives log
@@ -18,15 +23,18 @@ rotation, pod restarts and any number of nodes. Without it the (rank-0) pod's lo
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import dagster as dg
 from pydantic import Field
 
+from cosmicman.core.launch_config import put_launch_config
+from cosmicman.core.store import Store
 from cosmicman.resources.launchers import (
     EVALUATION_MODULE,
     TRAIN_MODULE,
@@ -101,32 +109,87 @@ MESSAGES_URL_DESCRIPTION = (
 LONG_RUN_TIMEOUT_S = 7 * 24 * 3600.0
 
 
-def single_pod_client(
-    context: dg.AssetExecutionContext,
-    messages_url: str | None,
-    poll_interval: float,
-    load_incluster_config: bool | None,
-    kubeconfig_file: str | None,
-):
-    """A ``PipesK8sClient`` reading the pod's messages from ``messages_url`` on the object store (chunks
-    survive log rotation and a restarted pod), or from the pod's logs when none is set (said in the log)."""
-    from dagster_k8s import PipesK8sClient
+def pipes_message_reader(
+    context: dg.AssetExecutionContext, messages_url: str | None, poll_interval: float
+) -> dg.PipesMessageReader:
+    """The pod's messages from ``messages_url`` on the object store (chunks survive log rotation, a restarted
+    pod and any number of nodes), or from the (rank-0) pod's logs when none is set (said in the log)."""
+    from dagster_k8s.pipes import PipesK8sPodLogsMessageReader
 
     from cosmicman.resources.pipes_object_store import ObjectStoreMessageReader
 
     if messages_url:
-        reader: dg.PipesMessageReader | None = ObjectStoreMessageReader(
-            messages_url, interval=min(5.0, poll_interval or 5.0)
-        )
-    else:
-        reader = None  # PipesK8sClient's default: the pod's logs
-        context.log.warning("no messages_url: the pod's Pipes messages are read from its logs, which rotate")
-    return PipesK8sClient(
+        return ObjectStoreMessageReader(messages_url, interval=min(5.0, poll_interval or 5.0))
+    context.log.warning("no messages_url: the pod's Pipes messages are read from its logs, which rotate")
+    return PipesK8sPodLogsMessageReader()
+
+
+@contextlib.contextmanager
+def pipes_session(
+    context: dg.AssetExecutionContext, extras: Mapping[str, Any], reader: dg.PipesMessageReader
+) -> Iterator[dg.PipesSession]:
+    """The Pipes session of a pod launch: its bootstrap params (``extras`` among them) go into the pod's
+    environment, which is why ``extras`` holds a config reference, never the config."""
+    with (
+        pipes_session_notice_silenced(),
+        dg.open_pipes_session(
+            context=context,
+            extras=dict(extras),
+            context_injector=dg.PipesEnvContextInjector(),
+            message_reader=reader,
+        ) as session,
+    ):
+        yield session
+
+
+class SinglePodLauncher(Protocol):
+    """What :func:`run_single_pod` needs of a launcher (training or evaluation)."""
+
+    namespace: str
+    poll_interval: float
+    timeout_s: float
+    messages_url: str | None
+    load_incluster_config: bool | None
+    kubeconfig_file: str | None
+
+    def pod_body(self, bootstrap_env: Mapping[str, str], pod_name: str) -> Any: ...
+
+
+def run_single_pod(
+    context: dg.AssetExecutionContext, launcher: SinglePodLauncher, config: dict[str, Any], store: Store
+) -> dg.MaterializeResult:
+    """Stores ``config``, submits ``launcher.pod_body`` for a Pipes session whose extras reference it, waits for
+    the pod to terminate and deletes it. ``PipesK8sClient.run`` would build the pod itself; submitting our own
+    body keeps what the payload measure reads and what the cluster gets one and the same."""
+    from dagster_k8s import PipesK8sClient
+    from dagster_k8s.client import DagsterKubernetesClient, WaitForPodState
+    from dagster_k8s.pipes import get_pod_name
+
+    reader = pipes_message_reader(context, launcher.messages_url, launcher.poll_interval)
+    client = PipesK8sClient(
         message_reader=reader,
-        load_incluster_config=load_incluster_config,
-        kubeconfig_file=kubeconfig_file,
-        poll_interval=poll_interval,
+        load_incluster_config=launcher.load_incluster_config,
+        kubeconfig_file=launcher.kubeconfig_file,
+        poll_interval=launcher.poll_interval,
     )
+    client._load_k8s_config()  # what PipesK8sClient.run does first (with its no_proxy workaround)
+    api = DagsterKubernetesClient.production_client()
+    namespace = launcher.namespace
+    with pipes_session(context, put_launch_config(store, config), reader) as session:
+        pod_name = get_pod_name(context.run.run_id, context.op_execution_context.op.name)
+        api.core_api.create_namespaced_pod(namespace, launcher.pod_body(session.get_bootstrap_env_vars(), pod_name))
+        try:
+            with client.consume_pod_logs(context=context, client=api, namespace=namespace, pod_name=pod_name):
+                api.wait_for_pod(
+                    pod_name,
+                    namespace,
+                    wait_for_state=WaitForPodState.Terminated,
+                    wait_time_between_attempts=launcher.poll_interval,
+                    wait_timeout=launcher.timeout_s,
+                )
+        finally:
+            api.core_api.delete_namespaced_pod(pod_name, namespace)
+    return dg.PipesClientCompletedInvocation(session).get_materialize_result()
 
 
 def single_pod_body(pod_name: str, image: str, command: list[str], env: Mapping[str, str], spec: dict[str, Any]):
@@ -179,21 +242,9 @@ class K8sJobTrainingLauncher(TrainingLauncher):
             pod_name, self.image, self.command(), {**bootstrap_env, **self.env}, self.base_pod_spec()
         )
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store) -> dg.MaterializeResult:
         self.check_settings()
-        client = single_pod_client(
-            context, self.messages_url, self.poll_interval, self.load_incluster_config, self.kubeconfig_file
-        )
-        return client.run(
-            context=context,
-            image=self.image,
-            command=self.command(),
-            namespace=self.namespace,
-            env=self.env or None,
-            base_pod_spec=self.base_pod_spec(),
-            extras={"config": config},
-            pod_wait_timeout=self.timeout_s,
-        ).get_materialize_result()
+        return run_single_pod(context, self, config, store)
 
 
 class TrainJobLauncher(TrainingLauncher):
@@ -276,6 +327,7 @@ class TrainJobLauncher(TrainingLauncher):
         self,
         context: dg.AssetExecutionContext,
         config: dict[str, Any],
+        store: Store,
         *,
         custom_api=None,
         core_api=None,
@@ -288,21 +340,9 @@ class TrainJobLauncher(TrainingLauncher):
         self.check_settings()
         if custom_api is None or core_api is None:
             custom_api, core_api = self._apis()
-        if message_reader is None and self.messages_url:
-            from cosmicman.resources.pipes_object_store import ObjectStoreMessageReader
-
-            message_reader = ObjectStoreMessageReader(self.messages_url, interval=min(5.0, self.poll_interval or 5.0))
-        reader = message_reader or PipesK8sPodLogsMessageReader()
+        reader = message_reader or pipes_message_reader(context, self.messages_url, self.poll_interval)
         name = f"daring-unet-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
-        with (
-            pipes_session_notice_silenced(),
-            dg.open_pipes_session(
-                context=context,
-                extras={"config": config},
-                context_injector=dg.PipesEnvContextInjector(),
-                message_reader=reader,
-            ) as session,
-        ):
+        with pipes_session(context, put_launch_config(store, config), reader) as session:
             body = self.train_job_body(name, session.get_bootstrap_env_vars())
             custom_api.create_namespaced_custom_object(
                 TRAINJOB_GROUP, TRAINJOB_VERSION, self.namespace, TRAINJOB_PLURAL, body
@@ -385,19 +425,6 @@ class K8sPodEvaluationLauncher(EvaluationLauncher):
             pod_name, self.image, self.command(), {**bootstrap_env, **self.env}, self.base_pod_spec()
         )
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
-        spec = self.base_pod_spec()
-        client = single_pod_client(
-            context, self.messages_url, self.poll_interval, self.load_incluster_config, self.kubeconfig_file
-        )
-        with pipes_session_notice_silenced():
-            return client.run(
-                context=context,
-                image=self.image,
-                command=self.command(),
-                namespace=self.namespace,
-                env=self.env or None,
-                base_pod_spec=spec,
-                extras={"config": config},
-                pod_wait_timeout=self.timeout_s,
-            ).get_materialize_result()
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store) -> dg.MaterializeResult:
+        self.base_pod_spec()  # its settings checked before anything is stored or opened
+        return run_single_pod(context, self, config, store)

@@ -1,5 +1,7 @@
 """Launchers: how ``python -m cosmicman.model.train`` and ``python -m cosmicman.evaluation`` get a process.
-Each talks back through Dagster Pipes, so the asset code is the same wherever training and evaluation run."""
+Each talks back through Dagster Pipes, so the asset code is the same wherever training and evaluation run.
+Every launcher passes the config by reference (``cosmicman.core.launch_config``): it stores the config on the
+object store and the Pipes extras carry only its URL and sha256."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+
+from cosmicman.core.launch_config import put_launch_config
+from cosmicman.core.store import Store
 
 TRAIN_MODULE = "cosmicman.model.train"
 EVALUATION_MODULE = "cosmicman.evaluation"
@@ -29,21 +34,28 @@ def pipes_session_notice_silenced() -> Iterator[None]:
 
 
 class TrainingLauncher(dg.ConfigurableResource):
-    """Runs the trainer with a JSON-able config and returns the materialization it reported."""
+    """Runs the trainer with a JSON-able config, stored on ``store`` for it to fetch, and returns the
+    materialization it reported."""
 
     @abc.abstractmethod
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult: ...
+    def launch(
+        self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store
+    ) -> dg.MaterializeResult: ...
 
 
 def launch_module_in_subprocess(
-    context: dg.AssetExecutionContext, module: str, config: dict[str, Any], python: str | None, env: dict[str, str]
+    context: dg.AssetExecutionContext,
+    module: str,
+    config: dict[str, Any],
+    store: Store,
+    python: str | None,
+    env: dict[str, str],
 ) -> dg.MaterializeResult:
-    """``python -m module`` as a local child process under Pipes, ``config`` in its extras."""
+    """``python -m module`` as a local child process under Pipes, ``config`` referenced in its extras."""
     client = dg.PipesSubprocessClient(env=env or None)
+    extras = put_launch_config(store, config)
     with pipes_session_notice_silenced():
-        invocation = client.run(
-            context=context, command=[python or sys.executable, "-m", module], extras={"config": config}
-        )
+        invocation = client.run(context=context, command=[python or sys.executable, "-m", module], extras=extras)
     return invocation.get_materialize_result()
 
 
@@ -53,16 +65,18 @@ class SubprocessTrainingLauncher(TrainingLauncher):
     python: str | None = None
     env: dict[str, str] = {}
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
-        return launch_module_in_subprocess(context, TRAIN_MODULE, config, self.python, self.env)
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store) -> dg.MaterializeResult:
+        return launch_module_in_subprocess(context, TRAIN_MODULE, config, store, self.python, self.env)
 
 
 class EvaluationLauncher(dg.ConfigurableResource):
-    """Runs the evaluation with a JSON-able config (``cosmicman.evaluation.config``) and returns the
-    materialization it reported."""
+    """Runs the evaluation with a JSON-able config (``cosmicman.evaluation.config``), stored on ``store`` for
+    it to fetch, and returns the materialization it reported."""
 
     @abc.abstractmethod
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult: ...
+    def launch(
+        self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store
+    ) -> dg.MaterializeResult: ...
 
 
 class SubprocessEvaluationLauncher(EvaluationLauncher):
@@ -71,5 +85,5 @@ class SubprocessEvaluationLauncher(EvaluationLauncher):
     python: str | None = None
     env: dict[str, str] = {}
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
-        return launch_module_in_subprocess(context, EVALUATION_MODULE, config, self.python, self.env)
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store) -> dg.MaterializeResult:
+        return launch_module_in_subprocess(context, EVALUATION_MODULE, config, store, self.python, self.env)

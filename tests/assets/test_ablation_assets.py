@@ -42,7 +42,7 @@ def attention(beta: float, seed: int) -> float:
 class RecordingTrainer(TrainingLauncher):
     """Publishes a run record at the config's output, as ``python -m cosmicman.model.train`` does."""
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store) -> dg.MaterializeResult:
         LAUNCHED.append(f"train {context.partition_key} seed {config['seed']}")
         share = attention(config["beta"], config["seed"])
         record = {
@@ -74,7 +74,7 @@ class RecordingEvaluation(EvaluationLauncher):
     """Publishes a report at the config's output, as ``python -m cosmicman.evaluation`` does; acc_all is
     0.3 for the base model and 0.5 + 0.1 beta + seed / 50 for a trained one."""
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store) -> dg.MaterializeResult:
         run = Store(config["model_url"])
         trained = run.exists(TRAINING_RUN_FILE)
         cfg = run.read_json(TRAINING_RUN_FILE)["config"] if trained else {}

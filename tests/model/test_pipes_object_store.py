@@ -10,13 +10,11 @@ import sys
 from unittest import mock
 
 import dagster as dg
-import pytest
 import torch
 
+from cosmicman.core.store import Store
 from cosmicman.resources.k8s_launchers import TrainJobLauncher
 from tests.model.test_train import REPO, _env, write_shards
-
-pytest.importorskip("deepspeed")
 
 
 def test_trainjob_rank0_reports_through_object_store(tmp_path):
@@ -74,7 +72,9 @@ def test_trainjob_rank0_reports_through_object_store(tmp_path):
 
     @dg.asset
     def daring_unet(context: dg.AssetExecutionContext, training_launcher: TrainJobLauncher):
-        return training_launcher.launch(context, config, custom_api=custom, core_api=core)
+        return training_launcher.launch(
+            context, config, Store(str(tmp_path / "store")), custom_api=custom, core_api=core
+        )
 
     with open(tmp_path / "pod.log", "w") as pod_log:
         try:

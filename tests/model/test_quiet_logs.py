@@ -47,13 +47,14 @@ LAUNCH = textwrap.dedent(
     """
     import json, sys
     import dagster as dg
+    from cosmicman.core.store import Store
     from cosmicman.resources.launchers import SubprocessTrainingLauncher
 
-    cfg = json.loads(sys.argv[1])
+    cfg, store_url = json.loads(sys.argv[1]), sys.argv[2]
 
     @dg.asset
     def daring_unet(context: dg.AssetExecutionContext, training_launcher: SubprocessTrainingLauncher):
-        return training_launcher.launch(context, cfg)
+        return training_launcher.launch(context, cfg, Store(store_url))
 
     assert dg.materialize([daring_unet], resources={"training_launcher": SubprocessTrainingLauncher()}).success
     """
@@ -95,7 +96,7 @@ def test_a_launched_training_prints_each_line_once_and_no_notice(tmp_path):
         "act_fn": "mish",
     }
     proc = subprocess.run(
-        [sys.executable, "-c", LAUNCH, json.dumps(cfg)],
+        [sys.executable, "-c", LAUNCH, json.dumps(cfg), str(tmp_path / "store")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -237,6 +237,9 @@ def test_nan_guard_stops_without_publishing(tmp_path, monkeypatch):
 def test_pipes_launch_reports_materialization(tmp_path):
     import dagster
 
+    from cosmicman.core.launch_config import put_launch_config
+    from cosmicman.core.store import Store
+
     urls = write_shards(tmp_path / "shards", 1, 2)
     out = tmp_path / "pipes-model"
     cfg = {
@@ -254,7 +257,7 @@ def test_pipes_launch_reports_materialization(tmp_path):
         return pipes.run(
             command=[PYTHON, "-m", "cosmicman.model.train"],
             context=context,
-            extras={"config": cfg},
+            extras=put_launch_config(Store(str(tmp_path / "store")), cfg),
             env={"PYTHONPATH": str(REPO)},
             cwd=str(REPO),
         ).get_materialize_result()

@@ -7,14 +7,14 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
+import jsonschema
+import kubernetes_validate as kv
 import pytest
 import yaml
 
-kv = pytest.importorskip("kubernetes_validate")
-jsonschema = pytest.importorskip("jsonschema")
-pytest.importorskip("dagster_k8s")
-
-from cosmicman.resources.k8s_launchers import (  # noqa: E402
+from cosmicman.core.launch_config import fetch_launch_config
+from cosmicman.core.store import Store
+from cosmicman.resources.k8s_launchers import (
     K8sJobTrainingLauncher,
     K8sPodEvaluationLauncher,
     TrainJobLauncher,
@@ -109,7 +109,7 @@ def test_manifests_present():
 
 @pytest.mark.parametrize("ident,doc", CORE, ids=[i for i, _ in CORE])
 def test_core_manifest_valid_strict(ident, doc):
-    kv.validate(doc, K8S_VERSION, strict=True)
+    assert kv.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION  # by that release's own schema
 
 
 def test_strict_validation_rejects_unknown_field():
@@ -229,9 +229,9 @@ def test_k8s_job_bad_config(kwargs, match):
         K8sJobTrainingLauncher(**kwargs).pod_body(PIPES_ENV)
 
 
-def test_k8s_job_launch_through_pipes_k8s_client():
+def test_k8s_job_launch_through_pipes_k8s_client(tmp_path):
     """Runs launch() inside a real materialization with the kubernetes client mocked: the submitted pod
-    carries the session's real DAGSTER_PIPES_* bootstrap and the pod is cleaned up."""
+    carries the session's real DAGSTER_PIPES_* bootstrap, the config by reference, and the pod is cleaned up."""
     from contextlib import nullcontext
 
     from dagster_k8s import PipesK8sClient
@@ -247,7 +247,7 @@ def test_k8s_job_launch_through_pipes_k8s_client():
 
     @dg.asset
     def trained(context: dg.AssetExecutionContext, training_launcher: K8sJobTrainingLauncher):
-        return training_launcher.launch(context, {"steps": 3})  # no trainer ran: nothing reported
+        return training_launcher.launch(context, {"steps": 3}, Store(str(tmp_path)))  # no trainer: nothing reported
 
     with (
         mock.patch.object(PipesK8sClient, "_load_k8s_config"),
@@ -261,11 +261,12 @@ def test_k8s_job_launch_through_pipes_k8s_client():
     env = {e["name"]: e["value"] for e in c["env"]}
     assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(env)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and "--nproc_per_node=2" in c["command"]
-    assert _pipes_context(env)["extras"] == {"config": {"steps": 3}}
-    fake.core_api.delete_namespaced_pod.assert_called_once()
+    assert _launched_config(env) == {"steps": 3}
+    pod_name = _pod_dict(submitted["body"])["metadata"]["name"]
+    fake.core_api.delete_namespaced_pod.assert_called_once_with(pod_name, "cosmicman")
 
 
-def test_evaluation_runs_in_its_own_gpu_pod_through_pipes_k8s_client():
+def test_evaluation_runs_in_its_own_gpu_pod_through_pipes_k8s_client(tmp_path):
     """The evaluation launcher submits one pod (python -m cosmicman.evaluation, one GPU) with the session's
     Pipes bootstrap and the evaluation config in its extras, like training."""
     from contextlib import nullcontext
@@ -279,7 +280,7 @@ def test_evaluation_runs_in_its_own_gpu_pod_through_pipes_k8s_client():
 
     @dg.asset
     def evaluated(context: dg.AssetExecutionContext, evaluation_launcher: K8sPodEvaluationLauncher):
-        return evaluation_launcher.launch(context, {"model_url": "s3://m"})
+        return evaluation_launcher.launch(context, {"model_url": "s3://m"}, Store(str(tmp_path)))
 
     with (
         mock.patch.object(PipesK8sClient, "_load_k8s_config"),
@@ -291,7 +292,7 @@ def test_evaluation_runs_in_its_own_gpu_pod_through_pipes_k8s_client():
     assert c["command"] == ["python", "-m", "cosmicman.evaluation"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert _pipes_context(env)["extras"] == {"config": {"model_url": "s3://m"}}
+    assert _launched_config(env) == {"model_url": "s3://m"}
     with pytest.raises(ValueError, match="gpus must be"):
         K8sPodEvaluationLauncher(image="reg/cosmicman:1", gpus=0).base_pod_spec()
 
@@ -330,6 +331,7 @@ def test_single_pod_messages_come_back_through_the_object_store(role, tmp_path):
     from dagster_k8s import PipesK8sClient
 
     messages = tmp_path / "pipes" / "messages"
+    store = Store(str(tmp_path / "store"))
     kind = K8sJobTrainingLauncher if role == "training" else K8sPodEvaluationLauncher
     launcher = kind(image="reg/cosmicman:1", messages_url=f"file://{messages}", poll_interval=0.05)
     fake = mock.MagicMock()
@@ -343,7 +345,7 @@ def test_single_pod_messages_come_back_through_the_object_store(role, tmp_path):
 
     @dg.asset(name="daring_unet")
     def launched(context: dg.AssetExecutionContext, launcher: dg.ResourceParam[object]):
-        return launcher.launch(context, {"steps": 3})  # type: ignore[attr-defined]
+        return launcher.launch(context, {"steps": 3}, store)  # type: ignore[attr-defined]
 
     with (
         mock.patch.object(PipesK8sClient, "_load_k8s_config"),
@@ -354,8 +356,7 @@ def test_single_pod_messages_come_back_through_the_object_store(role, tmp_path):
     [materialization] = result.asset_materializations_for_node("daring_unet")
     assert materialization.metadata["loss_last"].value == 0.25
     fake.core_api.read_namespaced_pod_log.assert_not_called()
-    session_url = _pipes_context(submitted["env"])  # the context; the message URL is in the messages param
-    assert session_url["extras"] == {"config": {"steps": 3}}
+    assert _launched_config(submitted["env"]) == {"steps": 3}  # the message URL is in the messages param
     from dagster_pipes import decode_param
 
     messages_param = decode_param(submitted["env"]["DAGSTER_PIPES_MESSAGES"])
@@ -370,6 +371,13 @@ def _pipes_context(env: dict) -> dict:
 
     params = decode_param(env["DAGSTER_PIPES_CONTEXT"])
     return params["data"]  # PipesEnvContextInjector: the context data itself, inline
+
+
+def _launched_config(env: dict) -> dict:
+    """The config a pod's bootstrap env references: only its URL and sha256 travel in the extras."""
+    extras = _pipes_context(env)["extras"]
+    assert set(extras) == {"config_url", "config_sha256"}
+    return fetch_launch_config(extras)
 
 
 # --- TrainJobLauncher -------------------------------------------------------------------------------------
@@ -449,7 +457,7 @@ class _Reader(dg.PipesMessageReader):
         return "test reader"
 
 
-def _run_trainjob(states: list[str | None], report: bool):
+def _run_trainjob(states: list[str | None], report: bool, store: Store):
     custom, core = mock.MagicMock(), mock.MagicMock()
     conds = iter(states)
 
@@ -464,7 +472,7 @@ def _run_trainjob(states: list[str | None], report: bool):
     @dg.asset
     def trained(context: dg.AssetExecutionContext, training_launcher: TrainJobLauncher):
         out["result"] = training_launcher.launch(
-            context, {"steps": 3}, custom_api=custom, core_api=core, message_reader=_Reader(report)
+            context, {"steps": 3}, store, custom_api=custom, core_api=core, message_reader=_Reader(report)
         )
         return out["result"]
 
@@ -472,22 +480,22 @@ def _run_trainjob(states: list[str | None], report: bool):
     return result, custom, out
 
 
-def test_trainjob_launch_complete():
-    result, custom, out = _run_trainjob([None, None, "Complete"], report=True)
+def test_trainjob_launch_complete(tmp_path):
+    result, custom, out = _run_trainjob([None, None, "Complete"], report=True, store=Store(str(tmp_path)))
     assert result.success
     group, version, ns, plural, body = custom.create_namespaced_custom_object.call_args.args
     assert (group, version, ns, plural) == ("trainer.kubeflow.org", "v1alpha1", "cosmicman", "trainjobs")
     jsonschema.validate(body, TRAINJOB_SCHEMA)
     env = {e["name"]: e["value"] for e in body["spec"]["trainer"]["env"]}
-    assert _pipes_context(env)["extras"] == {"config": {"steps": 3}}
+    assert _launched_config(env) == {"steps": 3}
     assert "DAGSTER_PIPES_MESSAGES" in env
     assert custom.get_namespaced_custom_object.call_count == 3
     custom.delete_namespaced_custom_object.assert_not_called()
     assert out["result"].metadata["loss_last"].value == 0.5
 
 
-def test_trainjob_launch_failed_is_deleted():
-    result, custom, _ = _run_trainjob([None, "Failed"], report=False)
+def test_trainjob_launch_failed_is_deleted(tmp_path):
+    result, custom, _ = _run_trainjob([None, "Failed"], report=False, store=Store(str(tmp_path)))
     assert not result.success
     err = result.get_step_failure_events()[0].event_specific_data.error
     assert "OOM on node 2" in err.to_string()
@@ -497,7 +505,7 @@ def test_trainjob_launch_failed_is_deleted():
     )
 
 
-def test_trainjob_terminated_is_deleted():
+def test_trainjob_terminated_is_deleted(tmp_path):
     """A run termination arrives as DagsterExecutionInterruptedError inside the poll loop: the TrainJob
     is deleted before it propagates."""
     from dagster._core.errors import DagsterExecutionInterruptedError
@@ -508,7 +516,9 @@ def test_trainjob_terminated_is_deleted():
 
     @dg.asset
     def trained(context: dg.AssetExecutionContext, training_launcher: TrainJobLauncher):
-        return training_launcher.launch(context, {}, custom_api=custom, core_api=core, message_reader=_Reader(False))
+        return training_launcher.launch(
+            context, {}, Store(str(tmp_path)), custom_api=custom, core_api=core, message_reader=_Reader(False)
+        )
 
     try:
         result = dg.materialize([trained], resources={"training_launcher": launcher}, raise_on_error=False)

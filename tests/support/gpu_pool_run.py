@@ -28,7 +28,7 @@ class TimedTrainer(TrainingLauncher):
     intervals_file: str
     seconds: float
 
-    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any]) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, config: dict[str, Any], store: Store) -> dg.MaterializeResult:
         start = time.time()
         time.sleep(self.seconds)
         with open(self.intervals_file, "a") as f:

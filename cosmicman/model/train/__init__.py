@@ -18,8 +18,9 @@ Read top to bottom:
 - ``__main__``: the command line and the Dagster Pipes entry.
 
 Launched by Dagster Pipes (``PipesSubprocessClient`` / ``PipesK8sClient`` / the TrainJob launcher) rank 0
-logs progress through the pipes context and reports one asset materialization; the config then may also
-come from the pipes extras (``extras["config"]``: a dict or a URL). Other ranks only log to stderr.
+logs progress through the pipes context and reports one asset materialization; without ``--config`` every
+rank fetches the config the pipes extras reference (its URL and sha256: ``cosmicman.core.launch_config``).
+Other ranks only log to stderr.
 Standalone it prints the summary JSON on stdout (progress on stderr).
 
 Output (published to ``output_url`` by rank 0): a diffusers ``StableDiffusionPipeline`` (or

@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Any
 
+from cosmicman.core.launch_config import LaunchConfigError, fetch_launch_config
 from cosmicman.model.distributed import DistEnv
 from cosmicman.model.notices import quiet_trainer_notices
 from cosmicman.model.run_record import summary
@@ -22,14 +23,14 @@ from cosmicman.model.train.step import NonFiniteLossError, resolve_device
 
 
 def _config_from(arg: str | None, extras: dict[str, Any] | None) -> TrainConfig:
+    """From ``--config``, else from the config the Pipes extras reference (the launchers store it on the
+    object store: ``cosmicman.core.launch_config``); a missing or altered one ends the process in one line."""
     if arg:
         return TrainConfig.load(arg)
-    raw = (extras or {}).get("config")
-    if raw is None:
-        raise SystemExit("no config: pass --config <json path or URL> (or pipes extras['config'])")
-    if isinstance(raw, str):
-        return TrainConfig.load(raw)
-    return TrainConfig.from_dict(dict(raw))
+    try:
+        return TrainConfig.from_dict(fetch_launch_config(extras or {}))
+    except LaunchConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _prepared(cfg: TrainConfig) -> TrainConfig:
