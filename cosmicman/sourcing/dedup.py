@@ -15,9 +15,10 @@ Near-duplicates: phash Hamming distance <= ``max_distance``. Multi-index hashing
 band, so each band is a sorted array searched with ``searchsorted``, and only those candidates are
 compared bit by bit.
 
-Every hash of a pool is made the same way: the pool's perceptual-hash scheme (``core/imageio.py``) is recorded
-beside its first segment (``pool/index/phash_scheme.json``) and every later batch hashes with it. A pool whose
-segments predate that record was hashed with "full", and keeps it.
+Every hash of a pool is made the same way: the pool's perceptual-hash scheme (``core/imageio.py``: "luma" for a
+new pool) is recorded beside its first segment (``pool/index/phash_scheme.json``) and every later batch hashes
+with it. A pool whose segments predate that record was hashed with "full", and keeps it. A record naming a scheme
+this version does not make (one from an unreleased version, say) stops the batch: its hashes compare with none.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class NearDupIndex:
         best: int | None = None
         for (values, order), shift, mask in zip(self._bands if len(self._hashes) else (), self._shifts, self._masks):
             v = (q >> shift) & mask
-            lo, hi = values.searchsorted(np.array([v, v + np.uint64(1)], dtype=np.uint64))  # [v, v + 1)
+            # every entry equal to v; bounds by side, since v + 1 wraps to 0 for a band of all ones
+            lo, hi = values.searchsorted(v, side="left"), values.searchsorted(v, side="right")
             if lo == hi:
                 continue
             cand = order[lo:hi]
@@ -193,14 +195,20 @@ def load_index_table(store: Store, exclude_batch: str | None = None, columns: li
     return table
 
 
+class UnknownPhashScheme(ValueError):
+    """The pool's record names a perceptual-hash scheme this version does not make."""
+
+
 def pool_phash_scheme(store: Store) -> str:
     """The perceptual-hash scheme of the pool in ``store``: its record; "full" for a pool indexed before the
-    record existed; the default for a pool with no image yet."""
+    record existed; the default for a pool with no image yet. Raises UnknownPhashScheme (one line) for a record
+    naming any other."""
     if store.exists(POOL_PHASH_SCHEME_KEY):
         scheme = store.read_json(POOL_PHASH_SCHEME_KEY)["scheme"]
         if scheme not in PHASH_SCHEMES:
-            raise ValueError(
-                f"{store.uri(POOL_PHASH_SCHEME_KEY)} names phash scheme {scheme!r}, not one of {PHASH_SCHEMES}"
+            raise UnknownPhashScheme(
+                f"{store.uri(POOL_PHASH_SCHEME_KEY)} names phash scheme {scheme!r}, which this version does not"
+                f" make; the schemes are {', '.join(PHASH_SCHEMES)}"
             )
         return scheme
     if store.exists(POOL_INDEX_COMPACTED_KEY) or store.list(POOL_INDEX_SEGMENTS_PREFIX):

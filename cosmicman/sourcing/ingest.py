@@ -49,7 +49,7 @@ from cosmicman.core.imageio import CheckedImage, sha256_hex
 from cosmicman.core.keys import FAILED_URLS_KEY, raw_table_key, sourcing_log_key, sourcing_staging_prefix
 from cosmicman.core.store import Store
 from cosmicman.sourcing.check_pool import CheckPool
-from cosmicman.sourcing.dedup import PoolIndex, pool_phash_scheme, resolve_shas, write_segment
+from cosmicman.sourcing.dedup import PoolIndex, UnknownPhashScheme, pool_phash_scheme, resolve_shas, write_segment
 from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
 from cosmicman.sourcing.folder_walk import IMAGE_SUFFIXES, RefusedRead
 from cosmicman.sourcing.ordered_commits import OrderedCommits
@@ -326,11 +326,11 @@ def source_batch(
     if store.exists(sourcing_log_key(batch)) and not store.exists(f"{sourcing_staging_prefix(batch)}/plan.parquet"):
         log = store.read_table(sourcing_log_key(batch))
         return _report(store, batch, log, 0, 0, t0, pool_phash_scheme(store), 0.0)
+    phash_scheme = pool_phash_scheme(store)  # before the plan: a pool it cannot hash for gets no staged batch
     plan = plan_batch(store, batch, batch_index, sources, config)
     done_keys = store.list(f"{sourcing_staging_prefix(batch)}/done")
     done = pl.concat([store.read_table(k) for k in done_keys]) if done_keys else pl.DataFrame(schema=OUTCOME_SCHEMA)
     index = PoolIndex.load(store, config.near_dup_distance, exclude_batch=batch)
-    phash_scheme = pool_phash_scheme(store)
     for sha, phash in done.filter(pl.col("status") == "stored").select("sha256", "phash").iter_rows():
         index.add(sha, phash)
     finished = set(done["position"].to_list())
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         report = source_batch(
             Store(args.store), args.batch, index, [(ParquetSource(args.parquet), args.limit)], config, progress
         )
-    except FileNotFoundError as exc:  # a wrong --parquet or --store: one line, not a traceback
+    except (FileNotFoundError, UnknownPhashScheme) as exc:  # a wrong --parquet or --store, a stale pool: one line
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.summary()))

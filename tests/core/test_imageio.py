@@ -13,7 +13,7 @@ import textwrap
 import imagehash
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cosmicman.core import imageio
 from cosmicman.core.imageio import (
@@ -38,10 +38,24 @@ from tests.support.hostile_files import (
 CORPUS = hostile_files()
 
 
-def reduced_phash(img: Image.Image) -> str:
-    """The "reduced" scheme by imagehash itself: phash of the 32x32 pixels Pillow's reducing_gap 3 resize gives
-    (imagehash's own resize of a 32x32 image to 32x32 is a copy)."""
-    return str(imagehash.phash(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=3.0)))
+def luma_plane(data: bytes) -> Image.Image:
+    """An image's luma as the "luma" scheme defines it, by Pillow alone: a (JFIF, so YCbCr) JPEG's own Y plane,
+    upright; any other image's convert("L") of its normalized RGB."""
+    img = Image.open(io.BytesIO(data))
+    if img.format in ("JPEG", "MPO") and img.mode == "RGB" and "jfif" in img.info:
+        img.draft("L", None)
+        return ImageOps.exif_transpose(img)
+    return decode_image(data).convert("L")
+
+
+def luma_phash(data: bytes) -> str:
+    """The "luma" scheme by imagehash itself: phash of the 32x32 pixels Pillow's reducing_gap 3 resize gives of
+    the luma (imagehash's own resize of a 32x32 image to 32x32 is a copy)."""
+    return str(imagehash.phash(luma_plane(data).resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=3.0)))
+
+
+def bits_apart(a: str, b: str) -> int:
+    return imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b)
 
 
 BOMBS = [h for h in CORPUS if h.reason == imageio.DECOMPRESSION_BOMB]
@@ -80,7 +94,7 @@ def test_each_hostile_file_gets_its_outcome(hostile: HostileFile):
     assert checked.detail.split(",") == list(hostile.normalizations) if hostile.normalizations else checked.detail == ""
     img = decode_image(hostile.data)
     assert img.mode == "RGB" and img.size == hostile.size
-    assert checked.phash == reduced_phash(img)
+    assert checked.phash == luma_phash(hostile.data)
 
 
 def test_normalized_pixels_are_right():
@@ -136,6 +150,7 @@ def test_nothing_raises_anything_but_the_recorded_rejection():
     for data in _mutations(seed=5, count=600):
         checked = check_image(data, resize_to=32)
         assert checked.reason in REJECTION_REASONS or checked.reason is None
+        assert check_image(data).reason == checked.reason  # a JPEG's luma decode, its YCbCr decode above
         outcomes[checked.reason] = outcomes.get(checked.reason, 0) + 1
         try:
             img = decode_image(data)
@@ -193,7 +208,7 @@ def test_resize_to_downscales_the_smaller_side_and_stores_a_jpeg():
     assert (checked.width, checked.height, checked.ext, checked.reason) == (683, 512, "jpg", None)
     assert checked.detail == "resized:800x600->683x512"
     assert checked.sha256 == imageio.sha256_hex(data)  # the download's identity, not the re-encode's
-    assert checked.phash == reduced_phash(decode_image(data))  # hashed before the resize
+    assert checked.phash == luma_phash(data) == check_image(data).phash  # hashed before the resize
     stored = Image.open(io.BytesIO(checked.stored_bytes))
     assert (stored.format, stored.size, stored.mode) == ("JPEG", (683, 512), "RGB")
     reference = np.asarray(photo(800, 600, seed=7).resize((683, 512), Image.Resampling.BOX), dtype=np.int16)
@@ -224,12 +239,99 @@ def test_checked_images_and_errors_cross_process_boundaries():
 
 
 def test_each_phash_scheme_is_imagehash_on_its_own_32x32_pixels():
-    img = decode_image(encoded(photo(900, 600, seed=3), "JPEG", quality=90))
-    assert perceptual_hash(img, "full") == str(imagehash.phash(img))
-    assert perceptual_hash(img, "reduced") == reduced_phash(img) == perceptual_hash(img)  # the default
-    assert check_image(encoded(img, "PNG"), phash_scheme="full").phash == str(imagehash.phash(img))
-    with pytest.raises(ValueError, match="the schemes are full, reduced"):
-        perceptual_hash(img, "fast")
+    data = encoded(photo(900, 600, seed=3), "JPEG", quality=90)
+    img = decode_image(data)
+    assert perceptual_hash(img, "full") == str(imagehash.phash(img)) == check_image(data, phash_scheme="full").phash
+    assert check_image(data).phash == luma_phash(data)  # the default: "luma", of the decoder's Y plane
+    assert perceptual_hash(luma_plane(data), "luma") == luma_phash(data) == perceptual_hash(luma_plane(data))
+    png = encoded(img, "PNG")
+    assert perceptual_hash(img, "luma") == luma_phash(png) == check_image(png).phash  # convert("L") of the RGB
+    with pytest.raises(ValueError, match="the schemes are full, luma"):
+        perceptual_hash(img, "reduced")
+
+
+def test_a_jpeg_hashes_the_same_bits_with_and_without_a_resize():
+    """Decoded to its Y plane without a resize, to YCbCr with one: the pool compares the two."""
+    source = scene(4, 1200, 900)
+    cases = {
+        "baseline 4:2:0": encoded(source, "JPEG", quality=90),
+        "progressive": encoded(source, "JPEG", quality=80, progressive=True),
+        "4:4:4": encoded(source, "JPEG", quality=80, subsampling=0),
+        "exif-rotated": jpeg_with_orientation(source, 6),
+        "rgb colour space": encoded(source, "JPEG", quality=90, keep_rgb=True),  # Adobe transform 0: no Y plane
+        "grayscale": encoded(source.convert("L"), "JPEG", quality=90),
+    }
+    for name, data in cases.items():
+        plain, resized = check_image(data), check_image(data, resize_to=512)
+        assert plain.reason is None and resized.reason is None and resized.stored_bytes is not None, name
+        assert plain.phash == resized.phash == luma_phash(data), name
+        stored = Image.open(io.BytesIO(resized.stored_bytes))
+        assert (stored.format, stored.size) == ("JPEG", (resized.width, resized.height)), name
+        upright = {"exif-rotated": source.transpose(Image.Transpose.ROTATE_270), "grayscale": source.convert("L")}
+        reference = upright.get(name, source).resize(stored.size, Image.Resampling.BOX).convert("RGB")
+        assert np.abs(np.asarray(stored, dtype=np.int16) - np.asarray(reference, dtype=np.int16)).mean() < 3, name
+    # An RGB-colour-space JPEG's luma is libjpeg's from its RGB: the same bits as Pillow's convert("L").
+    rgb_space = cases["rgb colour space"]
+    assert check_image(rgb_space).phash == perceptual_hash(decode_image(rgb_space), "luma")
+
+
+def test_the_luma_decode_reports_what_the_rgb_decode_reports():
+    rotated = check_image(jpeg_with_orientation(photo(200, 100, seed=3), 6), resize_to=None, claimed_ext="png")
+    assert (rotated.width, rotated.height, rotated.ext, rotated.detail) == (
+        100,
+        200,
+        "jpg",
+        "exif-rotated,ext:png->jpg",
+    )
+    buf = io.BytesIO()
+    photo(300, 200).save(buf, "MPO", save_all=True, append_images=[photo(300, 200, seed=2)])
+    mpo = check_image(buf.getvalue())
+    assert (mpo.reason, mpo.width, mpo.height, mpo.ext, mpo.detail) == (None, 300, 200, "jpg", "mpo-first-image")
+    assert mpo.phash == check_image(buf.getvalue(), resize_to=150).phash
+    gray = check_image(encoded(photo(80, 60).convert("L"), "JPEG"))
+    assert (gray.reason, gray.detail) == (None, "gray->rgb")
+
+
+def test_the_luma_decode_still_finds_truncated_and_corrupt_scan_data():
+    """libjpeg entropy-decodes every component's coefficients for a Y-plane output too: a cut or a broken marker in
+    the scan is found as in the RGB decode. (It only warns about a bad Huffman code, in either decode, so a flipped
+    byte that keeps the stream parseable is kept by both.)"""
+    data = encoded(photo(640, 480, seed=4), "JPEG", quality=90)
+    scan = data.index(b"\xff\xda")
+    middle = (scan + len(data)) // 2
+    assert check_image(data).reason is None
+    for cut in (len(data) - 1, middle, scan + 20):  # one byte short (the end marker's second byte) is a cut too
+        assert check_image(data[:cut]).reason == imageio.TRUNCATED, cut
+    for marker in (b"\xff\xc0", b"\xff\xd8", b"\xff\xda"):  # a frame header, an image start, a scan header
+        broken = data[:middle] + marker + data[middle + 2 :]
+        assert check_image(broken).reason == check_image(broken, resize_to=256).reason == imageio.CORRUPT, marker
+        with pytest.raises(ImageDecodeError, match="^corrupt: "):
+            decode_image(broken)
+    # The verdict is the RGB decode's for any damage in the scan, chroma included.
+    rng = np.random.default_rng(11)
+    outcomes: dict[str | None, int] = {}
+    for i in range(300):
+        damaged = bytearray(data)
+        if i % 3 == 0:
+            damaged = damaged[: int(rng.integers(scan, len(data)))]
+        else:
+            for pos in rng.integers(scan + 12, len(data) - 2, size=int(rng.integers(1, 6))):
+                damaged[pos] = 0xFF if i % 3 == 1 else int(rng.integers(0, 256))
+        luma = check_image(bytes(damaged)).reason
+        try:
+            decode_image(bytes(damaged))
+        except ImageDecodeError as exc:
+            assert exc.reason == luma
+        else:
+            assert luma is None
+        outcomes[luma] = outcomes.get(luma, 0) + 1
+    assert set(outcomes) == {None, imageio.TRUNCATED, imageio.CORRUPT}, outcomes
+
+
+def test_the_luma_hash_is_within_a_few_bits_of_the_full_hash():
+    for seed in range(12):
+        data = encoded(scene(seed), "JPEG", quality=90)
+        assert bits_apart(check_image(data).phash, check_image(data, phash_scheme="full").phash) <= 4, seed
 
 
 def scene(seed: int, width: int = 960, height: int = 560) -> Image.Image:
@@ -242,13 +344,13 @@ def scene(seed: int, width: int = 960, height: int = 560) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(field, dtype=np.int16) + grain, 0, 255).astype(np.uint8))
 
 
-def test_the_reduced_scheme_finds_resized_recompressed_copies_within_the_radius():
+def test_the_luma_scheme_finds_resized_recompressed_copies_within_the_radius():
     """The reason it may replace the full one: a half-size JPEG q70 copy stays within the ingest's near-duplicate
     radius (4 bits) under both schemes, while distinct frames stay far apart."""
-    frames = [scene(s) for s in range(12)]
-    for scheme in ("full", "reduced"):
-        hashes = [imagehash.hex_to_hash(perceptual_hash(f, scheme)) for f in frames]
+    frames = [encoded(scene(s), "JPEG", quality=90) for s in range(12)]
+    for scheme in ("full", "luma"):
+        hashes = [check_image(f, phash_scheme=scheme).phash for f in frames]
         for f, h in zip(frames, hashes):
-            copy = decode_image(encoded(f.resize((480, 280), Image.Resampling.BICUBIC), "JPEG", quality=70))
-            assert h - imagehash.hex_to_hash(perceptual_hash(copy, scheme)) <= 2, scheme
-        assert min(a - b for i, a in enumerate(hashes) for b in hashes[i + 1 :]) > 8, scheme
+            half = decode_image(f).resize((480, 280), Image.Resampling.BICUBIC)
+            assert bits_apart(h, check_image(encoded(half, "JPEG", quality=70), phash_scheme=scheme).phash) <= 2
+        assert min(bits_apart(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1 :]) > 8, scheme

@@ -9,7 +9,7 @@ from tests.support.hostile_files import encoded, photo
 
 def test_every_item_comes_back_once_with_its_inline_check_in_tasks_of_per_task():
     items = [(f"item-{i}", encoded(photo(64 + i, 48, seed=i), "JPEG"), "jpg" if i % 2 else "png") for i in range(7)]
-    pool: CheckPool[str] = CheckPool(workers=1, resize_to=None, phash_scheme="reduced", per_task=3)
+    pool: CheckPool[str] = CheckPool(workers=1, resize_to=None, phash_scheme="luma", per_task=3)
     assert pool.pool is not None
     sent: list[int] = []
     submit = pool.pool.submit
@@ -28,4 +28,4 @@ def test_every_item_comes_back_once_with_its_inline_check_in_tasks_of_per_task()
     assert sorted(t for t, _, _ in results) == sorted(t for t, _, _ in items)
     for ticket, data, checked in results:
         claimed = dict((t, c) for t, _, c in items)[ticket]
-        assert checked == check_image(data, None, claimed, "reduced")
+        assert checked == check_image(data, None, claimed, "luma")

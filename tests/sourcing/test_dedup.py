@@ -10,6 +10,7 @@ from cosmicman.sourcing.dedup import (
     COMPACT_EVERY,
     NearDupIndex,
     PoolIndex,
+    UnknownPhashScheme,
     load_index_table,
     pool_phash_scheme,
     resolve_shas,
@@ -44,7 +45,7 @@ def _stored(n, seed):
 def test_pool_index_finds_exact_and_near_duplicates_of_earlier_batches():
     store = Store(f"memory://dedup-{os.urandom(4).hex()}")
     first = _stored(50, 1)
-    write_segment(store, "batch-00000", first, "reduced")
+    write_segment(store, "batch-00000", first, "luma")
     index = PoolIndex.load(store, max_distance=4)
     sha, phash = first.row(7)
     assert index.match(sha, phash).kind == "duplicate"
@@ -63,7 +64,7 @@ def test_segments_are_compacted_and_never_lost():
     store = Store(f"memory://dedup-{os.urandom(4).hex()}")
     tables = [_stored(5, i) for i in range(COMPACT_EVERY + 3)]
     for i, t in enumerate(tables):
-        write_segment(store, f"batch-{i:05d}", t, "reduced")
+        write_segment(store, f"batch-{i:05d}", t, "luma")
     compacted = store.read_table(POOL_INDEX_COMPACTED_KEY)
     assert compacted["batch"].n_unique() == COMPACT_EVERY  # compacted when the 32nd segment arrived
     everything = load_index_table(store)
@@ -72,15 +73,20 @@ def test_segments_are_compacted_and_never_lost():
 
 def test_a_pool_keeps_the_phash_scheme_of_its_first_batch():
     new = Store(f"memory://dedup-{os.urandom(4).hex()}")
-    assert pool_phash_scheme(new) == "reduced"  # a pool with no image takes the default
-    write_segment(new, "batch-00000", _stored(3, 1), "reduced")
+    assert pool_phash_scheme(new) == "luma"  # a pool with no image takes the default
+    write_segment(new, "batch-00000", _stored(3, 1), "luma")
     write_segment(new, "batch-00001", _stored(3, 2), "full")  # a later batch cannot change it
-    assert pool_phash_scheme(new) == "reduced"
+    assert pool_phash_scheme(new) == "luma"
     # a pool indexed before the record existed was hashed with imagehash's full phash, and keeps it
     legacy = Store(f"memory://dedup-{os.urandom(4).hex()}")
     write_segment(legacy, "batch-00000", _stored(3, 1), "full")
     legacy.delete(POOL_PHASH_SCHEME_KEY)
     assert pool_phash_scheme(legacy) == "full"
-    legacy.write_json(POOL_PHASH_SCHEME_KEY, {"scheme": "fast"})
-    with pytest.raises(ValueError, match="names phash scheme 'fast'"):
+    # a stale record (the unreleased "reduced" scheme) stops the pool in one line that lists the schemes
+    legacy.write_json(POOL_PHASH_SCHEME_KEY, {"scheme": "reduced"})
+    with pytest.raises(UnknownPhashScheme) as stale:
         pool_phash_scheme(legacy)
+    assert str(stale.value) == (
+        f"{legacy.uri(POOL_PHASH_SCHEME_KEY)} names phash scheme 'reduced', which this version does not make;"
+        " the schemes are full, luma"
+    )
