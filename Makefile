@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cu
 export COSMICMAN_HOME ?= $(CURDIR)/.cosmicman
 export DAGSTER_HOME ?= $(COSMICMAN_HOME)/dagster
 
-.PHONY: install run lint test test-deploy ui clean
+.PHONY: install run lint test test-fast test-deploy mutants ui clean
 
 install: $(STAMP)
 
@@ -36,11 +36,24 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
+# the suite that guards every rule, without the end-to-end turns (slow) and the browser (ui): minutes, for each
+# edit; one pytest-xdist worker per core
+test-fast: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto -m 'not slow and not ui and not deploy'
+
 # the deployment's end-to-end checks, out of the default run: a production turn on a throwaway PostgreSQL and a
 # local S3 server (moto), a backfill of every variant against the GPU concurrency pool, the secrets scan, and
 # Label Studio's S3 storage and change feed on a second server
 test-deploy: install
 	$(PY) -m pytest -q -m deploy
+
+# mutation testing: mutmut breaks the rule modules ([tool.mutmut] in pyproject.toml) one change at a time and runs
+# the fast tests that execute the changed line; the summary (also in mutants/summary.txt) fails the target when
+# fewer than 90 % are killed or a survivor is neither killed by a test nor in tests/mutants_equivalent.toml
+mutants: install
+	rm -rf mutants && mkdir mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run > mutants/run.log 2>&1 || (tail -c 2000 mutants/run.log; exit 1)
+	$(PY) -m tests.support.mutants_report > mutants/summary.txt; status=$$?; cat mutants/summary.txt; exit $$status
 
 # the instance make run uses (its dagster.yaml written when absent), with the same settings
 ui: install

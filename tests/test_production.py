@@ -54,7 +54,7 @@ def postgres():
         server = postgres_server()
         pg = server.__enter__()
     except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL to run the production instance on: {exc}")
+        pytest.fail(f"no PostgreSQL to run the production instance on: {exc}; install Debian's postgresql")
     try:
         yield pg
     finally:
@@ -63,10 +63,8 @@ def postgres():
 
 @pytest.fixture(scope="module")
 def s3():
-    try:
-        from tests.support.s3_server import moto_s3
-    except ImportError as exc:  # pragma: no cover - moto[server] is a dev dependency
-        pytest.skip(f"no S3 server (moto[server]) installed: {exc}")
+    from tests.support.s3_server import moto_s3  # moto[server]: a dev dependency
+
     with moto_s3(BUCKET) as endpoint:
         yield endpoint
 

@@ -88,7 +88,7 @@ def turned(tmp_path_factory):
             server = postgres_server()
             postgres = server.__enter__()
         except PostgresUnavailable as exc:
-            pytest.skip(f"no PostgreSQL to hold the instance (and its password): {exc}")
+            pytest.fail(f"no PostgreSQL to hold the instance (and its password): {exc}; install Debian's postgresql")
         try:
             with (
                 moto_s3(BUCKET) as s3,

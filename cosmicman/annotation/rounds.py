@@ -179,9 +179,10 @@ class RoundResult:
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan.to_json()
+        sampled = plan.pop("sampled")  # a result records the sample once, as sampled_ids
         return {
             **plan,
-            "sampled_ids": plan.pop("sampled"),
+            "sampled_ids": sampled,
             "annotator_after": self.annotator_after,
             "accuracy_after": dict(self.accuracy_after),
             "labels_asked": self.labels_asked,

@@ -175,11 +175,6 @@ def group_parts(t: GroupTemplate, attributes: Mapping[str, str]) -> PhraseParts:
     )
 
 
-def render_group(t: GroupTemplate, attributes: Mapping[str, str], rng: np.random.Generator) -> str:
-    """One group's phrase: [article] shuffled adjectives, noun, [with ...]; one shuffle per adjective list."""
-    return group_parts(t, attributes).render(rng)
-
-
 def mirror_attributes(protocol: Protocol, attributes: Mapping[str, str]) -> dict[str, str]:
     """The answers for the horizontally flipped image: a category that answers with both a viewer's
     "left" and "right" (``MIRRORED_ANSWERS``) swaps them; every other answer stays."""

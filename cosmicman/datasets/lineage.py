@@ -42,7 +42,13 @@ def published_models(store_url: str, storage_options: Mapping[str, Any] | None =
     if not fs.exists(base):
         return []
     folders = [p.rstrip("/") for p in fs.ls(base, detail=False)]
-    return sorted(posixpath.basename(p) for p in folders if fs.exists(posixpath.join(p, TRAINING_RUN_FILE)))
+    return sorted(posixpath.basename(p) for p in folders if _has_record(fs, p))
+
+
+def _has_record(fs: Any, folder: str) -> bool:
+    # a listing of the folder cached before its record arrived would hide the record (s3fs)
+    fs.invalidate_cache(folder)
+    return bool(fs.exists(posixpath.join(folder, TRAINING_RUN_FILE)))
 
 
 def dataset_lineage(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -58,14 +64,18 @@ def dataset_lineage(root: str, version: str, storage_options: Mapping[str, Any] 
     def distinct(key: str) -> list:
         return sorted({p[key] for p in prov if p.get(key) is not None})
 
+    def counts(key: str) -> dict[str, int]:
+        # a sample without the field counts as "null", as in the version's stats.json (None does not sort)
+        return dict(sorted(Counter("null" if p.get(key) is None else str(p[key]) for p in prov).items()))
+
     stats = read_stats(root, version, storage_options)
     return {
         "dataset_version": version,
         "samples": manifest.height,
         "created_at": stats.get("created_at"),
         "sourcing_batches": distinct("source_batch"),
-        "sources": dict(sorted(Counter(p.get("source") for p in prov).items())),
-        "filter_decisions": dict(sorted(Counter(p.get("filter_decision") for p in prov).items())),
+        "sources": counts("source"),
+        "filter_decisions": counts("filter_decision"),
         "filter_configs": [json.loads(c) for c in distinct("filter_config")],
         "parser_versions": distinct("parser_version"),
         "annotator_versions": distinct("annotator_version"),

@@ -173,37 +173,3 @@ def _column_weights(spans: torch.Tensor, K: int, token_columns: Sequence[int] | 
     if bool((w.sum(-1) != full.sum(-1)).any()):
         raise ValueError(f"a span token is not among the captured columns {tuple(token_columns)}")
     return w
-
-
-def hola_loss_reference(maps, masks, spans, reduction="released", mask_resize="area", map_hw=None) -> torch.Tensor:
-    """Loop-by-loop implementation of the same definition (slow; for tests and readers)."""
-    layers = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
-    B, _, P, K = layers[0].shape
-    map_hw = _map_grid(masks, P, map_hw)
-    m = resize_masks(masks, map_hw, mask_resize).flatten(2)
-    sample_losses = []
-    for b in range(B):
-        groups = [(g, int(s), int(e)) for g, (s, e) in enumerate(spans[b].tolist()) if s >= 0 and e > s]
-        if not groups:
-            continue
-        entries: list[torch.Tensor | float] = []
-        for attn in layers:
-            for h in range(attn.shape[1]):
-                a = attn[b, h].float()  # (P, K)
-                if reduction == "paper":
-                    tot = 0.0
-                    for g, s, e in groups:
-                        tok = sum(((a[:, j] - m[b, g]) ** 2).sum() for j in range(s, e))
-                        mean = ((a[:, s:e].mean(-1) - m[b, g]) ** 2).sum()
-                        tot = tot + tok + mean
-                    entries.append(tot / len(groups))
-                else:
-                    stack_a, stack_m = [], []
-                    for g, s, e in groups:
-                        stack_a += [a[:, s:e], a[:, s:e].mean(-1, keepdim=True)]
-                        stack_m += [m[b, g][:, None].expand(-1, e - s + 1)]
-                    entries.append(((torch.cat(stack_a, -1) - torch.cat(stack_m, -1)) ** 2).mean())
-        sample_losses.append(torch.stack([torch.as_tensor(x) for x in entries]).mean())
-    if not sample_losses:
-        return torch.zeros(())
-    return torch.stack(sample_losses).mean()

@@ -5,6 +5,7 @@ Both paths call cosmicman.annotation.rounds; this pins that neither grows a rule
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from cosmicman.annotation.items import AnnotationItem
 from cosmicman.annotation.ledger import RoundLedger
@@ -43,6 +44,7 @@ def _kept_pool(store: Store) -> list[AnnotationItem]:
     return [AnnotationItem.from_bytes(s.image_bytes, s.attributes) for s in samples]
 
 
+@pytest.mark.slow  # the assets against the bench's loop end to end; the rules' edges are in test_hitl_rules.py
 def test_assets_and_bench_loop_decide_round_one_identically(tmp_path):
     store = Store(str(tmp_path / "store"))
     pool = _kept_pool(store)

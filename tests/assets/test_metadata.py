@@ -355,6 +355,7 @@ def turned(tmp_path_factory):
     return {"store": store, "latest": latest}
 
 
+@pytest.mark.slow  # a whole local turn: metadata display, not a rule
 def test_the_assets_report_native_tables_rounded_numbers_and_inline_charts(turned):
     latest = turned["latest"]
     made = set(GROUPS) - {"raw_images", "daring_unet", "evaluation", "base_model_evaluation"}
@@ -370,6 +371,7 @@ def test_the_assets_report_native_tables_rounded_numbers_and_inline_charts(turne
     assert {"first_prompts"} <= tables["test_prompts"]
 
 
+@pytest.mark.slow  # a whole local turn: metadata display, not a rule
 def test_filtered_images_counts_every_decision_and_draws_its_scores(turned):
     meta = turned["latest"]["filtered_images"]
     counts = {r.data["decision"]: r.data["images"] for r in meta["decision_counts"].records}
@@ -380,6 +382,7 @@ def test_filtered_images_counts_every_decision_and_draws_its_scores(turned):
     assert "threshold" in fake and "data:image/jpeg;base64" in meta["kept_sample"].md_str
 
 
+@pytest.mark.slow  # a whole local turn: metadata display, not a rule
 def test_a_round_shows_accuracy_per_tag_and_its_weakest_categories_not_all_seventy(turned):
     meta = turned["latest"]["annotator"]
     by_tag = meta["accuracy_by_tag"]
@@ -394,6 +397,7 @@ def test_a_round_shows_accuracy_per_tag_and_its_weakest_categories_not_all_seven
     assert meta["rounds"].records[1].data["mean_accuracy"] == rounded(ledger.curve()[1]["mean_accuracy"])
 
 
+@pytest.mark.slow  # a whole local turn: metadata display, not a rule
 def test_the_ablation_table_puts_variants_side_by_side_against_the_real_image_ceiling(turned):
     meta = turned["latest"]["ablation_table"]
     rows = [r.data for r in meta["table"].records]

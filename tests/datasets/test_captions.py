@@ -44,7 +44,9 @@ def test_templates_cover_protocol(protocol):
 def test_sample_attributes_are_protocol_valid(protocol):
     rng = np.random.default_rng(1)
     for _ in range(200):
-        protocol.validate_answers(sample_attributes(protocol, rng))
+        answers = sample_attributes(protocol, rng)
+        protocol.validate_answers(answers)  # raises for an answer out of its vocabulary or out of place
+        assert list(answers) == [c.name for c in protocol.applicable(answers)]  # every applicable one, in order
 
 
 def test_spans_decode_to_group_text(protocol, tok):

@@ -24,7 +24,8 @@ from tests.support.tiny_model import train_tiny_model
 N_PROMPTS = 6
 
 
-@pytest.fixture(scope="module", params=["sd", "sdxl"])
+# SDXL is a slow case: SD keeps every paper measure in the fast suite, SDXL adds only its second text encoder
+@pytest.fixture(scope="module", params=["sd", pytest.param("sdxl", marks=pytest.mark.slow)])
 def evaluated(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"evaluation-{request.param}")
     store = Store(str(root / "store"))

@@ -143,6 +143,7 @@ def derangement(n: int, seed: int = 0) -> list[int]:
             return [int(i) for i in perm]
 
 
+@pytest.mark.slow  # end to end over rendered images; the scoring rule's edges are the unit tests above
 def test_renders_of_the_prompts_own_attributes_score_at_least_095(local_renders):
     from cosmicman.evaluation.semantic_accuracy import judge_semantic_accuracy
 
@@ -156,6 +157,7 @@ def test_renders_of_the_prompts_own_attributes_score_at_least_095(local_renders)
     assert record["prompt_set_version"] == prompt_set.version and record["n_prompts"] == N_PROMPTS
 
 
+@pytest.mark.slow  # end to end over rendered images; the scoring rule's edges are the unit tests above
 def test_shuffled_prompt_image_pairs_fall_to_chance(local_renders):
     from cosmicman.evaluation.questions import prompt_set_questions
     from cosmicman.evaluation.semantic_accuracy import judge_semantic_accuracy

@@ -196,7 +196,6 @@ def _filter_step_tags(env: str) -> tuple[dg.Definitions, dict]:
 
 
 def test_k8s_filter_steps_ask_for_a_gpu_and_local_ones_do_not(monkeypatch):
-    pytest.importorskip("dagster_k8s")
     from tests.support.deployed_env import K8S_REQUIRED
 
     for name, value in K8S_REQUIRED.items():

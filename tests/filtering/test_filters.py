@@ -52,6 +52,7 @@ def test_fake_head_accuracy_and_roundtrip(fake_head):
         assert abs(float(again.prob(x)[0]) - float(head.prob(x)[0])) < 1e-6
 
 
+@pytest.mark.slow  # a detector-quality figure; each rule's edge is in test_chain_rules.py and test_face_rule.py
 def test_detector_precision_recall():
     """30 one-person renders, 20 empty scenes, 20 two-person renders (seed 202, none used for tuning)."""
     w = SyntheticWorld(seed=202)

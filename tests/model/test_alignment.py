@@ -66,6 +66,7 @@ def test_mask_mass_share_by_hand():
         mask_mass_share({}, masks, spans)
 
 
+@pytest.mark.slow  # a training run; HOLA's terms and gradient are pinned in test_hola.py
 def test_hola_training_raises_attention_mass_in_masks(tmp_path):
     """Same seed, data and step budget; beta=0 (noise only) vs beta=1 (HOLA, paper reduction); the trainer
     measures the share on the first 3 batches of the shards in file order, recorded in training_run.json.

@@ -8,8 +8,6 @@ import pytest
 
 from tests.model.test_train import write_shards
 
-deepspeed = pytest.importorskip("deepspeed")
-
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 

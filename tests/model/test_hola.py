@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cosmicman.model.hola import hola_loss, hola_loss_reference, resize_masks, span_weights
+from cosmicman.model.hola import hola_loss, resize_masks, span_weights
+from tests.support.hola_reference import hola_loss_reference
 
 
 def toy():

@@ -5,7 +5,8 @@ import torch
 
 from cosmicman.model.attention import HolaContext, install_capture, map_hw_for
 from cosmicman.model.components import build_tiny_components
-from cosmicman.model.hola import hola_loss, hola_loss_reference, span_token_columns
+from cosmicman.model.hola import hola_loss, span_token_columns
+from tests.support.hola_reference import hola_loss_reference
 
 SPANS = torch.tensor(
     [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import time
 
 import cv2
 import numpy as np
@@ -351,13 +350,7 @@ def test_negative_cases_have_their_shape(world):
         assert sf.n_people == 1 and sf.face_bbox[3] - sf.face_bbox[1] < 48
 
 
-def test_case_mix_and_speed(world):
+def test_case_mix(world):
     cases = [world.case_of(i) for i in range(2000)]
     frac_neg = 1 - cases.count("kept") / len(cases)
     assert 0.25 < frac_neg < 0.35 and set(cases) == set(CASES)
-    t = time.perf_counter()
-    for i in range(20):
-        world.sample(100 + i, "kept")
-    ms = (time.perf_counter() - t) / 20 * 1000
-    print(f"render+encode: {ms:.1f} ms / 320x640 image")
-    assert ms < 150  # ~40 ms on an idle core; generous for a shared 2-core machine

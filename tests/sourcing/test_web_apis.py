@@ -2,11 +2,12 @@ import logging
 import os
 import time
 import traceback
+from typing import Any
 
 import pytest
 
 from cosmicman.core.store import Store
-from cosmicman.sourcing.api_client import ApiError, ApiKeyRejected, WebApiClient
+from cosmicman.sourcing.api_client import ApiError, ApiKeyRejected, ApiResponse, WebApiClient
 from cosmicman.sourcing.api_source import ApiSource
 from cosmicman.sourcing.flickr import FlickrClient
 from cosmicman.sourcing.pixabay import PixabayClient
@@ -174,13 +175,28 @@ def test_a_refusal_for_the_rate_limit_is_read_as_rate_limited(api, status, serve
     assert (caught.value.reason, caught.value.remaining, fake.requests[-1].status) == ("rate_limited", 0, status)
 
 
-def test_a_slow_answer_times_out_and_is_retried(server, make_client, clock, store):
+def test_a_slow_answer_times_out_and_is_retried(server, make_client, clock, store, monkeypatch):
     server.unsplash.inject("slow", page=1, delay_s=1.0)
-    source = source_for(make_client("unsplash", timeout_s=0.2), clock, terms=TERMS[:1])
-    started = time.monotonic()
+    client = make_client("unsplash", timeout_s=0.2)
+    failures: list[str] = []
+    real_get = client.get
+
+    def get(*args: Any) -> ApiResponse:
+        try:
+            return real_get(*args)
+        except ApiError as error:
+            failures.append(error.reason)
+            raise
+
+    monkeypatch.setattr(client, "get", get)
+    source = source_for(client, clock, terms=TERMS[:1])
     items = source.plan(0, 10, store)
-    assert (len(items), source.last_report.retries, source.last_report.queries) == (10, 1, 2)
-    assert time.monotonic() - started < 1.0
+    report = source.last_report
+    assert (len(items), report.retries, report.queries) == (10, 1, 2)
+    assert failures == ["timeout"]  # the first try gave up at the client's timeout; waited for, it would pass
+    # the one wait, the backoff before the retry, went through the injected sleep: within its first step
+    # (backoff_base_s 0.01) and all that the report counts as waited
+    assert len(clock.slept) == 1 and 0.0 <= clock.slept[0] <= 0.01 and report.waited_s == clock.slept[0]
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -11,8 +11,8 @@ Faults live in the URL path so a plain url column (a parquet, a list of pairs) c
 - ``/chunked/<name>``: the image in chunked transfer encoding, so without a Content-Length.
 - ``/redirect/<hops>/<name>``: a chain of <hops> 302 redirects ending at ``/img/<name>``.
 - ``/drop/<name>``: closes the connection without answering.
-- ``GET /stats``: request counts (total, per route, per path), the most requests handled at once, and the
-  arrival times of ``/status`` requests; ``POST /stats/reset`` clears them.
+- ``GET /stats``: request counts (total, per route, per path) and the most requests handled at once;
+  ``POST /stats/reset`` clears them.
 
 Run ``python -m tests.support.image_server --root DIR --port P``; it prints ``serving http://127.0.0.1:P`` when ready
 and exits by itself after ``--idle-exit`` seconds without a request.
@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -42,17 +42,15 @@ CHUNK_BYTES = 16384
 
 
 class RequestStats:
-    """What the server saw: the fetch tests read it to prove request counts, pacing and concurrency."""
+    """What the server saw: the fetch tests read it to prove request counts and concurrency."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.started = time.monotonic()
         self.total = 0
         self.by_route: Counter[str] = Counter()
         self.by_path: Counter[str] = Counter()
-        self.status_times: defaultdict[str, list[float]] = defaultdict(list)
         self.in_flight = 0
         self.max_concurrent = 0
 
@@ -63,7 +61,6 @@ class RequestStats:
             "by_path": dict(self.by_path),
             "max_concurrent": self.max_concurrent,
             "in_flight": self.in_flight,
-            "status_times": dict(self.status_times),
         }
 
 
@@ -117,7 +114,6 @@ def make_app(files: dict[str, bytes], idle: IdleTimer) -> web.Application:
 
     async def status(request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        stats.status_times[key].append(round(time.monotonic() - stats.started, 4))
         status_counts[key] += 1
         if status_counts[key] <= int(request.query.get("times", ALWAYS)):
             headers = {"Retry-After": request.query["retry_after"]} if "retry_after" in request.query else {}

@@ -21,6 +21,7 @@ from cosmicman.model.distributed import DistEnv, load_deepspeed_config
 from cosmicman.model.hola import hola_loss, span_token_columns
 from cosmicman.model.train.config import TrainConfig
 from cosmicman.model.train.ema import EMA
+from cosmicman.model.train.noising import caption_dropped, min_snr_weights, offset_noise
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,17 +50,6 @@ def build_components(cfg: TrainConfig) -> Components:
     # the choice is recorded in the UNet config and survives save / load_unet_with_activation.
     apply_activation(comps.unet, ActivationConfig(cfg.act_fn, cfg.ff_act_fn))
     return comps
-
-
-def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights per timestep (Hang et al. 2023): ``min(SNR, gamma) / SNR`` for epsilon
-    prediction, ``min(SNR, gamma) / (SNR + 1)`` for v-prediction (its target's scale differs by SNR + 1)."""
-    clamped = torch.clamp(snr, max=gamma)
-    if prediction_type == "epsilon":
-        return clamped / snr
-    if prediction_type == "v_prediction":
-        return clamped / (snr + 1.0)
-    raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
 
 
 class DaringTrainer:
@@ -236,16 +226,10 @@ class DaringTrainer:
         cfg = self.cfg
         latents, cond = self.encode(batch)
         B = latents.shape[0]
-        dropped = False
-        if cfg.caption_dropout > 0:  # per micro-batch, as released: empty prompt, no HOLA
-            dropped = bool(torch.rand((), generator=self.cpu_gen) < cfg.caption_dropout)
-            if dropped and self.empty_cond is not None:  # set whenever caption_dropout > 0
-                cond = self.empty_cond.expand(B)
-        noise = torch.randn(latents.shape, generator=self.gen, device=self.device, dtype=latents.dtype)
-        if cfg.noise_offset > 0:
-            noise = noise + cfg.noise_offset * torch.randn(
-                (B, latents.shape[1], 1, 1), generator=self.gen, device=self.device, dtype=latents.dtype
-            )
+        dropped = caption_dropped(cfg.caption_dropout, self.cpu_gen)  # empty prompt and no HOLA, as released
+        if dropped and self.empty_cond is not None:  # set whenever caption_dropout > 0
+            cond = self.empty_cond.expand(B)
+        noise = offset_noise(latents.shape, cfg.noise_offset, self.gen, latents.dtype)
         # diffusers annotates timesteps as IntTensor; they are int64, as its own training scripts draw them
         t = cast(torch.IntTensor, torch.randint(0, self.n_t, (B,), generator=self.gen, device=self.device).long())
         sched = self.comps.scheduler
