@@ -17,6 +17,7 @@ import dagster as dg
 from cosmicman.assets import (
     annotation,
     annotation_checks,
+    captions,
     datasets,
     datasets_checks,
     evaluation,
@@ -64,7 +65,9 @@ def build_definitions(
 ) -> dg.Definitions:
     """The code location over ``resources``; ``variants`` narrows the training partitions (default: all)."""
     assets = [
-        *dg.load_assets_from_modules([sourcing, filtering, parsing, annotation, datasets, training, evaluation]),
+        *dg.load_assets_from_modules(
+            [sourcing, filtering, parsing, annotation, captions, datasets, training, evaluation]
+        ),
         filtering.build_filtered_images(filter_step_tags),
     ]
     # a check's partitions are its asset's: the training checks follow the (possibly narrowed) variants

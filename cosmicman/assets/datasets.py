@@ -1,7 +1,5 @@
-"""Daring's captions of the annotated pool, and CosmicMan-HQ: immutable dataset versions built from the
-captioned, parsed, annotated pool."""
+"""CosmicMan-HQ: immutable dataset versions built from the captioned, parsed, annotated pool."""
 
-import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -12,12 +10,10 @@ import polars as pl
 
 from cosmicman.assets.automation import on_newly_annotated_images
 from cosmicman.assets.common import content_digest
-from cosmicman.assets.metadata import counts_table, frame_table, location, table, tidy, tidy_metadata
+from cosmicman.assets.metadata import counts_table, location, table, tidy, tidy_metadata
 from cosmicman.core.keys import LATEST_DATASET_KEY, dataset_version_prefix, table_key, table_prefix
 from cosmicman.core.masks import read_mask
 from cosmicman.core.store import Store
-from cosmicman.core.tokenizer import load_clip_tokenizer
-from cosmicman.datasets.captions import build_caption
 from cosmicman.datasets.diff import diff_versions
 from cosmicman.datasets.layout import DATACARD, list_versions, next_version_name, read_manifest, read_stats
 from cosmicman.datasets.lineage import dataset_lineage
@@ -170,40 +166,4 @@ def _changes(changes: Mapping[str, Any] | None) -> dg.MetadataValue:
             for k in ("added", "removed", "relabelled", "unchanged")
         ],
         columns=["against", "change", "samples"],
-    )
-
-
-@dg.asset(deps=["annotations"], kinds={"python", "parquet"}, group_name="datasets", code_version="1")
-def captions(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    """Daring's discretized captions: groups, token spans in the CLIP prompt, and their ATR labels."""
-    store = object_store.store()
-    ann = store.read_table(table_key("annotations"))
-    tokenizer = load_clip_tokenizer()
-    rows = []
-    for sha, attrs in ann.select("sha256", "attributes").iter_rows():
-        seed = int.from_bytes(hashlib.sha256(sha.encode()).digest()[:8], "little")
-        cap = build_caption(json.loads(attrs), tokenizer=tokenizer, rng=seed)
-        rows.append(
-            {
-                "sha256": sha,
-                "caption": cap.text,
-                "groups": json.dumps(cap.to_json(), sort_keys=True),
-                "n_groups": len(cap.groups),
-                "n_spans": sum(g.span is not None for g in cap.groups),
-                "n_tokens": len(tokenizer(cap.text)["input_ids"]),
-            }
-        )
-    df = pl.DataFrame(rows)
-    store.write_table(table_key("captions"), df)
-    return dg.MaterializeResult(
-        metadata=tidy_metadata(
-            {
-                "captions": len(df),
-                "mean_groups": float(df["n_groups"].cast(pl.Float64).sum()) / max(len(df), 1),
-                "mean_tokens": float(df["n_tokens"].cast(pl.Float64).sum()) / max(len(df), 1),
-                "groups_without_span": int((df["n_groups"] - df["n_spans"]).sum()),
-                "examples": frame_table(df.select("caption"), limit=8),  # one column: the page is narrow
-            }
-        ),
-        data_version=dg.DataVersion(content_digest(f"{s}|{g}" for s, g in df.select("sha256", "groups").iter_rows())),
     )

@@ -21,8 +21,9 @@ from cosmicman.assets.annotation import (
     human_labels,
     labelling_tasks,
 )
+from cosmicman.assets.captions import captions
 from cosmicman.assets.common import sourcing_batches
-from cosmicman.assets.datasets import captions, cosmicman_hq
+from cosmicman.assets.datasets import cosmicman_hq
 from cosmicman.assets.evaluation import ablation_table, test_prompts
 from cosmicman.assets.filtering import build_filtered_images, fake_person_classifier
 from cosmicman.assets.metadata import counts_table, location, rounded, table, tidy, tidy_metadata
