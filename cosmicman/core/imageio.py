@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,6 +87,7 @@ class DecodedImage:
     image: Image.Image  # 8-bit RGB, EXIF orientation applied; a YCbCr JPEG in the mode asked of decode_normalized
     format: str  # Pillow's format name of the bytes ("JPEG", "PNG", ...)
     normalizations: list[str]  # what was done to reach 8-bit RGB, in order
+    size: tuple[int, int]  # (width, height) of the whole image after orientation; ``image`` may be DCT-reduced
 
 
 @dataclass(frozen=True)
@@ -234,15 +236,25 @@ def _is_ycbcr_jpeg(img: Image.Image) -> bool:
     return [layer[0] for layer in img.layer] != [ord("R"), ord("G"), ord("B")]
 
 
+def dct_reduction(width: int, height: int, min_side: int) -> int:
+    """The largest of libjpeg's DCT reductions (8, 4, 2, 1) that leaves both sides at least ``min_side``."""
+    return next(f for f in (8, 4, 2, 1) if min(width, height) >= f * min_side or f == 1)
+
+
 def decode_normalized(
-    data: bytes, max_pixels: int = MAX_PIXELS, ycbcr_jpeg_as: Literal["RGB", "L", "YCbCr"] = "RGB"
+    data: bytes,
+    max_pixels: int = MAX_PIXELS,
+    ycbcr_jpeg_as: Literal["RGB", "L", "YCbCr"] = "RGB",
+    reduction: Callable[[int, int], int] | None = None,
 ) -> DecodedImage:
     """Decode fully to 8-bit RGB with EXIF orientation applied, reporting each normalization; or raise
     ImageDecodeError with a reason code. Never raises anything else: Pillow's plugins answer hostile
     input with many exception types, and every one of them means "rejected".
 
     ``ycbcr_jpeg_as``: what a YCbCr JPEG is decoded to: "L" is libjpeg's own Y plane, "YCbCr" its planes as stored
-    (chroma upsampled); every coefficient is entropy-decoded either way, so the verdict is the RGB decode's."""
+    (chroma upsampled); every coefficient is entropy-decoded either way, so the verdict is the RGB decode's.
+    ``reduction``: (width, height) -> 1, 2, 4 or 8: a YCbCr JPEG decoded to "L" or "YCbCr" comes out reduced by that
+    factor, by libjpeg's scaled inverse DCT (every coefficient is still entropy-decoded, only fewer pixels made)."""
     if not data:
         raise ImageDecodeError(EMPTY, "zero bytes")
     fmt = signature_format(data) or "?"  # for the message when Pillow cannot even read the header
@@ -268,17 +280,23 @@ def decode_normalized(
             elif getattr(img, "is_animated", False):
                 raise ImageDecodeError(ANIMATED, f"{fmt} with {getattr(img, 'n_frames', '>1')} frames")
             drafted = ycbcr_jpeg_as != "RGB" and _is_ycbcr_jpeg(img)
+            width, height = img.size
             if drafted:
-                img.draft(ycbcr_jpeg_as, None)  # before load: libjpeg's output colour space, at full size
+                # before load: libjpeg's output colour space, at full size or DCT-reduced
+                factor = reduction(width, height) if reduction else 1
+                # Pillow's draft takes the largest factor (of 8, 4, 2, 1) at most min(width // w, height // h)
+                img.draft(ycbcr_jpeg_as, (width // factor, height // factor) if factor > 1 else None)
             img.load()
             orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
             if orientation in range(2, 9):
                 ImageOps.exif_transpose(img, in_place=True)
                 normalizations.append(EXIF_ROTATED)
+                if orientation in range(5, 9):  # the transposing ones
+                    width, height = height, width
             if drafted:
-                return DecodedImage(img, _OPENED_AS.get(fmt, fmt), normalizations)
+                return DecodedImage(img, _OPENED_AS.get(fmt, fmt), normalizations, (width, height))
             rgb = _to_8bit_rgb(img, _OPENED_AS.get(fmt, fmt), data, normalizations)
-            return DecodedImage(rgb, _OPENED_AS.get(fmt, fmt), normalizations)
+            return DecodedImage(rgb, _OPENED_AS.get(fmt, fmt), normalizations, (width, height))
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -313,30 +331,50 @@ def image_format_ext(data: bytes) -> str:
 # - "luma": the same DCT hash on 32x32 pixels of the image's luma, from Pillow's resize with reducing_gap 3 (an
 #   integer box reduce to at least 3x the target, then LANCZOS). The luma of a YCbCr JPEG is the decoder's own Y
 #   plane, so check_image decodes no chroma pixels for it; of every other image, Pillow's convert("L") of the
-#   normalized RGB (the same bits libjpeg gives for an RGB JPEG). A check of a YCbCr JPEG, hash and sha256
-#   included, then costs what a bare RGB decode does (1.73 against 1.70 ms on the benchmark's 831x622 photos; 2.44
-#   under the RGB decode and a hash of its luma, 4.04 under "full"). Measured on 200 of those photos: 67 % hash as
-#   under "full", 32 % 2 bits away, 1 % 4 bits, so the two never mix in one pool; against half-size JPEG q70
-#   copies every photo stays within 4 bits under both (the near-duplicate radius of 4 finds them alike).
-PHASH_SCHEMES = ("full", "luma")
-DEFAULT_PHASH_SCHEME = "luma"  # what a new pool uses
+#   normalized RGB (the same bits libjpeg gives for an RGB JPEG). Measured on 200 of the benchmark's photos: 67 %
+#   hash as under "full", 32 % 2 bits away, 1 % 4 bits, so the two never mix in one pool.
+# - "luma-dct": "luma" of the luma first reduced by ``dct_reduction(width, height, 64)`` (8 for any image of 512
+#   pixels a side or more). A YCbCr JPEG's reduced luma is libjpeg's scaled inverse DCT of the Y plane (an 8x
+#   reduction is each block's DC term: the block's mean), so check_image reconstructs 1/64 of the luma pixels while
+#   still entropy-decoding every coefficient; every other image's is Pillow's box ``reduce`` of its convert("L").
+#   The hash only ever sees 32x32 pixels, so nothing it uses is lost: against half-size JPEG q70 copies of the
+#   benchmark's photos it keeps within the near-duplicate radius as "luma" does (tests/core/test_phash_schemes.py).
+#   The check of a YCbCr JPEG, sha256 and hash included, costs about 0.7 of a bare RGB decode.
+PHASH_SCHEMES = ("full", "luma", "luma-dct")
+DEFAULT_PHASH_SCHEME = "luma-dct"  # what a new pool uses
 PHASH_REDUCING_GAP = 3.0
 _PHASH_SIDE = 32  # imagehash.phash's hash_size 8 x highfreq_factor 4
+DCT_HASH_SIDE = 128  # "luma-dct" reduces the luma while both its sides stay at least this
 
 
-def perceptual_hash(img: Image.Image, scheme: str = DEFAULT_PHASH_SCHEME) -> str:
-    """The 64-bit DCT hash of ``img`` (16 hex digits) under ``scheme`` (see PHASH_SCHEMES). For "luma", an "L"
-    image is the luma itself and a "YCbCr" one gives its Y plane; a JPEG's hash as the pool has it is
-    ``check_image``'s, from the decoder's Y plane, not this of its RGB decode."""
-    if scheme == "full":
-        return str(imagehash.phash(img))
-    if scheme != "luma":
-        raise ValueError(f"unknown phash scheme {scheme!r}; the schemes are {', '.join(PHASH_SCHEMES)}")
-    luma = img if img.mode == "L" else img.getchannel("Y") if img.mode == "YCbCr" else img.convert("L")
+def hash_reduction(width: int, height: int) -> int:
+    """How far "luma-dct" reduces an image's luma before hashing it."""
+    return dct_reduction(width, height, DCT_HASH_SIDE)
+
+
+def _luma(img: Image.Image) -> Image.Image:
+    return img if img.mode == "L" else img.getchannel("Y") if img.mode == "YCbCr" else img.convert("L")
+
+
+def _hash_of_luma(luma: Image.Image) -> str:
     gray = luma.resize((_PHASH_SIDE, _PHASH_SIDE), Image.Resampling.LANCZOS, reducing_gap=PHASH_REDUCING_GAP)
     # imagehash.phash's own steps on those 32x32 pixels: 2-D DCT-II, the 8x8 lowest frequencies against their median
     dct = scipy.fft.dct(scipy.fft.dct(np.asarray(gray, dtype=np.float64), axis=0), axis=1)[:8, :8]
     return str(imagehash.ImageHash(dct > np.median(dct)))
+
+
+def perceptual_hash(img: Image.Image, scheme: str = DEFAULT_PHASH_SCHEME) -> str:
+    """The 64-bit DCT hash of ``img`` (16 hex digits) under ``scheme`` (see PHASH_SCHEMES), ``img`` at its full
+    size. For "luma" and "luma-dct", an "L" image is the luma itself and a "YCbCr" one gives its Y plane; a JPEG's
+    hash as the pool has it is ``check_image``'s, from the decoder's Y plane, not this of its RGB decode."""
+    if scheme == "full":
+        return str(imagehash.phash(img))
+    if scheme not in PHASH_SCHEMES:
+        raise ValueError(f"unknown phash scheme {scheme!r}; the schemes are {', '.join(PHASH_SCHEMES)}")
+    luma = _luma(img)
+    if scheme == "luma-dct":
+        luma = luma.reduce(hash_reduction(luma.width, luma.height))
+    return _hash_of_luma(luma)
 
 
 def keep_ratio_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -346,16 +384,14 @@ def keep_ratio_size(width: int, height: int, short_side: int) -> tuple[int, int]
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _resized_jpeg(img: Image.Image, short_side: int) -> tuple[bytes, int, int]:
-    width, height = keep_ratio_size(img.width, img.height, short_side)
+def _resized_jpeg(img: Image.Image, size: tuple[int, int]) -> bytes:
     # BOX is pixel-area averaging, img2dataset's default downscale interpolation (OpenCV's INTER_AREA). A JPEG
     # decoded as YCbCr is averaged and re-encoded in YCbCr: the average commutes with the affine colour conversion
     # (up to rounding), the encoder would convert RGB back to YCbCr, and Pillow's YCbCr -> RGB costs as much as the
-    # resize and the encode together.
-    resized = img.resize((width, height), Image.Resampling.BOX)
+    # resize and the encode together. ``img`` may be DCT-reduced already; ``size`` is from the whole image.
     buf = io.BytesIO()
-    resized.save(buf, format="JPEG", quality=RESIZE_JPEG_QUALITY)
-    return buf.getvalue(), width, height
+    img.resize(size, Image.Resampling.BOX).save(buf, format="JPEG", quality=RESIZE_JPEG_QUALITY)
+    return buf.getvalue()
 
 
 def check_image(
@@ -377,14 +413,26 @@ def check_image(
     ``phash_scheme``: the pool's (PHASH_SCHEMES).
     """
     sha256 = sha256_hex(data)
+    dct = phash_scheme == "luma-dct"
     ycbcr_jpeg_as: Literal["RGB", "L", "YCbCr"] = (
-        "RGB" if phash_scheme == "full" else "L" if resize_to is None else "YCbCr"
+        "RGB" if phash_scheme == "full" else "L" if resize_to is None or dct else "YCbCr"
     )
     try:
-        decoded = decode_normalized(data, ycbcr_jpeg_as=ycbcr_jpeg_as)
+        decoded = decode_normalized(data, ycbcr_jpeg_as=ycbcr_jpeg_as, reduction=hash_reduction if dct else None)
+        img, (width, height) = decoded.image, decoded.size
+        # a DCT-reduced decode is hashed as it is; a whole image as the scheme says
+        phash = _hash_of_luma(_luma(img)) if img.size != decoded.size else perceptual_hash(img, phash_scheme)
+        stored_bytes = None
+        if resize_to is not None and min(width, height) > resize_to:
+            target = keep_ratio_size(width, height, resize_to)
+            if img.mode == "L" and dct:  # a YCbCr JPEG's luma: decode its pixels, reduced as far as the target allows
+                img = decode_normalized(
+                    data, ycbcr_jpeg_as="YCbCr", reduction=lambda w, h: dct_reduction(w, h, resize_to)
+                ).image
+            stored_bytes = _resized_jpeg(img, target)
     except ImageDecodeError as exc:
         return CheckedImage(sha256, image_format_ext(data), 0, 0, None, exc.reason, exc.detail, None)
-    img, ext, normalizations = decoded.image, FORMAT_EXTENSIONS[decoded.format], decoded.normalizations
+    ext, normalizations = FORMAT_EXTENSIONS[decoded.format], decoded.normalizations
     if claimed_ext is not None:
         claimed = claimed_ext.lower().lstrip(".")
         if (
@@ -393,12 +441,9 @@ def check_image(
             and not (ext == "tif" and claimed == "tiff")
         ):
             normalizations.append(f"{WRONG_EXTENSION}:{claimed}->{ext}")
-    phash = perceptual_hash(img, phash_scheme)
-    width, height, stored_bytes = img.width, img.height, None
-    if resize_to is not None and min(width, height) > resize_to:
-        stored_bytes, width, height = _resized_jpeg(img, resize_to)
-        normalizations.append(f"{RESIZED}:{img.width}x{img.height}->{width}x{height}")
-        ext = "jpg"
+    if stored_bytes is not None:
+        normalizations.append(f"{RESIZED}:{width}x{height}->{target[0]}x{target[1]}")
+        width, height, ext = *target, "jpg"
     return CheckedImage(sha256, ext, width, height, phash, None, ",".join(normalizations), stored_bytes)
 
 

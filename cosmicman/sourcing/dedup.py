@@ -15,7 +15,7 @@ Near-duplicates: phash Hamming distance <= ``max_distance``. Multi-index hashing
 band, so each band is a sorted array searched with ``searchsorted``, and only those candidates are
 compared bit by bit.
 
-Every hash of a pool is made the same way: the pool's perceptual-hash scheme (``core/imageio.py``: "luma" for a
+Every hash of a pool is made the same way: the pool's perceptual-hash scheme (``core/imageio.py``: "luma-dct" for a
 new pool) is recorded beside its first segment (``pool/index/phash_scheme.json``) and every later batch hashes
 with it. A pool whose segments predate that record was hashed with "full", and keeps it. A record naming a scheme
 this version does not make (one from an unreleased version, say) stops the batch: its hashes compare with none.

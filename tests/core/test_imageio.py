@@ -54,6 +54,22 @@ def luma_phash(data: bytes) -> str:
     return str(imagehash.phash(luma_plane(data).resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=3.0)))
 
 
+def dct_luma(data: bytes) -> Image.Image:
+    """An image's luma as the "luma-dct" scheme defines it, by Pillow alone: a (JFIF, so YCbCr) JPEG's Y plane at
+    libjpeg's DCT reduction, upright; any other image's convert("L"), box-reduced by the same factor."""
+    img = Image.open(io.BytesIO(data))
+    factor = imageio.hash_reduction(img.width, img.height)
+    if img.format in ("JPEG", "MPO") and img.mode == "RGB" and "jfif" in img.info:
+        img.draft("L", (img.width // factor, img.height // factor) if factor > 1 else None)
+        return ImageOps.exif_transpose(img)
+    return decode_image(data).convert("L").reduce(factor)
+
+
+def dct_phash(data: bytes) -> str:
+    """The "luma-dct" scheme (the default) by imagehash itself, on the reduced luma."""
+    return str(imagehash.phash(dct_luma(data).resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=3.0)))
+
+
 def bits_apart(a: str, b: str) -> int:
     return imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b)
 
@@ -94,7 +110,7 @@ def test_each_hostile_file_gets_its_outcome(hostile: HostileFile):
     assert checked.detail.split(",") == list(hostile.normalizations) if hostile.normalizations else checked.detail == ""
     img = decode_image(hostile.data)
     assert img.mode == "RGB" and img.size == hostile.size
-    assert checked.phash == luma_phash(hostile.data)
+    assert checked.phash == dct_phash(hostile.data)
 
 
 def test_normalized_pixels_are_right():
@@ -208,7 +224,7 @@ def test_resize_to_downscales_the_smaller_side_and_stores_a_jpeg():
     assert (checked.width, checked.height, checked.ext, checked.reason) == (683, 512, "jpg", None)
     assert checked.detail == "resized:800x600->683x512"
     assert checked.sha256 == imageio.sha256_hex(data)  # the download's identity, not the re-encode's
-    assert checked.phash == luma_phash(data) == check_image(data).phash  # hashed before the resize
+    assert checked.phash == dct_phash(data) == check_image(data).phash  # hashed before the resize
     stored = Image.open(io.BytesIO(checked.stored_bytes))
     assert (stored.format, stored.size, stored.mode) == ("JPEG", (683, 512), "RGB")
     reference = np.asarray(photo(800, 600, seed=7).resize((683, 512), Image.Resampling.BOX), dtype=np.int16)
@@ -242,11 +258,16 @@ def test_each_phash_scheme_is_imagehash_on_its_own_32x32_pixels():
     data = encoded(photo(900, 600, seed=3), "JPEG", quality=90)
     img = decode_image(data)
     assert perceptual_hash(img, "full") == str(imagehash.phash(img)) == check_image(data, phash_scheme="full").phash
-    assert check_image(data).phash == luma_phash(data)  # the default: "luma", of the decoder's Y plane
-    assert perceptual_hash(luma_plane(data), "luma") == luma_phash(data) == perceptual_hash(luma_plane(data))
+    assert check_image(data, phash_scheme="luma").phash == luma_phash(data)  # of the decoder's Y plane
+    assert perceptual_hash(luma_plane(data), "luma") == luma_phash(data)
+    # the default, "luma-dct": of the decoder's Y plane at 1/4 scale (600 px a side is under 8 x 128)
+    assert imageio.hash_reduction(900, 600) == 4 and dct_luma(data).size == (225, 150)
+    assert check_image(data).phash == dct_phash(data)
     png = encoded(img, "PNG")
-    assert perceptual_hash(img, "luma") == luma_phash(png) == check_image(png).phash  # convert("L") of the RGB
-    with pytest.raises(ValueError, match="the schemes are full, luma"):
+    assert perceptual_hash(img, "luma") == luma_phash(png) == check_image(png, phash_scheme="luma").phash
+    # convert("L") of the RGB, box-reduced
+    assert perceptual_hash(img, "luma-dct") == dct_phash(png) == check_image(png).phash == perceptual_hash(img)
+    with pytest.raises(ValueError, match="the schemes are full, luma, luma-dct"):
         perceptual_hash(img, "reduced")
 
 
@@ -262,9 +283,10 @@ def test_a_jpeg_hashes_the_same_bits_with_and_without_a_resize():
         "grayscale": encoded(source.convert("L"), "JPEG", quality=90),
     }
     for name, data in cases.items():
-        plain, resized = check_image(data), check_image(data, resize_to=512)
-        assert plain.reason is None and resized.reason is None and resized.stored_bytes is not None, name
-        assert plain.phash == resized.phash == luma_phash(data), name
+        for scheme, reference_hash in (("luma", luma_phash), ("luma-dct", dct_phash)):
+            plain, resized = check_image(data, phash_scheme=scheme), check_image(data, 512, phash_scheme=scheme)
+            assert plain.reason is None and resized.reason is None and resized.stored_bytes is not None, name
+            assert plain.phash == resized.phash == reference_hash(data), (name, scheme)
         stored = Image.open(io.BytesIO(resized.stored_bytes))
         assert (stored.format, stored.size) == ("JPEG", (resized.width, resized.height)), name
         upright = {"exif-rotated": source.transpose(Image.Transpose.ROTATE_270), "grayscale": source.convert("L")}
@@ -272,7 +294,8 @@ def test_a_jpeg_hashes_the_same_bits_with_and_without_a_resize():
         assert np.abs(np.asarray(stored, dtype=np.int16) - np.asarray(reference, dtype=np.int16)).mean() < 3, name
     # An RGB-colour-space JPEG's luma is libjpeg's from its RGB: the same bits as Pillow's convert("L").
     rgb_space = cases["rgb colour space"]
-    assert check_image(rgb_space).phash == perceptual_hash(decode_image(rgb_space), "luma")
+    assert check_image(rgb_space, phash_scheme="luma").phash == perceptual_hash(decode_image(rgb_space), "luma")
+    assert check_image(rgb_space).phash == perceptual_hash(decode_image(rgb_space), "luma-dct")
 
 
 def test_the_luma_decode_reports_what_the_rgb_decode_reports():
@@ -328,10 +351,24 @@ def test_the_luma_decode_still_finds_truncated_and_corrupt_scan_data():
     assert set(outcomes) == {None, imageio.TRUNCATED, imageio.CORRUPT}, outcomes
 
 
-def test_the_luma_hash_is_within_a_few_bits_of_the_full_hash():
+def test_the_luma_hashes_are_within_a_few_bits_of_the_full_hash():
     for seed in range(12):
         data = encoded(scene(seed), "JPEG", quality=90)
-        assert bits_apart(check_image(data).phash, check_image(data, phash_scheme="full").phash) <= 4, seed
+        full = check_image(data, phash_scheme="full").phash
+        assert bits_apart(check_image(data, phash_scheme="luma").phash, full) <= 4, seed
+        assert bits_apart(check_image(data).phash, full) <= 6, seed
+
+
+def test_the_dct_reduction_keeps_both_sides_at_least_128_pixels():
+    """libjpeg's scales are 1/8, 1/4, 1/2 and 1; "luma-dct" takes the smallest that leaves 128 pixels a side (so the
+    32x32 hash is still made from 4x its pixels), and Pillow's draft gives exactly that scale."""
+    assert imageio.DCT_HASH_SIDE == 128
+    edges = {1024: 8, 1023: 4, 512: 4, 511: 2, 256: 2, 255: 1, 64: 1}
+    for short, factor in edges.items():
+        assert imageio.hash_reduction(3000, short) == imageio.hash_reduction(short, 3000) == factor, short
+        data = encoded(photo(short + 8, short, seed=1), "JPEG", quality=80)
+        reduced = imageio.decode_normalized(data, ycbcr_jpeg_as="L", reduction=imageio.hash_reduction).image
+        assert reduced.size == (-(-(short + 8) // factor), -(-short // factor)), short
 
 
 def scene(seed: int, width: int = 960, height: int = 560) -> Image.Image:
@@ -348,7 +385,7 @@ def test_the_luma_scheme_finds_resized_recompressed_copies_within_the_radius():
     """The reason it may replace the full one: a half-size JPEG q70 copy stays within the ingest's near-duplicate
     radius (4 bits) under both schemes, while distinct frames stay far apart."""
     frames = [encoded(scene(s), "JPEG", quality=90) for s in range(12)]
-    for scheme in ("full", "luma"):
+    for scheme in ("full", "luma", "luma-dct"):
         hashes = [check_image(f, phash_scheme=scheme).phash for f in frames]
         for f, h in zip(frames, hashes):
             half = decode_image(f).resize((480, 280), Image.Resampling.BICUBIC)

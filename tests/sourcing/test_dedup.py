@@ -73,7 +73,7 @@ def test_segments_are_compacted_and_never_lost():
 
 def test_a_pool_keeps_the_phash_scheme_of_its_first_batch():
     new = Store(f"memory://dedup-{os.urandom(4).hex()}")
-    assert pool_phash_scheme(new) == "luma"  # a pool with no image takes the default
+    assert pool_phash_scheme(new) == "luma-dct"  # a pool with no image takes the default
     write_segment(new, "batch-00000", _stored(3, 1), "luma")
     write_segment(new, "batch-00001", _stored(3, 2), "full")  # a later batch cannot change it
     assert pool_phash_scheme(new) == "luma"
@@ -88,5 +88,5 @@ def test_a_pool_keeps_the_phash_scheme_of_its_first_batch():
         pool_phash_scheme(legacy)
     assert str(stale.value) == (
         f"{legacy.uri(POOL_PHASH_SCHEME_KEY)} names phash scheme 'reduced', which this version does not make;"
-        " the schemes are full, luma"
+        " the schemes are full, luma, luma-dct"
     )

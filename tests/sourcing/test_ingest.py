@@ -250,23 +250,27 @@ def test_sigkill_mid_batch_then_rerun_loses_nothing_and_duplicates_nothing(serve
 
 
 def test_a_pool_hashes_with_the_scheme_of_its_first_batch(server, tmp_path):
-    """A new pool records the fast phash scheme with its first batch; a pool indexed before the record existed
-    keeps imagehash's full phash, so that every hash a batch compares was made the same way."""
-    from cosmicman.core.imageio import check_image
+    """A new pool records the fast phash scheme with its first batch; a pool recorded under an earlier scheme keeps
+    it, and a pool indexed before the record existed keeps imagehash's full phash, so that every hash a batch
+    compares was made the same way."""
+    from cosmicman.core.imageio import PHASH_SCHEMES, check_image
     from cosmicman.core.keys import POOL_PHASH_SCHEME_KEY
 
-    for recorded, scheme in ((True, "luma"), (False, "full")):
+    for record, scheme in (("kept", "luma-dct"), ("luma", "luma"), ("deleted", "full")):
         store = Store(str(tmp_path / f"store-{scheme}"))
         first = run(store, "batch-00000", [server.url(f"img/p{i:03d}.jpg") for i in range(3)], tmp_path)
-        assert first.phash_scheme == "luma" and first.outcomes_per_s > 0
-        if not recorded:
+        assert first.phash_scheme == "luma-dct" and first.outcomes_per_s > 0
+        if record == "deleted":
             store.delete(POOL_PHASH_SCHEME_KEY)  # as a pool sourced before the record existed
-        # p009 is one whose two hashes differ (most of these smooth scenes hash alike under both)
-        second = run(store, "batch-00001", [server.url(f"img/p{i:03d}.jpg") for i in (3, 4, 9)], tmp_path)
+        elif record == "luma":
+            store.write_json(POOL_PHASH_SCHEME_KEY, {"scheme": "luma"})  # as a pool sourced by the last release
+        # p005 and p009 are ones whose hashes differ (most of these smooth scenes hash alike under every scheme)
+        second = run(store, "batch-00001", [server.url(f"img/p{i:03d}.jpg") for i in (4, 5, 9)], tmp_path)
         assert second.phash_scheme == scheme
         blobs = [store.read_bytes(key) for key in second.raw["blob_key"]]
-        hashes = {s: {check_image(blob, phash_scheme=s).phash for blob in blobs} for s in ("luma", "full")}
-        assert set(second.raw["phash"]) == hashes[scheme] != hashes[{"luma": "full", "full": "luma"}[scheme]]
+        hashes = {s: {check_image(blob, phash_scheme=s).phash for blob in blobs} for s in PHASH_SCHEMES}
+        assert set(second.raw["phash"]) == hashes[scheme]
+        assert all(hashes[scheme] != hashes[other] for other in PHASH_SCHEMES if other != scheme)
 
 
 def test_the_cli_says_a_missing_url_list_or_a_bad_batch_name_in_one_line(tmp_path, capsys):
@@ -292,6 +296,6 @@ def test_the_cli_says_a_pool_with_a_stale_phash_scheme_in_one_line_before_stagin
     assert main(["--parquet", parquet, "--store", str(tmp_path / "store"), "--limit", "5"]) == 2
     assert capsys.readouterr().err == (
         f"error: {store.uri(POOL_PHASH_SCHEME_KEY)} names phash scheme 'reduced', which this version does not make;"
-        " the schemes are full, luma\n"
+        " the schemes are full, luma, luma-dct\n"
     )
     assert store.list(sourcing_staging_prefix("batch-00000")) == []
