@@ -14,7 +14,7 @@ from cosmicman.assets.metadata import table, tidy_metadata
 from cosmicman.assets.plots import line_chart
 from cosmicman.core.keys import LATENT_CACHE_PREFIX, LATEST_DATASET_KEY, model_prefix, training_run_key
 from cosmicman.core.store import Store
-from cosmicman.datasets.layout import shard_urls
+from cosmicman.datasets.layout import excluded_samples, shard_urls
 from cosmicman.datasets.lineage import model_lineage
 from cosmicman.model.run_record import summary
 from cosmicman.model.train.config import TrainConfig
@@ -29,8 +29,13 @@ training_variants = dg.StaticPartitionsDefinition(list(VARIANTS))
 
 def model_name(data_version: str, config: TrainConfig) -> str:
     """Models are keyed by their dataset version and training config: same inputs, same model folder."""
-    # locations are not identity: where the output and the latent cache live does not change the model
-    identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("shards", "output_url", "cache_url")}
+    # locations are not identity: where the output and the latent cache live does not change the model; the
+    # shards, the samples they hold outside the version and its name follow from the version the name starts with
+    identity = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k not in ("shards", "excluded_samples", "dataset_version", "output_url", "cache_url")
+    }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     return f"{data_version}-{digest}"
 
@@ -44,6 +49,14 @@ def _lineage(store, key: str) -> dg.MetadataValue:
 AVERAGED = ("loss_first", "loss_last", "noise_loss_last", "hola_loss_last", "attention_in_mask")
 # the model's name is its output_url's last segment: no column of its own, so the table stays narrow
 MODEL_COLUMNS = ["seed", "loss_last", "attention_in_mask", "reused", "output_url"]
+
+
+@dataclass(frozen=True)
+class VersionData:
+    """What a run trains on: the version's (shared) shards, and the samples they hold that it does not."""
+
+    shards: list[str]
+    excluded_samples: list[str]
 
 
 @dataclass(frozen=True)
@@ -83,10 +96,13 @@ def daring_unet(
     if not store.exists(LATEST_DATASET_KEY):
         raise dg.Failure("no CosmicMan-HQ version yet: materialize cosmicman_hq first")
     version = store.read_json(LATEST_DATASET_KEY)["version"]
-    shards = shard_urls(store.url, version, store.storage_options)
+    data = VersionData(
+        shard_urls(store.url, version, store.storage_options),
+        excluded_samples(store.url, version, store.storage_options),
+    )
     variant = context.partition_key
     trained = [
-        _train_seed(context, store, training, training_launcher, version, shards, variant, seed)
+        _train_seed(context, store, training, training_launcher, version, data, variant, seed)
         for seed in training.seeds_of(variant)
     ]
     first = trained[0]
@@ -138,12 +154,19 @@ def _train_seed(
     training: TrainingResource,
     launcher: TrainingLauncher,
     version: str,
-    shards: list[str],
+    data: VersionData,
     variant: str,
     seed: int,
 ) -> TrainedSeed:
     """One replicate: trained in its own process under Pipes unless its model folder already holds a run."""
-    config = training.launch_config(shards, store.uri(LATENT_CACHE_PREFIX), VARIANTS[variant], seed=seed)
+    launched = training.launch_config(
+        data.shards,
+        store.uri(LATENT_CACHE_PREFIX),
+        VARIANTS[variant],
+        seed=seed,
+        excluded_samples=data.excluded_samples,
+    )
+    config = dataclasses.replace(launched, dataset_version=version)  # the record names it for lineage
     name = model_name(version, config)
     key = model_prefix(name)
     config.output_url = store.uri(key)

@@ -131,9 +131,40 @@ def dataset_version_prefix(version: str) -> str:
     return f"{DATASETS_PREFIX}/{version}"
 
 
-def dataset_staging_prefix(attempt: str) -> str:
-    """Where one write of a version is staged before it is published (hidden from version listings)."""
-    return f"{DATASETS_PREFIX}/.tmp/{attempt}"
+def dataset_staging_prefix(version: str) -> str:
+    """Where the build of a version is staged before it is published (hidden from version listings); one
+    folder per version name, so a build killed mid-way finds what it already wrote."""
+    return f"{DATASETS_PREFIX}/.tmp/{version}"
+
+
+# shards are stored once by content and shared by every version that references them
+DATASET_SHARDS_PREFIX = f"{DATASETS_PREFIX}/shards"
+# a shard whose bytes were re-read and matched once is not re-read by later checks
+DATASET_VERIFIED_PREFIX = f"{DATASETS_PREFIX}/verified"
+
+
+def dataset_shard_key(sha256: str) -> str:
+    """A shard's tar, named by the sha256 of its bytes."""
+    return f"{DATASET_SHARDS_PREFIX}/{sha256}.tar"
+
+
+def dataset_shard_index_key(sha256: str) -> str:
+    """The manifest rows of every sample a shard holds (written with the shard, immutable as it is)."""
+    return f"{DATASET_SHARDS_PREFIX}/{sha256}.parquet"
+
+
+# manifest segments: the manifest rows of the shards one build wrote, stored once by content, shared like shards
+DATASET_MANIFESTS_PREFIX = f"{DATASETS_PREFIX}/manifests"
+
+
+def dataset_segment_key(sha256: str) -> str:
+    """A manifest segment, named by the sha256 of its bytes."""
+    return f"{DATASET_MANIFESTS_PREFIX}/{sha256}.parquet"
+
+
+def dataset_verified_key(sha256: str) -> str:
+    """The record that a shard or segment (by its sha256) had its bytes re-read and matched once."""
+    return f"{DATASET_VERIFIED_PREFIX}/{sha256}.json"
 
 
 # -- training -------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """One dataset sample and how its parts are stored: the label-map PNG, the caption record, its size after
-EXIF orientation, and the manifest row schema."""
+EXIF orientation, its content key, and the manifest row schema."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,23 +78,49 @@ def caption_record(caption: Any) -> dict[str, Any]:
     return d
 
 
+CONTENT_KEY_HEX = 32  # 128 bits: two different samples never share a key in any pool this size
+
+
+def content_key(*parts: object) -> str:
+    """A sample's content key: a digest of everything its shard members are made of. The same key in an
+    earlier version's manifest means its shard already holds those exact bytes."""
+    text = "\x1f".join(p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str) for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:CONTENT_KEY_HEX]
+
+
+def sample_content_key(sample: DatasetSample, mask_png: bytes) -> str:
+    """The content key of a sample given whole (image bytes in hand): image, mask, labels and provenance."""
+    return content_key(
+        sample.sha256.lower(),
+        sample.ext.lower(),
+        hashlib.sha256(mask_png).hexdigest(),
+        dict(sample.attributes),
+        caption_record(sample.caption),
+        dict(sample.provenance),
+    )
+
+
+MANIFEST_SCHEMA: dict[str, DataTypeClass | pl.DataType] = {
+    "sha256": pl.String,
+    "shard": pl.String,
+    "shard_sha256": pl.String,
+    "ext": pl.String,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    **PROVENANCE_COLUMNS,
+    "provenance_json": pl.String,
+    "caption": pl.String,
+    "n_groups": pl.Int64,
+    "n_spans": pl.Int64,
+    "groups": pl.List(pl.String),
+    "dropped_groups": pl.List(pl.String),
+    "n_attributes": pl.Int64,
+    "caption_words": pl.Int64,
+    "caption_tokens": pl.Int64,
+    "categories": pl.List(pl.String),  # the protocol categories the sample's attributes answer
+    "content_key": pl.String,
+}
+
+
 def manifest_frame(rows: list[dict]) -> pl.DataFrame:
-    schema: dict[str, DataTypeClass | pl.DataType] = {
-        "sha256": pl.String,
-        "shard": pl.String,
-        "shard_sha256": pl.String,
-        "ext": pl.String,
-        "width": pl.Int64,
-        "height": pl.Int64,
-        **PROVENANCE_COLUMNS,
-        "provenance_json": pl.String,
-        "caption": pl.String,
-        "n_groups": pl.Int64,
-        "n_spans": pl.Int64,
-        "groups": pl.List(pl.String),
-        "dropped_groups": pl.List(pl.String),
-        "n_attributes": pl.Int64,
-        "caption_words": pl.Int64,
-        "caption_tokens": pl.Int64,
-    }
-    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    return pl.DataFrame(rows, schema=MANIFEST_SCHEMA) if rows else pl.DataFrame(schema=MANIFEST_SCHEMA)

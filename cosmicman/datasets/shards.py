@@ -1,5 +1,5 @@
-"""WebDataset shards of a version: writing them (byte-identical for the same samples), reading their samples
-back, and verifying them against ``shards.parquet`` and the manifest."""
+"""Content-addressed WebDataset shards: writing them (byte-identical for the same samples), reading their
+samples back, and scanning one's bytes to verify it."""
 
 from __future__ import annotations
 
@@ -8,33 +8,24 @@ import io
 import json
 import posixpath
 import tarfile
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import IO, Any, cast
 
 import numpy as np
 import polars as pl
 
 from cosmicman.core.imageio import sha256_hex
-from cosmicman.datasets.layout import (
-    DATACARD,
-    MANIFEST,
-    SHARD_PATTERN,
-    SHARDS,
-    STATS,
-    SUCCESS,
-    read_manifest,
-    read_shards_table,
-    store_fs,
-    version_path,
-)
+from cosmicman.datasets.layout import read_shards_table, shards_path, store_fs
 from cosmicman.datasets.samples import (
     PROVENANCE_COLUMNS,
     DatasetSample,
     caption_record,
     decode_mask_png,
     encode_mask_png,
+    manifest_frame,
     oriented_size,
+    sample_content_key,
 )
 
 TAR_MTIME = 0  # fixed member mtime: the same samples give byte-identical shards
@@ -54,6 +45,13 @@ class HashingWriter:
     def flush(self) -> None:
         self.f.flush()
 
+    def tell(self) -> int:
+        return self.n
+
+    @property
+    def closed(self) -> bool:  # asked by pyarrow's writers
+        return bool(self.f.closed)
+
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
@@ -63,117 +61,180 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(
-    fs, tmp: str, samples: Iterable[DatasetSample], samples_per_shard: int, max_shard_bytes: int | None, tokenizer
-) -> tuple[list[dict], list[dict], Counter]:
-    rows: list[dict] = []
-    shard_rows: list[dict] = []
-    coverage: Counter = Counter()
-    seen: set[str] = set()
-    state: dict[str, Any] = {"f": None, "tar": None, "hw": None, "name": None, "n": 0}
+@dataclass(frozen=True)
+class ShardRecord:
+    """A shard written and stored under its sha256 (``shard`` = ``<sha256>.tar``)."""
 
-    def close_shard() -> None:
-        if state["tar"] is None:
-            return
-        state["tar"].close()
-        state["f"].close()
-        digest = state["hw"].sha.hexdigest()
-        shard_rows.append({"shard": state["name"], "n_samples": state["n"], "n_bytes": state["hw"].n, "sha256": digest})
-        for r in rows[state["first_row"] :]:
-            r["shard_sha256"] = digest
-        state.update(f=None, tar=None, hw=None, name=None, n=0)
+    shard: str
+    sha256: str
+    n_samples: int
+    n_bytes: int
+    created: bool  # False: the same bytes were stored already (by an earlier version or attempt)
 
-    def open_shard() -> None:
-        name = SHARD_PATTERN.format(len(shard_rows))
-        f = fs.open(posixpath.join(tmp, name), "wb")
-        hw = HashingWriter(f)
-        # open across samples, closed by close_shard(); a stream-mode tar only writes to its file object
-        tar = tarfile.open(fileobj=cast(IO[bytes], hw), mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-        state.update(f=f, hw=hw, name=name, n=0, first_row=len(rows), tar=tar)
+    @property
+    def index(self) -> str:
+        return f"{self.sha256}.parquet"
 
-    try:
-        for s in samples:
-            sha = s.sha256.lower()
-            if sha256_hex(s.image_bytes) != sha:
-                raise ValueError(f"sample {sha}: sha256 does not match its image bytes")
-            if sha in seen:
-                raise ValueError(f"duplicate sample {sha}")
-            seen.add(sha)
-            ext = {"jpeg": "jpg"}.get(s.ext.lower().lstrip("."), s.ext.lower().lstrip("."))
-            if not ext or "." in ext or ext in ("json", "txt"):
-                raise ValueError(f"sample {sha}: bad image extension {s.ext!r}")
-            width, height = oriented_size(s.image_bytes)
-            mask = np.asarray(s.mask)
-            if mask.shape != (height, width):
-                raise ValueError(f"sample {sha}: mask shape {mask.shape} != image (h, w) {(height, width)}")
-            mask_png = encode_mask_png(mask)
-            cap = caption_record(s.caption)
-            prov = dict(s.provenance)
-            meta = {
-                "sha256": sha,
-                "ext": ext,
-                "width": width,
-                "height": height,
-                "caption": cap["caption"],
-                "groups": cap["groups"],
-                "dropped": list(cap["dropped"]),
-                "truncated": list(cap.get("truncated", [])),
-                # the structured groups a trainer draws a fresh caption from at every sample
-                "caption_source": cap.get("source"),
-                "attributes": dict(s.attributes),
-                **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
-                "provenance": prov,
-            }
-            if state["tar"] is not None and (
-                state["n"] >= samples_per_shard or (max_shard_bytes is not None and state["hw"].n >= max_shard_bytes)
-            ):
-                close_shard()
-            if state["tar"] is None:
-                open_shard()
-            tar = state["tar"]
-            add_member(tar, f"{sha}.{ext}", s.image_bytes)
-            add_member(tar, f"{sha}.mask.png", mask_png)
-            add_member(tar, f"{sha}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
-            add_member(tar, f"{sha}.txt", cap["caption"].encode())
-            state["n"] += 1
-            coverage.update(s.attributes.keys())
-            text = cap["caption"]
-            rows.append(
-                {
-                    "sha256": sha,
-                    "shard": state["name"],
-                    "shard_sha256": None,
-                    "ext": ext,
-                    "width": width,
-                    "height": height,
-                    **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
-                    "provenance_json": json.dumps(prov, sort_keys=True, default=str),
-                    "caption": text,
-                    "n_groups": len(cap["groups"]),
-                    "n_spans": sum(g.get("span") is not None for g in cap["groups"]),
-                    "groups": [g["name"] for g in cap["groups"]],
-                    "dropped_groups": list(cap["dropped"]),
-                    "n_attributes": len(s.attributes),
-                    "caption_words": len(text.split()),
-                    "caption_tokens": len(tokenizer(text).input_ids) - 2 if text else 0,
-                }
+    def row(self) -> dict[str, Any]:
+        return {"shard": self.shard, "sha256": self.sha256, "n_samples": self.n_samples, "n_bytes": self.n_bytes}
+
+
+def member_parts(sample: DatasetSample, tokenizer) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """A sample's four tar members and its manifest row (``shard`` fields and ``content_key`` unset)."""
+    sha = sample.sha256.lower()
+    if sha256_hex(sample.image_bytes) != sha:
+        raise ValueError(f"sample {sha}: sha256 does not match its image bytes")
+    ext = {"jpeg": "jpg"}.get(sample.ext.lower().lstrip("."), sample.ext.lower().lstrip("."))
+    if not ext or "." in ext or ext in ("json", "txt"):
+        raise ValueError(f"sample {sha}: bad image extension {sample.ext!r}")
+    width, height = oriented_size(sample.image_bytes)
+    mask = np.asarray(sample.mask)
+    if mask.shape != (height, width):
+        raise ValueError(f"sample {sha}: mask shape {mask.shape} != image (h, w) {(height, width)}")
+    mask_png = encode_mask_png(mask)
+    cap = caption_record(sample.caption)
+    prov = dict(sample.provenance)
+    meta = {
+        "sha256": sha,
+        "ext": ext,
+        "width": width,
+        "height": height,
+        "caption": cap["caption"],
+        "groups": cap["groups"],
+        "dropped": list(cap["dropped"]),
+        "truncated": list(cap.get("truncated", [])),
+        # the structured groups a trainer draws a fresh caption from at every sample
+        "caption_source": cap.get("source"),
+        "attributes": dict(sample.attributes),
+        **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
+        "provenance": prov,
+    }
+    text = cap["caption"]
+    members = [
+        (f"{sha}.{ext}", sample.image_bytes),
+        (f"{sha}.mask.png", mask_png),
+        (f"{sha}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()),
+        (f"{sha}.txt", text.encode()),
+    ]
+    row = {
+        "sha256": sha,
+        "ext": ext,
+        "width": width,
+        "height": height,
+        **{k: prov.get(k) for k in PROVENANCE_COLUMNS},
+        "provenance_json": json.dumps(prov, sort_keys=True, default=str),
+        "caption": text,
+        "n_groups": len(cap["groups"]),
+        "n_spans": sum(g.get("span") is not None for g in cap["groups"]),
+        "groups": [g["name"] for g in cap["groups"]],
+        "dropped_groups": list(cap["dropped"]),
+        "n_attributes": len(sample.attributes),
+        "caption_words": len(text.split()),
+        "caption_tokens": len(tokenizer(text).input_ids) - 2 if text else 0,
+        "categories": sorted(sample.attributes),
+        "mask_png": mask_png,
+    }
+    return members, row
+
+
+class ShardWriter:
+    """Writes samples into content-addressed shards under ``folder``, one shard in flight.
+
+    A shard is written to ``partial`` while it fills, then moved to ``<folder>/<sha256>.tar`` with its index
+    ``<folder>/<sha256>.parquet`` (the manifest rows of its samples) beside it; ``on_shard`` hears of it after
+    both are in place. The same samples in the same order give the same bytes, so a shard that already exists
+    is kept as it is. A shard closes at ``samples_per_shard`` samples or once it holds ``max_shard_bytes``.
+    """
+
+    def __init__(
+        self,
+        fs,
+        folder: str,
+        partial: str,
+        samples_per_shard: int,
+        max_shard_bytes: int | None,
+        tokenizer,
+        on_shard: Callable[[ShardRecord, pl.DataFrame], None],
+    ) -> None:
+        if samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
+        self.fs, self.folder, self.partial = fs, folder, partial
+        self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
+        self.tokenizer, self.on_shard = tokenizer, on_shard
+        self._f: Any = None
+        self._tar: tarfile.TarFile | None = None
+        self._hw: HashingWriter | None = None
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, sample: DatasetSample, key: str | None = None) -> None:
+        """Append a sample; ``key``: its content key (computed from the sample when None)."""
+        members, row = member_parts(sample, self.tokenizer)
+        mask_png = row.pop("mask_png")
+        row["content_key"] = key or sample_content_key(sample, mask_png)
+        if (
+            self._tar is not None
+            and self._hw is not None
+            and (
+                len(self._rows) >= self.samples_per_shard
+                or (self.max_shard_bytes is not None and self._hw.n >= self.max_shard_bytes)
             )
-        close_shard()
-    finally:
-        if state["tar"] is not None:  # an error mid-shard: close handles; the tmp folder is removed
+        ):
+            self._close_shard()
+        if self._tar is None:
+            self._f = self.fs.open(self.partial, "wb")
+            self._hw = HashingWriter(self._f)
+            # open across samples, closed by _close_shard(); a stream-mode tar only writes to its file object
+            self._tar = tarfile.open(  # noqa: SIM115
+                fileobj=cast(IO[bytes], self._hw), mode="w|", format=tarfile.USTAR_FORMAT
+            )
+        for name, data in members:
+            add_member(self._tar, name, data)
+        self._rows.append(row)
+
+    def finish(self) -> None:
+        """Close and store the shard in flight (if any)."""
+        self._close_shard()
+
+    def abandon(self) -> None:
+        """Close the file handles of a shard in flight after an error; the partial file stays unreferenced."""
+        if self._tar is not None:
             try:
-                state["tar"].close()
+                self._tar.close()
             finally:
-                state["f"].close()
-    return rows, shard_rows, coverage
+                self._f.close()
+            self._tar = None
+
+    def _close_shard(self) -> None:
+        if self._tar is None or self._hw is None:
+            return
+        self._tar.close()
+        self._f.close()
+        sha, n_bytes = self._hw.sha.hexdigest(), self._hw.n
+        self._tar = self._hw = None
+        name = f"{sha}.tar"
+        target = posixpath.join(self.folder, name)
+        created = not self.fs.exists(target)
+        if created:
+            self.fs.makedirs(self.folder, exist_ok=True)
+            self.fs.mv(self.partial, target)
+        else:  # the same samples in the same order, stored before: identical bytes
+            self.fs.rm(self.partial)
+        record = ShardRecord(name, sha, len(self._rows), n_bytes, created)
+        rows = manifest_frame([{**r, "shard": name, "shard_sha256": sha} for r in self._rows])
+        index = posixpath.join(self.folder, record.index)
+        if not self.fs.exists(index):  # absent too when a kill fell between the tar and its index
+            with self.fs.open(index, "wb") as f:
+                rows.write_parquet(f)
+        self._rows = []
+        self.on_shard(record, rows)
 
 
 def iter_samples(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Decode the shards through fsspec: dicts with ``sha256, ext, image_bytes, mask, meta, caption``."""
     fs, path = store_fs(root, storage_options)
-    vpath = version_path(path, version)
     for name in read_shards_table(root, version, storage_options)["shard"].to_list():
-        with fs.open(posixpath.join(vpath, name), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        shard = posixpath.join(shards_path(path), name)
+        with fs.open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
             current: dict[str, Any] = {}
             for member in tar:
                 key, _, suffix = posixpath.basename(member.name).partition(".")
@@ -197,47 +258,6 @@ def sample_record(parts: dict[str, Any]) -> dict[str, Any]:
     sha = parts.pop("sha256")
     ((ext, image),) = parts.items()
     return {"sha256": sha, "ext": ext, "image_bytes": image, "mask": mask, "meta": meta, "caption": txt}
-
-
-def verify_shards(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Problems found re-reading a version: missing marker/files, shard sha256 or sample keys that differ
-    from ``shards.parquet`` / the manifest, shard files not listed. Empty when the version is intact."""
-    fs, path = store_fs(root, storage_options)
-    vpath = version_path(path, version)
-    if not fs.exists(posixpath.join(vpath, SUCCESS)):
-        return [f"{version}: not published ({SUCCESS} missing)"]
-    problems: list[str] = []
-    for name in (MANIFEST, SHARDS, STATS, DATACARD):
-        if not fs.exists(posixpath.join(vpath, name)):
-            problems.append(f"{name}: missing")
-    if problems:
-        return problems
-    manifest = read_manifest(root, version, storage_options)
-    shards = read_shards_table(root, version, storage_options)
-    listed = set(shards["shard"].to_list())
-    present = {posixpath.basename(p) for p in fs.glob(posixpath.join(vpath, "shard-*.tar"))}
-    for extra in sorted(present - listed):
-        problems.append(f"{extra}: shard file not listed in {SHARDS}")
-    if set(manifest["shard"].unique().to_list()) - listed:
-        problems.append(f"{MANIFEST}: names shards missing from {SHARDS}")
-    for row in shards.iter_rows(named=True):
-        name = row["shard"]
-        if name not in present:
-            problems.append(f"{name}: missing")
-            continue
-        rows = manifest.filter(pl.col("shard") == name)
-        if set(rows["shard_sha256"].to_list()) != {row["sha256"]}:
-            problems.append(f"{name}: manifest shard_sha256 differs from {SHARDS}")
-        sha, n_bytes, keys, err = scan_shard(fs, posixpath.join(vpath, name))
-        if sha != row["sha256"]:
-            problems.append(f"{name}: sha256 {sha} != recorded {row['sha256']}")
-        if n_bytes != row["n_bytes"]:
-            problems.append(f"{name}: {n_bytes} bytes != recorded {row['n_bytes']}")
-        if err:
-            problems.append(f"{name}: unreadable tar ({err})")
-        elif keys != set(rows["sha256"].to_list()) or len(keys) != row["n_samples"]:
-            problems.append(f"{name}: sample keys differ from the manifest")
-    return problems
 
 
 class HashingReader:

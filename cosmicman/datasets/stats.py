@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import polars as pl
@@ -14,58 +14,94 @@ def _num(x: Any, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def compute_stats(
-    manifest: pl.DataFrame, coverage: Mapping[str, int], protocol, shards: pl.DataFrame | None = None
-) -> dict[str, Any]:
-    """Table-1 style statistics of a version, from its manifest and per-category answer counts."""
-    n = manifest.height
+COUNTED = ("source", "source_batch", "filter_decision", "annotator_round", "parser_version", "licence")
+SUMMED = ("width", "height", "n_attributes", "caption_words", "caption_tokens", "n_groups", "n_spans")
+MEDIANS = ("width", "height", "n_attributes")
+
+
+class _Tally:
+    """Running totals over manifest pieces: sums, value counts, and the few columns a median needs (4 bytes
+    a row each), so a version's statistics never hold its manifest."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums: Counter = Counter()
+        self.max_tokens: int | None = None
+        self.values: dict[str, Counter] = {c: Counter() for c in COUNTED}
+        self.groups: Counter = Counter()
+        self.dropped: Counter = Counter()
+        self.categories: Counter = Counter()
+        self.for_median: dict[str, list[pl.Series]] = {c: [] for c in MEDIANS}
+
+    def add(self, piece: pl.DataFrame) -> None:
+        if piece.is_empty():
+            return
+        self.n += piece.height
+        for c in SUMMED:
+            self.sums[c] += int(cast(int, piece[c].sum()))
+        top = cast(int, piece["caption_tokens"].max())
+        self.max_tokens = top if self.max_tokens is None else max(self.max_tokens, top)
+        for c in COUNTED:
+            self.values[c].update(dict(piece[c].value_counts().iter_rows()))
+        for counter, col in (
+            (self.groups, "groups"),
+            (self.dropped, "dropped_groups"),
+            (self.categories, "categories"),
+        ):
+            counter.update(dict(piece[col].explode().drop_nulls().value_counts().iter_rows()))
+        for c in MEDIANS:
+            self.for_median[c].append(piece[c].cast(pl.Int32))
+
+    def mean(self, col: str) -> float | None:
+        return _num(self.sums[col] / self.n) if self.n else None
+
+    def median(self, col: str) -> float | None:
+        return _num(pl.concat(self.for_median[col]).median()) if self.n else None
+
+    def counts(self, col: str) -> dict[str, int]:
+        # sorted by value, a missing value last and named "null" (None does not sort)
+        found = self.values[col]
+        keys = sorted((k for k in found if k is not None), key=lambda k: (k,)) + ([None] if None in found else [])
+        return {("null" if k is None else str(k)): int(found[k]) for k in keys}
+
+
+def compute_stats(pieces: Iterable[pl.DataFrame], protocol, shards: pl.DataFrame | None = None) -> dict[str, Any]:
+    """Table-1 style statistics of a version, from its manifest read in pieces."""
+    t = _Tally()
+    for piece in pieces:
+        t.add(piece)
+    n = t.n
     cats = [c.name for c in protocol.categories]
-    cov = {c: int(coverage.get(c, 0)) for c in cats}
+    cov = {c: int(t.categories.get(c, 0)) for c in cats}
     group_names = [g.name for g in protocol.groups]
-    group_counts = Counter(g for gs in manifest["groups"].to_list() for g in gs) if n else Counter()
-    dropped_counts = Counter(g for gs in manifest["dropped_groups"].to_list() for g in gs) if n else Counter()
-
-    def counts(col: str) -> dict[str, int]:
-        if not n:
-            return {}
-        vc = manifest.group_by(col).len().sort(col, nulls_last=True)
-        return {("null" if k is None else str(k)): int(v) for k, v in zip(vc[col].to_list(), vc["len"].to_list())}
-
-    def col_stat(col: str, fn: str) -> float | None:
-        return _num(getattr(manifest[col], fn)()) if n else None
-
     stats = {
         "n_images": n,
-        "mean_width": col_stat("width", "mean"),
-        "mean_height": col_stat("height", "mean"),
-        "median_width": col_stat("width", "median"),
-        "median_height": col_stat("height", "median"),
-        "mean_resolution": (
-            f"{cast(float, manifest['height'].mean()):.0f}x{cast(float, manifest['width'].mean()):.0f}" if n else None
-        ),
+        "mean_width": t.mean("width"),
+        "mean_height": t.mean("height"),
+        "median_width": t.median("width"),
+        "median_height": t.median("height"),
+        "mean_resolution": f"{t.sums['height'] / n:.0f}x{t.sums['width'] / n:.0f}" if n else None,
         "resolution_note": "mean_resolution is height x width in pixels after EXIF orientation",
         "n_categories": len(cats),
         "n_categories_covered": sum(v > 0 for v in cov.values()),
-        "n_attributes": cast(int, manifest["n_attributes"].sum()) if n else 0,
-        "mean_attributes_per_image": col_stat("n_attributes", "mean"),
-        "median_attributes_per_image": col_stat("n_attributes", "median"),
-        "mean_caption_words": col_stat("caption_words", "mean"),
-        "mean_caption_tokens": col_stat("caption_tokens", "mean"),
-        "max_caption_tokens": cast(int, manifest["caption_tokens"].max()) if n else None,
+        "n_attributes": t.sums["n_attributes"],
+        "mean_attributes_per_image": t.mean("n_attributes"),
+        "median_attributes_per_image": t.median("n_attributes"),
+        "mean_caption_words": t.mean("caption_words"),
+        "mean_caption_tokens": t.mean("caption_tokens"),
+        "max_caption_tokens": t.max_tokens,
         "caption_tokens_note": "CLIP BPE tokens without BOS/EOS",
-        "mean_groups_per_caption": col_stat("n_groups", "mean"),
-        "span_coverage": (
-            _num(cast(int, manifest["n_spans"].sum()) / max(1, cast(int, manifest["n_groups"].sum()))) if n else None
-        ),
+        "mean_groups_per_caption": t.mean("n_groups"),
+        "span_coverage": _num(t.sums["n_spans"] / max(1, t.sums["n_groups"])) if n else None,
         "category_coverage": {c: {"count": v, "fraction": _num(v / n) if n else 0.0} for c, v in cov.items()},
-        "group_frequency": {g: _num(group_counts.get(g, 0) / n) if n else 0.0 for g in group_names},
-        "group_dropped_frequency": {g: _num(dropped_counts.get(g, 0) / n) if n else 0.0 for g in group_names},
-        "sources": counts("source"),
-        "source_batches": counts("source_batch"),
-        "filter_decisions": counts("filter_decision"),
-        "annotator_rounds": counts("annotator_round"),
-        "parser_versions": counts("parser_version"),
-        "licences": counts("licence"),
+        "group_frequency": {g: _num(t.groups.get(g, 0) / n) if n else 0.0 for g in group_names},
+        "group_dropped_frequency": {g: _num(t.dropped.get(g, 0) / n) if n else 0.0 for g in group_names},
+        "sources": t.counts("source"),
+        "source_batches": t.counts("source_batch"),
+        "filter_decisions": t.counts("filter_decision"),
+        "annotator_rounds": t.counts("annotator_round"),
+        "parser_versions": t.counts("parser_version"),
+        "licences": t.counts("licence"),
         "annotations": {"text": True, "human_parsing": True, "attributes": True, "bbox": False, "keypoints": False},
     }
     if shards is not None:
@@ -74,7 +110,7 @@ def compute_stats(
     return stats
 
 
-def render_datacard(version: str, stats: Mapping[str, Any], manifest: pl.DataFrame, extra: Mapping[str, Any]) -> str:
+def render_datacard(version: str, stats: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
     def table(d: Mapping[str, Any], head: tuple[str, str]) -> list[str]:
         lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in d.items()] or ["| (none) | |"]
@@ -109,8 +145,10 @@ def render_datacard(version: str, stats: Mapping[str, Any], manifest: pl.DataFra
         "Each sample (`__key__` = image sha256): the original image (`jpg`/`png`/...), `mask.png` (ATR "
         "label map, grey PNG, 0 = background .. 17 = scarf), `json` (caption, groups with end-exclusive "
         "token spans in the padded 77-id CLIP prompt, dropped groups, attributes, provenance) and `txt` "
-        "(the caption). `manifest.parquet` lists every sample with its shard and provenance, "
-        "`shards.parquet` the sha256 of every shard, `stats.json` the figures above.",
+        "(the caption). `shards.parquet` lists the sha256 of every shard it references and "
+        "`segments.parquet` the manifest segments (`../manifests/<sha256>.parquet`) holding their samples "
+        "with shard and provenance (shards and segments are shared between versions); `removed.parquet` "
+        "names the samples its shards hold that are not in it; `stats.json` the figures above.",
         "",
         "## Sources",
         "",

@@ -31,6 +31,12 @@ rank r reads the units u with ``u % world_size == r``, so each shard is read by 
 ranks' shard counts differ by at most one (the remainder rotates across epochs). One rank is today's
 single reader.
 
+Shards are shared by dataset versions, so a shard may hold samples its version no longer has (removed,
+not compacted away yet): those named in ``excluded_samples`` (sample keys, the image sha256) are dropped as
+their unit is read, before the shuffle buffer -- they take no stream position and never reach a batch,
+and a stream with the same exclusions is the same stream (exact resume holds). Counted in
+``stats["excluded"]``.
+
 With a ``SampleDraw`` (``cosmicman.model.sample_draw``; the trainer's data path) a sample whose JSON holds
 ``caption_source`` is flipped (image and label map together, before the crop) with the draw's
 probability and gets a freshly drawn caption (groups, spans) instead of the stored one; ``flipped`` says
@@ -167,7 +173,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
     - every sample has a stream position ``pos`` (``k * world_size + rank`` for the rank's k-th raw
       sample; 0, 1, ... on one rank; identical for every reader with the same seed, rank and world size),
       carried in the decoded sample;
-    - resuming skips without decoding: positions below ``start`` and those in ``exclude`` are dropped raw.
+    - resuming skips without decoding: positions below ``start`` and those in ``exclude`` are dropped raw;
+    - samples whose key is in ``excluded_samples`` (not in the dataset version) are dropped before anything
+      else sees them.
 
     Subclasses change where units come from (``read_unit``) and how a raw sample becomes tensors
     (``decode``); the order logic stays here."""
@@ -188,6 +196,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         start: int = 0,
         exclude: Iterable[int] = (),
         draw: SampleDraw | None = None,
+        excluded_samples: Iterable[str] = (),
     ) -> None:
         self.urls = expand_shard_urls(urls)
         self.tokenizer = tokenizer
@@ -204,11 +213,12 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.start = int(start)
         self.exclude = frozenset(int(p) for p in exclude)
         self.draw = draw
+        self.excluded_samples = frozenset(excluded_samples)
         #: the position this rank's next raw sample gets (undecodable ones count too)
         self.position = rank
         #: raw samples in this rank's last complete round (as many of its units as there are shards)
         self._round_len = 0
-        self.stats: Counter = Counter(samples=0, skipped=0, span_rejected=0, epochs=0)
+        self.stats: Counter = Counter(samples=0, skipped=0, span_rejected=0, excluded=0, epochs=0)
         self._span_cache: dict[str, list[int]] = {}
 
     # -- decoding -----------------------------------------------------------------------------------
@@ -323,6 +333,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         while True:
             for url in self.rank_units(epoch):
                 for raw in self.read_unit(url):
+                    if raw["__key__"] in self.excluded_samples:
+                        self.stats["excluded"] += 1
+                        continue
                     round_samples += 1
                     yield raw
                 round_units += 1

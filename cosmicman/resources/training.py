@@ -3,7 +3,8 @@
 ``TrainConfig`` (``cosmicman.model.train.config``) is the only schema: the resource copies none of its
 fields, so its defaults cannot drift from the trainer's, and every field can be set (in code or in the UI
 launchpad, as ``overrides: {field: value}``). The per-run fields (``PER_RUN_FIELDS``: shards, output,
-latent cache location, resume) are filled by the ``daring_unet`` asset.
+latent cache location, resume, the samples the shards hold outside the version) are filled by the
+``daring_unet`` asset.
 
 Replicates: each variant trains ``seeds`` models (``seeds_by_variant`` may give a variant its own count), the
 i-th with ``TrainConfig.seed`` = the recipe's seed (after overrides) + i, so an ablation reports a mean and a
@@ -12,6 +13,7 @@ spread over seeds rather than one draw."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -68,13 +70,19 @@ class TrainingResource(dg.ConfigurableResource):
         latent_cache_url: str,
         variant: dict[str, Any] | None = None,
         seed: int | None = None,
+        excluded_samples: Sequence[str] = (),
     ) -> TrainConfig:
         """The config the asset launches (its ``output_url`` still empty: it is keyed by this config).
         ``variant`` overrides go last, then the replicate's ``seed`` (one of :meth:`seeds_of`; None: the
         recipe's); the latent cache is used when the config asks for it; checkpoints live beside the
-        (config-keyed) output, so a relaunch continues where it stopped."""
+        (config-keyed) output, so a relaunch continues where it stopped. ``excluded_samples``: keys of the
+        samples the (shared) shards hold that the dataset version does not."""
         replicate = {} if seed is None else {"seed": seed}
         cfg = recipe(self.recipe, **{**self.overrides, **(variant or {}), **replicate})
         return dataclasses.replace(
-            cfg, shards=list(shards), resume=True, cache_url=latent_cache_url if cfg.cache_latents else None
+            cfg,
+            shards=list(shards),
+            excluded_samples=list(excluded_samples),
+            resume=True,
+            cache_url=latent_cache_url if cfg.cache_latents else None,
         )

@@ -130,6 +130,7 @@ def ablated(tmp_path_factory):
     monkeypatch = pytest.MonkeyPatch()
     # the dataset version is the test's: its shards are named, its lineage is not what is tested here
     monkeypatch.setattr(training_assets, "shard_urls", lambda *a, **k: ["/data/shard-000000.tar"])
+    monkeypatch.setattr(training_assets, "excluded_samples", lambda *a, **k: [])
     monkeypatch.setattr(training_assets, "_lineage", lambda store, key: dg.MetadataValue.json({"model": key}))
     store = Store(str(tmp_path_factory.mktemp("ablation") / "store"))
     store.write_json(LATEST_DATASET_KEY, {"version": "v0001"})

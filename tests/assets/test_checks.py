@@ -203,10 +203,11 @@ def training_stand_in() -> None:
 
 
 @pytest.fixture
-def dataset(object_store) -> Path:
+def dataset(object_store) -> list[Path]:
+    """The shared shard files of v0001, in its order."""
     store = object_store.store()
-    write_dataset_version(store.url, "v0001", make_samples(7), samples_per_shard=3)
-    return Path(store.url) / "datasets" / "cosmicman-hq" / "v0001"
+    info = write_dataset_version(store.url, "v0001", make_samples(7), samples_per_shard=3)
+    return [Path(store.url) / "datasets" / "cosmicman-hq" / "shards" / name for name in info.shards]
 
 
 def run_dataset(instance, object_store, selection=None) -> dg.ExecuteInProcessResult:
@@ -228,7 +229,7 @@ def test_intact_shards_match_the_manifest(instance, object_store, dataset):
 
 
 def test_an_altered_shard_fails_and_blocks_what_trains_on_it(instance, object_store, dataset):
-    shard = dataset / "shard-000001.tar"
+    shard = dataset[1]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -236,17 +237,17 @@ def test_an_altered_shard_fails_and_blocks_what_trains_on_it(instance, object_st
     check = evaluation_of(result, "shards_match_manifest")
     assert not check.passed and check.blocking
     (problem,) = [r.data["problem"] for r in check.metadata["problems"].value.records]
-    assert problem.startswith("shard-000001.tar: sha256")
+    assert problem.startswith(f"{shard.name}: sha256")
     assert {e.asset_key.path[0] for e in result.get_asset_materialization_events()} == {"cosmicman_hq"}
 
 
 def test_a_shard_lost_later_fails_when_the_check_runs_again(instance, object_store, dataset):
     assert evaluation_of(run_dataset(instance, object_store), "shards_match_manifest").passed
-    (dataset / "shard-000002.tar").unlink()
+    dataset[2].unlink()
     again = run_dataset(instance, object_store, selection=dg.AssetSelection.checks(shards_match_manifest))
     check = evaluation_of(again, "shards_match_manifest")
     assert not check.passed and check.metadata["problems_total"].value == 1
-    assert check.metadata["problems"].value.records[0].data["problem"] == "shard-000002.tar: missing"
+    assert check.metadata["problems"].value.records[0].data["problem"] == f"{dataset[2].name}: missing"
 
 
 # -- daring_unet: the model loads and its weights are finite (blocking before evaluation) ------------------------

@@ -1,12 +1,14 @@
 """Immutable CosmicMan-HQ versions: shards + manifest + stats + datacard through fsspec."""
 
 import io
+import re
 import subprocess
 import sys
 import uuid
 
 import fsspec
 import numpy as np
+import polars as pl
 import pytest
 import webdataset as wds
 from PIL import Image
@@ -27,7 +29,8 @@ from cosmicman.datasets.layout import (
     version_exists,
 )
 from cosmicman.datasets.samples import DatasetSample
-from cosmicman.datasets.shards import iter_samples, verify_shards
+from cosmicman.datasets.shards import iter_samples
+from cosmicman.datasets.verification import verify_shards
 from cosmicman.datasets.version import write_dataset_version
 
 PROV_KEYS = ("source", "source_batch", "filter_decision", "parser_version", "annotator_round")
@@ -91,23 +94,31 @@ def _fs_path(root: str, *parts: str):
 def test_roundtrip(root, samples):
     info = write_dataset_version(root, "v0001", samples, samples_per_shard=3, created_at="2026-01-01T00:00:00+00:00")
     assert info.version == "v0001" and info.n_samples == 8
-    assert info.shards == ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar")
+    assert len(info.shards) == 3 and all(re.fullmatch(r"[0-9a-f]{64}\.tar", s) for s in info.shards)
     assert info.url.endswith("datasets/cosmicman-hq/v0001")
     assert list_versions(root) == ["v0001"] and version_exists(root, "v0001")
     fs, vpath = _fs_path(root, "v0001")
     assert sorted(p.rsplit("/", 1)[1] for p in fs.find(vpath)) == sorted(
-        ["DATACARD.md", "_SUCCESS", "manifest.parquet", "shards.parquet", "stats.json", *info.shards]
+        ["DATACARD.md", "_SUCCESS", "removed.parquet", "segments.parquet", "shards.parquet", "stats.json"]
     )
+    _, shared = _fs_path(root, "shards")  # each shard once, named by its sha256, beside its index
+    indexes = [s.replace(".tar", ".parquet") for s in info.shards]
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.find(shared)) == sorted([*info.shards, *indexes])
+    assert all(sha256_hex(fs.cat(f"{shared}/{s}")) == s.removesuffix(".tar") for s in info.shards)
+    _, manifests = _fs_path(root, "manifests")  # one segment holds the rows of the shards this write stored
+    (segment,) = [p.rsplit("/", 1)[1] for p in fs.find(manifests)]
+    assert sha256_hex(fs.cat(f"{manifests}/{segment}")) == segment.removesuffix(".parquet")
+    assert set(read_shards_table(root, "v0001")["segment"]) == {segment}
     _, tmp = _fs_path(root, ".tmp")
     assert not fs.exists(tmp) or fs.find(tmp) == []
 
     manifest = read_manifest(root, "v0001")
     assert manifest.height == 8 and manifest["sha256"].to_list() == [s.sha256 for s in samples]
-    assert manifest.group_by("shard").len().sort("shard")["len"].to_list() == [3, 3, 2]
+    assert [manifest.filter(pl.col("shard") == s).height for s in info.shards] == [3, 3, 2]
     for col in ("sha256", "shard", "shard_sha256", "caption", "n_groups", "width", "height", *PROV_KEYS):
         assert col in manifest.columns
     shards = read_shards_table(root, "v0001")
-    assert shards["n_samples"].to_list() == [3, 3, 2]
+    assert shards["n_samples"].to_list() == shards["n_live"].to_list() == [3, 3, 2]
     joined = manifest.join(shards, on="shard")
     assert (joined["shard_sha256"] == joined["sha256_right"]).all()
 
@@ -179,7 +190,8 @@ def test_failed_write_leaves_nothing(root, samples):
         write_dataset_version(root, "v0001", gen(), samples_per_shard=2)
     fs, base = _fs_path(root)
     assert list_versions(root) == [] and not fs.exists(base + "/v0001")
-    assert not fs.exists(base) or fs.find(base) == []  # the temporary prefix is gone too
+    # the temporary prefix is gone too, and so are the two shards the failed write had stored
+    assert not fs.exists(base) or fs.find(base) == []
 
     with pytest.raises(ValueError, match="no samples"):
         write_dataset_version(root, "v0001", [])
@@ -204,22 +216,23 @@ def test_failed_write_leaves_nothing(root, samples):
 
 
 def test_tampered_shard_is_reported(root, samples):
-    write_dataset_version(root, "v0001", samples, samples_per_shard=3)
+    info = write_dataset_version(root, "v0001", samples, samples_per_shard=3)
     fs, vpath = _fs_path(root, "v0001")
-    path = vpath + "/shard-000001.tar"
+    _, shared = _fs_path(root, "shards")
+    path = f"{shared}/{info.shards[1]}"
     data = bytearray(fs.cat(path))
     data[700] ^= 0xFF  # inside the first member's bytes
     with fs.open(path, "wb") as f:
         f.write(bytes(data))
     problems = verify_shards(root, "v0001")
-    assert len(problems) == 1 and problems[0].startswith("shard-000001.tar: sha256")
+    assert len(problems) == 1 and problems[0].startswith(f"{info.shards[1]}: sha256")
 
-    fs.rm(vpath + "/shard-000002.tar")
+    fs.rm(f"{shared}/{info.shards[2]}")
     with fs.open(vpath + "/shard-000009.tar", "wb") as f:
         f.write(b"stray")
     problems = verify_shards(root, "v0001")
-    assert "shard-000002.tar: missing" in problems
-    assert "shard-000009.tar: shard file not listed in shards.parquet" in problems
+    assert f"{info.shards[2]}: missing" in problems
+    assert "shard-000009.tar: not part of a version" in problems
     assert len(problems) == 3
 
 

@@ -46,5 +46,53 @@ def test_dataset_and_model_lineage(tmp_path):
     assert m["training"]["act_fn"] == "gelu" and m["sourcing_batches"] == ["batch-0"]
     with pytest.raises(FileNotFoundError):
         lineage(root, "models/none")
-    with pytest.raises(ValueError, match="span 2 dataset versions"):
-        dataset_of_shards(shard_urls(root, "v0001") + shard_urls(root, "v0002"))
+    # shards are shared: a mix of two versions' shards is no version's, unless the record names one
+    mixed = shard_urls(root, "v0001") + shard_urls(root, "v0002")
+    with pytest.raises(ValueError, match="exactly those of 0 published versions"):
+        dataset_of_shards(mixed)
+    assert dataset_of_shards(mixed, version="v0001") == (root, "v0001")
+
+
+def test_cosmicman_lineage_of_a_model_trained_on_a_shared_version_names_that_version(tmp_path, capsys):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from cosmicman.cli.__main__ import main
+    from cosmicman.datasets.build import ShardPolicy, build_version
+    from cosmicman.model.train.config import TrainConfig
+    from cosmicman.model.train.record import run_record
+    from tests.datasets.test_shared_versions import ListPool
+
+    root = str(tmp_path / "store")
+    pool = sorted(make_samples(8, seed=2), key=lambda s: s.sha256)
+    pool = [
+        dataclasses.replace(s, provenance={**s.provenance, "source_batch": "b1" if i == 0 else "b0",
+                                           "label_rounds": [2] if i == 0 else [1]})
+        for i, s in enumerate(pool)
+    ]  # fmt: skip
+    policy = ShardPolicy(samples_per_shard=4)
+    build_version(root, "v0001", ListPool({"b0": pool}), policy=policy)
+    build_version(root, "v0002", ListPool({"b0": pool[1:]}), base="v0001", policy=policy)
+    assert shard_urls(root, "v0001") == shard_urls(root, "v0002")  # N+1 only removed a sample: the same shards
+
+    cfg = TrainConfig(shards=shard_urls(root, "v0002"), dataset_version="v0002", steps=1)
+    step = {"loss": 1.0, "noise": 1.0, "hola": 0.0}
+    record = run_record(
+        SimpleNamespace(cfg=cfg, device="cpu"),
+        SimpleNamespace(urls=cfg.shards, sizes=[(4, 4)], dataset=SimpleNamespace(stats={}), cache_stats=None),
+        SimpleNamespace(history=[step], start_step=0, samples_seen=4),
+        SimpleNamespace(world_size=1),
+        train_seconds=1.0, data_seconds=0.0, published="", hola_layers=[], alignment=None,
+    )  # fmt: skip
+    assert record["data"] == {"shards": cfg.shards, "dataset_version": "v0002"}
+    model = tmp_path / "store" / "models" / "daring_unet" / "hola"
+    model.mkdir(parents=True)
+    (model / "training_run.json").write_text(json.dumps(record))
+    assert main(["lineage", "hola", "--store", root]) == 0
+    lin = json.loads(capsys.readouterr().out)
+    assert (lin["dataset_version"], lin["samples"]) == ("v0002", 7)
+    assert (lin["sourcing_batches"], lin["label_rounds"]) == (["b0"], [1])
+    # without the name, the shards alone cannot tell N from N+1
+    (model / "training_run.json").write_text(json.dumps({**record, "data": {"shards": cfg.shards}}))
+    with pytest.raises(ValueError, match="exactly those of 2 published versions"):
+        lineage(root, "models/daring_unet/hola")

@@ -323,12 +323,14 @@ def test_dataset_of_shards(urls, found):
         "/s/datasets/cosmicman-hq/v0001/shard-0.tar.gz",
         "/s/datasets/cosmicman-hq/v0001/shard-.tar",
         "/s/datasets/other/v0001/shard-0.tar",
+        "/s/datasets/cosmicman-hq/shards/abc.tar",  # a shared shard is named by a whole sha256
+        "/s/datasets/cosmicman-hq/shards/" + "A" * 64 + ".tar",
     ],
 )
 def test_urls_outside_a_dataset_version_are_refused(url):
     with pytest.raises(ValueError) as err:
         dataset_of_shards([url])
-    assert str(err.value) == f"{url} is not a CosmicMan-HQ shard URL (…/datasets/cosmicman-hq/vNNNN/shard-N.tar)"
+    assert str(err.value) == f"{url} is not a CosmicMan-HQ shard URL (…/datasets/cosmicman-hq/shards/<sha256>.tar)"
 
 
 def test_shards_must_come_from_one_version():

@@ -9,15 +9,15 @@ from tests.datasets.test_dataset_version import make_samples
 
 def test_counts_of_an_intact_version_and_problems_of_a_broken_one(tmp_path):
     root = str(tmp_path / "store")
-    write_dataset_version(root, "v0001", make_samples(7), samples_per_shard=3)
+    info = write_dataset_version(root, "v0001", make_samples(7), samples_per_shard=3)
     intact = verify_version(root, "v0001")
-    assert intact.intact and (intact.shards, intact.samples) == (3, 7)
-    vpath = tmp_path / "store" / "datasets" / "cosmicman-hq" / "v0001"
-    assert intact.n_bytes == sum((vpath / f"shard-00000{i}.tar").stat().st_size for i in range(3))
+    assert intact.intact and (intact.shards, intact.samples, intact.reread) == (3, 7, 3)
+    shared = tmp_path / "store" / "datasets" / "cosmicman-hq" / "shards"
+    assert intact.n_bytes == sum((shared / name).stat().st_size for name in info.shards)
 
-    (vpath / "shard-000002.tar").unlink()
+    (shared / info.shards[2]).unlink()
     broken = verify_version(root, "v0001")
-    assert broken.problems == ["shard-000002.tar: missing"] and broken.shards == 3
+    assert broken.problems == [f"{info.shards[2]}: missing"] and broken.shards == 3
 
 
 def test_an_unpublished_version_lists_nothing(tmp_path):

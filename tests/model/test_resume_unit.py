@@ -30,6 +30,7 @@ RESUME_POINT = {"start": 6, "exclude": [7, 9]}
 # a valid value different from the default for every key a resume must keep
 CHANGED = {
     "shards": ["/other/shard-0.tar"],
+    "excluded_samples": ["0" * 64],
     "pretrained": "some/sd-model",
     "family": "sdxl",
     "resolution": 256,

@@ -87,6 +87,7 @@ def test_latent_cache_matches_uncached_and_is_reused(tmp_path):
         "encoded_units": 0,
         "reused_units": 2,
         "samples": 0,
+        "reused_samples": 8,
         "errors": 0,
     }
     assert again["loss_history"] == cached["loss_history"][:2]

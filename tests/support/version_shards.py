@@ -10,7 +10,7 @@ from PIL import Image
 
 from cosmicman.datasets.captions import build_caption, sample_attributes
 from cosmicman.datasets.samples import DatasetSample
-from cosmicman.datasets.shards import write_shards
+from cosmicman.datasets.shards import ShardWriter
 
 SIZE = 64
 LEFT_ARM = 14
@@ -39,6 +39,12 @@ def make_dataset_sample(protocol, tok, i: int) -> DatasetSample:
 def write_version_shards(folder, protocol, tok, n: int = 6, per_shard: int = 3) -> list[str]:
     """Shards written by the dataset-version writer (``caption_source`` included)."""
     folder.mkdir(parents=True, exist_ok=True)
-    samples = [make_dataset_sample(protocol, tok, i) for i in range(n)]
-    _, shard_rows, _ = write_shards(fsspec.filesystem("file"), str(folder), samples, per_shard, None, tok)
-    return [str(folder / r["shard"]) for r in shard_rows]
+    names: list[str] = []
+    writer = ShardWriter(
+        fsspec.filesystem("file"), str(folder), str(folder / "partial.tar"), per_shard, None, tok,
+        lambda record, _rows: names.append(record.shard),
+    )  # fmt: skip
+    for i in range(n):
+        writer.add(make_dataset_sample(protocol, tok, i))
+    writer.finish()
+    return [str(folder / name) for name in names]

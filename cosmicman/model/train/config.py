@@ -14,13 +14,20 @@ from typing import Any
 import fsspec
 
 # Filled per run by whoever launches it (the ``daring_unet`` asset): where the data, the output and the
-# latent cache live, and that a relaunch continues from its checkpoints. Not part of a recipe.
-PER_RUN_FIELDS = ("shards", "output_url", "cache_url", "resume")
+# latent cache live, that a relaunch continues from its checkpoints, which samples of the shards are not in
+# the dataset version, and that version's name. Not part of a recipe.
+PER_RUN_FIELDS = ("shards", "output_url", "cache_url", "resume", "excluded_samples", "dataset_version")
 
 
 @dataclass
 class TrainConfig:
     shards: list[str] = field(default_factory=list)  # shard URLs (brace / glob / directory expanded)
+    # keys (image sha256) of samples the shards hold that are not in the dataset version (removed, not yet
+    # compacted away: cosmicman.datasets.layout.excluded_samples); never trained on
+    excluded_samples: list[str] = field(default_factory=list)
+    # the CosmicMan-HQ version the shards are read for: the training record names it, since shared shards
+    # belong to several versions (cosmicman.datasets.lineage); None when the shards are not a version's
+    dataset_version: str | None = None
     output_url: str = ""  # where the diffusers folder is published (path, file://, s3://)
     pretrained: str | None = None  # hub id / local diffusers folder (SD or SDXL); None: tiny components
     family: str = "sd"  # tiny components' family ("sd" | "sdxl"); pretrained: detected
@@ -88,6 +95,8 @@ class TrainConfig:
 
         if isinstance(self.shards, str):
             self.shards = [self.shards]
+        if isinstance(self.excluded_samples, str) or not all(isinstance(k, str) for k in self.excluded_samples):
+            raise ValueError("excluded_samples must be a list of sample keys (image sha256 strings)")
         ActivationConfig(self.act_fn, self.ff_act_fn)  # rejects unknown activation names before any work
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}")

@@ -3,7 +3,9 @@ cache) prepared by a loader thread, with the bookkeeping exact resume needs.
 
 A rank reads whole shards of its own (``cosmicman.model.shards``: unit u of the endless shard sequence goes
 to rank u % world_size) and numbers its samples k * world_size + rank: positions rise within a rank, so its
-resume point (stored in its own checkpoint part) is a start plus exclusions in its own stream.
+resume point (stored in its own checkpoint part) is a start plus exclusions in its own stream. Samples the
+shards hold that are not in the dataset version (``cfg.excluded_samples``: shards are shared by versions)
+are dropped as their shard is read, in the cached stream too, and never reach a batch.
 
 Decoded training samples get their per-sample draws (``cosmicman.model.sample_draw``: flip, fresh caption)
 seeded by (run seed, stream position), so a resumed run draws what the uninterrupted one drew. A latent
@@ -80,6 +82,11 @@ class DataStream:
                 dist.world_size,
                 say,
             )
+            built = self.cache_stats
+            say(
+                f"latent cache: {built['reused_units']} unit(s) reused ({built['reused_samples']} samples), "
+                f"{built['encoded_units']} encoded ({built['samples']} samples)"
+            )
             barrier()  # every rank's units are in before anyone reads
             self.cache_url = self.cache.url
             say(
@@ -129,6 +136,7 @@ class DataStream:
 
         cfg = self.cfg
         order["seed"] = cfg.seed
+        order["excluded_samples"] = cfg.excluded_samples
         if self.cache is not None and not decoding:
             from cosmicman.model.latent_cache import CachedShardDataset
 

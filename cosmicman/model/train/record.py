@@ -95,7 +95,7 @@ def run_record(
     }
     return {
         "config": dataclasses.asdict(cfg),
-        "data": {"shards": data.urls},
+        "data": {"shards": data.urls, "dataset_version": cfg.dataset_version},
         "code_version": code_version(),
         "metrics": metrics,
         "loss_history": history,

@@ -20,6 +20,7 @@ from cosmicman.model.train.step import DaringTrainer
 # checkpoint config keys that must match on resume (the rest, e.g. steps / log_every, may change)
 RESUME_MUST_MATCH = (
     "shards",
+    "excluded_samples",
     "pretrained",
     "family",
     "resolution",

@@ -1,0 +1,368 @@
+"""Building a version that shares shards with the version before it, resumably, in memory that does not grow
+with the pool's rows beyond a few integers each.
+
+A sample's content key (:func:`cosmicman.datasets.samples.content_key`) digests everything its shard members
+are made of. A sample whose key the base version holds is referenced in its shard; every other sample is
+written into new shards, and their manifest rows into one new segment
+(:mod:`cosmicman.datasets.segments`); the base's segments are shared, so a version writes bytes in proportion
+to its change. A removed sample leaves through ``removed.parquet``: its shard stays, with ``n_live`` below
+``n_samples``, until its live share falls under ``min_live_fraction``; then the shard's live samples are
+written anew (compaction) and the version no longer references it. A removed sample that comes back unchanged
+is referenced where it lies. A shard holding another copy of a sample the version holds (relabelled, or
+stored twice) is compacted too, so a sample named by ``excluded_samples`` is never one the version holds. A
+base segment whose kept rows fall under ``min_live_fraction`` of it has those rows copied into the new
+segment, so reading a version never reads much more than its rows.
+
+Joins and counts run on two 60-bit integers a row (the leading hex digits of the image sha256 and of the
+content key), never on the pool's labels. Each shard written is recorded in the staging folder as it is
+stored; a build killed mid-way and started again references those shards like the base version's and writes
+only the rest, in the same order, so the shards come out as an uninterrupted build's.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import polars as pl
+
+from cosmicman.core.keys import dataset_shard_index_key
+from cosmicman.datasets.layout import (
+    REMOVED,
+    REMOVED_SCHEMA,
+    SEGMENTS,
+    SHARDS,
+    SUCCESS,
+    read_parquet,
+    shard_rows,
+    shards_path,
+    version_path,
+)
+from cosmicman.datasets.samples import DatasetSample
+from cosmicman.datasets.segments import SegmentRecord, SegmentWriter, segments_frame
+from cosmicman.datasets.shards import ShardRecord, ShardWriter
+from cosmicman.datasets.version import (
+    PARTIAL_SEGMENT,
+    PARTIAL_SHARD,
+    SHARDS_SCHEMA,
+    VersionInfo,
+    finish_version,
+    prepare,
+    remove_if_empty,
+)
+
+WRITTEN = "written"  # staging subfolder: one marker per shard stored by this build, in write order
+KEY_DIGITS = 15  # hex digits per join key: 60 bits, a signed 64-bit integer
+KEY_SCHEMA = {"s0": pl.Int64, "c0": pl.Int64}
+
+
+def key_columns(sha: str = "sha256", key: str = "content_key") -> list[pl.Expr]:
+    """The two integer join keys of a sample: image sha256 and content key, 60 bits each."""
+    return [
+        pl.col(sha).str.slice(0, KEY_DIGITS).str.to_integer(base=16).alias("s0"),
+        pl.col(key).str.slice(0, KEY_DIGITS).str.to_integer(base=16).alias("c0"),
+    ]
+
+
+@dataclass(frozen=True)
+class ShardPolicy:
+    """How big a shard grows (``samples_per_shard`` samples, or ``max_shard_bytes`` bytes when set) and the
+    live share under which a shard's samples are written anew."""
+
+    samples_per_shard: int
+    max_shard_bytes: int | None = None
+    min_live_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard={self.samples_per_shard}: set at least 1")
+        if self.max_shard_bytes is not None and self.max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes={self.max_shard_bytes}: set at least 1, or None for no limit")
+        if not 0.0 <= self.min_live_fraction <= 1.0:
+            raise ValueError(f"min_live_fraction={self.min_live_fraction}: set a fraction in [0, 1]")
+
+
+class PoolSource(Protocol):
+    """The candidate samples of a version, one batch in memory at a time."""
+
+    def batches(self) -> Sequence[str]:
+        """Every batch, in a stable order."""
+        ...
+
+    def rows(self, batch: str) -> pl.DataFrame:
+        """The batch's samples: ``sha256``, ``content_key`` and whatever :meth:`samples` needs."""
+        ...
+
+    def samples(self, rows: pl.DataFrame) -> Iterator[DatasetSample]:
+        """The whole samples of ``rows`` (some rows of :meth:`rows`), in their order."""
+        ...
+
+
+@dataclass(frozen=True)
+class PoolIndex:
+    """Every candidate's join keys and batch, and a fingerprint of the pool's content."""
+
+    batches: tuple[str, ...]
+    keys: pl.DataFrame  # s0, c0, batch_i
+    fingerprint: str
+
+
+def index_pool(source: PoolSource) -> PoolIndex:
+    """One pass over the batches: the join keys (20 bytes a sample) and the pool's fingerprint (a digest of
+    every batch's sorted content keys). Two batches holding the same image are refused."""
+    import hashlib
+
+    batches = tuple(source.batches())
+    parts, digest = [], hashlib.sha256()
+    for i, batch in enumerate(batches):
+        rows = source.rows(batch)
+        content = "".join(rows["content_key"].sort().to_list())
+        digest.update(f"{batch}\x1f{hashlib.sha256(content.encode()).hexdigest()}\n".encode())
+        parts.append(rows.select(*key_columns(), pl.lit(i, pl.UInt32).alias("batch_i")))
+    keys = pl.concat(parts) if parts else pl.DataFrame(schema={**KEY_SCHEMA, "batch_i": pl.UInt32})
+    twice = int(keys["s0"].is_duplicated().sum())
+    if twice:
+        raise ValueError(f"{twice} pool rows share an image sha256 with another row: a sample must be in one batch")
+    return PoolIndex(batches, keys, digest.hexdigest())
+
+
+@dataclass(frozen=True)
+class BuildCounts:
+    """What a build wrote and what it referenced. ``written_bytes``: every byte this build wrote under the
+    store (new shards and their indexes, its staging records, the segment, the version's files)."""
+
+    written_samples: int
+    written_shards: int
+    written_bytes: int
+    reused_samples: int
+    reused_shards: int
+    compacted_shards: int
+    resumed_shards: int  # stored by an earlier, killed attempt at this version
+    moved_segments: int = 0  # base segments whose kept shards' rows the new segment took over
+
+
+@dataclass(frozen=True)
+class _Known:
+    """Shards a build may reference (the base version's, then those staged), every sample they hold (the
+    chosen copy of a sample first: staged, then live in the base, then removed from it) and the base's
+    segments."""
+
+    shards: pl.DataFrame  # shard_i, shard, sha256, n_samples, n_bytes, segment (staged: null), staged
+    keys: pl.DataFrame  # s0, c0, shard_i
+    segments: pl.DataFrame  # the base version's segments.parquet
+
+
+def build_version(
+    root: str,
+    version: str,
+    source: PoolSource,
+    *,
+    index: PoolIndex | None = None,
+    base: str | None = None,
+    policy: ShardPolicy,
+    protocol=None,
+    tokenizer=None,
+    datacard: Mapping[str, Any] | None = None,
+    created_at: str | None = None,
+    allow_empty: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[VersionInfo, BuildCounts]:
+    """Build and publish ``version`` from ``source``, sharing the shards and segments of published version
+    ``base``. ``index``: the pool's :func:`index_pool` when the caller made it already."""
+    fs, root_path, staging, protocol, tokenizer = prepare(root, version, storage_options, protocol, tokenizer)
+    index = index or index_pool(source)
+    fs.makedirs(posixpath.join(staging, WRITTEN), exist_ok=True)
+    known = _known_shards(fs, root_path, staging, base)
+    pool = index.keys
+    # one copy per content key; any other copy of a sample the version holds makes its shard stale
+    matched = pool.join(known.keys.unique(["s0", "c0"], keep="first", maintain_order=True), on=["s0", "c0"])
+    live = matched.group_by("shard_i").agg(pl.len().cast(pl.Int64).alias("n_live"))
+    catalogue = known.shards.join(live, on="shard_i", how="left").with_columns(pl.col("n_live").fill_null(0))
+    stale = known.keys.join(matched, on=["s0", "c0", "shard_i"], how="anti").join(pool, on="s0", how="semi")
+    compact = (pl.col("n_live") < pl.col("n_samples") * policy.min_live_fraction) | pl.col("shard_i").is_in(
+        stale["shard_i"].unique().implode()
+    )
+    catalogue = catalogue.with_columns(compacted=(pl.col("n_live") > 0) & compact)
+    kept = catalogue.filter((pl.col("n_live") > 0) & ~pl.col("compacted")).sort("shard_i")
+    reused = matched.join(kept.select("shard_i"), on="shard_i", how="semi")
+    to_write = pool.join(reused, on=["s0", "c0"], how="anti", maintain_order="left")
+
+    written: list[int] = []  # bytes of each staging record this attempt wrote
+    records = _write_new(fs, root_path, staging, source, index, to_write, policy, tokenizer, known, written)
+    moved = _moved_segments(known, kept, policy)
+    segment = _write_segment(fs, root_path, staging, known, kept, moved, records)
+    name = segment.segment if segment else None
+    shards = pl.concat(
+        [
+            kept.with_columns(
+                pl.when(pl.col("staged") | pl.col("segment").is_in(moved.implode()))
+                .then(pl.lit(name, pl.String))
+                .otherwise(pl.col("segment"))
+                .alias("segment")
+            ).select(list(SHARDS_SCHEMA)),
+            pl.DataFrame([{**r.row(), "n_live": r.n_samples, "segment": name} for r in records], schema=SHARDS_SCHEMA),
+        ]
+    )
+    in_use = shards["segment"].unique().implode()
+    segments = pl.concat(
+        [known.segments.filter(pl.col("segment").is_in(in_use)), segments_frame([segment] if segment else [])]
+    )
+    removed = _removed(fs, root_path, known, kept, reused)
+    info = finish_version(
+        fs, root_path, staging, version, shards, segments, removed, protocol, datacard, created_at, allow_empty
+    )
+    fs.rm(staging, recursive=True)
+    remove_if_empty(fs, posixpath.dirname(staging))
+    created = [r for r in records if r.created]
+    counts = BuildCounts(
+        written_samples=sum(r.n_samples for r in records),
+        written_shards=len(records),
+        written_bytes=sum(written)
+        + sum(r.n_bytes + fs.size(posixpath.join(root_path, dataset_shard_index_key(r.sha256))) for r in created)
+        + (segment.n_bytes if segment and segment.created else 0)
+        + sum(int(e["size"]) for e in fs.ls(version_path(root_path, version), detail=True)),
+        reused_samples=reused.height,
+        reused_shards=kept.height,
+        compacted_shards=int(catalogue["compacted"].sum()),
+        resumed_shards=int(known.shards["staged"].sum()),
+        moved_segments=moved.len(),
+    )
+    return info, counts
+
+
+def _known_shards(fs, root_path: str, staging: str, base: str | None) -> _Known:
+    shards = pl.DataFrame(schema={**KNOWN_SCHEMA, "staged": pl.Boolean})
+    segments = segments_frame([])
+    live_keys: list[pl.DataFrame] = []
+    dead_keys: list[pl.DataFrame] = []
+    if base is not None:
+        bpath = version_path(root_path, base)
+        if not fs.exists(posixpath.join(bpath, SUCCESS)):
+            raise ValueError(f"base version {base!r} is not published")
+        shards = (
+            read_parquet(fs, posixpath.join(bpath, SHARDS))
+            .with_columns(pl.int_range(0, pl.len(), dtype=pl.Int64).alias("shard_i"))
+            .select(list(KNOWN_SCHEMA))
+            .with_columns(staged=pl.lit(False))
+        )
+        segments = read_parquet(fs, posixpath.join(bpath, SEGMENTS))
+        numbers = shards.select("shard", "shard_i")
+        gone = read_parquet(fs, posixpath.join(bpath, REMOVED)).select(*key_columns(), "shard")
+        gone = gone.join(numbers, on="shard").drop("shard")
+        for piece in shard_rows(fs, root_path, shards, segments, ["sha256", "content_key", "shard"]):
+            keys = piece.join(numbers, on="shard", maintain_order="left").select(*key_columns(), "shard_i")
+            live_keys.append(keys.join(gone, on=["s0", "c0", "shard_i"], how="anti", maintain_order="left"))
+        dead_keys.append(gone)
+    staged_rows: list[dict[str, Any]] = []
+    staged_keys: list[pl.DataFrame] = []
+    for marker in sorted(fs.ls(posixpath.join(staging, WRITTEN), detail=False)):
+        record = json.loads(fs.cat_file(marker))
+        i = shards.height + len(staged_rows)
+        staged_rows.append({**record, "shard_i": i, "segment": None, "staged": True})
+        rows = read_parquet(fs, posixpath.join(root_path, dataset_shard_index_key(record["sha256"])))
+        staged_keys.append(rows.select(*key_columns(), pl.lit(i, pl.Int64).alias("shard_i")))
+    if staged_rows:
+        staged = pl.DataFrame(staged_rows, schema={**KNOWN_SCHEMA, "staged": pl.Boolean})
+        shards = pl.concat([shards, staged.select(shards.columns)])
+    empty = pl.DataFrame(schema={**KEY_SCHEMA, "shard_i": pl.Int64})
+    keys = pl.concat([empty, *staged_keys, *live_keys, *dead_keys])  # the chosen copy of a sample first
+    return _Known(shards, keys, segments)
+
+
+KNOWN_SCHEMA = {
+    "shard_i": pl.Int64,
+    "shard": pl.String,
+    "sha256": pl.String,
+    "n_samples": pl.Int64,
+    "n_bytes": pl.Int64,
+    "segment": pl.String,
+}
+
+
+def _write_new(
+    fs, root_path, staging, source: PoolSource, index: PoolIndex, to_write: pl.DataFrame, policy, tokenizer, known,
+    written: list[int],
+) -> list[ShardRecord]:  # fmt: skip
+    """Write the samples of ``to_write`` into new shards, batch by batch, recording each shard as it is stored
+    (the bytes of each record into ``written``)."""
+    records: list[ShardRecord] = []
+    first = int(known.shards["staged"].sum())
+
+    def on_shard(record: ShardRecord, rows: pl.DataFrame) -> None:
+        marker = posixpath.join(staging, WRITTEN, f"{first + len(records):06d}-{record.sha256}.json")
+        data = json.dumps(record.row()).encode()
+        fs.pipe_file(marker, data)
+        written.append(len(data))
+        records.append(record)
+
+    writer = ShardWriter(
+        fs, shards_path(root_path), posixpath.join(staging, PARTIAL_SHARD), policy.samples_per_shard,
+        policy.max_shard_bytes, tokenizer, on_shard,
+    )  # fmt: skip
+    try:
+        for batch_i in to_write["batch_i"].unique(maintain_order=True).to_list():
+            wanted = to_write.filter(pl.col("batch_i") == batch_i).select("s0", "c0")
+            rows = (
+                source.rows(index.batches[batch_i])
+                .with_columns(*key_columns())
+                .join(wanted, on=["s0", "c0"], how="semi")
+                .sort("sha256")
+            )
+            for sample, key in zip(source.samples(rows), rows["content_key"].to_list(), strict=True):
+                writer.add(sample, key)
+        writer.finish()
+    finally:
+        writer.abandon()
+    return records
+
+
+def _moved_segments(known: _Known, kept: pl.DataFrame, policy: ShardPolicy) -> pl.Series:
+    """Base segments whose rows of kept shards fell under ``min_live_fraction`` of their rows: the new segment
+    takes those shards' rows over, so a version never reads much more than its own rows."""
+    used = kept.filter(~pl.col("staged")).group_by("segment").agg(pl.col("n_live").sum().alias("live"))
+    under = known.segments.join(used, on="segment").filter(pl.col("live") < pl.col("n_rows") * policy.min_live_fraction)
+    return under["segment"]
+
+
+def _write_segment(
+    fs, root_path: str, staging: str, known: _Known, kept: pl.DataFrame, moved: pl.Series, records
+) -> SegmentRecord | None:
+    """The new segment: every row of the kept shards of moved segments, of the kept shards an earlier attempt
+    staged and of the shards written now, in that order; None when there are none."""
+    writer = SegmentWriter(fs, root_path, posixpath.join(staging, PARTIAL_SEGMENT))
+    try:
+        taken = kept.filter(~pl.col("staged") & pl.col("segment").is_in(moved.implode()))
+        for piece in shard_rows(fs, root_path, taken, known.segments.filter(pl.col("segment").is_in(moved.implode()))):
+            writer.write(piece)
+        for sha in [*kept.filter(pl.col("staged"))["sha256"].to_list(), *(r.sha256 for r in records)]:
+            writer.write(read_parquet(fs, posixpath.join(root_path, dataset_shard_index_key(sha))))
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.store()
+
+
+def _removed(fs, root_path: str, known: _Known, kept: pl.DataFrame, reused: pl.DataFrame) -> pl.DataFrame:
+    """The samples the kept shards hold that the version does not (sha256, shard, content_key): named from the
+    segments of the few shards holding such samples, and from the indexes of staged ones."""
+    dead = known.keys.join(kept.select("shard_i"), on="shard_i", how="semi").join(
+        reused, on=["s0", "c0", "shard_i"], how="anti"
+    )
+    touched = known.shards.join(dead.select("shard_i").unique(), on="shard_i", how="semi")
+    named = [pl.DataFrame(schema=REMOVED_SCHEMA)]
+    columns = list(REMOVED_SCHEMA)
+
+    def found(rows: pl.DataFrame) -> pl.DataFrame:
+        return rows.with_columns(*key_columns()).join(dead, on=["s0", "c0", "shard_i"], how="semi").select(columns)
+
+    in_base = touched.filter(~pl.col("staged"))
+    numbers = known.shards.filter(~pl.col("staged")).select("shard", "shard_i")
+    for piece in shard_rows(fs, root_path, in_base, known.segments, columns):
+        named.append(found(piece.join(numbers, on="shard", maintain_order="left")))
+    for sha, shard_i in touched.filter(pl.col("staged")).select("sha256", "shard_i").iter_rows():
+        rows = read_parquet(fs, posixpath.join(root_path, dataset_shard_index_key(sha)), columns)
+        named.append(found(rows.with_columns(pl.lit(shard_i, pl.Int64).alias("shard_i"))))
+    return pl.concat(named)
