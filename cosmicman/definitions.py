@@ -3,7 +3,7 @@
 ``COSMICMAN_ENV`` selects the environment (``local`` by default: the embedded, zero-configuration
 flywheel under ``.cosmicman/``); each lives in its own file under ``cosmicman/environments``. Assets
 never branch on it; only the resources differ, and for ``k8s`` how steps execute (one pod per step, a GPU
-for each filter shard).
+for each filter shard and for each batch's annotation).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cosmicman.assets import (
     filtering,
     filtering_checks,
     parsing,
+    pool_annotation,
     sourcing,
     training,
     training_checks,
@@ -61,6 +62,7 @@ def build_definitions(
     resources: dict[str, Any],
     executor: dg.ExecutorDefinition | None = None,
     filter_step_tags: dict[str, Any] | None = None,
+    annotation_step_tags: dict[str, Any] | None = None,
     variants: Sequence[str] | None = None,
 ) -> dg.Definitions:
     """The code location over ``resources``; ``variants`` narrows the training partitions (default: all)."""
@@ -69,6 +71,7 @@ def build_definitions(
             [sourcing, filtering, parsing, annotation, captions, datasets, training, evaluation]
         ),
         filtering.build_filtered_images(filter_step_tags),
+        pool_annotation.build_annotations(annotation_step_tags),
     ]
     # a check's partitions are its asset's: the training checks follow the (possibly narrowed) variants
     variant_partitions = (

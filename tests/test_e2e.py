@@ -146,7 +146,9 @@ def test_lineage_of_a_trained_model_names_its_batches_and_rounds(flywheel, capsy
         for key, df in store.iter_tables("tables/raw_images")
         if set(df["sha256"].to_list()) & in_dataset
     }
-    ann = store.read_table("tables/annotations.parquet").filter(pl.col("sha256").is_in(list(in_dataset)))
+    ann = pl.concat([df for _, df in store.iter_tables("tables/annotations")]).filter(
+        pl.col("sha256").is_in(list(in_dataset))
+    )
     assert lin["dataset_version"] == version and lin["samples"] == len(in_dataset)
     assert lin["sourcing_batches"] == sorted(batches) and len(batches) >= 2
     # the label rounds behind the model: those adopted into the annotator that labelled its samples

@@ -1,13 +1,13 @@
-"""Annotate Anyone: the evaluation set, the human-in-the-loop rounds and the annotated pool.
+"""Annotate Anyone: the evaluation set and the human-in-the-loop rounds.
 
 The rounds are dynamic partitions (``round-001``, ...). Per round, ``labelling_tasks`` measures the
 annotator in force on I_e and submits the round :func:`~cosmicman.annotation.rounds.plan_round` decides;
 ``human_labels`` collects the answers (the labels_arrived sensor runs it when they are in);
 ``annotator`` fine-tunes on :func:`~cosmicman.annotation.rounds.training_labels`, measures again and
 closes the round with :func:`~cosmicman.annotation.rounds.close_round` (the hitl_round sensor opens the
-next round, or annotates the pool with the final annotator). The rules live in
-``cosmicman.annotation.rounds``, the records in ``cosmicman.annotation.ledger``; I_e, round 0 and the
-labelling backend come from the resources.
+next round, or annotates the pool with the final annotator: ``annotations``, batch by batch, in
+``cosmicman.assets.pool_annotation``). The rules live in ``cosmicman.annotation.rounds``, the records in
+``cosmicman.annotation.ledger``; I_e, round 0 and the labelling backend come from the resources.
 """
 
 import json
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import dagster as dg
 import polars as pl
 
-from cosmicman.annotation.accuracy import mean_accuracy, merge_human_answers, per_category_accuracy
+from cosmicman.annotation.accuracy import mean_accuracy, per_category_accuracy
 from cosmicman.annotation.annotator import load_annotator
 from cosmicman.annotation.eval_set import EVAL_SET_TABLE, read_eval_items
 from cosmicman.annotation.items import LabelRecord
@@ -38,7 +38,6 @@ from cosmicman.assets.metadata import location, tidy_metadata
 from cosmicman.assets.plots import image_grid
 from cosmicman.core.imageio import decode_image
 from cosmicman.core.keys import annotator_key, table_key, truth_mask_key
-from cosmicman.core.protocol import load_protocol
 from cosmicman.core.store import Store
 from cosmicman.resources.annotation import AnnotatorResource, LabellingResource
 from cosmicman.resources.storage import ObjectStoreResource
@@ -320,64 +319,4 @@ def annotator(
             }
         ),
         data_version=dg.DataVersion(result.annotator_in_force),
-    )
-
-
-@dg.asset(deps=["annotator", "filtered_images"], kinds={"python", "parquet"}, group_name=GROUP, code_version="3")
-def annotations(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    """Every kept pool image annotated by the annotator in force, with the humans' answers over its own
-    (answers follow the protocol's hierarchy)."""
-    store = object_store.store()
-    ledger = RoundLedger(store)
-    if not ledger.results():
-        raise dg.Failure("no annotation round has finished: run a round (labelling_tasks, human_labels, annotator)")
-    in_force = ledger.in_force()
-    model = load_annotator(store.read_bytes(in_force.key))
-    human: dict[str, dict[str, str]] = {}
-    for n in in_force.label_rounds:
-        for lab in _human_labels(store, n):
-            human.setdefault(lab.image_sha256, {})[lab.category] = lab.answer
-    protocol = load_protocol()
-    pool = _kept_pool(store)
-    rows, progress = [], Progress(context.log, "annotating", len(pool))
-    keys = pool.select("sha256", "blob_key").rows()
-    label_rounds = json.dumps(list(in_force.label_rounds))
-    for start in range(0, len(keys), 32):
-        chunk = keys[start : start + 32]
-        preds = model.predict([store.read_bytes(k) for _, k in chunk])
-        rows += [
-            {
-                "sha256": sha,
-                "attributes": json.dumps(merge_human_answers(p, human.get(sha, {}), protocol), sort_keys=True),
-                "annotator_version": model.version,
-                "annotator_round": in_force.round,
-                "label_rounds": label_rounds,
-                "human_answers": len(human.get(sha, {})),
-            }
-            for (sha, _), p in zip(chunk, preds)
-        ]
-        progress(start + len(chunk))
-    df = pl.DataFrame(
-        rows,
-        schema={
-            "sha256": pl.Utf8,
-            "attributes": pl.Utf8,
-            "annotator_version": pl.Utf8,
-            "annotator_round": pl.Int64,
-            "label_rounds": pl.Utf8,
-            "human_answers": pl.Int64,
-        },
-    )
-    store.write_table(table_key("annotations"), df)
-    return dg.MaterializeResult(
-        metadata={
-            "images": len(df),
-            "annotator": model.version,
-            "annotator_round": in_force.round,
-            "label_rounds": ", ".join(str(n) for n in in_force.label_rounds) or "none",
-            "images_with_human_answers": int((df["human_answers"] > 0).sum()),
-        },
-        data_version=dg.DataVersion(
-            content_digest(f"{s}|{a}" for s, a in df.select("sha256", "attributes").iter_rows())
-        ),
     )

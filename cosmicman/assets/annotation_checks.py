@@ -1,10 +1,11 @@
 """Checks on the labelling loop: the annotator in force is not worse on I_e than the one before it.
 
 The check blocks the pool's annotation. It rides along with ``annotator`` in ``labels_job`` (a check runs with
-its asset by default) and is selected again in ``annotations_job`` (``cosmicman.jobs.annotation``): a blocking
-check in the same run as ``annotations`` is a step ``annotations`` waits on, so when it fails Dagster does not
-execute ``annotations`` (nor ``captions``) and the run shows why. It is not partitioned: it judges the ledger's
-latest closed round, the one whose annotator would label the pool.
+its asset by default) and is selected again in ``annotations_job`` (``cosmicman.jobs.annotation``), whose every
+run annotates one sourcing batch: a blocking check in the same run as ``annotations`` is a step ``annotations``
+waits on, so when it fails Dagster does not execute ``annotations[batch]`` (nor ``captions[batch]``) and the run
+shows why. It is not partitioned: it judges the ledger's latest closed round, the one whose annotator would
+label every batch (a cheap read of the ledger, so each batch's run judges it again).
 """
 
 import dagster as dg

@@ -8,6 +8,7 @@ nothing new launches no run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
@@ -85,40 +86,87 @@ def once_deps_settle() -> dg.AutomationCondition:
 
 
 @dataclass(frozen=True)
-class AnnotatedPool:
-    """What one ``annotations`` materialization reports: how many pool images, labelled by which annotator."""
+class AnnotatedBatch:
+    """What one ``annotations`` materialization reports of its sourcing batch: how many images, labelled by
+    which annotator."""
 
     images: int
     annotator: str
 
 
-def newly_annotated(now: AnnotatedPool, at_last_version: AnnotatedPool) -> int:
-    """Images annotated since the pool the last dataset version was built from: every image when a new
-    annotator relabelled the pool, otherwise the images added since."""
-    if now.annotator != at_last_version.annotator:
+def newly_annotated(now: AnnotatedBatch, at_last_version: AnnotatedBatch | None) -> int:
+    """Images of one batch annotated since the pool the last dataset version was built from: every image of a
+    batch new since (``at_last_version`` None) or relabelled by a new annotator, otherwise the images it gained."""
+    if at_last_version is None or now.annotator != at_last_version.annotator:
         return now.images
     return max(0, now.images - at_last_version.images)
 
 
-def _annotated_pool(record: dg.EventLogRecord | None) -> AnnotatedPool | None:
+def _annotated_batch(record: dg.EventLogRecord | None) -> AnnotatedBatch | None:
     materialization = record.asset_materialization if record else None
     if materialization is None:
         return None
     metadata = materialization.metadata
-    return AnnotatedPool(int(metadata["images"].value), str(metadata["annotator"].value))  # type: ignore[arg-type]
+    return AnnotatedBatch(int(metadata["images"].value), str(metadata["annotator"].value))  # type: ignore[arg-type]
 
 
-def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, before: int | None = None) -> dg.EventLogRecord | None:
+def _latest(
+    instance: dg.DagsterInstance, key: dg.AssetKey, before: int | None = None, partition: str | None = None
+) -> dg.EventLogRecord | None:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, before_storage_id=before), limit=1
+        dg.AssetRecordsFilter(
+            asset_key=key, asset_partitions=[partition] if partition else None, before_storage_id=before
+        ),
+        limit=1,
     ).records
     return records[0] if records else None
 
 
+# materialization records read per query while counting newly annotated images
+RECORDS_PAGE = 200
+
+
+def _latest_per_batch_since(instance: dg.DagsterInstance, after: int | None) -> Iterator[dg.EventLogRecord]:
+    """Each batch's latest ``annotations`` record after storage id ``after`` (all of them when None), newest
+    first, read a page at a time as the caller goes: the batches annotated since, never the whole history."""
+    seen: set[str | None] = set()
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=ANNOTATIONS, after_storage_id=after), limit=RECORDS_PAGE, cursor=cursor
+        )
+        for record in page.records:
+            if record.partition_key not in seen:
+                seen.add(record.partition_key)
+                yield record
+        if not page.has_more:
+            return
+        cursor = page.cursor
+
+
+def count_newly_annotated(instance: dg.DagsterInstance, version: dg.EventLogRecord | None, at_least: int) -> int:
+    """Images newly annotated since the dataset ``version`` (every annotated image before the first one), summed
+    over the batches annotated since, each against its own latest figures before ``version``. Stops counting
+    once ``at_least`` is reached: a relabelled pool is not read batch by batch to say yes."""
+    total = 0
+    for record in _latest_per_batch_since(instance, version.storage_id if version else None):
+        now = _annotated_batch(record)
+        then = (
+            _annotated_batch(_latest(instance, ANNOTATIONS, before=version.storage_id, partition=record.partition_key))
+            if version
+            else None
+        )
+        total += newly_annotated(now, then) if now else 0
+        if total >= at_least:
+            break
+    return total
+
+
 class NewlyAnnotatedImages(dg.AutomationCondition):
     """True for a dataset built from ``annotations`` once ``min_images`` images were newly annotated since its
-    latest materialization (the annotations it was built from are the latest before it); before its first
-    materialization, as soon as the pool is annotated. Reads only the instance's materialization records."""
+    latest materialization (the annotations it was built from are the latest of each batch before it); before
+    its first materialization, as soon as an image is annotated. Reads only the instance's materialization
+    records: those of the batches annotated since, and each one's latest before the version."""
 
     def __init__(self, min_images: int) -> None:
         self.min_images = min_images
@@ -135,21 +183,17 @@ class NewlyAnnotatedImages(dg.AutomationCondition):
         if not isinstance(context.key, dg.AssetKey):
             raise TypeError(f"{self.name} applies to an asset, not to {context.key}")
         instance = context.asset_graph_view.instance
-        now = _annotated_pool(_latest(instance, ANNOTATIONS))
         version = _latest(instance, context.key)
-        if now is None:
-            enough = False
-        elif version is None:
-            enough = now.images > 0
-        else:
-            then = _annotated_pool(_latest(instance, ANNOTATIONS, before=version.storage_id))
-            enough = then is None or newly_annotated(now, then) >= self.min_images
+        at_least = self.min_images if version else 1
+        enough = count_newly_annotated(instance, version, at_least) >= at_least
         return dg.AutomationResult(context, context.candidate_subset if enough else context.get_empty_subset())
 
 
 def on_newly_annotated_images(min_images: int) -> dg.AutomationCondition:
     """A new dataset version when ``min_images`` images were newly annotated (once per such arrival); the first
-    version as soon as the pool is annotated."""
-    first = dg.AutomationCondition.missing() & ~dg.AutomationCondition.execution_failed()
-    arrived = NewlyAnnotatedImages(min_images).newly_true().since_last_handled()
+    version once an image is annotated and no batch is left unannotated (with no batch at all, an empty pool
+    misses nothing: hence the image)."""
+    annotated = NewlyAnnotatedImages(min_images)
+    first = dg.AutomationCondition.missing() & ~dg.AutomationCondition.execution_failed() & annotated
+    arrived = annotated.newly_true().since_last_handled()
     return ((first | arrived) & _settled()).with_label(f"first version, then {min_images} newly annotated images")

@@ -1,4 +1,5 @@
-"""Daring's discretized captions of the annotated pool."""
+"""Daring's discretized captions of the annotated pool, one sourcing batch per partition: a batch's captions
+read that batch's annotations only."""
 
 import hashlib
 import json
@@ -6,19 +7,38 @@ import json
 import dagster as dg
 import polars as pl
 
-from cosmicman.assets.common import content_digest
+from cosmicman.assets.common import content_digest, sourcing_batches
 from cosmicman.assets.metadata import frame_table, tidy_metadata
 from cosmicman.core.keys import table_key
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import build_caption
 from cosmicman.resources.storage import ObjectStoreResource
 
+CAPTIONS_SCHEMA = {
+    "sha256": pl.Utf8,
+    "caption": pl.Utf8,
+    "groups": pl.Utf8,
+    "n_groups": pl.Int64,
+    "n_spans": pl.Int64,
+    "n_tokens": pl.Int64,
+}
 
-@dg.asset(deps=["annotations"], kinds={"python", "parquet"}, group_name="datasets", code_version="1")
+
+@dg.asset(
+    partitions_def=sourcing_batches,
+    deps=["annotations"],
+    kinds={"python", "parquet"},
+    group_name="datasets",
+    code_version="2",
+)
 def captions(context: dg.AssetExecutionContext, object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    """Daring's discretized captions: groups, token spans in the CLIP prompt, and their ATR labels."""
+    """Daring's discretized captions of the batch: groups, token spans in the CLIP prompt, and their ATR labels."""
     store = object_store.store()
-    ann = store.read_table(table_key("annotations"))
+    batch = context.partition_key
+    key = table_key("annotations", batch)
+    if not store.exists(key):
+        raise dg.Failure(f"{batch} has no annotations table ({key}): materialize annotations[{batch}] first")
+    ann = store.read_table(key, columns=["sha256", "attributes"])
     tokenizer = load_clip_tokenizer()
     rows = []
     for sha, attrs in ann.select("sha256", "attributes").iter_rows():
@@ -34,8 +54,8 @@ def captions(context: dg.AssetExecutionContext, object_store: ObjectStoreResourc
                 "n_tokens": len(tokenizer(cap.text)["input_ids"]),
             }
         )
-    df = pl.DataFrame(rows)
-    store.write_table(table_key("captions"), df)
+    df = pl.DataFrame(rows, schema=CAPTIONS_SCHEMA)
+    store.write_table(table_key("captions", batch), df)
     return dg.MaterializeResult(
         metadata=tidy_metadata(
             {

@@ -12,6 +12,8 @@ TRAINING_POOL = "gpu_training"
 EVALUATION_POOL = "gpu_evaluation"
 # one step = one filter shard's pod (COSMICMAN_FILTER_GPUS)
 FILTER_POOL = "gpu_filters"
+# one step = one sourcing batch annotated by the annotator in force (a VLM on a GPU in production)
+ANNOTATION_POOL = "gpu_annotation"
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
 

@@ -1,4 +1,4 @@
-"""Production on Kubernetes: the S3 store, real sources, GPU filter steps and training pods."""
+"""Production on Kubernetes: the S3 store, real sources, GPU filter and annotation steps, training pods."""
 
 from __future__ import annotations
 
@@ -37,15 +37,18 @@ def k8s_resources() -> dict:
     return resources
 
 
+def _gpu_step_tags(gpus: str) -> dict:
+    return {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": gpus}}}}}
+
+
 def k8s_execution() -> dict:
     """Every step in its own pod (``k8s_job_executor``; image, namespace and the rest come from the
-    K8sRunLauncher), so each filter shard's pod asks for ``COSMICMAN_FILTER_GPUS`` GPUs of its own."""
+    K8sRunLauncher), so each filter shard's pod asks for ``COSMICMAN_FILTER_GPUS`` GPUs of its own and each
+    batch's annotation step (the VLM) for ``COSMICMAN_ANNOTATION_GPUS``."""
     from dagster_k8s import k8s_job_executor
 
-    gpus = os.environ.get("COSMICMAN_FILTER_GPUS", "1")
     return {
         "executor": k8s_job_executor,
-        "filter_step_tags": {
-            "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": gpus}}}}
-        },
+        "filter_step_tags": _gpu_step_tags(os.environ.get("COSMICMAN_FILTER_GPUS", "1")),
+        "annotation_step_tags": _gpu_step_tags(os.environ.get("COSMICMAN_ANNOTATION_GPUS", "1")),
     }

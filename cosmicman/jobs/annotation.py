@@ -31,10 +31,11 @@ labels_job = dg.define_asset_job(
 )
 annotations_job = dg.define_asset_job(
     "annotations_job",
-    # the annotator's blocking check runs first in the same run: when it fails, the pool is not annotated
+    # one sourcing batch per run (a partition); the annotator's blocking check runs first in the same run: when it
+    # fails, the batch is not annotated
     selection=dg.AssetSelection.assets("annotations", "captions") | dg.AssetSelection.checks_for_assets("annotator"),
-    description="Annotate and caption the pool with the final annotator (and the humans' answers), once the "
-    "annotator in force passed its check (not worse on I_e than the one before).",
+    description="Annotate and caption one sourcing batch with the final annotator (and the humans' answers about "
+    "its images), once the annotator in force passed its check (not worse on I_e than the one before).",
 )
 
 
@@ -89,15 +90,17 @@ def _labels_request(status: RoundStatus, read: str, cursor: str | None = None) -
     jobs=[annotation_round_job, annotations_job],
     minimum_interval_seconds=sensor_interval_s(),
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Opens the next labelling round while rounds still gain; once the loop stops, annotates the "
-    "pool with the final annotator.",
+    description="Opens the next labelling round while rounds still gain; once the loop stops, annotates each batch "
+    "of the pool with the final annotator (a run per batch).",
 )
 def hitl_round_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStoreResource, sourcing: SourcingResource
 ) -> dg.SensorResult:
     """Once the pool is at its threshold with no batch in flight: after a round's annotator, open the next
     round unless the round closed with a stop (the rules of ``cosmicman.annotation.rounds``); once the loop
-    stops, annotate the pool with the final annotator (once per annotator version and set of pool batches)."""
+    stops, annotate the pool with the final annotator, one run per batch and annotator version (the run key):
+    a new batch is one new run, a new annotator one run per batch. The cursor remembers the annotator and the
+    pool's batches it last asked for, so a tick with nothing new asks for nothing."""
     store = object_store.store()
     pool = read_pool_stats(store)
     in_flight = set(sourcing_batches.get_partition_keys(dynamic_partitions_store=context.instance)) - pool.batches
@@ -119,12 +122,27 @@ def hitl_round_sensor(
             run_requests=[dg.RunRequest(run_key=rid, partition_key=rid, job_name=annotation_round_job.name)],
             dynamic_partitions_requests=[annotation_rounds.build_add_request([rid])],
         )
-    if step.stopped:
+    if not step.stopped:
+        return dg.SensorResult(skip_reason=step.reason)
+    asked = f"{in_force.version}-{content_digest(pool.batches)}"
+    if context.cursor == asked:
         return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"annotate-{in_force.version}-{content_digest(pool.batches)}", job_name=annotations_job.name
-                )
-            ]
+            skip_reason=f"{step.reason}; each of the {len(pool.batches)} batch(es) was asked to be annotated by "
+            f"{in_force.version}",
+            cursor=asked,
         )
-    return dg.SensorResult(skip_reason=step.reason)
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=annotation_run_key(in_force.version, batch), partition_key=batch, job_name=annotations_job.name
+            )
+            for batch in sorted(pool.batches)
+        ],
+        cursor=asked,
+    )
+
+
+def annotation_run_key(annotator_version: str, batch: str) -> str:
+    """One run per batch and annotator version: Dagster launches a run key once, so a tick asking again for the
+    batches already annotated by this annotator launches only the new ones."""
+    return f"annotate-{annotator_version}-{batch}"

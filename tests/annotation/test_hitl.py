@@ -57,7 +57,7 @@ def test_ledger_walks_the_loop(tmp_path):
     assert curve[2]["manual_share"] == pytest.approx(150 / 2000)
 
 
-def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
+def test_round_sensor_opens_rounds_then_annotates_each_batch_once(tmp_path):
     from cosmicman.assets.common import content_digest
     from cosmicman.environments.simulated_data import SimulatedSourcingResource
     from cosmicman.jobs import hitl_round_sensor
@@ -72,8 +72,8 @@ def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
     ledger = RoundLedger(store)
     with dg.instance_for_test() as instance:
 
-        def tick():
-            with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        def tick(cursor: str | None = None):
+            with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
                 return hitl_round_sensor(ctx)
 
         # the loop waits for the pool: at its threshold, with every batch filtered
@@ -99,10 +99,25 @@ def test_round_sensor_opens_rounds_then_annotates_once(tmp_path):
         assert second.stop_reason == "max rounds (2)"
         ledger.write_plan(second.plan)
         ledger.write_result(second)
-        (req,) = tick().run_requests
-        # once per annotator version and set of pool batches: a grown pool is annotated again
-        assert req.job_name == "annotations_job"
-        assert req.run_key == f"annotate-probe-r2-{content_digest(['batch-00000', 'batch-00001'])}"
+        # one run per batch, keyed by annotator version and batch (Dagster launches a run key once)
+        first_ask = tick()
+        assert [(r.job_name, r.partition_key, r.run_key) for r in first_ask.run_requests] == [
+            ("annotations_job", "batch-00000", "annotate-probe-r2-batch-00000"),
+            ("annotations_job", "batch-00001", "annotate-probe-r2-batch-00001"),
+        ]
+        assert first_ask.cursor == f"probe-r2-{content_digest(['batch-00000', 'batch-00001'])}"
+        # with nothing new, the next tick asks for nothing
+        again = tick(first_ask.cursor)
+        assert (
+            not again.run_requests
+            and "2 batch(es) was asked to be annotated by probe-r2" in again.skip_reason.skip_message
+        )
+        # a new batch: one new run key, the others are the ones already launched
+        instance.add_dynamic_partitions("sourcing_batches", ["batch-00002"])
+        record_batch(store, "batch-00002", raw=40, kept=12)
+        grown = tick(first_ask.cursor)
+        new_keys = {r.run_key for r in grown.run_requests} - {r.run_key for r in first_ask.run_requests}
+        assert new_keys == {"annotate-probe-r2-batch-00002"} and len(grown.run_requests) == 3
 
 
 def test_merge_human_answers_implies_parents_and_drops_orphans():

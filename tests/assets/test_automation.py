@@ -5,7 +5,7 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.asset_key import AssetJobKey
 
-from cosmicman.assets.automation import AnnotatedPool, newly_annotated
+from cosmicman.assets.automation import AnnotatedBatch, newly_annotated
 from cosmicman.definitions import build_definitions
 from cosmicman.environments.local import local_execution, local_resources
 from cosmicman.environments.settings import new_images_per_version
@@ -50,18 +50,29 @@ def ticks(tmp_path):
         yield Ticks(defs, instance)
 
 
+BATCHES = ["batch-00000", "batch-00001"]
+
+
 def annotated_pool(instance, images: int, annotator: str) -> None:
-    """Everything upstream of the dataset materialized, the pool annotated with ``images`` images."""
+    """Everything upstream of the dataset materialized, each of the pool's two batches annotated with ``images``
+    images."""
     for asset in (*SETUP, "base_model_evaluation"):
         materialize(instance, asset)
-    instance.add_dynamic_partitions("sourcing_batches", ["batch-00000"])
+    instance.add_dynamic_partitions("sourcing_batches", BATCHES)
     instance.add_dynamic_partitions("annotation_rounds", ["round-001"])
-    for asset in ("raw_images", "filtered_images", "human_parsing"):
-        materialize(instance, asset, "batch-00000")
+    for batch in BATCHES:
+        for asset in ("raw_images", "filtered_images", "human_parsing"):
+            materialize(instance, asset, batch)
     for asset in ("labelling_tasks", "human_labels", "annotator"):
         materialize(instance, asset, "round-001")
-    materialize(instance, "annotations", images=images, annotator=annotator)
-    materialize(instance, "captions")
+    for batch in BATCHES:
+        annotate(instance, batch, images, annotator)
+
+
+def annotate(instance, batch: str, images: int, annotator: str) -> None:
+    """One batch annotated (and captioned), as one run of annotations_job reports it."""
+    materialize(instance, "annotations", batch, images=images, annotator=annotator)
+    materialize(instance, "captions", batch)
 
 
 def test_the_setup_assets_are_requested_while_missing_then_never_again(ticks):
@@ -73,28 +84,59 @@ def test_the_setup_assets_are_requested_while_missing_then_never_again(ticks):
     assert ticks() == {}  # once, and no ablation table of the base alone
 
 
-def test_newly_annotated_counts_additions_or_a_whole_relabelled_pool():
-    before = AnnotatedPool(images=60, annotator="a1")
-    assert newly_annotated(AnnotatedPool(92, "a1"), before) == 32
-    assert newly_annotated(AnnotatedPool(50, "a1"), before) == 0  # a pool that shrank adds nothing
-    assert newly_annotated(AnnotatedPool(60, "a2"), before) == 60  # a new annotator relabels every image
+def test_newly_annotated_counts_a_batchs_additions_or_all_of_it_when_new_or_relabelled():
+    before = AnnotatedBatch(images=60, annotator="a1")
+    assert newly_annotated(AnnotatedBatch(92, "a1"), before) == 32
+    assert newly_annotated(AnnotatedBatch(50, "a1"), before) == 0  # a batch that shrank adds nothing
+    assert newly_annotated(AnnotatedBatch(60, "a2"), before) == 60  # a new annotator relabels every image
+    assert newly_annotated(AnnotatedBatch(60, "a1"), None) == 60  # a batch new since the last version
 
 
-def test_a_dataset_version_waits_for_enough_newly_annotated_images(ticks):
+def test_a_dataset_version_waits_for_enough_newly_annotated_images_summed_over_batches(ticks):
     threshold = new_images_per_version()
     annotated_pool(ticks.instance, images=60, annotator="a1")
-    assert "cosmicman_hq" in ticks()  # the first version: as soon as the pool is annotated
+    assert "cosmicman_hq" in ticks()  # the first version: as soon as every batch is annotated
     materialize(ticks.instance, "cosmicman_hq", data_version="v0001")
     ticks()
-    materialize(ticks.instance, "annotations", images=60 + threshold - 1, annotator="a1")
+    # a new batch lands one image short; another batch's annotation again changes nothing
+    ticks.instance.add_dynamic_partitions("sourcing_batches", ["batch-00002"])
+    for asset in ("raw_images", "filtered_images", "human_parsing"):
+        materialize(ticks.instance, asset, "batch-00002")
+    annotate(ticks.instance, "batch-00002", threshold - 1, "a1")
+    annotate(ticks.instance, "batch-00000", 60, "a1")
     assert "cosmicman_hq" not in ticks()
-    materialize(ticks.instance, "annotations", images=60 + threshold, annotator="a1")
+    # the old batch grows by the missing image: the sum over batches reaches the threshold
+    annotate(ticks.instance, "batch-00000", 61, "a1")
     assert "cosmicman_hq" in ticks()
     assert "cosmicman_hq" not in ticks()  # requested once per arrival, not on every tick
     materialize(ticks.instance, "cosmicman_hq", data_version="v0002")
     ticks()
-    materialize(ticks.instance, "annotations", images=60 + threshold, annotator="a2")
-    assert "cosmicman_hq" in ticks()  # relabelled by a new annotator
+    # a new annotator relabels the pool batch by batch: each relabelled batch counts every image it has
+    annotate(ticks.instance, "batch-00001", threshold - 1, "a2")
+    assert "cosmicman_hq" not in ticks()
+    annotate(ticks.instance, "batch-00002", threshold - 1, "a2")
+    assert "cosmicman_hq" in ticks()
+
+
+def test_the_first_version_waits_for_every_batch_to_be_annotated(ticks):
+    annotated_pool(ticks.instance, images=60, annotator="a1")
+    ticks.instance.add_dynamic_partitions("sourcing_batches", ["batch-00002"])
+    for asset in ("raw_images", "filtered_images", "human_parsing"):
+        materialize(ticks.instance, asset, "batch-00002")
+    assert "cosmicman_hq" not in ticks()  # a batch not annotated yet
+    annotate(ticks.instance, "batch-00002", 5, "a1")
+    assert "cosmicman_hq" in ticks()
+
+
+def test_annotations_are_one_run_per_batch_not_automation(ticks):
+    annotated_pool(ticks.instance, images=60, annotator="a1")
+    ticks()
+    ticks.instance.add_dynamic_partitions("sourcing_batches", ["batch-00002"])
+    for asset in ("raw_images", "filtered_images", "human_parsing"):
+        materialize(ticks.instance, asset, "batch-00002")
+    # the hitl_round_sensor asks for the new batch (it knows whether the loop stopped); automation does not
+    requested = ticks()
+    assert "annotations" not in requested and "captions" not in requested
 
 
 def test_a_new_dataset_version_trains_each_variant_then_evaluates_it_then_one_ablation_table(ticks):

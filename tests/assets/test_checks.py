@@ -131,14 +131,18 @@ def annotator_stand_in() -> None:
     """The round's records are written by the test."""
 
 
-@dg.asset(key="annotations", deps=["annotator"])
+@dg.asset(
+    key="annotations",
+    partitions_def=sourcing_batches,
+    deps=[dg.AssetDep("annotator", partition_mapping=dg.LastPartitionMapping())],
+)
 def annotations_stand_in() -> None:
-    """Stands for annotating the pool."""
+    """Stands for annotating one batch of the pool."""
 
 
-@dg.asset(key="captions", deps=["annotations"])
+@dg.asset(key="captions", partitions_def=sourcing_batches, deps=["annotations"])
 def captions_stand_in() -> None:
-    """Stands for captioning the pool."""
+    """Stands for captioning one batch of the pool."""
 
 
 def run_round(instance, object_store) -> dg.AssetCheckEvaluation:
@@ -174,7 +178,7 @@ def test_no_closed_round_passes_saying_so(instance, object_store):
 
 
 @pytest.mark.parametrize(("after", "annotated"), [(EQUAL, True), (WORSE, False)])
-def test_annotations_job_annotates_the_pool_only_after_the_check_passed(instance, object_store, after, annotated):
+def test_annotations_job_annotates_a_batch_only_after_the_check_passed(instance, object_store, after, annotated):
     close_round_one(object_store.store(), after)
     defs = dg.Definitions(
         assets=[annotator_stand_in, annotations_stand_in, captions_stand_in],
@@ -182,11 +186,14 @@ def test_annotations_job_annotates_the_pool_only_after_the_check_passed(instance
         jobs=[annotations_job],
         resources={"object_store": object_store},
     )
-    result = defs.resolve_job_def("annotations_job").execute_in_process(instance=instance, raise_on_error=False)
+    instance.add_dynamic_partitions(sourcing_batches.name, [BATCH])
+    result = defs.resolve_job_def("annotations_job").execute_in_process(
+        instance=instance, partition_key=BATCH, raise_on_error=False
+    )
     assert evaluation_of(result, "annotator_in_force_not_worse").passed is annotated
     assert result.success is annotated
-    materialized = {e.asset_key.path[0] for e in result.get_asset_materialization_events()}
-    assert materialized == ({"annotations", "captions"} if annotated else set())
+    materialized = {(e.asset_key.path[0], e.partition) for e in result.get_asset_materialization_events()}
+    assert materialized == ({("annotations", BATCH), ("captions", BATCH)} if annotated else set())
 
 
 # -- cosmicman_hq: the shards match the manifest (blocking) ------------------------------------------------------

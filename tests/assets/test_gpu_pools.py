@@ -23,7 +23,8 @@ import yaml
 
 from cosmicman.assets.evaluation import base_model_evaluation, evaluation
 from cosmicman.assets.filtering import filter_shard
-from cosmicman.assets.gpu_pools import EVALUATION_POOL, FILTER_POOL, K8S_CONFIG_TAG, TRAINING_POOL
+from cosmicman.assets.gpu_pools import ANNOTATION_POOL, EVALUATION_POOL, FILTER_POOL, K8S_CONFIG_TAG, TRAINING_POOL
+from cosmicman.assets.pool_annotation import build_annotations
 from cosmicman.assets.training import daring_unet
 from cosmicman.core.keys import LATEST_DATASET_KEY
 from cosmicman.core.store import Store
@@ -55,6 +56,7 @@ def test_gpu_steps_are_in_their_pools():
     assert daring_unet.op.pool == TRAINING_POOL
     assert evaluation.op.pool == EVALUATION_POOL and base_model_evaluation.op.pool == EVALUATION_POOL
     assert filter_shard.pool == FILTER_POOL
+    assert build_annotations().op.pool == ANNOTATION_POOL  # one batch's annotation: the VLM on its GPU
     # the launching steps hold no GPU: their pods ask for a small, bounded share of a node
     from dagster_k8s.job import get_user_defined_k8s_config
 

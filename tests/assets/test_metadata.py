@@ -14,7 +14,6 @@ import pytest
 from cosmicman.annotation.ledger import RoundLedger
 from cosmicman.assets.annotation import (
     annotation_rounds,
-    annotations,
     annotator,
     base_annotator,
     eval_set,
@@ -37,6 +36,7 @@ from cosmicman.assets.plots import (
     line_chart,
     svg_markdown,
 )
+from cosmicman.assets.pool_annotation import build_annotations
 from cosmicman.assets.training import _run_charts
 from cosmicman.core.keys import table_key, training_run_key
 from cosmicman.core.store import Store
@@ -299,15 +299,21 @@ def turned(tmp_path_factory):
         instance.add_dynamic_partitions(sourcing_batches.name, [BATCH])
         instance.add_dynamic_partitions(annotation_rounds.name, ["round-001"])
 
-        def run(assets, partition=None):
-            result = dg.materialize(assets, resources=resources, instance=instance, partition_key=partition)
+        def run(assets, partition=None, selection=None):
+            result = dg.materialize(
+                assets, resources=resources, instance=instance, partition_key=partition, selection=selection
+            )
             assert result.success
 
         run([fake_person_classifier, eval_set, base_annotator, test_prompts])
         run([raw, dg.AssetSpec("fake_person_classifier"), filtered], BATCH)
         run([dg.AssetSpec("filtered_images", partitions_def=sourcing_batches), human_parsing], BATCH)
         run([labelling_tasks, human_labels, annotator], "round-001")
-        run([annotations, captions, cosmicman_hq])
+        annotations = build_annotations()
+        filtered_spec = dg.AssetSpec("filtered_images", partitions_def=sourcing_batches)
+        run([filtered_spec, annotator, annotations, captions], BATCH, selection=[annotations, captions])
+        batch_specs = [dg.AssetSpec(k, partitions_def=sourcing_batches) for k in ("human_parsing", "annotations")]
+        run([filtered_spec, *batch_specs, captions, cosmicman_hq], selection=[cosmicman_hq])
         for variant, acc in (("baseline", 0.41234567), ("hola", 0.45678912)):
             shares = {"baseline": (0.15, 0.4), "hola": (0.25, 0.5)}[variant]
             by_group = dg.MetadataValue.table(

@@ -195,14 +195,17 @@ def _filter_step_tags(env: str) -> tuple[dg.Definitions, dict]:
     return defs, node.tags
 
 
-def test_k8s_filter_steps_ask_for_a_gpu_and_local_ones_do_not(monkeypatch):
+def test_k8s_filter_and_annotation_steps_ask_for_a_gpu_and_local_ones_do_not(monkeypatch):
     from tests.support.deployed_env import K8S_REQUIRED
 
     for name, value in K8S_REQUIRED.items():
         monkeypatch.setenv(name, value)
     from dagster_k8s.job import get_user_defined_k8s_config
 
+    from cosmicman.definitions import definitions_for
+
     monkeypatch.setenv("COSMICMAN_FILTER_GPUS", "2")
+    monkeypatch.setenv("COSMICMAN_ANNOTATION_GPUS", "3")
     k8s_defs, k8s_tags = _filter_step_tags("k8s")
     user_config = get_user_defined_k8s_config(k8s_tags)  # how the k8s executor reads a step's tags
     assert user_config.container_config["resources"]["limits"] == {"nvidia.com/gpu": "2"}
@@ -213,6 +216,12 @@ def test_k8s_filter_steps_ask_for_a_gpu_and_local_ones_do_not(monkeypatch):
         defs, tags = _filter_step_tags(env)
         assert "dagster-k8s/config" not in tags
         assert defs.resolve_job_def("pool_job").executor_def.name == executor
+    # each batch's annotation step runs the VLM: its pod asks for COSMICMAN_ANNOTATION_GPUS
+    annotation_tags = k8s_defs.resolve_assets_def("annotations").op.tags
+    assert get_user_defined_k8s_config(annotation_tags).container_config["resources"]["limits"] == {
+        "nvidia.com/gpu": "3"
+    }
+    assert "dagster-k8s/config" not in definitions_for("local").resolve_assets_def("annotations").op.tags
     other_steps = k8s_defs.resolve_assets_def("filtered_images").node_def
     assert all(
         "dagster-k8s/config" not in other_steps.node_named(n).tags

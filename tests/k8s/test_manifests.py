@@ -39,8 +39,10 @@ RUN_K8S_KEYS = {
     "podSpecConfig": "pod_spec_config",
     "jobSpecConfig": "job_spec_config",
 }
-# each filter shard's step asks for a GPU through its op tags (dagster serializes a dict tag to JSON)
+# each filter shard's step and each batch's annotation step ask for a GPU through their op tags (dagster
+# serializes a dict tag to JSON)
 FILTER_STEP_TAGS = {k: json.dumps(v) for k, v in k8s_execution()["filter_step_tags"].items()}
+ANNOTATION_STEP_TAGS = {k: json.dumps(v) for k, v in k8s_execution()["annotation_step_tags"].items()}
 
 
 def _docs(path: Path) -> list[dict]:
@@ -114,6 +116,7 @@ def _dagster_jobs() -> dict[str, dict]:
         "step pod: daring_unet": _dagster_job("step_worker", dict(daring_unet.op.tags)),
         "step pod: evaluation": _dagster_job("step_worker", dict(evaluation.op.tags)),
         "step pod: filter_shard": _dagster_job("step_worker", FILTER_STEP_TAGS),
+        "step pod: annotations": _dagster_job("step_worker", ANNOTATION_STEP_TAGS),
     }
 
 
@@ -213,6 +216,8 @@ def test_gpu_pods_ask_for_their_gpus_with_equal_requests_and_limits():
     assert scoring["limits"]["nvidia.com/gpu"] == "1"
     shard = _pod_spec(OBJECTS["step pod: filter_shard"])["containers"][0]["resources"]
     assert shard["limits"]["nvidia.com/gpu"] == "1"
+    annotation = _pod_spec(OBJECTS["step pod: annotations"])["containers"][0]["resources"]
+    assert annotation["limits"]["nvidia.com/gpu"] == "1"
     # the launching step holds no GPU, and its small pod replaces the run pod's resources
     step = _pod_spec(OBJECTS["step pod: daring_unet"])["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in step["limits"] and step["limits"] == step["requests"] == {
