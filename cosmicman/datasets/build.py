@@ -132,11 +132,13 @@ def index_pool(source: PoolSource) -> PoolIndex:
 @dataclass(frozen=True)
 class BuildCounts:
     """What a build wrote and what it referenced. ``written_bytes``: every byte this build wrote under the
-    store (new shards and their indexes, its staging records, the segment, the version's files)."""
+    store (new shards and their indexes, its staging records, the segment, the version's files);
+    ``written_shard_bytes``: the bytes of the new shards alone, what any version holding their samples stores."""
 
     written_samples: int
     written_shards: int
     written_bytes: int
+    written_shard_bytes: int
     reused_samples: int
     reused_shards: int
     compacted_shards: int
@@ -224,6 +226,7 @@ def build_version(
         + sum(r.n_bytes + fs.size(posixpath.join(root_path, dataset_shard_index_key(r.sha256))) for r in created)
         + (segment.n_bytes if segment and segment.created else 0)
         + sum(int(e["size"]) for e in fs.ls(version_path(root_path, version), detail=True)),
+        written_shard_bytes=sum(r.n_bytes for r in created),
         reused_samples=reused.height,
         reused_shards=kept.height,
         compacted_shards=int(catalogue["compacted"].sum()),

@@ -4,7 +4,6 @@ samples back, and scanning one's bytes to verify it."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import posixpath
 import tarfile
@@ -16,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from cosmicman.core.imageio import sha256_hex
+from cosmicman.datasets import ustar
 from cosmicman.datasets.layout import read_shards_table, shards_path, store_fs
 from cosmicman.datasets.samples import (
     PROVENANCE_COLUMNS,
@@ -53,14 +53,6 @@ class HashingWriter:
         return bool(self.f.closed)
 
 
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 @dataclass(frozen=True)
 class ShardRecord:
     """A shard written and stored under its sha256 (``shard`` = ``<sha256>.tar``)."""
@@ -79,8 +71,9 @@ class ShardRecord:
         return {"shard": self.shard, "sha256": self.sha256, "n_samples": self.n_samples, "n_bytes": self.n_bytes}
 
 
-def member_parts(sample: DatasetSample, tokenizer) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
-    """A sample's four tar members and its manifest row (``shard`` fields and ``content_key`` unset)."""
+def member_parts(sample: DatasetSample) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """A sample's four tar members and its manifest row (``shard`` fields, ``content_key`` and ``caption_tokens``
+    unset: a shard counts its captions' tokens in one call)."""
     sha = sample.sha256.lower()
     if sha256_hex(sample.image_bytes) != sha:
         raise ValueError(f"sample {sha}: sha256 does not match its image bytes")
@@ -130,7 +123,6 @@ def member_parts(sample: DatasetSample, tokenizer) -> tuple[list[tuple[str, byte
         "dropped_groups": list(cap["dropped"]),
         "n_attributes": len(sample.attributes),
         "caption_words": len(text.split()),
-        "caption_tokens": len(tokenizer(text).input_ids) - 2 if text else 0,
         "categories": sorted(sample.attributes),
         "mask_png": mask_png,
     }
@@ -162,33 +154,23 @@ class ShardWriter:
         self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
         self.tokenizer, self.on_shard = tokenizer, on_shard
         self._f: Any = None
-        self._tar: tarfile.TarFile | None = None
         self._hw: HashingWriter | None = None
         self._rows: list[dict[str, Any]] = []
 
     def add(self, sample: DatasetSample, key: str | None = None) -> None:
         """Append a sample; ``key``: its content key (computed from the sample when None)."""
-        members, row = member_parts(sample, self.tokenizer)
+        members, row = member_parts(sample)
         mask_png = row.pop("mask_png")
         row["content_key"] = key or sample_content_key(sample, mask_png)
-        if (
-            self._tar is not None
-            and self._hw is not None
-            and (
-                len(self._rows) >= self.samples_per_shard
-                or (self.max_shard_bytes is not None and self._hw.n >= self.max_shard_bytes)
-            )
+        if self._hw is not None and (
+            len(self._rows) >= self.samples_per_shard
+            or (self.max_shard_bytes is not None and self._hw.n >= self.max_shard_bytes)
         ):
             self._close_shard()
-        if self._tar is None:
+        if self._hw is None:
             self._f = self.fs.open(self.partial, "wb")
             self._hw = HashingWriter(self._f)
-            # open across samples, closed by _close_shard(); a stream-mode tar only writes to its file object
-            self._tar = tarfile.open(  # noqa: SIM115
-                fileobj=cast(IO[bytes], self._hw), mode="w|", format=tarfile.USTAR_FORMAT
-            )
-        for name, data in members:
-            add_member(self._tar, name, data)
+        self._hw.write(b"".join(ustar.member(name, data) for name, data in members))
         self._rows.append(row)
 
     def finish(self) -> None:
@@ -197,20 +179,21 @@ class ShardWriter:
 
     def abandon(self) -> None:
         """Close the file handles of a shard in flight after an error; the partial file stays unreferenced."""
-        if self._tar is not None:
-            try:
-                self._tar.close()
-            finally:
-                self._f.close()
-            self._tar = None
+        if self._hw is not None:
+            self._f.close()
+            self._hw = None
 
     def _close_shard(self) -> None:
-        if self._tar is None or self._hw is None:
+        if self._hw is None:
             return
-        self._tar.close()
+        self._hw.write(ustar.end_of_archive(self._hw.n))
         self._f.close()
         sha, n_bytes = self._hw.sha.hexdigest(), self._hw.n
-        self._tar = self._hw = None
+        self._hw = None
+        # every caption of the shard through the tokenizer at once (its batch call is far cheaper per text)
+        texts = [r["caption"] for r in self._rows]
+        for r, text, ids in zip(self._rows, texts, self.tokenizer(texts).input_ids, strict=True):
+            r["caption_tokens"] = len(ids) - 2 if text else 0
         name = f"{sha}.tar"
         target = posixpath.join(self.folder, name)
         created = not self.fs.exists(target)

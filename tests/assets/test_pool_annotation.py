@@ -8,73 +8,22 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from cosmicman.annotation.ledger import RoundLedger
-from cosmicman.annotation.rounds import AnnotatorInForce, HitlRules, RoundPlan, close_round
-from cosmicman.assets.annotation import LABEL_SCHEMA, annotation_rounds
-from cosmicman.assets.captions import CAPTIONS_SCHEMA, captions
+from cosmicman.assets.annotation import annotation_rounds
+from cosmicman.assets.captions import CAPTIONS_SCHEMA
 from cosmicman.assets.common import content_digest, sourcing_batches
-from cosmicman.assets.pool_annotation import ANNOTATIONS_SCHEMA, build_annotations, human_answers, kept_images
-from cosmicman.core.keys import annotator_key, table_key
-from cosmicman.core.protocol import load_protocol
+from cosmicman.assets.pool_annotation import ANNOTATIONS_SCHEMA, human_answers, kept_images
+from cosmicman.core.keys import table_key
 from cosmicman.core.store import Store
-from cosmicman.resources.storage import ObjectStoreResource
-from cosmicman.simulation.pretraining import pretrained_probe
-from cosmicman.simulation.world import SyntheticWorld
-
-FIRST, SECOND = "batch-00000", "batch-00001"
-# kept and rejected images of each batch: only the kept ones are annotated
-KEPT = {FIRST: 4, SECOND: 3}
-REJECTED = {FIRST: 2, SECOND: 1}
-
-
-def _age_answer() -> str:
-    (age,) = [c for c in load_protocol().categories if c.name == "age"]
-    return age.answers[-1]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    """Two filtered batches in a store, an adopted round-1 annotator trained on round 1's human labels, and
-    those labels: one answer about an image of each batch and one about an image of neither."""
-    store = Store(str(tmp_path_factory.mktemp("pool_annotation") / "store"))
-    world = SyntheticWorld(seed=21)
-    images: dict[str, list[str]] = {}
-    index = 0
-    for batch in (FIRST, SECOND):
-        decisions = ["kept"] * KEPT[batch] + ["too_small"] * REJECTED[batch]
-        puts = [store.put_blob(world.sample(index + i, case="kept").image_bytes, "jpg") for i in range(len(decisions))]
-        index += len(decisions)
-        store.write_table(
-            table_key("filtered_images", batch),
-            pl.DataFrame(
-                {"sha256": [p.sha256 for p in puts], "blob_key": [p.key for p in puts], "decision": decisions}
-            ),
-        )
-        images[batch] = [p.sha256 for p in puts]
-    pretrain = [world.sample(100 + i, case="kept") for i in range(8)]
-    model = pretrained_probe([s.image_bytes for s in pretrain], [s.attributes for s in pretrain], seed=0)
-    store.write_bytes(annotator_key(model.version), model.save())
-    ledger = RoundLedger(store)
-    ledger.write_base(model.version, annotator_key(model.version))
-    before = {"a": 0.25, "b": 1.0}
-    plan = RoundPlan(1, ledger.base(), before, tuple(before), (), 100, 0.5)
-    ledger.write_plan(plan)
-    after = AnnotatorInForce(model.version, annotator_key(model.version))
-    result = close_round(plan, after, {"a": 0.75, "b": 1.0}, 3, HitlRules(threshold=0.5))
-    assert result.adopted and result.in_force.label_rounds == (1,)
-    ledger.write_result(result)
-    labelled = {FIRST: images[FIRST][0], SECOND: images[SECOND][0], "elsewhere": "f" * 64}
-    store.write_table(
-        table_key("human_labels", "round-001"),
-        pl.DataFrame(
-            [
-                {"image_sha256": sha, "category": "age", "answer": _age_answer(), "source": "human", "round": 1}
-                for sha in labelled.values()
-            ],
-            schema=LABEL_SCHEMA,
-        ),
-    )
-    return {"store": store, "images": images, "labelled": labelled, "version": model.version}
+from tests.support.annotated_pool import (
+    FIRST,
+    KEPT,
+    SECOND,
+    age_answer,
+    annotate,
+    annotated_pool,
+    latest_storage_id,
+    rows_since,
+)
 
 
 @pytest.fixture
@@ -85,32 +34,11 @@ def instance():
         yield inst
 
 
-def annotate(instance, store: Store, batch: str) -> dg.ExecuteInProcessResult:
-    annotations = build_annotations()
-    upstream = [
-        dg.AssetSpec("filtered_images", partitions_def=sourcing_batches),
-        dg.AssetSpec("annotator", partitions_def=annotation_rounds),
-    ]
-    return dg.materialize(
-        [*upstream, annotations, captions],
-        selection=[annotations, captions],
-        partition_key=batch,
-        instance=instance,
-        resources={"object_store": ObjectStoreResource(url=store.url)},
-    )
-
-
-def rows_since(instance, asset: str, figure: str, after: int) -> int:
-    """What bench/scale.py adds up: the rows an asset's materializations after storage id ``after`` wrote."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=after), limit=1000
-    ).records
-    return sum(int(r.asset_materialization.metadata[figure].value) for r in records)
-
-
-def latest_storage_id(instance) -> int:
-    records = instance.fetch_materializations(dg.AssetKey("captions"), limit=1).records
-    return records[0].storage_id
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """Two filtered batches in a store, an adopted round-1 annotator trained on round 1's human labels, and
+    those labels: one answer about an image of each batch and one about an image of neither."""
+    return annotated_pool(tmp_path_factory.mktemp("pool_annotation"))
 
 
 def test_a_new_batch_annotates_and_captions_its_own_kept_rows_only(instance, pool):
@@ -141,12 +69,12 @@ def test_each_batch_merges_the_human_answers_about_its_own_images(instance, pool
     labelled = pool["labelled"][FIRST]
     answered = ann.filter(pl.col("human_answers") > 0)
     assert answered["sha256"].to_list() == [labelled] and answered["human_answers"].to_list() == [1]
-    assert json.loads(answered["attributes"][0])["age"] == _age_answer()
+    assert json.loads(answered["attributes"][0])["age"] == age_answer()
     event = instance.get_latest_materialization_event(dg.AssetKey("annotations"))
     assert event.asset_materialization.metadata["images_with_human_answers"].value == 1
     # only the batch's images' answers are loaded: not the other batch's, not an image of neither
     answers = human_answers(store, (1,), pool["images"][FIRST])
-    assert answers == {labelled: {"age": _age_answer()}}
+    assert answers == {labelled: {"age": age_answer()}}
     assert human_answers(store, (1,), []) == {} and human_answers(store, (), pool["images"][FIRST]) == {}
 
 
