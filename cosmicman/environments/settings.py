@@ -7,6 +7,8 @@ them from their own environment. Each has a default that fits its environment (`
   from ``cosmicman.model.train.variants.VARIANTS``; every variant when unset.
 - ``COSMICMAN_SENSOR_INTERVAL_S``: the minimum interval of every sensor and of the automation sensor.
 - ``COSMICMAN_NEW_IMAGES_PER_VERSION``: how many newly annotated images make a new ``cosmicman_hq`` version.
+- ``COSMICMAN_SOURCING_CONCURRENCY``: how many sourcing batches the pool sensor keeps in flight at once (added and
+  not yet filtered). The ``sourcing`` concurrency pool bounds how many of their ``raw_images`` steps run at once.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from cosmicman.model.train.variants import VARIANTS
 VARIANTS_VAR = "COSMICMAN_VARIANTS"
 SENSOR_INTERVAL_VAR = "COSMICMAN_SENSOR_INTERVAL_S"
 NEW_IMAGES_VAR = "COSMICMAN_NEW_IMAGES_PER_VERSION"
+SOURCING_CONCURRENCY_VAR = "COSMICMAN_SOURCING_CONCURRENCY"
 
 # a local turn hands over between ~15 runs: each wait for a tick adds to it. Elsewhere a tick may read a
 # large pool's listing, so it runs less often.
 SENSOR_INTERVAL_S = {"local": 5, "s3": 30, "k8s": 30}
 # the local pool holds ~100 kept images: a third of it is worth a new version; a production pool is larger
 NEW_IMAGES_PER_VERSION = {"local": 32, "s3": 1000, "k8s": 1000}
+# the embedded default runs two runs at once on two cores, and its turns count batches: one batch at a time. A
+# cluster fetches and checks batches side by side (the sourcing lock keeps admission one at a time).
+SOURCING_CONCURRENCY = {"local": 1, "s3": 2, "k8s": 4}
 
 
 def _environment() -> str:
@@ -63,3 +69,8 @@ def sensor_interval_s() -> int:
 def new_images_per_version() -> int:
     """Newly annotated images that make a new dataset version (``COSMICMAN_NEW_IMAGES_PER_VERSION``)."""
     return positive_int(NEW_IMAGES_VAR, NEW_IMAGES_PER_VERSION.get(_environment(), 1000))
+
+
+def sourcing_concurrency() -> int:
+    """Sourcing batches the pool sensor keeps in flight at once (``COSMICMAN_SOURCING_CONCURRENCY``)."""
+    return positive_int(SOURCING_CONCURRENCY_VAR, SOURCING_CONCURRENCY.get(_environment(), 1))
