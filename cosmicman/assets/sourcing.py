@@ -11,6 +11,10 @@ from cosmicman.sourcing.api_source import report_downloads
 from cosmicman.sourcing.ingest import source_batch
 from cosmicman.sourcing.sources import FolderSource
 
+# the raw_images steps running at once across all runs (``dagster instance concurrency set sourcing <n>``; with no
+# limit of its own a pool gets the instance's default). Batches in flight at once: COSMICMAN_SOURCING_CONCURRENCY.
+SOURCING_POOL = "sourcing"
+
 
 def batch_index(partition_key: str) -> int:
     """Partition keys are ``batch-00007``; the index fixes which records a source yields."""
@@ -20,14 +24,21 @@ def batch_index(partition_key: str) -> int:
     return int(number)
 
 
-@dg.asset(partitions_def=sourcing_batches, kinds={"python", "parquet"}, group_name="sourcing", code_version="2")
+@dg.asset(
+    partitions_def=sourcing_batches,
+    kinds={"python", "parquet"},
+    group_name="sourcing",
+    code_version="2",
+    pool=SOURCING_POOL,
+)
 def raw_images(
     context: dg.AssetExecutionContext, object_store: ObjectStoreResource, sourcing: SourcingResource
 ) -> dg.MaterializeResult:
     """One sourcing batch: re-queued failed URLs and every source's items, fetched, decode-checked,
     de-duplicated against the whole pool (exact and perceptual) and stored as content-addressed blobs.
     Every item ends as one outcome (stored / duplicate / near_duplicate / failed with a reason) in the
-    batch's sourcing log; a killed run resumes where its last durable chunk ended."""
+    batch's sourcing log; a killed run resumes where its last durable chunk ended. Batches run side by side:
+    each plans and admits under the pool's sourcing lock, so none admits an image another already holds."""
     store = object_store.store()
     batch = context.partition_key
     last_log = [0.0]
@@ -65,6 +76,7 @@ def raw_images(
                 "requeued_urls": report.requeued,
                 "blobs_created": report.blobs_created,
                 "resumed_outcomes": report.resumed_outcomes,
+                "admitted_elsewhere": report.admitted_elsewhere,
                 "api_downloads_tracked": tracked,
                 "images_per_s": report.requested / max(report.elapsed_s, 1e-9),
                 "steady_images_per_s": report.outcomes_per_s,

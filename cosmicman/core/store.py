@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from cosmicman.core.keys import blob_key
 
 def is_local(fs) -> bool:
     """Whether an fsspec filesystem is the local disk (renames are atomic, folders must exist)."""
-    protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    protos = _protocols(fs)
     return "file" in protos or "local" in protos
 
 
@@ -34,6 +36,18 @@ class PutResult:
     key: str
     sha256: str
     created: bool
+
+
+class ExclusiveCreateUnsupported(RuntimeError):
+    """The store's filesystem cannot create a key only when it is absent (what a pool-wide lock needs)."""
+
+
+# memory:// lives in one process, so a lock of that process makes its check-then-write one step
+_MEMORY_CREATE = threading.Lock()
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
 class Store:
@@ -69,6 +83,42 @@ class Store:
         tmp = posixpath.join(posixpath.dirname(target), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(target)}")
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, target)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if no key of that name exists, atomically against every other writer: True when this
+        call created it, False when it existed. Local disk: a hard link of a written temporary file (fails on an
+        existing name); S3: a PUT with ``If-None-Match: *``; memory://: under a lock of this process. Any other
+        filesystem raises ExclusiveCreateUnsupported."""
+        target = self.path(key)
+        protos = _protocols(self.fs)
+        if self._renames:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = os.path.join(os.path.dirname(target), f".tmp-{uuid.uuid4().hex}-{os.path.basename(target)}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            finally:
+                os.remove(tmp)
+            return True
+        if "s3" in protos or "s3a" in protos:
+            try:
+                self.fs.pipe_file(target, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        if "memory" in protos:
+            with _MEMORY_CREATE:
+                if self.fs.exists(target):
+                    return False
+                self.fs.pipe_file(target, data)
+            return True
+        raise ExclusiveCreateUnsupported(
+            f"store {self.url!r} ({'/'.join(protos)}) cannot create a key exclusively; sourcing batches need it to"
+            " take the pool's lock: use local disk, s3:// or memory://"
+        )
 
     def put_blob(self, data: bytes, ext: str, sha256: str | None = None) -> PutResult:
         """Content-addressed: the same bytes are stored once, whatever their source. ``sha256``: the

@@ -11,7 +11,8 @@ runs (the pool holds one of them either way; waiting to decide in plan order wou
 Durability (datatrove's pattern: finished work leaves a marker, a re-run skips it):
 
 1. The plan (re-queued failed URLs first, then each source's items) is written once to
-   ``sourcing/staging/<batch>/plan.parquet``; a re-run reuses it, so it fetches the same items.
+   ``sourcing/staging/<batch>/plan.parquet``; a re-run reuses it, so it fetches the same items. Beside it goes
+   the list of index segments the batch's decisions will have seen (:mod:`cosmicman.sourcing.admission`).
 2. Outcomes are decided in completion order (checks run on worker processes, ``check_pool.py``) and
    appended in that order to numbered chunk files (``done/chunk-NNNNN.parquet``), each written atomically;
    a stored image's row only once its blob is written (blob writes run on threads, ``ordered_commits.py``).
@@ -19,13 +20,17 @@ Durability (datatrove's pattern: finished work leaves a marker, a re-run skips i
    without an outcome. Decisions reference only earlier outcomes, so the chunks on disk are always
    consistent; a kill loses at most the outcomes not yet in a chunk, whose blobs are content-addressed and
    are found again, not duplicated.
-3. Finishing writes the batch's tables (``tables/raw_images``, ``tables/sourcing_log``), lets each
-   source keep its own records of the items it stored (``StoredItemsRecorder``), writes the index
-   segment and the failed-URL table, and only then removes the staging folder. Every step is idempotent.
+3. Finishing checks the images it would store against the batches that finished while it ran
+   (:mod:`cosmicman.sourcing.admission`), writes the batch's tables (``tables/raw_images``,
+   ``tables/sourcing_log``), lets each source keep its own records of the items it stored
+   (``StoredItemsRecorder``), writes the index segment and the failed-URL table
+   (:mod:`cosmicman.sourcing.failed_urls`), and only then removes the staging folder. Every step is idempotent.
 
-The failed-URL table (``sourcing/failed_urls.parquet``) keeps every failure with its reason; retryable
-ones (timeouts, 5xx, 429, connection errors) are re-queued by later batches until ``max_url_attempts``
-batches have tried them (img2dataset never retries a failed URL later, its issue #333).
+Batches run in parallel. Planning (1: it reads the failed-URL table and the sources' shared cursors) and
+finishing (3: it reads what other batches admitted and writes what they read) each run under the pool's
+sourcing lock (:mod:`cosmicman.sourcing.pool_lock`); fetching, checking and storing blobs (2) run outside it.
+However batches interleave, no image enters the pool twice: the batch that finishes second sees the first's
+index segment.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import logging
 import os
 import posixpath
 import sys
@@ -46,13 +51,16 @@ from dataclasses import asdict, dataclass, field
 import polars as pl
 
 from cosmicman.core.imageio import CheckedImage, sha256_hex
-from cosmicman.core.keys import FAILED_URLS_KEY, raw_table_key, sourcing_log_key, sourcing_staging_prefix
-from cosmicman.core.store import Store
+from cosmicman.core.keys import raw_table_key, sourcing_log_key, sourcing_staging_prefix
+from cosmicman.core.store import ExclusiveCreateUnsupported, Store
+from cosmicman.sourcing.admission import admit, record_seen_segments, segments_since_start
 from cosmicman.sourcing.check_pool import CheckPool
 from cosmicman.sourcing.dedup import PoolIndex, UnknownPhashScheme, pool_phash_scheme, resolve_shas, write_segment
-from cosmicman.sourcing.fetch import RETRYABLE_REASONS, FetchConfig, fetch_all
+from cosmicman.sourcing.failed_urls import staged_plan_key, update_failed_urls, urls_to_requeue
+from cosmicman.sourcing.fetch import FetchConfig, fetch_all
 from cosmicman.sourcing.folder_walk import IMAGE_SUFFIXES, RefusedRead
 from cosmicman.sourcing.ordered_commits import OrderedCommits
+from cosmicman.sourcing.pool_lock import DEFAULT_LEASE_S, SourcingLock
 from cosmicman.sourcing.rejection_details import rejection_detail
 from cosmicman.sourcing.sources import (
     ImageSource,
@@ -109,24 +117,9 @@ RAW_COLUMNS = [
     "phash",
     "batch",
 ]
-FAILED_SCHEMA = {
-    "url": pl.Utf8,
-    "source": pl.Utf8,
-    "source_id": pl.Utf8,
-    "licence": pl.Utf8,
-    "alt_text": pl.Utf8,
-    "author": pl.Utf8,
-    "page_url": pl.Utf8,
-    "stated_width": pl.Int32,
-    "stated_height": pl.Int32,
-    "reason": pl.Utf8,
-    "http_status": pl.Int32,
-    "attempts": pl.Int32,
-    "first_batch": pl.Utf8,
-    "last_batch": pl.Utf8,
-    "state": pl.Utf8,
-}
 STATUSES = ("stored", "duplicate", "near_duplicate", "failed")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,6 +133,7 @@ class IngestConfig:
     - ``max_url_attempts``: batches that may try a URL whose failure is retryable.
     - ``max_requeue_fraction``: share of a batch's size given to re-queued URLs.
     - ``blob_writers``: threads writing new blobs (an object store's PUT is mostly waiting; 0: inline).
+    - ``lock_lease_s``: how long the pool's sourcing lock outlives a holder that stopped renewing it (died).
     """
 
     chunk_size: int = 512
@@ -149,6 +143,7 @@ class IngestConfig:
     max_url_attempts: int = 3
     max_requeue_fraction: float = 0.25
     blob_writers: int = 8
+    lock_lease_s: float = DEFAULT_LEASE_S
     fetch: FetchConfig = field(default_factory=FetchConfig)
 
 
@@ -162,6 +157,8 @@ class BatchReport:
     requeued: int
     blobs_created: int
     resumed_outcomes: int
+    # stored outcomes that batches finished while this one ran had admitted first (turned into duplicates)
+    admitted_elsewhere: int
     elapsed_s: float
     outcomes_per_s: float  # steady: from this run's first outcome to its last (start-up and finish left out)
     phash_scheme: str  # the pool's (cosmicman.core.imageio.PHASH_SCHEMES)
@@ -205,20 +202,15 @@ def _row_item(row: dict) -> SourceItem:
 def plan_batch(
     store: Store, batch: str, batch_index: int, sources: Sequence[tuple[ImageSource, int]], config: IngestConfig
 ) -> pl.DataFrame:
-    """The batch's items, written once: re-queued failed URLs first, then each source's share."""
-    key = f"{sourcing_staging_prefix(batch)}/plan.parquet"
+    """The batch's items, written once: re-queued failed URLs first, then each source's share. Run under the
+    pool's sourcing lock (it reads the failed-URL table and the sources' shared cursors)."""
+    key = staged_plan_key(batch)
     if store.exists(key):
         return store.read_table(key)
     rows: list[dict] = []
-    total = sum(size for _, size in sources)
-    if store.exists(FAILED_URLS_KEY):
-        pending = (
-            store.read_table(FAILED_URLS_KEY)
-            .filter((pl.col("state") == "pending") & (pl.col("last_batch") != batch))
-            .sort("last_batch", "url")
-        )
-        for r in pending.head(math.floor(total * config.max_requeue_fraction)).iter_rows(named=True):
-            rows.append(_item_row(len(rows), _row_item(r), r["attempts"] + 1))
+    requeue = urls_to_requeue(store, batch, sum(size for _, size in sources), config.max_requeue_fraction)
+    for r in requeue.iter_rows(named=True):
+        rows.append(_item_row(len(rows), _row_item(r), r["attempts"] + 1))
     for source, size in sources:
         for item in source.plan(batch_index, size, store):
             rows.append(_item_row(len(rows), item, 1))
@@ -323,11 +315,14 @@ def source_batch(
 ) -> BatchReport:
     """Run (or resume, or re-read) one sourcing batch; see the module docstring."""
     t0 = time.monotonic()
-    if store.exists(sourcing_log_key(batch)) and not store.exists(f"{sourcing_staging_prefix(batch)}/plan.parquet"):
+    if store.exists(sourcing_log_key(batch)) and not store.exists(staged_plan_key(batch)):
         log = store.read_table(sourcing_log_key(batch))
-        return _report(store, batch, log, 0, 0, t0, pool_phash_scheme(store), 0.0)
+        return _report(store, batch, log, 0, 0, 0, t0, pool_phash_scheme(store), 0.0)
     phash_scheme = pool_phash_scheme(store)  # before the plan: a pool it cannot hash for gets no staged batch
-    plan = plan_batch(store, batch, batch_index, sources, config)
+    lock = SourcingLock(store, batch, config.lock_lease_s)
+    with lock.hold():
+        plan = plan_batch(store, batch, batch_index, sources, config)
+        record_seen_segments(store, batch)
     done_keys = store.list(f"{sourcing_staging_prefix(batch)}/done")
     done = pl.concat([store.read_table(k) for k in done_keys]) if done_keys else pl.DataFrame(schema=OUTCOME_SCHEMA)
     index = PoolIndex.load(store, config.near_dup_distance, exclude_batch=batch)
@@ -414,8 +409,13 @@ def source_batch(
     if len(log) != len(plan):
         raise RuntimeError(f"batch {batch}: {len(log)} outcomes for {len(plan)} planned items")
     log = _resolve_near_duplicates(store, log)
-    _finish(store, batch, log, sources, config, phash_scheme)
-    return _report(store, batch, log, commits.created, len(finished), t0, phash_scheme, rate.per_s)
+    with lock.hold():
+        log, admitted_elsewhere = admit(log, segments_since_start(store, batch), config.near_dup_distance)
+        if admitted_elsewhere:
+            logger.info(f"{batch}: {admitted_elsewhere} images were admitted first by batches finished meanwhile")
+        lock.confirm()
+        _finish(store, batch, log, sources, config, phash_scheme)
+    return _report(store, batch, log, commits.created, len(finished), admitted_elsewhere, t0, phash_scheme, rate.per_s)
 
 
 def _resolve_near_duplicates(store: Store, log: pl.DataFrame) -> pl.DataFrame:
@@ -447,46 +447,13 @@ def _finish(
     store.delete(sourcing_staging_prefix(batch))
 
 
-def update_failed_urls(store: Store, batch: str, log: pl.DataFrame, max_url_attempts: int) -> None:
-    """Fold one batch's outcomes into the failed-URL table; idempotent (rows already at ``batch`` are kept)."""
-    table = store.read_table(FAILED_URLS_KEY) if store.exists(FAILED_URLS_KEY) else pl.DataFrame(schema=FAILED_SCHEMA)
-    known = {r["url"]: r for r in table.iter_rows(named=True)}
-    changed = False
-    for r in log.filter((pl.col("status") == "failed") | (pl.col("url_attempt") > 1)).iter_rows(named=True):
-        prev = known.get(r["url"])
-        if prev is not None and prev["last_batch"] == batch:
-            continue
-        if r["status"] != "failed":
-            if prev is not None:
-                known[r["url"]] = {**prev, "state": "recovered", "last_batch": batch}
-                changed = True
-            continue
-        attempts = r["url_attempt"]
-        state = (
-            "pending"
-            if r["reason"] in RETRYABLE_REASONS and attempts < max_url_attempts
-            else "exhausted"
-            if r["reason"] in RETRYABLE_REASONS
-            else "final"
-        )
-        known[r["url"]] = {
-            **{k: r[k] for k in FAILED_SCHEMA if k in r},
-            "attempts": attempts,
-            "state": state,
-            "first_batch": prev["first_batch"] if prev else batch,
-            "last_batch": batch,
-        }
-        changed = True
-    if changed:
-        store.write_table(FAILED_URLS_KEY, pl.DataFrame(list(known.values()), schema=FAILED_SCHEMA))
-
-
 def _report(
     store: Store,
     batch: str,
     log: pl.DataFrame,
     created: int,
     resumed: int,
+    admitted_elsewhere: int,
     t0: float,
     phash_scheme: str,
     outcomes_per_s: float,
@@ -502,6 +469,7 @@ def _report(
         int((log["url_attempt"] > 1).sum()),
         created,
         resumed,
+        admitted_elsewhere,
         time.monotonic() - t0,
         outcomes_per_s,
         phash_scheme,
@@ -547,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         report = source_batch(
             Store(args.store), args.batch, index, [(ParquetSource(args.parquet), args.limit)], config, progress
         )
-    except (FileNotFoundError, UnknownPhashScheme) as exc:  # a wrong --parquet or --store, a stale pool: one line
+    except (
+        FileNotFoundError,
+        UnknownPhashScheme,
+        ExclusiveCreateUnsupported,
+    ) as exc:  # a wrong --parquet or --store, a stale pool: one line
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.summary()))

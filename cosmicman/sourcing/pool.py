@@ -74,19 +74,30 @@ def read_pool_stats(store: Store) -> PoolStats:
 
 @dataclass(frozen=True)
 class SourcingDecision:
-    new_batch: str | None
+    new_batches: tuple[str, ...]  # empty: source nothing now (``reason`` says why)
     reason: str
 
 
-def decide_sourcing(stats: PoolStats, threshold: int, partitions: list[str]) -> SourcingDecision:
-    """Add one batch when the kept pool is under ``threshold`` and no batch is still in flight."""
+def decide_sourcing(stats: PoolStats, threshold: int, partitions: list[str], concurrency: int) -> SourcingDecision:
+    """Add batches while the kept pool is under ``threshold``: as many as keep ``concurrency`` batches in flight
+    (added and not yet filtered)."""
+    if concurrency < 1:
+        raise ValueError(f"sourcing concurrency must be at least 1, got {concurrency}")
     in_flight = sorted(set(partitions) - stats.batches)
-    if in_flight:
-        return SourcingDecision(None, f"batch {in_flight[-1]} is not filtered yet; waiting before sourcing more")
+    if len(in_flight) >= concurrency:
+        shown = ", ".join(in_flight[-5:]) + (f" and {len(in_flight) - 5} more" if len(in_flight) > 5 else "")
+        return SourcingDecision(
+            (),
+            f"{len(in_flight)} batches not filtered yet ({shown}), at the limit of {concurrency} in flight;"
+            " waiting before sourcing more",
+        )
     if stats.kept >= threshold:
-        return SourcingDecision(None, f"pool holds {stats.kept} kept images, at or above the threshold {threshold}")
+        return SourcingDecision((), f"pool holds {stats.kept} kept images, at or above the threshold {threshold}")
     numbers = [int(p.rpartition("-")[2]) for p in partitions if p.rpartition("-")[2].isdigit()]
-    new = f"batch-{(max(numbers) + 1) if numbers else 0:05d}"
+    first = (max(numbers) + 1) if numbers else 0
+    new = tuple(f"batch-{n:05d}" for n in range(first, first + concurrency - len(in_flight)))
     return SourcingDecision(
-        new, f"pool holds {stats.kept} kept images, under the threshold {threshold}: sourcing {new}"
+        new,
+        f"pool holds {stats.kept} kept images, under the threshold {threshold}: sourcing {', '.join(new)}"
+        f" ({len(in_flight)} in flight, at most {concurrency})",
     )
