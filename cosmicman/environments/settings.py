@@ -7,15 +7,12 @@ them from their own environment. Each has a default that fits its environment (`
   from ``cosmicman.model.train.variants.VARIANTS``; every variant when unset.
 - ``COSMICMAN_SENSOR_INTERVAL_S``: the minimum interval of every sensor and of the automation sensor.
 - ``COSMICMAN_NEW_IMAGES_PER_VERSION``: how many newly annotated images make a new ``cosmicman_hq`` version.
-<<<<<<< HEAD
 - ``COSMICMAN_SHARD_SAMPLES`` / ``COSMICMAN_SHARD_MB``: a ``cosmicman_hq`` shard closes at that many samples
   or once it holds that many MiB (``COSMICMAN_SHARD_MB=0``: no byte limit).
 - ``COSMICMAN_MIN_LIVE_PERCENT``: a shard whose live share in a new version falls under this percentage has
   its live samples written anew (compaction).
-=======
 - ``COSMICMAN_SOURCING_CONCURRENCY``: how many sourcing batches the pool sensor keeps in flight at once (added and
   not yet filtered). The ``sourcing`` concurrency pool bounds how many of their ``raw_images`` steps run at once.
->>>>>>> sourcing
 """
 
 from __future__ import annotations
@@ -27,30 +24,24 @@ from cosmicman.model.train.variants import VARIANTS
 VARIANTS_VAR = "COSMICMAN_VARIANTS"
 SENSOR_INTERVAL_VAR = "COSMICMAN_SENSOR_INTERVAL_S"
 NEW_IMAGES_VAR = "COSMICMAN_NEW_IMAGES_PER_VERSION"
-<<<<<<< HEAD
 SHARD_SAMPLES_VAR = "COSMICMAN_SHARD_SAMPLES"
 SHARD_MB_VAR = "COSMICMAN_SHARD_MB"
 MIN_LIVE_PERCENT_VAR = "COSMICMAN_MIN_LIVE_PERCENT"
-=======
 SOURCING_CONCURRENCY_VAR = "COSMICMAN_SOURCING_CONCURRENCY"
->>>>>>> sourcing
 
 # a local turn hands over between ~15 runs: each wait for a tick adds to it. Elsewhere a tick may read a
 # large pool's listing, so it runs less often.
 SENSOR_INTERVAL_S = {"local": 5, "s3": 30, "k8s": 30}
 # the local pool holds ~100 kept images: a third of it is worth a new version; a production pool is larger
 NEW_IMAGES_PER_VERSION = {"local": 32, "s3": 1000, "k8s": 1000}
-<<<<<<< HEAD
 # the local pool's ~100 images make a few small shards, so sharing and compaction show; a production shard is
 # the WebDataset norm of a few hundred MB (the sample cap only bounds a shard's index)
 SHARD_SAMPLES = {"local": 64, "s3": 100_000, "k8s": 100_000}
 SHARD_MB = {"local": 0, "s3": 512, "k8s": 512}
 MIN_LIVE_PERCENT = 50
-=======
 # the embedded default runs two runs at once on two cores, and its turns count batches: one batch at a time. A
 # cluster fetches and checks batches side by side (the sourcing lock keeps admission one at a time).
 SOURCING_CONCURRENCY = {"local": 1, "s3": 2, "k8s": 4}
->>>>>>> sourcing
 
 
 def _environment() -> str:
@@ -92,7 +83,6 @@ def new_images_per_version() -> int:
     return positive_int(NEW_IMAGES_VAR, NEW_IMAGES_PER_VERSION.get(_environment(), 1000))
 
 
-<<<<<<< HEAD
 def shard_policy_settings() -> tuple[int, int | None, float]:
     """(samples per shard, max shard bytes or None, min live fraction) of ``cosmicman_hq``'s shards."""
     env = _environment()
@@ -103,8 +93,8 @@ def shard_policy_settings() -> tuple[int, int | None, float]:
     if percent > 100:
         raise ValueError(f"{MIN_LIVE_PERCENT_VAR}={percent} is not a percentage (1..100)")
     return samples, (mb << 20) if mb else None, percent / 100
-=======
+
+
 def sourcing_concurrency() -> int:
     """Sourcing batches the pool sensor keeps in flight at once (``COSMICMAN_SOURCING_CONCURRENCY``)."""
     return positive_int(SOURCING_CONCURRENCY_VAR, SOURCING_CONCURRENCY.get(_environment(), 1))
->>>>>>> sourcing
