@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import resource
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -251,6 +253,10 @@ def main() -> None:
         run_child(args.child, args.store)
         return
     started = time.perf_counter()
+    # the materializations below log every event at DEBUG, and the launch measure's Pipes session warns that no
+    # process was launched: the figures are what this bench prints
+    logging.getLogger("dagster").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="dagster")
     work = args.work or Path(tempfile.mkdtemp(prefix="cosmicman-scale-"))
     try:
         print(f"versions over pools up to {args.rows:,} rows (store under {work})", flush=True)

@@ -41,7 +41,7 @@ def test_every_raw_image_is_kept_or_rejected_for_its_true_reason(flywheel):
 
 def test_dataset_stats_match_the_manifest(flywheel):
     from cosmicman.datasets.layout import read_manifest, read_stats
-    from cosmicman.datasets.shards import verify_shards
+    from cosmicman.datasets.verification import verify_shards
 
     store = flywheel["store"]
     version = flywheel["first"]["dataset"]["version"]

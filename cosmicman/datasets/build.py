@@ -261,7 +261,9 @@ def _known_shards(fs, root_path: str, staging: str, base: str | None) -> _Known:
         dead_keys.append(gone)
     staged_rows: list[dict[str, Any]] = []
     staged_keys: list[pl.DataFrame] = []
-    for marker in sorted(fs.ls(posixpath.join(staging, WRITTEN), detail=False)):
+    # an object store has no empty folders: before the first marker, the folder does not exist
+    written = posixpath.join(staging, WRITTEN)
+    for marker in sorted(fs.ls(written, detail=False) if fs.exists(written) else []):
         record = json.loads(fs.cat_file(marker))
         i = shards.height + len(staged_rows)
         staged_rows.append({**record, "shard_i": i, "segment": None, "staged": True})

@@ -93,3 +93,24 @@ def test_relabelling_a_batch_makes_a_version_that_relabels_its_samples(tmp_path,
     second = version_store(store, POLICY)
     assert second.changes is not None and (second.changes["relabelled"], second.changes["unchanged"]) == (3, 3)
     assert second.counts is not None and second.counts.written_samples == 3
+
+
+def test_versions_share_on_an_object_store_too(samples):
+    """S3 has no empty folders: a build's staging folder exists only once it holds a record."""
+    import os
+
+    from cosmicman.datasets.layout import excluded_samples
+    from cosmicman.datasets.verification import verify_version
+    from tests.support.s3_server import moto_s3
+
+    bucket = f"versions-{os.urandom(4).hex()}"  # s3fs caches a filesystem per endpoint, and ports come back
+    with moto_s3(bucket) as endpoint:
+        store = Store(f"s3://{bucket}/flywheel", **endpoint.storage_options())
+        write_batch(store, "b0", samples[:6])
+        first = version_store(store, POLICY)
+        write_batch(store, "b1", samples[6:])
+        second = version_store(store, POLICY)
+        assert (first.version, second.version, second.samples) == ("v0001", "v0002", 8)
+        assert second.counts is not None and (second.counts.reused_samples, second.counts.written_samples) == (6, 2)
+        assert verify_version(store.url, "v0002", store.storage_options).intact
+        assert excluded_samples(store.url, "v0002", store.storage_options) == []

@@ -57,6 +57,7 @@ def run_variant(
 ) -> bool:
     # the dataset version is the test's own: its shards and lineage are not what is tested
     training_assets.shard_urls = lambda *a, **k: ["/data/shard-000000.tar"]  # type: ignore[assignment]
+    training_assets.excluded_samples = lambda *a, **k: []  # type: ignore[assignment]
     training_assets._lineage = lambda store, key: dg.MetadataValue.json({"model": key})  # type: ignore[assignment]
     result = dg.materialize(
         [training_assets.daring_unet],
