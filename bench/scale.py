@@ -29,8 +29,8 @@ Printed last:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import math
 import os
 import resource
@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -253,17 +252,16 @@ def main() -> None:
         run_child(args.child, args.store)
         return
     started = time.perf_counter()
-    # the materializations below log every event at DEBUG, and the launch measure's Pipes session warns that no
-    # process was launched: the figures are what this bench prints
-    logging.getLogger("dagster").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="dagster")
     work = args.work or Path(tempfile.mkdtemp(prefix="cosmicman-scale-"))
     try:
         print(f"versions over pools up to {args.rows:,} rows (store under {work})", flush=True)
         scale = versions_at_scale(args.rows, work / "versions")
-        payload = launch_payload_6m(work / "launch")
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+            payload = launch_payload_6m(work / "launch")
         print(f"launch payload of a 6M-image version: {payload} bytes", flush=True)
-        annotated = annotation_rows_per_new_row(work / "annotation")
+        # each materialization logs its every event to stderr: the figure is what this bench prints
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+            annotated = annotation_rows_per_new_row(work / "annotation")
         print(f"rows annotated and captioned per row of a new batch: {annotated:.2f}", flush=True)
         reuse = latent_reuse(work / "latents")
         print(f"latents reused by a version that adds 2 %: {reuse:.3f}", flush=True)

@@ -56,6 +56,7 @@ from cosmicman.datasets.version import (
 
 WRITTEN = "written"  # staging subfolder: one marker per shard stored by this build, in write order
 KEY_DIGITS = 15  # hex digits per join key: 60 bits, a signed 64-bit integer
+KEYS_BATCH_ROWS = 8192  # rows a piece while a version's manifest is reduced to join keys
 KEY_SCHEMA = {"s0": pl.Int64, "c0": pl.Int64}
 
 
@@ -189,8 +190,9 @@ def build_version(
     )
     catalogue = catalogue.with_columns(compacted=(pl.col("n_live") > 0) & compact)
     kept = catalogue.filter((pl.col("n_live") > 0) & ~pl.col("compacted")).sort("shard_i")
-    reused = matched.join(kept.select("shard_i"), on="shard_i", how="semi")
+    reused = matched.join(kept.select("shard_i"), on="shard_i", how="semi").select("s0", "c0", "shard_i")
     to_write = pool.join(reused, on=["s0", "c0"], how="anti", maintain_order="left")
+    del matched, live, stale  # pool-sized: gone before the writing, which holds a batch at a time
 
     written: list[int] = []  # bytes of each staging record this attempt wrote
     records = _write_new(fs, root_path, staging, source, index, to_write, policy, tokenizer, known, written)
@@ -255,7 +257,7 @@ def _known_shards(fs, root_path: str, staging: str, base: str | None) -> _Known:
         numbers = shards.select("shard", "shard_i")
         gone = read_parquet(fs, posixpath.join(bpath, REMOVED)).select(*key_columns(), "shard")
         gone = gone.join(numbers, on="shard").drop("shard")
-        for piece in shard_rows(fs, root_path, shards, segments, ["sha256", "content_key", "shard"]):
+        for piece in shard_rows(fs, root_path, shards, segments, ["sha256", "content_key", "shard"], KEYS_BATCH_ROWS):
             keys = piece.join(numbers, on="shard", maintain_order="left").select(*key_columns(), "shard_i")
             live_keys.append(keys.join(gone, on=["s0", "c0", "shard_i"], how="anti", maintain_order="left"))
         dead_keys.append(gone)

@@ -11,6 +11,7 @@ import polars as pl
 from cosmicman.datasets.layout import iter_manifest
 
 #: manifest columns whose change makes a kept sample "relabelled" (its labels, caption or their makers)
+KEYS_BATCH_ROWS = 8192  # manifest rows a piece while reducing a version to keys: the label columns are most of it
 LABEL_COLUMNS = ("caption", "groups", "dropped_groups", "n_attributes", "parser_version", "annotator_round")
 
 
@@ -39,7 +40,7 @@ def _labels(root: str, version: str, storage_options: Mapping[str, Any] | None, 
     stable within this process, which is all a comparison of two versions needs."""
     pieces = [
         b.select(sample.alias("id"), pl.struct(LABEL_COLUMNS).hash(7).alias("labels"))
-        for b in iter_manifest(root, version, storage_options, ["sha256", *LABEL_COLUMNS])
+        for b in iter_manifest(root, version, storage_options, ["sha256", *LABEL_COLUMNS], KEYS_BATCH_ROWS)
     ]
     return pl.concat(pieces) if pieces else pl.DataFrame(schema={"id": pl.String, "labels": pl.UInt64})
 

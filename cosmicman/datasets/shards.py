@@ -28,7 +28,7 @@ from cosmicman.datasets.samples import (
     sample_content_key,
 )
 
-TAR_MTIME = 0  # fixed member mtime: the same samples give byte-identical shards
+ROWS_AS_DICTS = 1024  # a shard's rows kept as dicts before they turn columnar: memory stays flat at any shard size
 
 
 class HashingWriter:
@@ -155,7 +155,9 @@ class ShardWriter:
         self.tokenizer, self.on_shard = tokenizer, on_shard
         self._f: Any = None
         self._hw: HashingWriter | None = None
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[dict[str, Any]] = []  # the shard's latest rows, at most ROWS_AS_DICTS of them
+        self._frames: list[pl.DataFrame] = []  # its earlier rows, columnar (a few times smaller than dicts)
+        self._n = 0
 
     def add(self, sample: DatasetSample, key: str | None = None) -> None:
         """Append a sample; ``key``: its content key (computed from the sample when None)."""
@@ -163,7 +165,7 @@ class ShardWriter:
         mask_png = row.pop("mask_png")
         row["content_key"] = key or sample_content_key(sample, mask_png)
         if self._hw is not None and (
-            len(self._rows) >= self.samples_per_shard
+            self._n >= self.samples_per_shard
             or (self.max_shard_bytes is not None and self._hw.n >= self.max_shard_bytes)
         ):
             self._close_shard()
@@ -172,6 +174,9 @@ class ShardWriter:
             self._hw = HashingWriter(self._f)
         self._hw.write(b"".join(ustar.member(name, data) for name, data in members))
         self._rows.append(row)
+        self._n += 1
+        if len(self._rows) >= ROWS_AS_DICTS:
+            self._frames.append(self._frame())
 
     def finish(self) -> None:
         """Close and store the shard in flight (if any)."""
@@ -190,10 +195,7 @@ class ShardWriter:
         self._f.close()
         sha, n_bytes = self._hw.sha.hexdigest(), self._hw.n
         self._hw = None
-        # every caption of the shard through the tokenizer at once (its batch call is far cheaper per text)
-        texts = [r["caption"] for r in self._rows]
-        for r, text, ids in zip(self._rows, texts, self.tokenizer(texts).input_ids, strict=True):
-            r["caption_tokens"] = len(ids) - 2 if text else 0
+        self._frames.append(self._frame())
         name = f"{sha}.tar"
         target = posixpath.join(self.folder, name)
         created = not self.fs.exists(target)
@@ -202,14 +204,25 @@ class ShardWriter:
             self.fs.mv(self.partial, target)
         else:  # the same samples in the same order, stored before: identical bytes
             self.fs.rm(self.partial)
-        record = ShardRecord(name, sha, len(self._rows), n_bytes, created)
-        rows = manifest_frame([{**r, "shard": name, "shard_sha256": sha} for r in self._rows])
+        record = ShardRecord(name, sha, self._n, n_bytes, created)
+        rows = pl.concat(self._frames).with_columns(shard=pl.lit(name), shard_sha256=pl.lit(sha))
         index = posixpath.join(self.folder, record.index)
         if not self.fs.exists(index):  # absent too when a kill fell between the tar and its index
             with self.fs.open(index, "wb") as f:
                 rows.write_parquet(f)
-        self._rows = []
+        self._frames, self._n = [], 0
         self.on_shard(record, rows)
+
+    def _frame(self) -> pl.DataFrame:
+        """The rows held as dicts, as a manifest frame; their captions through the tokenizer in one call (far
+        cheaper per text than one call each)."""
+        if not self._rows:
+            return manifest_frame([])
+        texts = [r["caption"] for r in self._rows]
+        for r, text, ids in zip(self._rows, texts, self.tokenizer(texts).input_ids, strict=True):
+            r["caption_tokens"] = len(ids) - 2 if text else 0
+        frame, self._rows = manifest_frame(self._rows), []
+        return frame
 
 
 def iter_samples(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:

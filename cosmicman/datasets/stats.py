@@ -17,6 +17,9 @@ def _num(x: Any, nd: int = 3) -> float | None:
 COUNTED = ("source", "source_batch", "filter_decision", "annotator_round", "parser_version", "licence")
 SUMMED = ("width", "height", "n_attributes", "caption_words", "caption_tokens", "n_groups", "n_spans")
 MEDIANS = ("width", "height", "n_attributes")
+# the manifest columns the statistics read: a version's rows are streamed with these alone
+STATS_BATCH_ROWS = 8192
+STATS_COLUMNS = list(dict.fromkeys([*COUNTED, *SUMMED, *MEDIANS, "groups", "dropped_groups", "categories"]))
 
 
 class _Tally:

@@ -134,6 +134,8 @@ def version_store(
         created_at=created_at or datetime.now(UTC).isoformat(),
         storage_options=store.storage_options,
     )
-    store.write_json(LATEST_DATASET_KEY, {"version": version, "fingerprint": index.fingerprint})
+    fingerprint = index.fingerprint
+    del index  # the pool's keys: the diff below joins the two versions' own
+    store.write_json(LATEST_DATASET_KEY, {"version": version, "fingerprint": fingerprint})
     changes = diff_counts(store.url, previous, version, store.storage_options) if previous else None
-    return StoreVersion(version, False, index.fingerprint, info.n_samples, counts, changes)
+    return StoreVersion(version, False, fingerprint, info.n_samples, counts, changes)

@@ -36,7 +36,7 @@ from cosmicman.datasets.layout import (
 from cosmicman.datasets.samples import DatasetSample
 from cosmicman.datasets.segments import SegmentRecord, SegmentWriter, segments_frame
 from cosmicman.datasets.shards import ShardRecord, ShardWriter
-from cosmicman.datasets.stats import compute_stats, render_datacard
+from cosmicman.datasets.stats import STATS_BATCH_ROWS, STATS_COLUMNS, compute_stats, render_datacard
 
 PARTIAL_SHARD = "partial.tar"  # the shard being filled, in the staging folder
 PARTIAL_SEGMENT = "segment.parquet"  # the segment being written, in the staging folder
@@ -179,7 +179,8 @@ def finish_version(
     if not n_samples and not allow_empty:
         raise ValueError(f"dataset version {version!r} would have no samples")
     created_at = created_at or datetime.now(UTC).isoformat(timespec="seconds")
-    pieces = manifest_pieces(fs, root_path, shards, segments, removed)
+    # pieces of STATS_BATCH_ROWS: the label lists the statistics explode are most of a piece's memory
+    pieces = manifest_pieces(fs, root_path, shards, segments, removed, STATS_COLUMNS, STATS_BATCH_ROWS)
     stats = compute_stats(pieces, protocol, shards)
     stats.update({"dataset": DATASET_NAME, "version": version, "created_at": created_at})
     for name, table in ((SHARDS, shards), (SEGMENTS, segments), (REMOVED, removed.select(list(REMOVED_SCHEMA)))):

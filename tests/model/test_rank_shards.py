@@ -6,7 +6,6 @@ import contextlib
 import itertools
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import fsspec
 import pytest
@@ -14,13 +13,11 @@ import torch
 import webdataset as wds
 
 from cosmicman.core.tokenizer import load_clip_tokenizer
-from cosmicman.model.distributed import DistEnv
 from cosmicman.model.latent_cache import CachedShardDataset, LatentCache, build_cache
 from cosmicman.model.shards import ShardDataset
-from cosmicman.model.train.config import TrainConfig
-from cosmicman.model.train.data import DataStream
 from tests.model.test_buckets import write_mixed_shards
 from tests.model.test_train import write_shards
+from tests.support.rank_stream import two_rank_stream
 
 N_SHARDS, PER_SHARD = 9, 3  # an odd count: one rank gets the extra shard, the other the next epoch
 
@@ -130,35 +127,9 @@ def test_positions_are_unique_across_ranks_and_one_rank_counts_on(tok, urls):
     assert keys(rank=1, world_size=2) != keys()
 
 
-def _quiet(msg: str) -> None:
-    pass
-
-
 def test_each_rank_resumes_exactly_through_the_data_stream(tmp_path, tok):
     shards = write_mixed_shards(tmp_path / "mixed", 5)
-    cfg = TrainConfig.from_dict(
-        {
-            "shards": shards,
-            "output_url": str(tmp_path / "out"),
-            "resolution": 64,
-            "batch_size": 2,
-            "hola_map_factor": 8,
-            "buckets": True,
-            "bucket_step": 8,
-            "seed": 4,
-            "shuffle_buffer": 4,
-            "flip_p": 0.5,
-        }
-    )
-    trainer = SimpleNamespace(comps=SimpleNamespace(tokenizers=[tok]), store=None, device=torch.device("cpu"))
-
-    def run(rank: int, n: int, resume=None):
-        stream = DataStream(cfg, trainer, DistEnv(rank, 2), resume, _quiet)  # type: ignore[arg-type]
-        try:
-            got = [next(stream) for _ in range(n)]
-            return [(b["keys"], b["positions"], b["pixel_values"]) for b in got], stream.resume_point()
-        finally:
-            stream.close()
+    run = two_rank_stream(tok, shards, str(tmp_path / "out"))
 
     seen: list[set[int]] = []
     for rank in (0, 1):
@@ -194,9 +165,8 @@ def test_latent_cache_is_built_and_read_by_whole_units_per_rank(monkeypatch, tmp
     cache = LatentCache(str(tmp_path / "cache"), "fp")
     decoding = ShardDataset(urls, tok, 32, (4, 4))
     once = bytes_read(monkeypatch, lambda: list(ShardDataset(urls, tok, 32, (4, 4))))
-    built = [
-        bytes_read(monkeypatch, lambda r=r: build_cache(cache, decoding, _encode, 2, r, 2, _quiet)) for r in (0, 1)
-    ]
+    quiet = lambda _: None  # noqa: E731
+    built = [bytes_read(monkeypatch, lambda r=r: build_cache(cache, decoding, _encode, 2, r, 2, quiet)) for r in (0, 1)]
     assert not set(built[0]) & set(built[1]) and built[0] + built[1] == once  # each tar encoded once
 
     reads: list[Counter] = [Counter(), Counter()]

@@ -18,13 +18,12 @@ import webdataset as wds
 
 from cosmicman.core.keys import dataset_shard_key
 from cosmicman.core.tokenizer import load_clip_tokenizer
-from cosmicman.model.distributed import DistEnv
 from cosmicman.model.latent_cache import CachedShardDataset, LatentCache, build_cache, reused_share, unit_key
 from cosmicman.model.shards import ShardDataset
 from cosmicman.model.train.config import TrainConfig
-from cosmicman.model.train.data import DataStream
 from tests.model.test_buckets import make_rect_sample
 from tests.model.test_train import make_sample
+from tests.support.rank_stream import two_rank_stream
 
 PER_SHARD = 4
 
@@ -175,30 +174,7 @@ def test_each_rank_resumes_exactly_with_excluded_samples(tmp_path, tok):
     ]
     every = [s["key"] for s in ShardDataset(shards, tok, 32, (4, 4))]
     gone = every[2::5]
-    cfg = TrainConfig.from_dict(
-        {
-            "shards": shards,
-            "excluded_samples": gone,
-            "output_url": str(tmp_path / "out"),
-            "resolution": 64,
-            "batch_size": 2,
-            "hola_map_factor": 8,
-            "buckets": True,
-            "bucket_step": 8,
-            "seed": 4,
-            "shuffle_buffer": 4,
-            "flip_p": 0.5,
-        }
-    )
-    trainer = SimpleNamespace(comps=SimpleNamespace(tokenizers=[tok]), store=None, device=torch.device("cpu"))
-
-    def run(rank: int, n: int, resume=None):
-        stream = DataStream(cfg, trainer, DistEnv(rank, 2), resume, _quiet)  # type: ignore[arg-type]
-        try:
-            got = [next(stream) for _ in range(n)]
-            return [(b["keys"], b["positions"], b["pixel_values"]) for b in got], stream.resume_point()
-        finally:
-            stream.close()
+    run = two_rank_stream(tok, shards, str(tmp_path / "out"), excluded_samples=gone)
 
     for rank in (0, 1):
         full, _ = run(rank, 16)  # past the rank's first round of shards
