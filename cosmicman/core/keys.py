@@ -157,11 +157,6 @@ def dataset_shard_index_key(sha256: str) -> str:
 DATASET_MANIFESTS_PREFIX = f"{DATASETS_PREFIX}/manifests"
 
 
-def dataset_segment_key(sha256: str) -> str:
-    """A manifest segment, named by the sha256 of its bytes."""
-    return f"{DATASET_MANIFESTS_PREFIX}/{sha256}.parquet"
-
-
 def dataset_verified_key(sha256: str) -> str:
     """The record that a shard or segment (by its sha256) had its bytes re-read and matched once."""
     return f"{DATASET_VERIFIED_PREFIX}/{sha256}.json"

@@ -92,11 +92,6 @@ def version_path(root_path: str, version: str) -> str:
     return posixpath.join(root_path, dataset_version_prefix(version))
 
 
-def version_url(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    fs, path = store_fs(root, storage_options)
-    return fs.unstrip_protocol(version_path(path, version))
-
-
 def shards_path(root_path: str) -> str:
     return posixpath.join(root_path, DATASET_SHARDS_PREFIX)
 
