@@ -19,11 +19,11 @@ import numpy as np
 import polars as pl
 
 from cosmicman.core.keys import blob_key, table_key
+from cosmicman.core.masks import mask_png
 from cosmicman.core.protocol import load_protocol
 from cosmicman.core.store import Store
 from cosmicman.core.tokenizer import load_clip_tokenizer
 from cosmicman.datasets.captions import build_caption, sample_attributes
-from cosmicman.datasets.samples import encode_mask_png
 
 SIDE = 4  # pixels a side of every image and mask
 TEMPLATES = 64  # distinct (attributes, caption) rows and masks, repeated over the pool
@@ -59,7 +59,7 @@ class SyntheticPool:
         self.mask_keys = []
         for i in range(TEMPLATES):
             key = f"parsing/{PARSER}/mask-{i:03d}.png"
-            store.write_bytes(key, encode_mask_png(rng.integers(0, 18, (SIDE, SIDE)).astype(np.uint8)))
+            store.write_bytes(key, mask_png(rng.integers(0, 18, (SIDE, SIDE)).astype(np.uint8)))
             self.mask_keys.append(key)
         self.rows = 0
 

@@ -12,7 +12,7 @@ from cosmicman.datasets.build import ShardPolicy
 from cosmicman.datasets.layout import DATACARD, read_stats
 from cosmicman.datasets.lineage import dataset_lineage
 from cosmicman.datasets.store_pool import version_store
-from cosmicman.environments.settings import new_images_per_version, shard_policy_settings
+from cosmicman.environments.settings import build_workers, new_images_per_version, shard_policy_settings
 from cosmicman.resources.storage import ObjectStoreResource
 
 
@@ -31,7 +31,7 @@ def cosmicman_hq(context: dg.AssetExecutionContext, object_store: ObjectStoreRes
     store = object_store.store()
     samples, max_bytes, min_live = shard_policy_settings()
     try:
-        built = version_store(store, ShardPolicy(samples, max_bytes, min_live))
+        built = version_store(store, ShardPolicy(samples, max_bytes, min_live), workers=build_workers())
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
     version = built.version

@@ -72,6 +72,9 @@ class Store:
         return self.fs.exists(self.path(key))
 
     def read_bytes(self, key: str) -> bytes:
+        if self._renames:  # local disk: a plain read, a fifth of fsspec's cost per call (a version reads two a row)
+            with open(self.path(key), "rb") as f:
+                return f.read()
         return self.fs.cat_file(self.path(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:

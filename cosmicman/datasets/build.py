@@ -14,7 +14,8 @@ base segment whose kept rows fall under ``min_live_fraction`` of it has those ro
 segment, so reading a version never reads much more than its rows.
 
 Joins and counts run on two 60-bit integers a row (the leading hex digits of the image sha256 and of the
-content key), never on the pool's labels. Each shard written is recorded in the staging folder as it is
+content key), never on the pool's labels, one bucket of keys at a time (:mod:`cosmicman.datasets.reuse_plan`).
+Each shard written is recorded in the staging folder as it is
 stored; a build killed mid-way and started again references those shards like the base version's and writes
 only the rest, in the same order, so the shards come out as an uninterrupted build's.
 """
@@ -41,9 +42,18 @@ from cosmicman.datasets.layout import (
     shards_path,
     version_path,
 )
+from cosmicman.datasets.prepare_pool import prepared_groups
+from cosmicman.datasets.reuse_plan import (
+    KEY_SCHEMA,
+    KNOWN_KEY_SCHEMA,
+    SHARD_NUMBER,
+    key_columns,
+    plan_reuse,
+    sorted_keys,
+)
 from cosmicman.datasets.samples import DatasetSample
 from cosmicman.datasets.segments import SegmentRecord, SegmentWriter, segments_frame
-from cosmicman.datasets.shards import ShardRecord, ShardWriter
+from cosmicman.datasets.shards import PREPARED_ROWS, ShardRecord, ShardWriter
 from cosmicman.datasets.version import (
     PARTIAL_SEGMENT,
     PARTIAL_SHARD,
@@ -55,17 +65,7 @@ from cosmicman.datasets.version import (
 )
 
 WRITTEN = "written"  # staging subfolder: one marker per shard stored by this build, in write order
-KEY_DIGITS = 15  # hex digits per join key: 60 bits, a signed 64-bit integer
 KEYS_BATCH_ROWS = 8192  # rows a piece while a version's manifest is reduced to join keys
-KEY_SCHEMA = {"s0": pl.Int64, "c0": pl.Int64}
-
-
-def key_columns(sha: str = "sha256", key: str = "content_key") -> list[pl.Expr]:
-    """The two integer join keys of a sample: image sha256 and content key, 60 bits each."""
-    return [
-        pl.col(sha).str.slice(0, KEY_DIGITS).str.to_integer(base=16).alias("s0"),
-        pl.col(key).str.slice(0, KEY_DIGITS).str.to_integer(base=16).alias("c0"),
-    ]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class PoolIndex:
     """Every candidate's join keys and batch, and a fingerprint of the pool's content."""
 
     batches: tuple[str, ...]
-    keys: pl.DataFrame  # s0, c0, batch_i
+    keys: pl.DataFrame  # s0, c0, batch_i; in s0 order
     fingerprint: str
 
 
@@ -123,7 +123,8 @@ def index_pool(source: PoolSource) -> PoolIndex:
         content = "".join(rows["content_key"].sort().to_list())
         digest.update(f"{batch}\x1f{hashlib.sha256(content.encode()).hexdigest()}\n".encode())
         parts.append(rows.select(*key_columns(), pl.lit(i, pl.UInt32).alias("batch_i")))
-    keys = pl.concat(parts) if parts else pl.DataFrame(schema={**KEY_SCHEMA, "batch_i": pl.UInt32})
+    keys = sorted_keys(pl.concat([pl.DataFrame(schema={**KEY_SCHEMA, "batch_i": pl.UInt32}), *parts]))
+    del parts
     twice = int(keys["s0"].is_duplicated().sum())
     if twice:
         raise ValueError(f"{twice} pool rows share an image sha256 with another row: a sample must be in one batch")
@@ -150,8 +151,8 @@ class BuildCounts:
 @dataclass(frozen=True)
 class _Known:
     """Shards a build may reference (the base version's, then those staged), every sample they hold (the
-    chosen copy of a sample first: staged, then live in the base, then removed from it) and the base's
-    segments."""
+    chosen copy of a sample first: staged, then live in the base, then removed from it; in s0 order) and the
+    base's segments."""
 
     shards: pl.DataFrame  # shard_i, shard, sha256, n_samples, n_bytes, segment (staged: null), staged
     keys: pl.DataFrame  # s0, c0, shard_i
@@ -172,30 +173,23 @@ def build_version(
     created_at: str | None = None,
     allow_empty: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    workers: int = 1,
 ) -> tuple[VersionInfo, BuildCounts]:
     """Build and publish ``version`` from ``source``, sharing the shards and segments of published version
-    ``base``. ``index``: the pool's :func:`index_pool` when the caller made it already."""
+    ``base``. ``index``: the pool's :func:`index_pool` when the caller made it already. ``workers``: processes
+    that prepare the samples to write (:mod:`cosmicman.datasets.prepare_pool`; the source must pickle)."""
     fs, root_path, staging, protocol, tokenizer = prepare(root, version, storage_options, protocol, tokenizer)
     index = index or index_pool(source)
     fs.makedirs(posixpath.join(staging, WRITTEN), exist_ok=True)
     known = _known_shards(fs, root_path, staging, base)
-    pool = index.keys
-    # one copy per content key; any other copy of a sample the version holds makes its shard stale
-    matched = pool.join(known.keys.unique(["s0", "c0"], keep="first", maintain_order=True), on=["s0", "c0"])
-    live = matched.group_by("shard_i").agg(pl.len().cast(pl.Int64).alias("n_live"))
-    catalogue = known.shards.join(live, on="shard_i", how="left").with_columns(pl.col("n_live").fill_null(0))
-    stale = known.keys.join(matched, on=["s0", "c0", "shard_i"], how="anti").join(pool, on="s0", how="semi")
-    compact = (pl.col("n_live") < pl.col("n_samples") * policy.min_live_fraction) | pl.col("shard_i").is_in(
-        stale["shard_i"].unique().implode()
-    )
-    catalogue = catalogue.with_columns(compacted=(pl.col("n_live") > 0) & compact)
-    kept = catalogue.filter((pl.col("n_live") > 0) & ~pl.col("compacted")).sort("shard_i")
-    reused = matched.join(kept.select("shard_i"), on="shard_i", how="semi").select("s0", "c0", "shard_i")
-    to_write = pool.join(reused, on=["s0", "c0"], how="anti", maintain_order="left")
-    del matched, live, stale  # pool-sized: gone before the writing, which holds a batch at a time
+    plan = plan_reuse(index.keys, known.keys, known.shards, policy.min_live_fraction)
+    known = _Known(known.shards, known.keys.clear(), known.segments)  # pool-sized: gone before the writing
+    kept = plan.kept
 
     written: list[int] = []  # bytes of each staging record this attempt wrote
-    records = _write_new(fs, root_path, staging, source, index, to_write, policy, tokenizer, known, written)
+    records = _write_new(
+        fs, root_path, staging, source, index, plan.to_write, policy, tokenizer, known, written, workers
+    )
     moved = _moved_segments(known, kept, policy)
     segment = _write_segment(fs, root_path, staging, known, kept, moved, records)
     name = segment.segment if segment else None
@@ -214,7 +208,7 @@ def build_version(
     segments = pl.concat(
         [known.segments.filter(pl.col("segment").is_in(in_use)), segments_frame([segment] if segment else [])]
     )
-    removed = _removed(fs, root_path, known, kept, reused)
+    removed = _removed(fs, root_path, known, plan.dead)
     info = finish_version(
         fs, root_path, staging, version, shards, segments, removed, protocol, datacard, created_at, allow_empty
     )
@@ -229,9 +223,9 @@ def build_version(
         + (segment.n_bytes if segment and segment.created else 0)
         + sum(int(e["size"]) for e in fs.ls(version_path(root_path, version), detail=True)),
         written_shard_bytes=sum(r.n_bytes for r in created),
-        reused_samples=reused.height,
+        reused_samples=plan.reused,
         reused_shards=kept.height,
-        compacted_shards=int(catalogue["compacted"].sum()),
+        compacted_shards=int(plan.catalogue["compacted"].sum()),
         resumed_shards=int(known.shards["staged"].sum()),
         moved_segments=moved.len(),
     )
@@ -249,7 +243,7 @@ def _known_shards(fs, root_path: str, staging: str, base: str | None) -> _Known:
             raise ValueError(f"base version {base!r} is not published")
         shards = (
             read_parquet(fs, posixpath.join(bpath, SHARDS))
-            .with_columns(pl.int_range(0, pl.len(), dtype=pl.Int64).alias("shard_i"))
+            .with_columns(pl.int_range(0, pl.len(), dtype=SHARD_NUMBER).alias("shard_i"))
             .select(list(KNOWN_SCHEMA))
             .with_columns(staged=pl.lit(False))
         )
@@ -270,17 +264,17 @@ def _known_shards(fs, root_path: str, staging: str, base: str | None) -> _Known:
         i = shards.height + len(staged_rows)
         staged_rows.append({**record, "shard_i": i, "segment": None, "staged": True})
         rows = read_parquet(fs, posixpath.join(root_path, dataset_shard_index_key(record["sha256"])))
-        staged_keys.append(rows.select(*key_columns(), pl.lit(i, pl.Int64).alias("shard_i")))
+        staged_keys.append(rows.select(*key_columns(), pl.lit(i, SHARD_NUMBER).alias("shard_i")))
     if staged_rows:
         staged = pl.DataFrame(staged_rows, schema={**KNOWN_SCHEMA, "staged": pl.Boolean})
         shards = pl.concat([shards, staged.select(shards.columns)])
-    empty = pl.DataFrame(schema={**KEY_SCHEMA, "shard_i": pl.Int64})
-    keys = pl.concat([empty, *staged_keys, *live_keys, *dead_keys])  # the chosen copy of a sample first
-    return _Known(shards, keys, segments)
+    keys = pl.concat([pl.DataFrame(schema=KNOWN_KEY_SCHEMA), *staged_keys, *live_keys, *dead_keys])
+    del staged_keys, live_keys, dead_keys
+    return _Known(shards, sorted_keys(keys), segments)  # the chosen copy of a sample first
 
 
 KNOWN_SCHEMA = {
-    "shard_i": pl.Int64,
+    "shard_i": SHARD_NUMBER,
     "shard": pl.String,
     "sha256": pl.String,
     "n_samples": pl.Int64,
@@ -291,10 +285,10 @@ KNOWN_SCHEMA = {
 
 def _write_new(
     fs, root_path, staging, source: PoolSource, index: PoolIndex, to_write: pl.DataFrame, policy, tokenizer, known,
-    written: list[int],
+    written: list[int], workers: int,
 ) -> list[ShardRecord]:  # fmt: skip
-    """Write the samples of ``to_write`` into new shards, batch by batch, recording each shard as it is stored
-    (the bytes of each record into ``written``)."""
+    """Write the samples of ``to_write`` into new shards, batch by batch, prepared by ``workers`` processes,
+    recording each shard as it is stored (the bytes of each record into ``written``)."""
     records: list[ShardRecord] = []
     first = int(known.shards["staged"].sum())
 
@@ -307,23 +301,30 @@ def _write_new(
 
     writer = ShardWriter(
         fs, shards_path(root_path), posixpath.join(staging, PARTIAL_SHARD), policy.samples_per_shard,
-        policy.max_shard_bytes, tokenizer, on_shard,
+        policy.max_shard_bytes, on_shard,
     )  # fmt: skip
     try:
-        for batch_i in to_write["batch_i"].unique(maintain_order=True).to_list():
-            wanted = to_write.filter(pl.col("batch_i") == batch_i).select("s0", "c0")
-            rows = (
-                source.rows(index.batches[batch_i])
-                .with_columns(*key_columns())
-                .join(wanted, on=["s0", "c0"], how="semi")
-                .sort("sha256")
-            )
-            for sample, key in zip(source.samples(rows), rows["content_key"].to_list(), strict=True):
-                writer.add(sample, key)
+        groups = _groups_to_write(source, index, to_write)
+        for prepared in prepared_groups(source, groups, tokenizer, workers, to_write.height):
+            writer.add(prepared)
         writer.finish()
     finally:
         writer.abandon()
     return records
+
+
+def _groups_to_write(source: PoolSource, index: PoolIndex, to_write: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """The rows of ``to_write``, batch by batch and by sha256 within a batch, in groups to prepare."""
+    for batch_i in to_write["batch_i"].unique(maintain_order=True).to_list():
+        wanted = to_write.filter(pl.col("batch_i") == batch_i).select("s0", "c0")
+        rows = (
+            source.rows(index.batches[batch_i])
+            .with_columns(*key_columns())
+            .join(wanted, on=["s0", "c0"], how="semi")
+            .sort("sha256")
+        )
+        for start in range(0, rows.height, PREPARED_ROWS):
+            yield rows.slice(start, PREPARED_ROWS)
 
 
 def _moved_segments(known: _Known, kept: pl.DataFrame, policy: ShardPolicy) -> pl.Series:
@@ -352,12 +353,9 @@ def _write_segment(
     return writer.store()
 
 
-def _removed(fs, root_path: str, known: _Known, kept: pl.DataFrame, reused: pl.DataFrame) -> pl.DataFrame:
-    """The samples the kept shards hold that the version does not (sha256, shard, content_key): named from the
-    segments of the few shards holding such samples, and from the indexes of staged ones."""
-    dead = known.keys.join(kept.select("shard_i"), on="shard_i", how="semi").join(
-        reused, on=["s0", "c0", "shard_i"], how="anti"
-    )
+def _removed(fs, root_path: str, known: _Known, dead: pl.DataFrame) -> pl.DataFrame:
+    """The samples the kept shards hold that the version does not (``dead``), as sha256, shard, content_key:
+    named from the segments of the few shards holding such samples, and from the indexes of staged ones."""
     touched = known.shards.join(dead.select("shard_i").unique(), on="shard_i", how="semi")
     named = [pl.DataFrame(schema=REMOVED_SCHEMA)]
     columns = list(REMOVED_SCHEMA)
@@ -371,5 +369,5 @@ def _removed(fs, root_path: str, known: _Known, kept: pl.DataFrame, reused: pl.D
         named.append(found(piece.join(numbers, on="shard", maintain_order="left")))
     for sha, shard_i in touched.filter(pl.col("staged")).select("sha256", "shard_i").iter_rows():
         rows = read_parquet(fs, posixpath.join(root_path, dataset_shard_index_key(sha)), columns)
-        named.append(found(rows.with_columns(pl.lit(shard_i, pl.Int64).alias("shard_i"))))
+        named.append(found(rows.with_columns(pl.lit(shard_i, SHARD_NUMBER).alias("shard_i"))))
     return pl.concat(named)

@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from cosmicman.datasets.layout import iter_manifest
+from cosmicman.datasets.reuse_plan import KEY_DIGITS, key_buckets, sorted_keys
 
 #: manifest columns whose change makes a kept sample "relabelled" (its labels, caption or their makers)
 KEYS_BATCH_ROWS = 8192  # manifest rows a piece while reducing a version to keys: the label columns are most of it
@@ -58,17 +59,20 @@ def diff_versions(root: str, old: str, new: str, storage_options: Mapping[str, A
 
 def diff_counts(root: str, old: str, new: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:meth:`VersionDiff.counts` of the two versions, joined on 16 bytes a sample (a 60-bit integer of the
-    image sha256 and the label digest) instead of the sha256 strings."""
-    sample = pl.col("sha256").str.slice(0, 15).str.to_integer(base=16)
-    a = _labels(root, old, storage_options, sample)
-    b = _labels(root, new, storage_options, sample)
-    both = a.join(b, on="id", how="inner", suffix="_new")
-    relabelled = int((both["labels"] != both["labels_new"]).sum())
+    image sha256 and the label digest) instead of the sha256 strings, one bucket of samples at a time."""
+    sample = pl.col("sha256").str.slice(0, KEY_DIGITS).str.to_integer(base=16)
+    a = sorted_keys(_labels(root, old, storage_options, sample), on="id")
+    b = sorted_keys(_labels(root, new, storage_options, sample), on="id")
+    in_both = relabelled = 0
+    for a_part, b_part in key_buckets(a, b, on="id"):
+        both = a_part.join(b_part, on="id", how="inner", suffix="_new")
+        in_both += both.height
+        relabelled += int((both["labels"] != both["labels_new"]).sum())
     return {
         "old": old,
         "new": new,
-        "added": b.height - both.height,
-        "removed": a.height - both.height,
+        "added": b.height - in_both,
+        "removed": a.height - in_both,
         "relabelled": relabelled,
-        "unchanged": both.height - relabelled,
+        "unchanged": in_both - relabelled,
     }

@@ -210,9 +210,11 @@ def shard_rows(
     batch_rows: int = 65536,
 ) -> Iterator[pl.DataFrame]:
     """The rows of every sample the shards of ``shards`` hold (removed ones too), each read from the segment
-    ``shards`` names for it, segment by segment in ``segments`` order: memory stays one piece."""
+    ``shards`` names for it, segment by segment in ``segments`` order: memory stays one piece, and a segment
+    holding none of them is not read."""
     read = None if columns is None else list(dict.fromkeys([*columns, "shard"]))
-    for segment in segments["segment"].to_list():
+    wanted = shards["segment"].unique().implode()
+    for segment in segments.filter(pl.col("segment").is_in(wanted))["segment"].to_list():  # only those it needs
         names = shards.filter(pl.col("segment") == segment)["shard"].implode()
         for piece in iter_parquet(fs, posixpath.join(segments_path(root_path), segment), read, batch_rows):
             held = piece.filter(pl.col("shard").is_in(names))

@@ -7,14 +7,15 @@ import hashlib
 import json
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from cosmicman.core.imageio import sha256_hex
+from cosmicman.core.masks import mask_png, mask_png_size
 from cosmicman.datasets import ustar
 from cosmicman.datasets.layout import read_shards_table, shards_path, store_fs
 from cosmicman.datasets.samples import (
@@ -22,13 +23,10 @@ from cosmicman.datasets.samples import (
     DatasetSample,
     caption_record,
     decode_mask_png,
-    encode_mask_png,
     manifest_frame,
     oriented_size,
     sample_content_key,
 )
-
-ROWS_AS_DICTS = 1024  # a shard's rows kept as dicts before they turn columnar: memory stays flat at any shard size
 
 
 class HashingWriter:
@@ -81,10 +79,14 @@ def member_parts(sample: DatasetSample) -> tuple[list[tuple[str, bytes]], dict[s
     if not ext or "." in ext or ext in ("json", "txt"):
         raise ValueError(f"sample {sha}: bad image extension {sample.ext!r}")
     width, height = oriented_size(sample.image_bytes)
-    mask = np.asarray(sample.mask)
-    if mask.shape != (height, width):
-        raise ValueError(f"sample {sha}: mask shape {mask.shape} != image (h, w) {(height, width)}")
-    mask_png = encode_mask_png(mask)
+    if isinstance(sample.mask, bytes):  # as stored: its header says its size, its values were checked on writing
+        mask_width, mask_height = mask_png_size(sample.mask)
+        shape: tuple[int, ...] = (mask_height, mask_width)
+    else:
+        shape = np.asarray(sample.mask).shape
+    if shape != (height, width):
+        raise ValueError(f"sample {sha}: mask shape {shape} != image (h, w) {(height, width)}")
+    png = sample.mask if isinstance(sample.mask, bytes) else mask_png(sample.mask)
     cap = caption_record(sample.caption)
     prov = dict(sample.provenance)
     meta = {
@@ -105,7 +107,7 @@ def member_parts(sample: DatasetSample) -> tuple[list[tuple[str, bytes]], dict[s
     text = cap["caption"]
     members = [
         (f"{sha}.{ext}", sample.image_bytes),
-        (f"{sha}.mask.png", mask_png),
+        (f"{sha}.mask.png", png),
         (f"{sha}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()),
         (f"{sha}.txt", text.encode()),
     ]
@@ -124,9 +126,40 @@ def member_parts(sample: DatasetSample) -> tuple[list[tuple[str, bytes]], dict[s
         "n_attributes": len(sample.attributes),
         "caption_words": len(text.split()),
         "categories": sorted(sample.attributes),
-        "mask_png": mask_png,
+        "mask_png": png,
     }
     return members, row
+
+
+# samples prepared together: one tokenizer call, one hand-over from a worker process. In flight at once: a few
+# such groups a worker, so at the paper's ~0.5 MB a JPEG a group holds ~64 MB of image bytes
+PREPARED_ROWS = 128
+
+
+@dataclass(frozen=True)
+class PreparedSamples:
+    """Samples made ready for a shard, in order: each one's tar members as bytes, and their manifest rows
+    (``content_key`` and ``caption_tokens`` set; the ``shard`` fields are the writer's)."""
+
+    members: list[bytes]
+    rows: pl.DataFrame
+
+
+def prepare_samples(samples: Iterable[tuple[DatasetSample, str | None]], tokenizer) -> PreparedSamples:
+    """Members and manifest rows of ``(sample, content key)`` pairs (a key of None: computed from the
+    sample); their captions' tokens are counted in one tokenizer call (far cheaper per text than one call
+    each). Pure: worker processes prepare while one writer appends (:mod:`cosmicman.datasets.prepare_pool`)."""
+    members, rows = [], []
+    for sample, key in samples:
+        parts, row = member_parts(sample)
+        png = row.pop("mask_png")
+        row["content_key"] = key or sample_content_key(sample, png)
+        members.append(b"".join(ustar.member(name, data) for name, data in parts))
+        rows.append(row)
+    texts = [r["caption"] for r in rows]
+    for r, text, ids in zip(rows, texts, tokenizer(texts).input_ids if texts else [], strict=True):
+        r["caption_tokens"] = len(ids) - 2 if text else 0
+    return PreparedSamples(members, manifest_frame(rows))
 
 
 class ShardWriter:
@@ -145,38 +178,35 @@ class ShardWriter:
         partial: str,
         samples_per_shard: int,
         max_shard_bytes: int | None,
-        tokenizer,
         on_shard: Callable[[ShardRecord, pl.DataFrame], None],
     ) -> None:
         if samples_per_shard < 1:
             raise ValueError("samples_per_shard must be >= 1")
         self.fs, self.folder, self.partial = fs, folder, partial
         self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
-        self.tokenizer, self.on_shard = tokenizer, on_shard
+        self.on_shard = on_shard
         self._f: Any = None
         self._hw: HashingWriter | None = None
-        self._rows: list[dict[str, Any]] = []  # the shard's latest rows, at most ROWS_AS_DICTS of them
-        self._frames: list[pl.DataFrame] = []  # its earlier rows, columnar (a few times smaller than dicts)
+        self._frames: list[pl.DataFrame] = []  # the rows of the shard in flight, as slices of prepared rows
         self._n = 0
 
-    def add(self, sample: DatasetSample, key: str | None = None) -> None:
-        """Append a sample; ``key``: its content key (computed from the sample when None)."""
-        members, row = member_parts(sample)
-        mask_png = row.pop("mask_png")
-        row["content_key"] = key or sample_content_key(sample, mask_png)
-        if self._hw is not None and (
-            self._n >= self.samples_per_shard
-            or (self.max_shard_bytes is not None and self._hw.n >= self.max_shard_bytes)
-        ):
-            self._close_shard()
-        if self._hw is None:
-            self._f = self.fs.open(self.partial, "wb")
-            self._hw = HashingWriter(self._f)
-        self._hw.write(b"".join(ustar.member(name, data) for name, data in members))
-        self._rows.append(row)
-        self._n += 1
-        if len(self._rows) >= ROWS_AS_DICTS:
-            self._frames.append(self._frame())
+    def add(self, prepared: PreparedSamples) -> None:
+        """Append prepared samples, closing a shard whenever it is full."""
+        start = 0
+        for i, data in enumerate(prepared.members):
+            if self._hw is not None and (
+                self._n >= self.samples_per_shard
+                or (self.max_shard_bytes is not None and self._hw.n >= self.max_shard_bytes)
+            ):
+                self._frames.append(prepared.rows.slice(start, i - start))
+                start = i
+                self._close_shard()
+            if self._hw is None:
+                self._f = self.fs.open(self.partial, "wb")
+                self._hw = HashingWriter(self._f)
+            self._hw.write(data)
+            self._n += 1
+        self._frames.append(prepared.rows.slice(start))
 
     def finish(self) -> None:
         """Close and store the shard in flight (if any)."""
@@ -195,7 +225,6 @@ class ShardWriter:
         self._f.close()
         sha, n_bytes = self._hw.sha.hexdigest(), self._hw.n
         self._hw = None
-        self._frames.append(self._frame())
         name = f"{sha}.tar"
         target = posixpath.join(self.folder, name)
         created = not self.fs.exists(target)
@@ -212,17 +241,6 @@ class ShardWriter:
                 rows.write_parquet(f)
         self._frames, self._n = [], 0
         self.on_shard(record, rows)
-
-    def _frame(self) -> pl.DataFrame:
-        """The rows held as dicts, as a manifest frame; their captions through the tokenizer in one call (far
-        cheaper per text than one call each)."""
-        if not self._rows:
-            return manifest_frame([])
-        texts = [r["caption"] for r in self._rows]
-        for r, text, ids in zip(self._rows, texts, self.tokenizer(texts).input_ids, strict=True):
-            r["caption_tokens"] = len(ids) - 2 if text else 0
-        frame, self._rows = manifest_frame(self._rows), []
-        return frame
 
 
 def iter_samples(root: str, version: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
@@ -280,10 +298,9 @@ def scan_shard(fs, path: str) -> tuple[str, int, set[str], str | None]:
     with fs.open(path, "rb") as f:
         hr = HashingReader(f)
         try:
-            with tarfile.open(fileobj=cast(IO[bytes], hr), mode="r|") as tar:  # a stream-mode tar only reads
-                for m in tar:
-                    keys.add(posixpath.basename(m.name).partition(".")[0])
-        except (tarfile.TarError, EOFError, OSError) as exc:
+            for name in ustar.member_names(hr.read):
+                keys.add(posixpath.basename(name).partition(".")[0])
+        except (ValueError, OSError) as exc:
             err = f"{type(exc).__name__}: {exc}"
         hr.drain()
     return hr.sha.hexdigest(), hr.n, keys, err

@@ -23,8 +23,9 @@ STATS_COLUMNS = list(dict.fromkeys([*COUNTED, *SUMMED, *MEDIANS, "groups", "drop
 
 
 class _Tally:
-    """Running totals over manifest pieces: sums, value counts, and the few columns a median needs (4 bytes
-    a row each), so a version's statistics never hold its manifest."""
+    """Running totals over manifest pieces: sums, value counts, and the value counts a median is read from (a
+    width, a height, a count of attributes: a few thousand distinct values at any pool size), so a version's
+    statistics never hold its manifest."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -34,7 +35,7 @@ class _Tally:
         self.groups: Counter = Counter()
         self.dropped: Counter = Counter()
         self.categories: Counter = Counter()
-        self.for_median: dict[str, list[pl.Series]] = {c: [] for c in MEDIANS}
+        self.for_median: dict[str, Counter] = {c: Counter() for c in MEDIANS}
 
     def add(self, piece: pl.DataFrame) -> None:
         if piece.is_empty():
@@ -53,13 +54,29 @@ class _Tally:
         ):
             counter.update(dict(piece[col].explode().drop_nulls().value_counts().iter_rows()))
         for c in MEDIANS:
-            self.for_median[c].append(piece[c].cast(pl.Int32))
+            self.for_median[c].update(dict(piece[c].drop_nulls().value_counts().iter_rows()))
 
     def mean(self, col: str) -> float | None:
         return _num(self.sums[col] / self.n) if self.n else None
 
     def median(self, col: str) -> float | None:
-        return _num(pl.concat(self.for_median[col]).median()) if self.n else None
+        """The median of the column's values as Polars gives it (the mean of the two middle ones for an even
+        count), read from their counts."""
+        found = self.for_median[col]
+        n = sum(found.values())
+        if not n:
+            return None
+        values = sorted(found)
+
+        def kth(k: int) -> int:  # the k-th smallest value, from 0
+            seen = 0
+            for value in values:
+                seen += found[value]
+                if seen > k:
+                    return value
+            raise AssertionError("k is under the count")
+
+        return _num((kth((n - 1) // 2) + kth(n // 2)) / 2)
 
     def counts(self, col: str) -> dict[str, int]:
         # sorted by value, a missing value last and named "null" (None does not sort)

@@ -17,12 +17,11 @@ from typing import Any
 import polars as pl
 
 from cosmicman.core.keys import LATEST_DATASET_KEY, table_key, table_prefix
-from cosmicman.core.masks import read_mask
 from cosmicman.core.store import Store
 from cosmicman.datasets.build import BuildCounts, ShardPolicy, build_version, index_pool
 from cosmicman.datasets.diff import diff_counts
 from cosmicman.datasets.layout import list_versions, next_version_name
-from cosmicman.datasets.samples import DatasetSample, content_key
+from cosmicman.datasets.samples import DatasetSample, content_keys
 
 # the columns a sample's shard members are made of (the image and mask by their keys), in content-key order
 KEYED = (
@@ -60,8 +59,7 @@ class StorePool:
             .join(read(table_key("captions", batch), ["sha256", "groups"]), on="sha256")
             .sort("sha256")
         )
-        keys = [content_key(*row) for row in pool.select(KEYED).iter_rows()]
-        return pool.with_columns(pl.Series("content_key", keys, dtype=pl.String))
+        return pool.with_columns(content_keys(pool.select(KEYED)))
 
     def samples(self, rows: pl.DataFrame) -> Iterator[DatasetSample]:
         for r in rows.iter_rows(named=True):
@@ -69,7 +67,7 @@ class StorePool:
                 sha256=r["sha256"],
                 image_bytes=self.store.read_bytes(r["blob_key"]),
                 ext=r["ext"],
-                mask=read_mask(self.store.read_bytes(r["mask_key"])),
+                mask=self.store.read_bytes(r["mask_key"]),  # as stored: into the shard as it is
                 attributes=json.loads(r["attributes"]),
                 caption=json.loads(r["groups"]),
                 provenance={
@@ -108,10 +106,12 @@ def version_store(
     tokenizer=None,
     datacard: Mapping[str, Any] | None = None,
     created_at: str | None = None,
+    workers: int = 1,
 ) -> StoreVersion:
     """Build the next version from the store's pool, sharing the latest version's shards, and name it the
     latest; or, when the pool's content equals the latest version's, reuse that version. A build killed
-    mid-way resumes when called again. Empty pool: ``ValueError``."""
+    mid-way resumes when called again. ``workers``: processes that read and prepare the samples it writes.
+    Empty pool: ``ValueError``."""
     source = StorePool(store)
     index = index_pool(source)
     if index.keys.is_empty():
@@ -133,6 +133,7 @@ def version_store(
         datacard=datacard,
         created_at=created_at or datetime.now(UTC).isoformat(),
         storage_options=store.storage_options,
+        workers=workers,
     )
     fingerprint = index.fingerprint
     del index  # the pool's keys: the diff below joins the two versions' own

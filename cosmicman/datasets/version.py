@@ -35,7 +35,7 @@ from cosmicman.datasets.layout import (
 )
 from cosmicman.datasets.samples import DatasetSample
 from cosmicman.datasets.segments import SegmentRecord, SegmentWriter, segments_frame
-from cosmicman.datasets.shards import ShardRecord, ShardWriter
+from cosmicman.datasets.shards import PREPARED_ROWS, ShardRecord, ShardWriter, prepare_samples
 from cosmicman.datasets.stats import STATS_BATCH_ROWS, STATS_COLUMNS, compute_stats, render_datacard
 
 PARTIAL_SHARD = "partial.tar"  # the shard being filled, in the staging folder
@@ -118,16 +118,21 @@ def write_dataset_version(
 
     writer = ShardWriter(
         fs, shards_path(root_path), posixpath.join(staging, PARTIAL_SHARD), samples_per_shard, max_shard_bytes,
-        tokenizer, on_shard,
+        on_shard,
     )  # fmt: skip
     seen: set[str] = set()
     try:
         try:
+            group: list[tuple[DatasetSample, str | None]] = []
             for s in samples:
                 if s.sha256.lower() in seen:
                     raise ValueError(f"duplicate sample {s.sha256.lower()}")
                 seen.add(s.sha256.lower())
-                writer.add(s)
+                group.append((s, None))
+                if len(group) == PREPARED_ROWS:
+                    writer.add(prepare_samples(group, tokenizer))
+                    group = []
+            writer.add(prepare_samples(group, tokenizer))
             writer.finish()
         finally:
             writer.abandon()

@@ -11,6 +11,8 @@ them from their own environment. Each has a default that fits its environment (`
   or once it holds that many MiB (``COSMICMAN_SHARD_MB=0``: no byte limit).
 - ``COSMICMAN_MIN_LIVE_PERCENT``: a shard whose live share in a new version falls under this percentage has
   its live samples written anew (compaction).
+- ``COSMICMAN_BUILD_WORKERS``: processes that read and prepare the samples a ``cosmicman_hq`` build writes
+  (default: one per CPU core; a build writing fewer than 2,048 samples prepares them in its own process).
 - ``COSMICMAN_SOURCING_CONCURRENCY``: how many sourcing batches the pool sensor keeps in flight at once (added and
   not yet filtered). The ``sourcing`` concurrency pool bounds how many of their ``raw_images`` steps run at once.
 """
@@ -28,6 +30,7 @@ SHARD_SAMPLES_VAR = "COSMICMAN_SHARD_SAMPLES"
 SHARD_MB_VAR = "COSMICMAN_SHARD_MB"
 MIN_LIVE_PERCENT_VAR = "COSMICMAN_MIN_LIVE_PERCENT"
 SOURCING_CONCURRENCY_VAR = "COSMICMAN_SOURCING_CONCURRENCY"
+BUILD_WORKERS_VAR = "COSMICMAN_BUILD_WORKERS"
 
 # a local turn hands over between ~15 runs: each wait for a tick adds to it. Elsewhere a tick may read a
 # large pool's listing, so it runs less often.
@@ -98,3 +101,9 @@ def shard_policy_settings() -> tuple[int, int | None, float]:
 def sourcing_concurrency() -> int:
     """Sourcing batches the pool sensor keeps in flight at once (``COSMICMAN_SOURCING_CONCURRENCY``)."""
     return positive_int(SOURCING_CONCURRENCY_VAR, SOURCING_CONCURRENCY.get(_environment(), 1))
+
+
+def build_workers() -> int:
+    """Processes that prepare the samples a ``cosmicman_hq`` build writes (``COSMICMAN_BUILD_WORKERS``, default
+    one per CPU core)."""
+    return positive_int(BUILD_WORKERS_VAR, os.cpu_count() or 1)

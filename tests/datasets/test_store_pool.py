@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from cosmicman.core.keys import table_key
+from cosmicman.core.masks import mask_png
 from cosmicman.core.store import Store
 from cosmicman.datasets.build import ShardPolicy
 from cosmicman.datasets.layout import read_manifest
-from cosmicman.datasets.samples import encode_mask_png
 from cosmicman.datasets.store_pool import version_store
 from tests.datasets.test_dataset_version import make_samples
 
@@ -23,7 +23,7 @@ def write_batch(store: Store, batch: str, samples, annotator_round: int = 0) -> 
     masks = []
     for s in samples:
         key = f"parsing/atr-1/{s.sha256[:2]}/{s.sha256}.png"
-        store.write_bytes(key, encode_mask_png(s.mask))
+        store.write_bytes(key, mask_png(s.mask))
         masks.append(key)
     sha = [s.sha256 for s in samples]
     store.write_table(
@@ -114,3 +114,33 @@ def test_versions_share_on_an_object_store_too(samples):
         assert second.counts is not None and (second.counts.reused_samples, second.counts.written_samples) == (6, 2)
         assert verify_version(store.url, "v0002", store.storage_options).intact
         assert excluded_samples(store.url, "v0002", store.storage_options) == []
+
+
+def test_worker_processes_write_the_shards_one_process_writes_and_a_bad_sample_fails_the_same(
+    tmp_path, samples, monkeypatch
+):
+    from cosmicman.datasets.layout import read_shards_table
+
+    monkeypatch.setattr("cosmicman.datasets.prepare_pool.PARALLEL_MIN_ROWS", 1)  # in this process only
+    monkeypatch.setattr("cosmicman.datasets.build.PREPARED_ROWS", 2)
+    built = {}
+    for workers in (1, 2):
+        store = Store(str(tmp_path / f"store-{workers}"))
+        write_batch(store, "b0", samples[:5])
+        write_batch(store, "b1", samples[5:])
+        if workers == 2:  # the spawned workers prepare; this process must not
+
+            def not_here(*_):
+                raise AssertionError("prepared in the writing process")
+
+            monkeypatch.setattr("cosmicman.datasets.prepare_pool.prepare_rows", not_here)
+        version = version_store(store, POLICY, created_at="2026-01-01", workers=workers)
+        built[workers] = (read_shards_table(store.url, version.version), read_manifest(store.url, version.version))
+    assert built[2][0].equals(built[1][0]) and built[2][1].equals(built[1][1])  # the same shards, byte for byte
+
+    store = Store(str(tmp_path / "bad"))
+    write_batch(store, "b0", samples[:5])
+    turned = samples[3].mask.T.copy()
+    store.write_bytes(f"parsing/atr-1/{samples[3].sha256[:2]}/{samples[3].sha256}.png", mask_png(turned))
+    with pytest.raises(ValueError, match=rf"sample {samples[3].sha256}: mask shape"):
+        version_store(store, POLICY, workers=2)

@@ -46,3 +46,22 @@ def test_names_of_one_to_a_hundred_bytes_are_written_and_longer_ones_refused():
     for bad in ("", "n" * 101, "é" * 51):
         with pytest.raises(ValueError, match="1 to 100 bytes"):
             ustar.member(bad, b"x")
+
+
+def test_member_names_reads_back_what_tarfile_wrote_prefix_included_in_small_reads():
+    long = "d" * 120 + "/" + f"{SHA}.json"  # over 100 bytes: tarfile splits it into USTAR's prefix and name
+    members = [(f"{SHA}.jpg", b"\xff" * 513), (long, b"{}"), (f"{SHA}.txt", b"")]
+    archive = io.BytesIO(tarfile_archive(members))
+    assert list(ustar.member_names(lambda n: archive.read(min(n, 7)))) == [name for name, _ in members]
+
+
+def test_member_names_refuses_a_cut_archive_and_a_damaged_header():
+    archive = tarfile_archive([(f"{SHA}.jpg", b"x" * 600), (f"{SHA}.txt", b"y")])
+    cut = io.BytesIO(archive[:1000])  # inside the first member's data
+    with pytest.raises(ValueError, match="tar ends inside a member"):
+        list(ustar.member_names(cut.read))
+    damaged = bytearray(archive)
+    damaged[2 * ustar.BLOCK + ustar.BLOCK + 5] ^= 1  # the second member's header, one bit of its name
+    with pytest.raises(ValueError, match=f"bad tar header checksum at byte {3 * ustar.BLOCK}"):
+        list(ustar.member_names(io.BytesIO(bytes(damaged)).read))
+    assert list(ustar.member_names(io.BytesIO(archive).read)) == [f"{SHA}.jpg", f"{SHA}.txt"]

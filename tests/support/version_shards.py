@@ -10,7 +10,7 @@ from PIL import Image
 
 from cosmicman.datasets.captions import build_caption, sample_attributes
 from cosmicman.datasets.samples import DatasetSample
-from cosmicman.datasets.shards import ShardWriter
+from cosmicman.datasets.shards import ShardWriter, prepare_samples
 
 SIZE = 64
 LEFT_ARM = 14
@@ -41,10 +41,9 @@ def write_version_shards(folder, protocol, tok, n: int = 6, per_shard: int = 3) 
     folder.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     writer = ShardWriter(
-        fsspec.filesystem("file"), str(folder), str(folder / "partial.tar"), per_shard, None, tok,
+        fsspec.filesystem("file"), str(folder), str(folder / "partial.tar"), per_shard, None,
         lambda record, _rows: names.append(record.shard),
     )  # fmt: skip
-    for i in range(n):
-        writer.add(make_dataset_sample(protocol, tok, i))
+    writer.add(prepare_samples([(make_dataset_sample(protocol, tok, i), None) for i in range(n)], tok))
     writer.finish()
     return [str(folder / name) for name in names]
