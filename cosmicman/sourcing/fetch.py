@@ -72,6 +72,9 @@ class FetchResult:
 
 # Results fetched ahead of the caller; with max_in_flight it bounds how many inputs are held at once.
 RESULT_BUFFER = 16
+# Taken results whose slots go back to the fetch loop in one call: each call wakes the loop's thread, so handing them
+# back one by one would cost a cross-thread wakeup per image. Owed slots go back at once whenever no result waits.
+RELEASE_EVERY = 8
 # Error bodies this small are read so the keep-alive connection can be reused instead of closed.
 DRAINED_ERROR_BYTES = 65536
 NOT_IMAGE_SUBTYPES = frozenset({"json", "xml"})
@@ -258,7 +261,7 @@ async def run_fetches(
     requests: Iterable[tuple[str, str]], config: FetchConfig, results: queue.SimpleQueue, unclaimed: asyncio.Semaphore
 ) -> None:
     """Pull a request whenever ``unclaimed`` has room and fetch it, putting results on ``results`` as they
-    complete; the consumer releases ``unclaimed`` per result taken, which bounds what is held in memory."""
+    complete; the consumer releases ``unclaimed`` for the results it took, which bounds what is held in memory."""
     connector = aiohttp.TCPConnector(limit=config.max_in_flight, ttl_dns_cache=300)
     async with aiohttp.ClientSession(
         connector=connector, headers={"User-Agent": config.user_agent}, cookie_jar=aiohttp.DummyCookieJar()
@@ -324,9 +327,27 @@ def fetch_all(requests: Iterable[tuple[str, str]], config: FetchConfig = FetchCo
     main = loop.create_task(run_fetches(requests, config, results, unclaimed))
     thread = threading.Thread(target=run_loop, args=(loop, main, results), name="fetch_all", daemon=True)
     thread.start()
+    owed = 0  # results taken whose slots the loop has not been given back yet
+
+    def give_back(n: int) -> None:
+        for _ in range(n):
+            unclaimed.release()
+
     try:
-        while not isinstance(item := results.get(), Done):
-            loop.call_soon_threadsafe(unclaimed.release)
+        while True:
+            try:
+                item = results.get_nowait()
+            except queue.Empty:
+                if owed:  # the loop may be waiting for these slots to fetch what comes next
+                    loop.call_soon_threadsafe(give_back, owed)
+                    owed = 0
+                item = results.get()
+            if isinstance(item, Done):
+                break
+            owed += 1
+            if owed == RELEASE_EVERY:
+                loop.call_soon_threadsafe(give_back, owed)
+                owed = 0
             yield item
         if item.error is not None:
             raise item.error
