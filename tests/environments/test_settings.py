@@ -4,6 +4,7 @@ import dagster as dg
 import pytest
 
 from cosmicman.environments.settings import (
+    build_workers,
     new_images_per_version,
     parse_variants,
     sensor_interval_s,
@@ -39,6 +40,18 @@ def test_a_setting_is_a_positive_whole_number(monkeypatch):
         monkeypatch.setenv("COSMICMAN_NEW_IMAGES_PER_VERSION", bad)
         with pytest.raises(ValueError, match="COSMICMAN_NEW_IMAGES_PER_VERSION"):
             new_images_per_version()
+
+
+def test_a_build_prepares_on_one_worker_a_core_unless_told(monkeypatch):
+    import os
+
+    monkeypatch.delenv("COSMICMAN_BUILD_WORKERS", raising=False)
+    assert build_workers() == os.cpu_count()
+    monkeypatch.setenv("COSMICMAN_BUILD_WORKERS", "1")
+    assert build_workers() == 1
+    monkeypatch.setenv("COSMICMAN_BUILD_WORKERS", "0")
+    with pytest.raises(ValueError, match="COSMICMAN_BUILD_WORKERS='0' is not a positive whole number"):
+        build_workers()
 
 
 def test_the_code_location_trains_the_variants_it_is_given(tmp_path):
