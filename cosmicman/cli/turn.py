@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -72,9 +76,12 @@ def wait_until_quiet(
     daemon: Daemon,
     started: float,
     timeout_s: float,
+    interrupted: threading.Event,
 ) -> TurnState:
     watcher = Watcher()
     while True:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         code = daemon.exit_code()
         if code is not None:
             raise TurnFailed(f"dagster-daemon exited with code {code}: see {daemon.log_path}")
@@ -87,7 +94,23 @@ def wait_until_quiet(
             raise TurnFailed(
                 f"the flywheel is not quiet after {timeout_s:.0f}s (stage {k}, {name}): see {daemon.log_path}"
             )
-        time.sleep(POLL_S)
+        interrupted.wait(POLL_S)
+
+
+@contextmanager
+def ctrl_c_as_flag() -> Iterator[threading.Event]:
+    """Ctrl-C while the daemon runs, as an event the watching loop checks. Raised as KeyboardInterrupt where
+    it lands, it can land inside a library call that swallows it (the instance's queries under load did),
+    and the turn would go on with its daemon running; the loop raises it itself instead."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cancel_in_flight(instance: dg.DagsterInstance, started: float, reason: str) -> list[str]:
@@ -122,11 +145,17 @@ def run(
     daemon = Daemon(workspace, env, log_path)
     daemon.start()
     try:
-        turn_on_sensors(workspace, env)
-        print("sensors and automation on; waiting for the flywheel to turn once and go quiet", flush=True)
-        # the repository's sensors: Dagster's default automation sensor, which launches training_job, among them
-        sensors = {s.name for s in defs.get_repository_def().sensor_defs}
-        state = wait_until_quiet(instance, assets, sensors, daemon, started, timeout_s)
+        with ctrl_c_as_flag() as interrupted:
+            try:
+                turn_on_sensors(workspace, env)
+            except RuntimeError:
+                if interrupted.is_set():  # a terminal's Ctrl-C reached `dagster sensor start` too
+                    raise KeyboardInterrupt from None
+                raise
+            print("sensors and automation on; waiting for the flywheel to turn once and go quiet", flush=True)
+            # the repository's sensors: Dagster's default automation sensor, which launches training_job, among them
+            sensors = {s.name for s in defs.get_repository_def().sensor_defs}
+            state = wait_until_quiet(instance, assets, sensors, daemon, started, timeout_s, interrupted)
     finally:
         daemon.stop()
         cancelled = cancel_in_flight(instance, started, "the turn stopped before this run finished")
