@@ -26,8 +26,11 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 
 def read_mask(data: bytes) -> np.ndarray:
-    """The label map a :func:`mask_png` PNG holds."""
-    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint8)
+    """The label map a :func:`mask_png` PNG holds; ``ValueError`` for a PNG that is not single-channel."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode not in ("L", "P"):
+            raise ValueError(f"label map PNG has mode {img.mode}, expected L")
+        return np.array(img, dtype=np.uint8)
 
 
 def mask_png_size(data: bytes) -> tuple[int, int]:

@@ -50,13 +50,6 @@ def oriented_size(image_bytes: bytes) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def decode_mask_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        if img.mode not in ("L", "P"):
-            raise ValueError(f"label map PNG has mode {img.mode}, expected L")
-        return np.array(img, dtype=np.uint8)
-
-
 def caption_record(caption: Any) -> dict[str, Any]:
     d = caption.to_json() if hasattr(caption, "to_json") else dict(caption)
     if "caption" not in d and "text" in d:

@@ -15,14 +15,13 @@ import numpy as np
 import polars as pl
 
 from cosmicman.core.imageio import sha256_hex
-from cosmicman.core.masks import mask_png, mask_png_size
+from cosmicman.core.masks import mask_png, mask_png_size, read_mask
 from cosmicman.datasets import ustar
 from cosmicman.datasets.layout import read_shards_table, shards_path, store_fs
 from cosmicman.datasets.samples import (
     PROVENANCE_COLUMNS,
     DatasetSample,
     caption_record,
-    decode_mask_png,
     manifest_frame,
     oriented_size,
     sample_content_key,
@@ -267,7 +266,7 @@ def iter_samples(root: str, version: str, storage_options: Mapping[str, Any] | N
 
 def sample_record(parts: dict[str, Any]) -> dict[str, Any]:
     meta = json.loads(parts.pop("json"))
-    mask = decode_mask_png(parts.pop("mask.png"))
+    mask = read_mask(parts.pop("mask.png"))
     txt = parts.pop("txt", b"").decode()
     sha = parts.pop("sha256")
     ((ext, image),) = parts.items()

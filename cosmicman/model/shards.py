@@ -68,11 +68,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cosmicman.core.masks import N_ATR_LABELS
 from cosmicman.model.sample_draw import SampleDraw, mirror_label_map
 
 log = logging.getLogger(__name__)
 
-N_ATR_LABELS = 18
 # every extension a pool image may be stored under (cosmicman.core.imageio.FORMAT_EXTENSIONS), and "jpeg"
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "avif")
 MAX_TEXT_TOKENS = 77
